@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Build the patched vLLM distribution: ``pip install .``.
+
+Like vLLM's own precompiled-wheel development install there is no compile
+step: the pinned upstream wheel (``upstream.json``; downloaded, or a local file
+named by ``VLLM_TRITON_ATTN_BASE_WHEEL``) is unpacked into the build tree, our
+``vllm/`` overlay and ``patches/`` are laid over it by ``scripts/patchset.py``,
+and the result is packed as ``vllm`` version ``0.33.0+tritonattn.X`` with
+upstream's dependency list, entry points and platform tag.
+"""
+
+import email.parser
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70
+    from wheel.bdist_wheel import bdist_wheel
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import patchset  # noqa: E402
+
+UPSTREAM_WHEEL = patchset.fetch("wheel")
+PIN = patchset.load_pin()
+
+
+def _upstream_metadata():
+    with zipfile.ZipFile(UPSTREAM_WHEEL) as wheel:
+        info = f"{PIN['package']}-{PIN['version']}.dist-info"
+        metadata = email.parser.Parser().parsestr(wheel.read(f"{info}/METADATA").decode())
+        entry_points = wheel.read(f"{info}/entry_points.txt").decode()
+    return metadata, entry_points
+
+
+def _requirements(metadata):
+    """Split upstream's Requires-Dist into install_requires and extras_require."""
+    install, extras = [], {name: [] for name in metadata.get_all("Provides-Extra") or []}
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement, _, marker = line.partition(";")
+        match = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        if match is None:
+            install.append(line.strip())
+            continue
+        rest = marker.replace(match.group(0), "").strip()
+        rest = re.sub(r"^(and|or)\s+|\s+(and|or)$", "", rest).strip()
+        extras.setdefault(match.group(1), []).append(
+            f"{requirement.strip()}; {rest}" if rest else requirement.strip()
+        )
+    return install, extras
+
+
+def _entry_points(text):
+    groups, group = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            group = groups.setdefault(line[1:-1], [])
+        elif line and group is not None:
+            group.append(line)
+    return groups
+
+
+def _platform_tag():
+    # e.g. vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl -> (cp38, abi3, manylinux_2_28_x86_64)
+    python, abi, platform = UPSTREAM_WHEEL.name[: -len(".whl")].split("-")[-3:]
+    return python, abi, platform
+
+
+class BuildPatchedVllm(build_py):
+    """Unpack upstream's ``vllm/`` into the build tree and apply the patch set."""
+
+    def run(self):
+        build_lib = Path(self.build_lib)
+        with zipfile.ZipFile(UPSTREAM_WHEEL) as wheel:
+            members = [name for name in wheel.namelist() if name.startswith("vllm/")]
+            wheel.extractall(build_lib, members)
+            # The version check in patchset reads the dist-info beside the package.
+            info = f"{PIN['package']}-{PIN['version']}.dist-info/METADATA"
+            wheel.extract(info, build_lib)
+        patchset.apply_to_fresh_tree(build_lib)
+        (build_lib / info).unlink()
+        (build_lib / info).parent.rmdir()
+
+    def get_outputs(self, include_bytecode=True):
+        return [str(p) for p in (Path(self.build_lib) / "vllm").rglob("*") if p.is_file()]
+
+    def get_source_files(self):
+        return []
+
+
+class UpstreamTagWheel(bdist_wheel):
+    """Our wheel carries upstream's compiled extensions, so it keeps their tag."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self):
+        return _platform_tag()
+
+
+metadata, entry_points = _upstream_metadata()
+install_requires, extras_require = _requirements(metadata)
+
+setup(
+    name="vllm",
+    version=patchset.patchset_version(),
+    description=(
+        "vLLM with a portable, Triton-only attention backend (TRITON_ATTN) "
+        f"for NVIDIA and AMD GPUs; based on vLLM {PIN['version']}"
+    ),
+    license="Apache-2.0",
+    python_requires=metadata["Requires-Python"],
+    install_requires=install_requires,
+    extras_require=extras_require,
+    entry_points=_entry_points(entry_points),
+    # Declared so that setuptools runs build_py; its files come from the wheel.
+    packages=["vllm"],
+    cmdclass={"build_py": BuildPatchedVllm, "bdist_wheel": UpstreamTagWheel},
+    zip_safe=False,
+)

@@ -1,0 +1,392 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Portable Triton paged attention (NVIDIA and AMD), imported by vLLM's TRITON_ATTN.
+
+Imports torch and triton only: platform facts (the fp8 dtype, the GPU) arrive
+as arguments, so the package runs unchanged on a GPU box without vLLM and in
+the CPU interpreter (``TRITON_INTERPRET=1``).
+
+Shapes and semantics (vLLM's conventions):
+
+* ``q``, ``out``: ``[num_tokens, num_q_heads, head_size]``; the tokens of
+  sequence ``b`` are ``query_start_loc[b]:query_start_loc[b + 1]`` and are its
+  last ``q_len`` positions.
+* ``k_cache``, ``v_cache``: ``[num_blocks, block_size, num_kv_heads,
+  head_size]`` with any strides; key ``j`` of sequence ``b`` is in block
+  ``block_table[b, j // block_size]``, slot ``j % block_size``. fp16, bf16,
+  fp32, or fp8 (e4m3fn / e4m3fnuz) with per-tensor ``k_scale``/``v_scale``.
+* causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
+  to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``).
+* scores: ``scale * q.k``, then ``c * tanh(s / c)`` for softcap ``c``, then
+  ``+ alibi_slopes[h] * (j - p)``, then masks; ``sinks[h]`` is one more
+  logit in the softmax denominator with no value.
+* query head ``h`` reads KV head ``h // (num_q_heads // num_kv_heads)``.
+* cache slots past ``seq_lens[b]``, blocks outside the window and padding
+  rows (``q_len == 0``) may hold anything, NaN included: they never reach a
+  valid output.
+
+Example::
+
+    plan = plan_attention(num_tokens=q.shape[0], num_seqs=2, max_query_len=1,
+                          num_q_heads=32, num_kv_heads=8, head_size=128,
+                          arch=GpuArch.of_device(q.device))
+    paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
+                    block_table=bt, max_query_len=1, max_seq_len=4096,
+                    scale=128**-0.5, plan=plan)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .cache_write import write_kv_cache_kernel
+from .long_query import long_query_attention_kernel
+from .plan import (
+    FP8_DTYPES,
+    FP8_MAX,
+    MAX_HEAD_SIZE,
+    SPLIT_KV_MAX_QUERY_LEN,
+    AttentionPlan,
+    GpuArch,
+    next_power_of_2,
+    plan_attention,
+)
+from .reference import reference_paged_attention
+from .split_kv_decode import merge_kv_splits_kernel, split_kv_decode_kernel
+
+__all__ = [
+    "AttentionPlan",
+    "GpuArch",
+    "SplitKVWorkspace",
+    "paged_attention",
+    "plan_attention",
+    "reference_paged_attention",
+    "write_kv_cache",
+]
+
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_SIZE = 16
+
+
+@dataclasses.dataclass
+class SplitKVWorkspace:
+    """Scratch for split-KV partial results; allocate once and reuse (graph-safe)."""
+
+    partial_out: torch.Tensor  # flat float32
+    partial_lse: torch.Tensor  # flat float32
+
+    @classmethod
+    def allocate(cls, plan: AttentionPlan, device: torch.device) -> SplitKVWorkspace:
+        out_elements, lse_elements = plan.workspace_elements()
+        return cls(
+            torch.empty(max(out_elements, 1), dtype=torch.float32, device=device),
+            torch.empty(max(lse_elements, 1), dtype=torch.float32, device=device),
+        )
+
+    def views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        out_elements, lse_elements = plan.workspace_elements()
+        if out_elements > self.partial_out.numel() or lse_elements > self.partial_lse.numel():
+            raise ValueError(
+                f"workspace holds {self.partial_out.numel()} partial-output elements, "
+                f"the plan needs {out_elements}: size it for the largest batch"
+            )
+        shape = (plan.num_tokens, plan.num_q_heads, plan.num_kv_splits)
+        return (
+            self.partial_out[:out_elements].view(*shape, plan.head_pad),
+            self.partial_lse[:lse_elements].view(shape),
+        )
+
+
+def _fail(error: type[Exception], name: str, expected: str, got) -> None:
+    raise error(f"paged_attention: {name} must be {expected}, got {got}")
+
+
+def _check_kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, head_size: int) -> None:
+    if k_cache.dim() != 4:
+        _fail(ValueError, "k_cache", "[num_blocks, block_size, num_kv_heads, head_size]",
+              tuple(k_cache.shape))  # fmt: skip
+    if v_cache.shape != k_cache.shape:
+        _fail(ValueError, "v_cache.shape", f"k_cache.shape {tuple(k_cache.shape)}",
+              tuple(v_cache.shape))  # fmt: skip
+    if v_cache.dtype != k_cache.dtype:
+        _fail(TypeError, "v_cache.dtype", f"k_cache.dtype {k_cache.dtype}", v_cache.dtype)
+    if k_cache.shape[3] != head_size:
+        _fail(ValueError, "k_cache.shape[3] (head size)", f"{head_size}", k_cache.shape[3])
+
+
+def _check_scales(kv_dtype: torch.dtype, k_scale, v_scale, fn: str) -> None:
+    if kv_dtype not in FP8_DTYPES:
+        return
+    for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError(
+                f"{fn}: {name} must be a one-element float32 tensor for an fp8 cache "
+                f"({kv_dtype}), got {type(value).__name__}"
+            )
+        if value.dtype != torch.float32:
+            _fail(TypeError, f"{name}.dtype", "torch.float32", value.dtype)
+
+
+def check_paged_attention_inputs(
+    q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len,
+    sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, arch,
+) -> None:  # fmt: skip
+    """Raise a clear error for anything the kernels cannot run; reads metadata only."""
+    if q.dim() != 3:
+        _fail(ValueError, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
+    num_tokens, num_q_heads, head_size = q.shape
+    if q.dtype not in ACTIVATION_DTYPES:
+        _fail(TypeError, "q.dtype", "float16, bfloat16 or float32", q.dtype)
+    if out.shape != q.shape:
+        _fail(ValueError, "out.shape", f"q.shape {tuple(q.shape)}", tuple(out.shape))
+    if out.dtype not in ACTIVATION_DTYPES:
+        _fail(TypeError, "out.dtype", "float16, bfloat16 or float32", out.dtype)
+    if not MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE:
+        _fail(NotImplementedError, "head_size", f"in [{MIN_HEAD_SIZE}, {MAX_HEAD_SIZE}]",
+              head_size)  # fmt: skip
+    _check_kv_cache(k_cache, v_cache, head_size)
+    num_kv_heads = k_cache.shape[2]
+    if num_kv_heads == 0 or num_q_heads % num_kv_heads:
+        _fail(ValueError, "num_q_heads", f"a multiple of num_kv_heads ({num_kv_heads})",
+              num_q_heads)  # fmt: skip
+    if k_cache.dtype in FP8_DTYPES:
+        if not arch.supports_kv_dtype(k_cache.dtype):
+            raise NotImplementedError(
+                f"paged_attention: a {k_cache.dtype} KV cache is not supported on "
+                f"{arch.vendor} {arch.name}"
+            )
+        _check_scales(k_cache.dtype, k_scale, v_scale, "paged_attention")
+    elif k_cache.dtype != q.dtype:
+        _fail(TypeError, "k_cache.dtype", f"q.dtype ({q.dtype}) or an fp8 type", k_cache.dtype)
+
+    if query_start_loc.dim() != 1 or query_start_loc.dtype != torch.int32:
+        _fail(ValueError, "query_start_loc", "a 1-D int32 tensor",
+              f"{query_start_loc.dim()}-D {query_start_loc.dtype}")  # fmt: skip
+    num_seqs = query_start_loc.shape[0] - 1
+    if seq_lens.shape != (num_seqs,) or seq_lens.dtype != torch.int32:
+        _fail(ValueError, "seq_lens", f"an int32 tensor of shape ({num_seqs},)",
+              f"{seq_lens.dtype} of shape {tuple(seq_lens.shape)}")  # fmt: skip
+    if block_table.dim() != 2 or block_table.shape[0] < num_seqs:
+        _fail(ValueError, "block_table", f"2-D with at least {num_seqs} rows",
+              tuple(block_table.shape))  # fmt: skip
+    if block_table.dtype not in (torch.int32, torch.int64):
+        _fail(TypeError, "block_table.dtype", "int32 or int64", block_table.dtype)
+    if block_table.stride(1) != 1:
+        _fail(ValueError, "block_table.stride(1)", "1", block_table.stride(1))
+    for name, tensor in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out),
+                         ("query_start_loc", query_start_loc), ("seq_lens", seq_lens),
+                         ("block_table", block_table)):  # fmt: skip
+        if tensor.device != q.device:
+            _fail(ValueError, f"{name}.device", f"q.device ({q.device})", tensor.device)
+
+    if sliding_window is not None and sliding_window <= 0:
+        _fail(ValueError, "sliding_window", "None or a positive int", sliding_window)
+    if logits_soft_cap is not None and logits_soft_cap <= 0:
+        _fail(ValueError, "logits_soft_cap", "None or positive", logits_soft_cap)
+    for name, tensor in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+        if tensor is not None and tensor.shape != (num_q_heads,):
+            _fail(ValueError, f"{name}.shape", f"({num_q_heads},)", tuple(tensor.shape))
+    if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
+        _fail(TypeError, "alibi_slopes.dtype", "torch.float32", alibi_slopes.dtype)
+
+    if plan is not None:
+        expected = (num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size)
+        planned = (plan.num_tokens, plan.num_seqs, plan.num_q_heads, plan.num_kv_heads,
+                   plan.head_size)  # fmt: skip
+        if planned != expected:
+            _fail(ValueError, "plan (num_tokens, num_seqs, q heads, kv heads, head size)",
+                  f"{expected} as in the inputs", planned)  # fmt: skip
+        if plan.kernel == "split_kv_decode" and plan.tokens_per_q_block < max_query_len:
+            _fail(ValueError, "max_query_len", f"<= {plan.tokens_per_q_block} for this "
+                  "split-KV plan", max_query_len)  # fmt: skip
+    elif max_query_len < 0:
+        _fail(ValueError, "max_query_len", ">= 0", max_query_len)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 activations get exact fp32 products; 16-bit ones ignore the setting.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    plan: AttentionPlan | None = None,
+    workspace: SplitKVWorkspace | None = None,
+    arch: GpuArch | None = None,
+) -> torch.Tensor:
+    """Attention of ``q`` over the paged KV cache, written into ``out``.
+
+    ``max_query_len`` and ``max_seq_len`` are host-side bounds (no device sync).
+    ``plan`` (from :func:`plan_attention`) and ``workspace`` (its split-KV
+    scratch) are normally made once per batch by vLLM's metadata builder; when
+    omitted they are made here.
+    """
+    del max_seq_len  # the kernels read each sequence's own length
+    arch = arch or GpuArch.of_device(q.device)
+    check_paged_attention_inputs(
+        q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len,
+        sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, arch,
+    )  # fmt: skip
+    num_tokens, num_q_heads, head_size = q.shape
+    num_seqs = seq_lens.shape[0]
+    if plan is None:
+        plan = plan_attention(
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+            max_query_len=max_query_len,
+            num_q_heads=num_q_heads,
+            num_kv_heads=k_cache.shape[2],
+            head_size=head_size,
+            arch=arch,
+        )
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+
+    kv_is_fp8 = k_cache.dtype in FP8_DTYPES
+    dummy = q  # stands in for absent optional pointers; never read
+    pointers = (
+        q, k_cache, v_cache, out,
+        query_start_loc, seq_lens, block_table,
+        alibi_slopes if alibi_slopes is not None else dummy,
+        sinks if sinks is not None else dummy,
+        k_scale if kv_is_fp8 else dummy,
+        v_scale if kv_is_fp8 else dummy,
+    )  # fmt: skip
+    strides = (
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_table.stride(0),
+    )  # fmt: skip
+    scalars = (
+        scale,
+        logits_soft_cap if logits_soft_cap is not None else 0.0,
+        sliding_window if sliding_window is not None else 0,
+    )
+    switches = dict(
+        STRIDE_Q_DIM=q.stride(2),
+        STRIDE_OUT_DIM=out.stride(2),
+        STRIDE_K_DIM=k_cache.stride(3),
+        STRIDE_V_DIM=v_cache.stride(3),
+        HEAD_SIZE=head_size,
+        HEAD_PAD=plan.head_pad,
+        QUERIES_PER_KV=plan.queries_per_kv,
+        BLOCK_SIZE=k_cache.shape[1],
+        BLOCK_M=plan.block_m,
+        TILE_N=plan.kv_tile_size,
+        IS_CAUSAL=causal,
+        HAS_SLIDING_WINDOW=sliding_window is not None,
+        HAS_SOFTCAP=logits_soft_cap is not None,
+        HAS_ALIBI=alibi_slopes is not None,
+        HAS_SINKS=sinks is not None,
+        KV_IS_FP8=kv_is_fp8,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+
+    if plan.kernel == "long_query":
+        long_query_attention_kernel[plan.grid](*pointers, *strides, num_seqs, *scalars, **switches)
+        return out
+
+    if plan.num_kv_splits == 1:
+        partial_out = partial_lse = dummy
+        partial_strides = (0, 0)
+    else:
+        workspace = workspace or SplitKVWorkspace.allocate(plan, q.device)
+        partial_out, partial_lse = workspace.views(plan)
+        partial_strides = (partial_out.stride(0), partial_out.stride(1))
+    split_kv_decode_kernel[plan.grid](
+        *pointers[:4], partial_out, partial_lse, *pointers[4:],
+        *strides, *partial_strides, *scalars,
+        NUM_KV_SPLITS=plan.num_kv_splits, **switches,
+    )  # fmt: skip
+    if plan.num_kv_splits > 1:
+        merge_kv_splits_kernel[plan.merge_grid](
+            out, partial_out, partial_lse, query_start_loc, pointers[10],
+            out.stride(0), out.stride(1), *partial_strides, num_seqs,
+            STRIDE_OUT_DIM=out.stride(2),
+            HEAD_SIZE=head_size,
+            HEAD_PAD=plan.head_pad,
+            NUM_KV_SPLITS=plan.num_kv_splits,
+            SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
+            KV_IS_FP8=kv_is_fp8,
+            num_warps=4,
+        )  # fmt: skip
+    return out
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """Store ``key``/``value`` ``[num_tokens, num_kv_heads, head_size]`` at their slots.
+
+    Token ``t`` goes to block ``slot_mapping[t] // block_size``, offset
+    ``slot_mapping[t] % block_size``; tokens with ``slot_mapping[t] < 0`` are
+    skipped. An fp8 cache stores ``x / scale``, saturated to the format's range.
+    """
+    if key.dim() != 3 or value.shape != key.shape:
+        raise ValueError(
+            "write_kv_cache: key and value must both be [num_tokens, num_kv_heads, head_size], "
+            f"got {tuple(key.shape)} and {tuple(value.shape)}"
+        )
+    _check_kv_cache(k_cache, v_cache, key.shape[2])
+    if k_cache.shape[2] != key.shape[1]:
+        raise ValueError(
+            f"write_kv_cache: key has {key.shape[1]} KV heads, the cache {k_cache.shape[2]}"
+        )
+    if slot_mapping.dim() != 1 or slot_mapping.shape[0] < key.shape[0]:
+        raise ValueError(
+            f"write_kv_cache: slot_mapping must be 1-D with at least {key.shape[0]} entries, "
+            f"got shape {tuple(slot_mapping.shape)}"
+        )
+    kv_is_fp8 = k_cache.dtype in FP8_DTYPES
+    _check_scales(k_cache.dtype, k_scale, v_scale, "write_kv_cache")
+    num_tokens, num_kv_heads, head_size = key.shape
+    if num_tokens == 0:
+        return
+    write_kv_cache_kernel[(num_tokens,)](
+        key, value, k_cache, v_cache, slot_mapping,
+        k_scale if kv_is_fp8 else key, v_scale if kv_is_fp8 else key,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        STRIDE_KEY_DIM=key.stride(2),
+        STRIDE_VALUE_DIM=value.stride(2),
+        STRIDE_K_DIM=k_cache.stride(3),
+        STRIDE_V_DIM=v_cache.stride(3),
+        NUM_KV_HEADS=num_kv_heads,
+        HEADS_PAD=next_power_of_2(num_kv_heads),
+        HEAD_SIZE=head_size,
+        HEAD_PAD=next_power_of_2(head_size),
+        BLOCK_SIZE=k_cache.shape[1],
+        KV_IS_FP8=kv_is_fp8,
+        FP8_MAX=FP8_MAX.get(k_cache.dtype, 0.0),
+        num_warps=4,
+    )  # fmt: skip

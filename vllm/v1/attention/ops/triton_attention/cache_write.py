@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Write new keys and values into the paged KV cache (one program per token)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _quantise(x, scale, FP8_MAX: tl.constexpr, CACHE_DTYPE: tl.constexpr):
+    # Saturate first: a cast of an out-of-range value to e4m3 gives NaN.
+    x = x.to(tl.float32) / scale
+    x = tl.minimum(tl.maximum(x, -FP8_MAX), FP8_MAX)
+    return x.to(CACHE_DTYPE)
+
+
+@triton.jit
+def write_kv_cache_kernel(
+    key_ptr,
+    value_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_mapping_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    stride_key_token,
+    stride_key_head,
+    stride_value_token,
+    stride_value_head,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    STRIDE_KEY_DIM: tl.constexpr,
+    STRIDE_VALUE_DIM: tl.constexpr,
+    STRIDE_K_DIM: tl.constexpr,
+    STRIDE_V_DIM: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    if slot < 0:  # padding token, or one whose cache entry is not ours to write
+        return
+    block = slot // BLOCK_SIZE
+    offset_in_block = slot % BLOCK_SIZE
+
+    heads = tl.arange(0, HEADS_PAD)
+    dim = tl.arange(0, HEAD_PAD)
+    mask = (heads < NUM_KV_HEADS)[:, None] & (dim < HEAD_SIZE)[None, :]
+
+    key = tl.load(
+        key_ptr
+        + token * stride_key_token
+        + heads[:, None] * stride_key_head
+        + dim[None, :] * STRIDE_KEY_DIM,
+        mask=mask,
+    )
+    value = tl.load(
+        value_ptr
+        + token * stride_value_token
+        + heads[:, None] * stride_value_head
+        + dim[None, :] * STRIDE_VALUE_DIM,
+        mask=mask,
+    )
+    if KV_IS_FP8:
+        key = _quantise(key, tl.load(k_scale_ptr), FP8_MAX, k_cache_ptr.dtype.element_ty)
+        value = _quantise(value, tl.load(v_scale_ptr), FP8_MAX, v_cache_ptr.dtype.element_ty)
+    else:
+        key = key.to(k_cache_ptr.dtype.element_ty)
+        value = value.to(v_cache_ptr.dtype.element_ty)
+
+    k_offset = block * stride_k_block + offset_in_block * stride_k_slot
+    v_offset = block * stride_v_block + offset_in_block * stride_v_slot
+    tl.store(
+        k_cache_ptr + k_offset + heads[:, None] * stride_k_head + dim[None, :] * STRIDE_K_DIM,
+        key,
+        mask=mask,
+    )
+    tl.store(
+        v_cache_ptr + v_offset + heads[:, None] * stride_v_head + dim[None, :] * STRIDE_V_DIM,
+        value,
+        mask=mask,
+    )

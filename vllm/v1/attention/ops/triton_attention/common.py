@@ -1,0 +1,276 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""``@triton.jit`` helpers shared by the attention kernels.
+
+Scores live in the log2 domain inside the kernels (``exp2`` is the cheap
+instruction on every GPU), so the softmax scale is folded with ``log2(e)``
+before the loop and sink logits are converted on load.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q: tl.constexpr):
+    """The sequence that owns program ``q_block_index`` of the long-query grid.
+
+    Sequence ``b`` owns programs ``query_start_loc[b] // BLOCK_Q + b`` onwards: an
+    upper bound on the Q blocks before it that needs no device-to-host sync
+    (see ``plan.long_query_grid_size``). Binary search for the last ``b`` whose
+    first program is at most ``q_block_index``.
+    """
+    lo = tl.zeros([], dtype=tl.int32)  # a tensor even when num_seqs == 1 is specialised
+    hi = lo + num_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        first_block = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
+        if first_block <= q_block_index:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@triton.jit
+def tanh(x):
+    # Portable across NVIDIA and AMD (no libdevice); saturates cleanly at +-1.
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def query_rows(first_token, q_len, kv_head, BLOCK_M: tl.constexpr, QUERIES_PER_KV: tl.constexpr):
+    """Map the BLOCK_M rows of a Q tile to (token within sequence, query head).
+
+    Rows pack every query head of one KV head for consecutive tokens, so one
+    K/V tile serves the whole GQA group and ``tl.dot`` gets a large M.
+    """
+    rows = tl.arange(0, BLOCK_M)
+    token = first_token + rows // QUERIES_PER_KV
+    head = kv_head * QUERIES_PER_KV + rows % QUERIES_PER_KV
+    tokens_per_tile: tl.constexpr = BLOCK_M // QUERIES_PER_KV
+    valid = (token < q_len) & (rows < tokens_per_tile * QUERIES_PER_KV)
+    return token, head, valid
+
+
+@triton.jit
+def load_kv_tile(
+    k_cache_ptr,
+    v_cache_ptr,
+    block_table_row_ptr,
+    key_idx,
+    load_mask,
+    kv_head,
+    dim,
+    dim_mask,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    STRIDE_K_DIM: tl.constexpr,
+    STRIDE_V_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    """Gather K^T [HEAD_PAD, TILE_N] and V [TILE_N, HEAD_PAD] through the block table.
+
+    Keys outside ``load_mask`` are never read (their slots can hold NaN) and
+    come back as zeros, so ``0 * V`` can never turn into NaN. fp8 tiles are
+    cast to the query's dtype here; their scales are applied outside the loop.
+    """
+    block = tl.load(block_table_row_ptr + key_idx // BLOCK_SIZE, mask=load_mask, other=0)
+    block = block.to(tl.int64)  # block * stride can pass 2**31 elements
+    slot = key_idx % BLOCK_SIZE
+    k_offset = block * stride_k_block + slot * stride_k_slot + kv_head * stride_k_head
+    v_offset = block * stride_v_block + slot * stride_v_slot + kv_head * stride_v_head
+    mask = dim_mask[:, None] & load_mask[None, :]
+    k = tl.load(k_cache_ptr + k_offset[None, :] + dim[:, None] * STRIDE_K_DIM, mask=mask, other=0.0)
+    v = tl.load(
+        v_cache_ptr + v_offset[:, None] + dim[None, :] * STRIDE_V_DIM,
+        mask=load_mask[:, None] & dim_mask[None, :],
+        other=0.0,
+    )
+    return k.to(COMPUTE_DTYPE), v.to(COMPUTE_DTYPE)
+
+
+@triton.jit
+def attention_scores(
+    q,
+    k,
+    qk_scale,
+    soft_cap,
+    alibi_slope,
+    query_pos,
+    key_idx,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Scores in the log2 domain: scale, then softcap, then ALiBi (the API's order).
+
+    Without softcap ``qk_scale`` already holds ``log2(e)``; with it, the scale
+    is natural and the conversion happens after ``tanh``.
+    """
+    s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+    if HAS_SOFTCAP:
+        s = soft_cap * tanh(s / soft_cap) * LOG2E
+    if HAS_ALIBI:
+        distance = (key_idx[None, :] - query_pos[:, None]).to(tl.float32)
+        s += (alibi_slope * LOG2E)[:, None] * distance
+    return s
+
+
+@triton.jit
+def visible_mask(
+    query_pos,
+    key_idx,
+    seq_len,
+    sliding_window,
+    IS_CAUSAL: tl.constexpr,
+    HAS_SLIDING_WINDOW: tl.constexpr,
+):
+    """[M, N]: may query position ``query_pos[i]`` see key ``key_idx[j]``?"""
+    offset = key_idx[None, :] - query_pos[:, None]
+    visible = key_idx[None, :] < seq_len
+    if IS_CAUSAL:
+        visible &= offset <= 0
+    if HAS_SLIDING_WINDOW:
+        visible &= offset > -sliding_window
+        if not IS_CAUSAL:
+            visible &= offset < sliding_window
+    return visible
+
+
+@triton.jit
+def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
+    """Fold one tile of log2-domain scores ``s`` and values ``v`` into (m, l, acc).
+
+    A row whose running max is still -inf (nothing visible yet) uses 0 as its
+    reference so that exp2 gives 0 rather than NaN.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_ref)
+    p = tl.math.exp2(s - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def init_softmax_state(
+    sinks_ptr, head, row_valid, HAS_SINKS: tl.constexpr, BLOCK_M: tl.constexpr
+):
+    """Running max and sum before any key; a sink logit starts them at (sink, 1)."""
+    if HAS_SINKS:
+        m_i = tl.load(sinks_ptr + head, mask=row_valid, other=float("-inf")).to(tl.float32)
+        m_i = m_i * LOG2E
+        l_i = tl.where(row_valid, 1.0, 0.0)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+    return m_i, l_i
+
+
+@triton.jit
+def load_qk_scale(scale, k_scale_ptr, KV_IS_FP8: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """The factor on q.k: softmax scale, fp8 key scale, and log2(e) unless softcap."""
+    qk_scale = scale
+    if KV_IS_FP8:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
+    if not HAS_SOFTCAP:
+        qk_scale = qk_scale * LOG2E
+    return qk_scale
+
+
+@triton.jit
+def load_v_scale(v_scale_ptr, KV_IS_FP8: tl.constexpr):
+    # Per-tensor, so it multiplies the output once instead of every V tile.
+    if KV_IS_FP8:
+        return tl.load(v_scale_ptr)
+    return 1.0
+
+
+@triton.jit
+def attend_key_tiles(
+    acc,
+    m_i,
+    l_i,
+    q,
+    tile_begin,
+    tile_end,
+    kv_lo,
+    kv_hi,
+    query_pos,
+    seq_len,
+    sliding_window,
+    qk_scale,
+    soft_cap,
+    alibi_slope,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_table_row_ptr,
+    kv_head,
+    dim,
+    dim_mask,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    STRIDE_K_DIM: tl.constexpr,
+    STRIDE_V_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILE_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    HAS_SLIDING_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
+
+    Only keys in ``[kv_lo, kv_hi)`` are read. With ``MASKED`` off the caller
+    guarantees that every row sees every key of these tiles.
+    """
+    for tile_start in range(tile_begin, tile_end, TILE_N):
+        key_idx = tile_start + tl.arange(0, TILE_N)
+        load_mask = (key_idx >= kv_lo) & (key_idx < kv_hi)
+        k, v = load_kv_tile(
+            k_cache_ptr,
+            v_cache_ptr,
+            block_table_row_ptr,
+            key_idx,
+            load_mask,
+            kv_head,
+            dim,
+            dim_mask,
+            stride_k_block,
+            stride_k_slot,
+            stride_k_head,
+            stride_v_block,
+            stride_v_slot,
+            stride_v_head,
+            STRIDE_K_DIM,
+            STRIDE_V_DIM,
+            BLOCK_SIZE,
+            q.dtype,
+        )
+        s = attention_scores(
+            q, k, qk_scale, soft_cap, alibi_slope, query_pos, key_idx,
+            HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+        )  # fmt: skip
+        if MASKED:
+            visible = visible_mask(
+                query_pos, key_idx, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW
+            )
+            s = tl.where(visible, s, float("-inf"))
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
+    return acc, m_i, l_i

@@ -1,0 +1,171 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Long-query paged attention: prefill, chunked prefill and prefix caching.
+
+One program owns one Q tile, ``BLOCK_M`` rows that pack every query head of one
+KV head for ``BLOCK_M // queries_per_kv`` consecutive tokens of one sequence,
+and walks the sequence's keys in tiles of ``TILE_N`` (independent of the cache
+block size) with an online softmax. Key tiles that every row of the Q tile
+sees in full run without masks; only the tiles on the causal diagonal and at
+the sliding-window edge pay for masking. Tiles above the diagonal are never
+visited.
+"""
+
+import triton
+import triton.language as tl
+
+from .common import (
+    attend_key_tiles,
+    find_sequence,
+    init_softmax_state,
+    load_qk_scale,
+    load_v_scale,
+    query_rows,
+)
+
+
+@triton.jit
+def long_query_attention_kernel(
+    # pointers
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_table_ptr,
+    alibi_slopes_ptr,
+    sinks_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    # strides (the head-dim strides are constexpr: almost always 1)
+    stride_q_token,
+    stride_q_head,
+    stride_out_token,
+    stride_out_head,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    stride_block_table_seq,
+    # scalars
+    num_seqs,
+    scale,
+    soft_cap,
+    sliding_window,
+    # shapes and switches
+    STRIDE_Q_DIM: tl.constexpr,
+    STRIDE_OUT_DIM: tl.constexpr,
+    STRIDE_K_DIM: tl.constexpr,
+    STRIDE_V_DIM: tl.constexpr,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    QUERIES_PER_KV: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    TILE_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    HAS_SLIDING_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    BLOCK_Q: tl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
+    q_block_index = tl.program_id(0)
+    kv_head = tl.program_id(1)
+
+    seq = find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    first_token = (q_block_index - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+    if first_token >= q_len:  # the grid is an upper bound; spare programs leave
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - q_len  # the query tokens are the last q_len positions
+
+    token, head, row_valid = query_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV)
+    query_pos = context_len + token
+    dim = tl.arange(0, HEAD_PAD)
+    dim_mask = dim < HEAD_SIZE
+
+    q_offset = (q_start + token).to(tl.int64) * stride_q_token + head * stride_q_head
+    q = tl.load(
+        q_ptr + q_offset[:, None] + dim[None, :] * STRIDE_Q_DIM,
+        mask=row_valid[:, None] & dim_mask[None, :],
+        other=0.0,
+    )
+
+    m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid, HAS_SINKS, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
+    alibi_slope = 0.0
+    if HAS_ALIBI:
+        alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
+
+    # Keys this tile can need: [kv_lo, kv_hi). Keys every valid row sees:
+    # [full_lo, full_hi); both ends rounded inwards to whole key tiles.
+    first_pos = context_len + first_token
+    last_pos = context_len + tl.minimum(first_token + BLOCK_Q, q_len) - 1
+    kv_lo = 0
+    full_lo = 0
+    if IS_CAUSAL:
+        kv_hi = last_pos + 1
+        full_hi = first_pos + 1
+    else:
+        kv_hi = seq_len
+        full_hi = seq_len
+    if HAS_SLIDING_WINDOW:
+        kv_lo = tl.maximum(first_pos - sliding_window + 1, 0)
+        full_lo = tl.maximum(last_pos - sliding_window + 1, 0)
+        if not IS_CAUSAL:
+            kv_hi = tl.minimum(last_pos + sliding_window, seq_len)
+            full_hi = tl.minimum(first_pos + sliding_window, seq_len)
+    full_lo = tl.cdiv(full_lo, TILE_N) * TILE_N
+    full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
+    tile_lo = kv_lo // TILE_N * TILE_N
+
+    block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
+    if HAS_SLIDING_WINDOW:  # left edge of the window: masked
+        acc, m_i, l_i = attend_key_tiles(
+            acc, m_i, l_i, q, tile_lo, tl.minimum(full_lo, kv_hi), kv_lo, kv_hi,
+            query_pos, seq_len, sliding_window, qk_scale, soft_cap, alibi_slope,
+            k_cache_ptr, v_cache_ptr, block_table_row_ptr, kv_head, dim, dim_mask,
+            stride_k_block, stride_k_slot, stride_k_head,
+            stride_v_block, stride_v_slot, stride_v_head,
+            STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
+            IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+        )  # fmt: skip
+    # the bulk: no masks
+    acc, m_i, l_i = attend_key_tiles(
+        acc, m_i, l_i, q, full_lo, full_hi, kv_lo, kv_hi,
+        query_pos, seq_len, sliding_window, qk_scale, soft_cap, alibi_slope,
+        k_cache_ptr, v_cache_ptr, block_table_row_ptr, kv_head, dim, dim_mask,
+        stride_k_block, stride_k_slot, stride_k_head,
+        stride_v_block, stride_v_slot, stride_v_head,
+        STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, False,
+        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+    )  # fmt: skip
+    # the causal diagonal (or the ragged end of the sequence): masked
+    acc, m_i, l_i = attend_key_tiles(
+        acc, m_i, l_i, q, tl.maximum(full_hi, full_lo), kv_hi, kv_lo, kv_hi,
+        query_pos, seq_len, sliding_window, qk_scale, soft_cap, alibi_slope,
+        k_cache_ptr, v_cache_ptr, block_table_row_ptr, kv_head, dim, dim_mask,
+        stride_k_block, stride_k_slot, stride_k_head,
+        stride_v_block, stride_v_slot, stride_v_head,
+        STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
+        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+    )  # fmt: skip
+
+    v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    result = acc * (v_scale / l_i)[:, None]
+    out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
+    tl.store(
+        out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
+        result.to(out_ptr.dtype.element_ty),
+        mask=row_valid[:, None] & dim_mask[None, :],
+    )

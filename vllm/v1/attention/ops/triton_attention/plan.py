@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Host-side planning: which kernel, which tiles, how many KV splits, what grid.
+
+``plan_attention`` is a pure function of shapes and the GPU's description; it
+never reads tensor contents, syncs the device or allocates. Under CUDA/HIP
+graphs its inputs (token count, sequence count, whether the batch is a
+uniform short-query batch) are fixed for a captured size, so a replayed graph
+always matches its plan. Nothing autotunes at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+# Queries of at most this many tokens per sequence (decode, and speculative
+# decode verification with up to 7 draft tokens) go to split-KV decode.
+# Longer ones go to the long-query kernel.
+SPLIT_KV_MAX_QUERY_LEN = 8
+
+# Split-KV aims for this many programs per compute unit (SM/CU), so that
+# each unit has a second program to switch to while the first waits on memory.
+SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = 2
+# Upper bound on splits per sequence: the merge reads one partial row per
+# split, and beyond this each split would stream fewer keys than one tile
+# pipeline keeps in flight for contexts below ~16k.
+MAX_KV_SPLITS = 64
+
+# tl.dot needs every dimension to be at least 16.
+MIN_DOT_SIZE = 16
+MAX_HEAD_SIZE = 256
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuArch:
+    """What the plan needs to know about the GPU (or the CPU interpreter)."""
+
+    vendor: str  # "cuda", "hip" or "interpreter"
+    name: str  # "sm_90", "gfx942", ... or "cpu"
+    num_compute_units: int  # SMs (NVIDIA) or CUs (AMD)
+
+    @classmethod
+    def of_device(cls, device: torch.device) -> GpuArch:
+        device = torch.device(device)
+        if device.type != "cuda":  # tensors on the CPU: the Triton interpreter
+            return cls("interpreter", "cpu", 4)
+        props = torch.cuda.get_device_properties(device)
+        if torch.version.hip is not None:
+            return cls("hip", props.gcnArchName.split(":")[0], props.multi_processor_count)
+        return cls("cuda", f"sm_{props.major}{props.minor}", props.multi_processor_count)
+
+    def supports_kv_dtype(self, dtype: torch.dtype) -> bool:
+        if dtype not in FP8_DTYPES:
+            return True
+        if self.vendor == "interpreter":
+            return True
+        if self.vendor == "cuda":  # e4m3fn needs sm_89+; NVIDIA has no fnuz format
+            return dtype == torch.float8_e4m3fn and int(self.name[3:]) >= 89
+        # AMD: MI300 (gfx942) has fnuz, MI350 (gfx950) and RDNA4 (gfx12) the OCP format.
+        if dtype == torch.float8_e4m3fnuz:
+            return self.name == "gfx942"
+        return self.name == "gfx950" or self.name.startswith("gfx12")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionPlan:
+    """Everything ``paged_attention`` needs to launch, decided once per batch."""
+
+    kernel: str  # "split_kv_decode" or "long_query"
+    num_tokens: int
+    num_seqs: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_size: int
+    head_pad: int  # head size rounded up to a power of two (>= 16)
+    block_m: int  # query rows per program: tokens x query heads of one KV head
+    kv_tile_size: int  # keys per inner-loop step, independent of the cache block size
+    num_kv_splits: int  # 1 for long_query
+    num_warps: int
+    num_stages: int
+    grid: tuple[int, int, int]
+
+    @property
+    def queries_per_kv(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def tokens_per_q_block(self) -> int:
+        return self.block_m // self.queries_per_kv
+
+    @property
+    def merge_grid(self) -> tuple[int, int, int] | None:
+        if self.num_kv_splits == 1:
+            return None
+        return (self.num_tokens, self.num_q_heads, 1)
+
+    def workspace_elements(self) -> tuple[int, int]:
+        """float32 elements of (partial outputs, partial log-sum-exps) the plan needs."""
+        if self.num_kv_splits == 1:
+            return 0, 0
+        rows = self.num_tokens * self.num_q_heads * self.num_kv_splits
+        return rows * self.head_pad, rows
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def num_kv_splits_for(num_seqs: int, num_kv_heads: int, arch: GpuArch) -> int:
+    """Splits per sequence that fill the GPU: depends on the batch, never on lengths."""
+    programs_per_split = max(num_seqs * num_kv_heads, 1)
+    target = arch.num_compute_units * SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT
+    return max(1, min(MAX_KV_SPLITS, math.ceil(target / programs_per_split)))
+
+
+def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]:
+    """(block_m, kv_tile_size, num_warps, num_stages) for the long-query kernel."""
+    if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
+        return 64, 64, 4, 1
+    if head_pad <= 128:
+        return 128, 64, 8, 3 if arch.vendor == "cuda" else 2
+    return 64, 32, 4, 2
+
+
+def _split_kv_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int]:
+    """(kv_tile_size, num_warps, num_stages) for split-KV decode."""
+    if arch.vendor == "interpreter":
+        return 64, 4, 1
+    if head_pad <= 128:
+        return 64, 4, 3 if arch.vendor == "cuda" else 2
+    return 32, 4, 2
+
+
+def plan_attention(
+    *,
+    num_tokens: int,
+    num_seqs: int,
+    max_query_len: int,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    arch: GpuArch,
+) -> AttentionPlan:
+    """Choose the kernel and its launch for one batch (host facts only)."""
+    queries_per_kv = num_q_heads // num_kv_heads
+    head_pad = max(next_power_of_2(head_size), MIN_DOT_SIZE)
+    if max_query_len <= SPLIT_KV_MAX_QUERY_LEN:
+        tokens = next_power_of_2(max(max_query_len, 1))
+        block_m = max(next_power_of_2(tokens * queries_per_kv), MIN_DOT_SIZE)
+        kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, arch)
+        splits = num_kv_splits_for(num_seqs, num_kv_heads, arch)
+        return AttentionPlan(
+            "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
+            head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
+            (num_seqs, num_kv_heads, splits),
+        )  # fmt: skip
+
+    block_m, kv_tile_size, num_warps, num_stages = _long_query_tiles(head_pad, arch)
+    block_m = max(block_m, next_power_of_2(queries_per_kv))
+    tokens_per_q_block = block_m // queries_per_kv
+    return AttentionPlan(
+        "long_query", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
+        head_pad, block_m, kv_tile_size, 1, num_warps, num_stages,
+        (long_query_grid_size(num_tokens, num_seqs, tokens_per_q_block), num_kv_heads, 1),
+    )  # fmt: skip
+
+
+def long_query_grid_size(num_tokens: int, num_seqs: int, tokens_per_q_block: int) -> int:
+    """Q-tile programs that surely cover every sequence, without knowing each length.
+
+    Sequence b needs ceil(q_len_b / T) tiles <= q_len_b // T + 1; summed over the
+    batch that is at most num_tokens // T + num_seqs. The kernel maps program
+    ids to sequences with the same bound (``common.find_sequence``); programs
+    past a sequence's last tile return at once.
+    """
+    return num_tokens // tokens_per_q_block + num_seqs

@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""The readable specification of paged attention, in plain PyTorch.
+
+Every kernel in this package is tested against :func:`reference_paged_attention`.
+It follows the semantics in the package docstring one sequence at a time and
+computes in float64 (float32 where the device has no float64), so its own
+rounding error is far below any tolerance the tests use.
+"""
+
+import torch
+
+
+def _visible_keys(
+    query_pos: torch.Tensor,
+    seq_len: int,
+    causal: bool,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """Boolean [q_len, seq_len]: may the query at ``query_pos[i]`` see key ``j``?"""
+    key_pos = torch.arange(seq_len, device=query_pos.device)
+    offset = key_pos[None, :] - query_pos[:, None]  # j - p
+    visible = torch.ones_like(offset, dtype=torch.bool)
+    if causal:
+        visible &= offset <= 0
+    if sliding_window is not None:
+        visible &= offset > -sliding_window  # keys p-W+1 .. p
+        if not causal:  # encoder layers: a symmetric window
+            visible &= offset < sliding_window
+    return visible
+
+
+def reference_paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
+    scale: float,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    plan=None,
+) -> torch.Tensor:
+    """Paged attention in PyTorch; same arguments as ``paged_attention``.
+
+    Returns a new tensor shaped like ``q`` (``out``, if given, only sets the
+    dtype). Rows of tokens that belong to no sequence are zero.
+    """
+    del max_query_len, max_seq_len, plan  # hints for the kernels only
+    compute_dtype = torch.float32 if q.device.type == "mps" else torch.float64
+    num_tokens, num_q_heads, head_size = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    result = torch.zeros(q.shape, dtype=compute_dtype, device=q.device)
+    k_factor = 1.0 if k_scale is None else float(k_scale)
+    v_factor = 1.0 if v_scale is None else float(v_scale)
+
+    starts = query_start_loc.tolist()
+    for seq, seq_len in enumerate(seq_lens.tolist()):
+        q_start, q_end = starts[seq], starts[seq + 1]
+        q_len = q_end - q_start
+        if q_len == 0 or seq_len == 0:
+            continue
+        # Gather this sequence's keys and values out of the paged cache.
+        key_idx = torch.arange(seq_len, device=q.device)
+        blocks = block_table[seq, key_idx // block_size].long()
+        slots = key_idx % block_size
+        keys = k_cache[blocks, slots].to(compute_dtype) * k_factor  # [seq_len, kv_heads, d]
+        values = v_cache[blocks, slots].to(compute_dtype) * v_factor
+        keys = keys.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
+        values = values.repeat_interleave(group, dim=1)
+
+        query = q[q_start:q_end].to(compute_dtype)  # [q_len, heads, d]
+        query_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
+
+        scores = scale * torch.einsum("qhd,khd->hqk", query, keys)
+        if logits_soft_cap is not None:
+            scores = logits_soft_cap * torch.tanh(scores / logits_soft_cap)
+        if alibi_slopes is not None:
+            distance = (key_idx[None, :] - query_pos[:, None]).to(compute_dtype)
+            scores = scores + alibi_slopes.to(compute_dtype)[:, None, None] * distance
+        visible = _visible_keys(query_pos, seq_len, causal, sliding_window)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        # Keys no query sees (outside every window) may be stale or NaN: drop them.
+        values = values.masked_fill(~visible.any(0)[:, None, None], 0.0)
+
+        if sinks is not None:  # one extra logit per head: in the denominator, no value
+            sink = sinks.to(compute_dtype)[:, None, None].expand(-1, q_len, 1)
+            scores = torch.cat([scores, sink], dim=-1)
+        probs = torch.softmax(scores, dim=-1)
+        if sinks is not None:
+            probs = probs[..., :-1]
+        result[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, values)
+
+    return result.to(q.dtype if out is None else out.dtype)

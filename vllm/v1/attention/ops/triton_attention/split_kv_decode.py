@@ -1,0 +1,210 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Split-KV ("flash-decoding") attention for short queries, and its merge.
+
+Decode (q_len 1) and speculative-decode verification (q_len 2..8) read a whole
+context for a handful of query rows: the work is streaming K and V, and one
+program per (sequence, KV head) leaves most of the GPU idle when the batch is
+small. So each sequence's keys are cut into ``num_kv_splits`` contiguous
+ranges, one program each; every program writes its partial output
+(normalised) and its log2-sum-exp, and ``merge_kv_splits_kernel`` combines the
+partials exactly. ``num_kv_splits`` is fixed per plan (from the batch size and
+the GPU), while the length of each range follows the sequence's own length in
+the kernel, so the launch is the same for every context length: safe to
+capture in a CUDA/HIP graph. With one split the kernel writes the output
+directly and no merge runs.
+"""
+
+import triton
+import triton.language as tl
+
+from .common import (
+    attend_key_tiles,
+    init_softmax_state,
+    load_qk_scale,
+    load_v_scale,
+    query_rows,
+)
+
+
+@triton.jit
+def split_kv_decode_kernel(
+    # pointers
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    partial_out_ptr,  # [num_tokens, num_q_heads, NUM_KV_SPLITS, HEAD_PAD] float32
+    partial_lse_ptr,  # [num_tokens, num_q_heads, NUM_KV_SPLITS] float32, log2 domain
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_table_ptr,
+    alibi_slopes_ptr,
+    sinks_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    # strides
+    stride_q_token,
+    stride_q_head,
+    stride_out_token,
+    stride_out_head,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    stride_block_table_seq,
+    stride_partial_token,
+    stride_partial_head,
+    # scalars
+    scale,
+    soft_cap,
+    sliding_window,
+    # shapes and switches
+    STRIDE_Q_DIM: tl.constexpr,
+    STRIDE_OUT_DIM: tl.constexpr,
+    STRIDE_K_DIM: tl.constexpr,
+    STRIDE_V_DIM: tl.constexpr,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    QUERIES_PER_KV: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    TILE_N: tl.constexpr,
+    NUM_KV_SPLITS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    HAS_SLIDING_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    if q_len == 0:  # a padding row of the batch
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - q_len
+
+    # Every query token of the sequence (at most BLOCK_M // QUERIES_PER_KV,
+    # guaranteed by the plan) times every query head of this KV head.
+    token, head, row_valid = query_rows(0, q_len, kv_head, BLOCK_M, QUERIES_PER_KV)
+    query_pos = context_len + token
+    dim = tl.arange(0, HEAD_PAD)
+    dim_mask = dim < HEAD_SIZE
+    q_offset = (q_start + token).to(tl.int64) * stride_q_token + head * stride_q_head
+    q = tl.load(
+        q_ptr + q_offset[:, None] + dim[None, :] * STRIDE_Q_DIM,
+        mask=row_valid[:, None] & dim_mask[None, :],
+        other=0.0,
+    )
+
+    # This program's share of the keys any row can see, in whole key tiles.
+    kv_lo = 0
+    if HAS_SLIDING_WINDOW:
+        kv_lo = tl.maximum(context_len - sliding_window + 1, 0)
+    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_KV_SPLITS), TILE_N) * TILE_N
+    split_lo = kv_lo + split * keys_per_split
+    split_hi = tl.minimum(split_lo + keys_per_split, seq_len)
+
+    # The sink joins the softmax once, through the first split.
+    m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid & (split == 0), HAS_SINKS, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
+    alibi_slope = 0.0
+    if HAS_ALIBI:
+        alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
+
+    block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
+    acc, m_i, l_i = attend_key_tiles(
+        acc, m_i, l_i, q, split_lo, split_hi, split_lo, split_hi,
+        query_pos, seq_len, sliding_window, qk_scale, soft_cap, alibi_slope,
+        k_cache_ptr, v_cache_ptr, block_table_row_ptr, kv_head, dim, dim_mask,
+        stride_k_block, stride_k_slot, stride_k_head,
+        stride_v_block, stride_v_slot, stride_v_head,
+        STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
+        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+    )  # fmt: skip
+
+    has_keys = l_i > 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    store_mask = row_valid[:, None] & dim_mask[None, :]
+    if NUM_KV_SPLITS == 1:
+        v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
+        result = acc * (v_scale / l_safe)[:, None]
+        out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
+        tl.store(
+            out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
+            result.to(out_ptr.dtype.element_ty),
+            mask=store_mask,
+        )
+    else:
+        row_offset = (q_start + token).to(tl.int64) * stride_partial_token
+        row_offset += head * stride_partial_head + split * HEAD_PAD
+        tl.store(
+            partial_out_ptr + row_offset[:, None] + dim[None, :],
+            acc / l_safe[:, None],
+            mask=store_mask,
+        )
+        lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
+        lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
+        lse_offset += head * NUM_KV_SPLITS + split
+        tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
+
+
+@triton.jit
+def merge_kv_splits_kernel(
+    out_ptr,
+    partial_out_ptr,
+    partial_lse_ptr,
+    query_start_loc_ptr,
+    v_scale_ptr,
+    stride_out_token,
+    stride_out_head,
+    stride_partial_token,
+    stride_partial_head,
+    num_seqs,
+    STRIDE_OUT_DIM: tl.constexpr,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    NUM_KV_SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,
+):
+    """out[token, head] = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    if token >= tl.load(query_start_loc_ptr + num_seqs):  # padding tokens: no partials
+        return
+
+    splits = tl.arange(0, SPLITS_PAD)
+    split_mask = splits < NUM_KV_SPLITS
+    lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
+    lse = tl.load(partial_lse_ptr + lse_row + splits, mask=split_mask, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    weight = tl.math.exp2(lse - lse_ref)
+    total = tl.sum(weight, 0)
+    total = tl.where(total == 0.0, 1.0, total)
+
+    dim = tl.arange(0, HEAD_PAD)
+    dim_mask = dim < HEAD_SIZE
+    row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
+    partial = tl.load(
+        partial_out_ptr + row + splits[:, None] * HEAD_PAD + dim[None, :],
+        mask=split_mask[:, None] & dim_mask[None, :] & (weight > 0.0)[:, None],
+        other=0.0,
+    )
+    result = tl.sum(partial * weight[:, None], 0) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)
+    out_offset = token.to(tl.int64) * stride_out_token + head * stride_out_head
+    tl.store(
+        out_ptr + out_offset + dim * STRIDE_OUT_DIM,
+        result.to(out_ptr.dtype.element_ty),
+        mask=dim_mask,
+    )
