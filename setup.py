@@ -12,11 +12,12 @@ upstream's dependency list, entry points and platform tag.
 
 import email.parser
 import re
+import shutil
 import sys
 import zipfile
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 try:
@@ -79,6 +80,7 @@ class BuildPatchedVllm(build_py):
 
     def run(self):
         build_lib = Path(self.build_lib)
+        shutil.rmtree(build_lib / "vllm", ignore_errors=True)  # no stale files from a last build
         with zipfile.ZipFile(UPSTREAM_WHEEL) as wheel:
             members = [name for name in wheel.namelist() if name.startswith("vllm/")]
             wheel.extractall(build_lib, members)
@@ -99,12 +101,15 @@ class BuildPatchedVllm(build_py):
 class UpstreamTagWheel(bdist_wheel):
     """Our wheel carries upstream's compiled extensions, so it keeps their tag."""
 
-    def finalize_options(self):
-        super().finalize_options()
-        self.root_is_pure = False
-
     def get_tag(self):
         return _platform_tag()
+
+
+class BinaryDistribution(Distribution):
+    """Upstream's ``*.so`` files ride along: install to platlib, not purelib."""
+
+    def has_ext_modules(self):
+        return True
 
 
 metadata, entry_points = _upstream_metadata()
@@ -125,5 +130,6 @@ setup(
     # Declared so that setuptools runs build_py; its files come from the wheel.
     packages=["vllm"],
     cmdclass={"build_py": BuildPatchedVllm, "bdist_wheel": UpstreamTagWheel},
+    distclass=BinaryDistribution,
     zip_safe=False,
 )

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -273,16 +272,21 @@ _VERSION_RE = re.compile(r"^__version__\s*=\s*(?:version\s*=\s*)?['\"]([^'\"]+)[
 
 
 def _read_version(root: Path, package: Path) -> str | None:
+    """An installed package's dist-info wins (it names our own builds); then the
+    version module; then a source tree's PKG-INFO."""
+    for metadata in root.glob("vllm-*.dist-info/METADATA"):
+        match = re.search(r"^Version:\s*(\S+)", metadata.read_text(), re.M)
+        if match:
+            return match.group(1)
     version_file = package / "_version.py"
     if version_file.exists():
         match = _VERSION_RE.search(version_file.read_text())
         if match:
             return match.group(1)
-    for metadata in [*root.glob("vllm-*.dist-info/METADATA"), root / "PKG-INFO"]:
-        if metadata.exists():
-            match = re.search(r"^Version:\s*(\S+)", metadata.read_text(), re.M)
-            if match:
-                return match.group(1)
+    if (root / "PKG-INFO").exists():
+        match = re.search(r"^Version:\s*(\S+)", (root / "PKG-INFO").read_text(), re.M)
+        if match:
+            return match.group(1)
     return None
 
 
@@ -301,7 +305,12 @@ def resolve_target(directory: str | Path) -> Target:
     pinned = load_pin()["version"]
     if version is None:
         raise PatchSetError(f"cannot tell the vLLM version of {directory}; expected {pinned}")
-    base_version = version.split("+")[0]
+    base_version, _, local = version.partition("+")
+    if local.startswith(load_pin()["patchset"]["name"]):
+        raise PatchSetError(
+            f"{directory} is already a patched build (vLLM {version}, installed from this "
+            "project's wheel); there is nothing to apply or revert"
+        )
     if base_version != pinned:
         raise PatchSetError(
             f"{directory} holds vLLM {version}, but this patch set is for vLLM {pinned} "
@@ -369,6 +378,9 @@ def recover(target: Target) -> bool:
     if journal is None:
         return False
     _restore(target, journal["files"])
+    for rel in journal["files"]:  # a write cut short leaves its temp file
+        path = target.root / rel
+        path.with_name(f".{path.name}.patchset-tmp").unlink(missing_ok=True)
     manifest = _load_json(target.state / MANIFEST)
     if manifest is None:
         shutil.rmtree(target.state)
@@ -393,12 +405,12 @@ def _check_untouched(target: Target, manifest: dict) -> None:
         )
 
 
-def plan(target: Target) -> tuple[dict, dict | None]:
+def plan(target: Target, repo: Path = REPO) -> tuple[dict, dict | None]:
     """Return (new bytes per path, current manifest) without writing anything."""
     manifest = _load_json(target.state / MANIFEST)
     if manifest is not None:
         _check_untouched(target, manifest)
-    changes = compute_changes(_original_reader(target, manifest))
+    changes = compute_changes(_original_reader(target, manifest), repo)
     return changes, manifest
 
 
@@ -408,10 +420,10 @@ def _is_applied(target: Target, changes: dict, manifest: dict | None) -> bool:
     return all(_read(target.root / rel) == data for rel, data in changes.items())
 
 
-def apply(directory: str | Path) -> str:
+def apply(directory: str | Path, repo: Path = REPO) -> str:
     target = resolve_target(directory)
     recover(target)
-    changes, manifest = plan(target)
+    changes, manifest = plan(target, repo)
     if _is_applied(target, changes, manifest):
         return f"already applied to {target.package} (vLLM {target.version}); nothing to do"
 

@@ -11,7 +11,7 @@ def _quantise(x, scale, FP8_MAX: tl.constexpr, CACHE_DTYPE: tl.constexpr):
     # Saturate first: a cast of an out-of-range value to e4m3 gives NaN.
     x = x.to(tl.float32) / scale
     x = tl.minimum(tl.maximum(x, -FP8_MAX), FP8_MAX)
-    return x.to(CACHE_DTYPE)
+    return x.to(CACHE_DTYPE)  # GPUs round to nearest even here, as torch does
 
 
 @triton.jit

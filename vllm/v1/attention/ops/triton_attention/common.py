@@ -10,7 +10,7 @@ before the loop and sink logits are converted on load.
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads only constexpr globals
 
 
 @triton.jit

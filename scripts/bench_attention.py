@@ -1,0 +1,223 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Time our paged attention against torch SDPA and the card's rooflines.
+
+Runs on the GPU box (torch + triton, no vLLM). Every timed configuration is
+first checked against the reference on a small copy of itself. Writes JSON
+records (see ``--out``) and prints a markdown table.
+
+    python3 scripts/bench_attention.py --sweep quick --out $OUT/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))
+sys.path.append(str(REPO / "tests" / "kernels"))
+
+from batches import TOLERANCES, make_batch  # noqa: E402
+
+from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+    GpuArch,
+    SplitKVWorkspace,
+    paged_attention,
+    plan_attention,
+    reference_paged_attention,
+)
+
+MODELS = {  # name: (num_q_heads, num_kv_heads, head_size)
+    "llama3-8b": (32, 8, 128),
+    "qwen-7to1": (28, 4, 128),
+}
+SWEEPS = {
+    "quick": dict(
+        decode=[(b, c) for b in (1, 8, 32, 128) for c in (1024, 16384)],
+        prefill=[(1, 4096), (1, 16384)],
+    ),
+    "decode": dict(
+        decode=[(b, c) for b in (1, 4, 8, 16, 32, 64, 128) for c in (1024, 4096, 16384, 65536)],
+        prefill=[],
+    ),
+}
+
+
+def time_us(fn, graphs: bool) -> float:
+    # do_bench_cudagraph runs fn on a side stream: inputs made on the default
+    # stream must be complete first.
+    torch.cuda.synchronize()
+    if graphs:
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3
+
+
+def copy_bandwidth_gbps() -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = time_us(lambda: dst.copy_(src), graphs=False)
+    return 2 * src.numel() / us / 1e3
+
+
+def gemm_tflops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    us = time_us(lambda: a @ b, graphs=False)
+    return 2 * 8192**3 / us / 1e6
+
+
+def check_small(model, q_len, seq_len, dtype):
+    hq, hkv, d = model
+    batch = make_batch([q_len, q_len], [seq_len, seq_len], num_q_heads=hq, num_kv_heads=hkv,
+                       head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
+    out = torch.empty_like(batch.q)
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=d**-0.5,
+                    **batch.kernel_args())  # fmt: skip
+    ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
+                                    **batch.kernel_args())  # fmt: skip
+    rows = batch.num_actual_tokens
+    torch.testing.assert_close(out[:rows].float(), ref[:rows].float(), **TOLERANCES[dtype])
+
+
+def paged_inputs(model, batch_size, q_len, context, dtype, block_size=16):
+    hq, hkv, d = model
+    blocks_per_seq = math.ceil(context / block_size)
+    num_blocks = batch_size * blocks_per_seq
+    k_cache = torch.randn(num_blocks, block_size, hkv, d, device="cuda", dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    block_table = torch.randperm(num_blocks, device="cuda", dtype=torch.int32)
+    block_table = block_table.view(batch_size, blocks_per_seq)
+    q = torch.randn(batch_size * q_len, hq, d, device="cuda", dtype=dtype)
+    qsl = torch.arange(0, batch_size + 1, device="cuda", dtype=torch.int32) * q_len
+    seq_lens = torch.full((batch_size,), context, device="cuda", dtype=torch.int32)
+    return q, k_cache, v_cache, qsl, seq_lens, block_table
+
+
+def bench_ours(model, batch_size, q_len, context, dtype, graphs):
+    hq, hkv, d = model
+    q, k_cache, v_cache, qsl, seq_lens, block_table = paged_inputs(
+        model, batch_size, q_len, context, dtype
+    )
+    arch = GpuArch.of_device("cuda")
+    plan = plan_attention(num_tokens=q.shape[0], num_seqs=batch_size, max_query_len=q_len,
+                          num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch)  # fmt: skip
+    workspace = SplitKVWorkspace.allocate(plan, "cuda")
+    out = torch.empty_like(q)
+
+    def run():
+        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=seq_lens,
+                        block_table=block_table, max_query_len=q_len, max_seq_len=context,
+                        scale=d**-0.5, plan=plan, workspace=workspace, arch=arch)  # fmt: skip
+
+    return time_us(run, graphs), plan
+
+
+def bench_sdpa(model, batch_size, q_len, context, dtype, backend, graphs):
+    hq, hkv, d = model
+    q = torch.randn(batch_size, hq, q_len, d, device="cuda", dtype=dtype)
+    k = torch.randn(batch_size, hkv, context, d, device="cuda", dtype=dtype)
+    v = torch.randn_like(k)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    causal = q_len == context
+    if backend == SDPBackend.CUDNN_ATTENTION and hq != hkv:  # cuDNN wants equal heads
+        k = k.repeat_interleave(hq // hkv, 1)
+        v = v.repeat_interleave(hq // hkv, 1)
+
+    def run():
+        with sdpa_kernel(backend):
+            torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, enable_gqa=k.shape[1] != hq
+            )
+
+    try:
+        run()
+    except RuntimeError as error:
+        return None, str(error).splitlines()[0]
+    return time_us(run, graphs), None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", choices=SWEEPS, default="quick")
+    parser.add_argument("--models", nargs="+", default=["llama3-8b"], choices=MODELS)
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args()
+
+    card = torch.cuda.get_device_name()
+    dtype = torch.bfloat16
+    records = []
+    base = dict(card=card, torch=torch.__version__, triton=triton.__version__,
+                timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))  # fmt: skip
+    copy = copy_bandwidth_gbps()
+    gemm = gemm_tflops()
+    records.append({**base, "kind": "roofline", "impl": "copy", "gbps": copy})
+    records.append({**base, "kind": "roofline", "impl": "gemm", "tflops": gemm})
+    sweep = SWEEPS[args.sweep]
+    for name in args.models:
+        model = MODELS[name]
+        hq, hkv, d = model
+        for q_len in (1, 4):
+            check_small(model, q_len, 300, dtype)
+        check_small(model, 200, 300, dtype)
+        for kind, q_len, cells in (("decode", 1, sweep["decode"]),
+                                   ("specdecode", 4, sweep["decode"])):  # fmt: skip
+            for batch_size, context in cells:
+                kv_bytes = 2 * batch_size * context * hkv * d * 2
+                if kv_bytes > 40e9:
+                    continue
+                for graphs in (True, False):
+                    us, plan = bench_ours(model, batch_size, q_len, context, dtype, graphs)
+                    rec = dict(base, kind=kind, impl="ours", model=name, batch=batch_size,
+                               context=context, q_len=q_len, head_size=d, num_q_heads=hq,
+                               num_kv_heads=hkv, graphs=graphs, us=us, gbps=kv_bytes / us / 1e3,
+                               kv_splits=plan.num_kv_splits)  # fmt: skip
+                    rec["ratio_copy"] = rec["gbps"] / copy
+                    records.append(rec)
+                    if kind == "decode" and graphs:
+                        for backend in ("flash", "cudnn"):
+                            sus, err = bench_sdpa(model, batch_size, q_len, context, dtype,
+                                                  backend, graphs)  # fmt: skip
+                            if sus is not None:
+                                records.append(dict(rec, impl=f"sdpa_{backend}", us=sus,
+                                                    gbps=kv_bytes / sus / 1e3,
+                                                    ratio_copy=kv_bytes / sus / 1e3 / copy))  # fmt: skip
+                            rec[f"ratio_sdpa_{backend}"] = (sus / us) if sus else None
+        for batch_size, seq in sweep["prefill"]:
+            flops = 4 * batch_size * hq * d * seq * seq / 2  # causal
+            us, plan = bench_ours(model, batch_size, seq, seq, dtype, graphs=True)
+            rec = dict(base, kind="prefill", impl="ours", model=name, batch=batch_size,
+                       context=seq, q_len=seq, head_size=d, num_q_heads=hq, num_kv_heads=hkv,
+                       graphs=True, us=us, tflops=flops / us / 1e6)  # fmt: skip
+            records.append(rec)
+            for backend in ("flash", "cudnn"):
+                sus, err = bench_sdpa(model, batch_size, seq, seq, dtype, backend, True)
+                if sus is not None:
+                    records.append(dict(rec, impl=f"sdpa_{backend}", us=sus,
+                                        tflops=flops / sus / 1e6))  # fmt: skip
+
+    Path(args.out).write_text(json.dumps(records, indent=1))
+    print(f"| card {card} | copy {copy:.0f} GB/s | gemm {gemm:.0f} TFLOP/s |")
+    print("| kind | impl | model | batch | ctx | q_len | graphs | us | GB/s or TFLOP/s | x copy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        if r["kind"] == "roofline":
+            continue
+        rate = r.get("gbps") or r.get("tflops")
+        print(f"| {r['kind']} | {r['impl']} | {r['model']} | {r['batch']} | {r['context']} | "
+              f"{r['q_len']} | {r['graphs']} | {r['us']:.1f} | {rate:.0f} | "
+              f"{r.get('ratio_copy', float('nan')):.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Test-wide setup: without a GPU, Triton kernels run in its interpreter."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+try:
+    import torch
+
+    HAS_GPU = torch.cuda.is_available()
+except ImportError:  # the patch-tool tests run without torch
+    HAS_GPU = False
+
+if not HAS_GPU:
+    # Must be set before triton is imported anywhere.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# On the GPU box there is no vLLM: the kernel package resolves from the repo
+# as a namespace package. Where vLLM is installed its regular package wins.
+sys.path.append(str(REPO))
+
+
+def pytest_report_header(config):
+    where = "GPU" if HAS_GPU else "CPU, Triton interpreter"
+    return f"triton attention tests on: {where}"
+
+
+@pytest.fixture
+def device():
+    return "cuda" if HAS_GPU else "cpu"

@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Random paged-attention batches for tests and benchmarks: the vLLM layouts,
+shuffled block tables, and NaN poison wherever the kernels must not look."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+# Tolerances per activation dtype, against a float64 reference on the same
+# (already quantised) inputs. Outputs are convex mixes of N(0, 1) values, so
+# |out| < ~4 and the error is set by the rounding the kernels do on purpose:
+# - float32: exact products ("ieee" dot); only summation order differs over up
+#   to a few thousand keys -> ~1e-6 relative, 1e-4 leaves room.
+# - float16: P is rounded to fp16 before the PV product (2**-11 relative) and
+#   the output is stored in fp16 (ulp 2**-10 at 1) -> a few 1e-3.
+# - bfloat16: the same with 8 mantissa bits (2**-8; ulp 2**-7 at 1) -> 2e-2.
+TOLERANCES = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=4e-3, rtol=4e-3),
+    torch.bfloat16: dict(atol=2.5e-2, rtol=2.5e-2),
+}
+
+
+@dataclasses.dataclass
+class Batch:
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    max_query_len: int
+    max_seq_len: int
+    num_actual_tokens: int
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    def kernel_args(self) -> dict:
+        return dict(
+            query_start_loc=self.query_start_loc,
+            seq_lens=self.seq_lens,
+            block_table=self.block_table,
+            max_query_len=self.max_query_len,
+            max_seq_len=self.max_seq_len,
+            k_scale=self.k_scale,
+            v_scale=self.v_scale,
+        )
+
+
+def kv_cache_views(
+    num_blocks: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_size: int,
+    dtype: torch.dtype,
+    device,
+    layout: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V views ``[num_blocks, block_size, num_kv_heads, head_size]``.
+
+    ``packed_nhd`` / ``packed_hnd`` are views of vLLM 0.33's packed
+    ``[num_blocks, H, block_size, 2*head_size]`` cache (K|V in the last dim)
+    under its default (token-major) and head-major physical layouts;
+    ``separate`` are two contiguous tensors.
+    """
+    if layout == "separate":
+        shape = (num_blocks, block_size, num_kv_heads, head_size)
+        return torch.empty(shape, dtype=dtype, device=device), torch.empty(
+            shape, dtype=dtype, device=device
+        )
+    if layout == "packed_nhd":
+        packed = torch.empty(
+            num_blocks, block_size, num_kv_heads, 2 * head_size, dtype=dtype, device=device
+        )
+    elif layout == "packed_hnd":
+        packed = torch.empty(
+            num_blocks, num_kv_heads, block_size, 2 * head_size, dtype=dtype, device=device
+        ).transpose(1, 2)
+    else:
+        raise ValueError(layout)
+    return packed[..., :head_size], packed[..., head_size:]
+
+
+def _fill(view: torch.Tensor, values: torch.Tensor) -> None:
+    view.copy_(values.to(view.dtype) if view.dtype.is_floating_point else values)
+
+
+def make_batch(
+    q_lens: list[int],
+    seq_lens: list[int],
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    block_size: int,
+    dtype: torch.dtype,
+    device,
+    kv_dtype: torch.dtype | None = None,
+    layout: str = "separate",
+    sliding_window: int | None = None,
+    padding_tokens: int = 0,
+    generator: torch.Generator | None = None,
+) -> Batch:
+    """A batch with every unused cache slot, spare block and padding query = NaN."""
+    assert len(q_lens) == len(seq_lens)
+    kv_dtype = kv_dtype or dtype
+    gen = generator or torch.Generator().manual_seed(0)
+    blocks_per_seq = [-(-s // block_size) for s in seq_lens]
+    max_blocks = max(blocks_per_seq + [1])
+    num_blocks = sum(blocks_per_seq) + 3  # a few spare, poisoned blocks
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    k_cache, v_cache = kv_cache_views(
+        num_blocks, block_size, num_kv_heads, head_size, kv_dtype, device, layout
+    )
+    k_scale = v_scale = None
+    if kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+        k_scale = torch.tensor(0.05, device=device)
+        v_scale = torch.tensor(0.04, device=device)
+        # Values spread over the fp8 range after scaling.
+        k_values = randn(num_blocks, block_size, num_kv_heads, head_size) * 2
+        v_values = randn(num_blocks, block_size, num_kv_heads, head_size) * 2
+        k_cache.copy_((k_values / 0.05).to(kv_dtype))
+        v_cache.copy_((v_values / 0.04).to(kv_dtype))
+    else:
+        _fill(k_cache, randn(num_blocks, block_size, num_kv_heads, head_size))
+        _fill(v_cache, randn(num_blocks, block_size, num_kv_heads, head_size))
+
+    # Shuffled block table; entries past a sequence's blocks point nowhere valid.
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    block_table = torch.full((len(seq_lens), max_blocks + 1), 10**6, dtype=torch.int32)
+    used = set()
+    cursor = 0
+    for seq, count in enumerate(blocks_per_seq):
+        ids = order[cursor : cursor + count]
+        cursor += count
+        used.update(ids)
+        block_table[seq, :count] = torch.tensor(ids, dtype=torch.int32)
+        # Poison the slots at and past seq_len in its last block.
+        seq_len, q_len = seq_lens[seq], q_lens[seq]
+        if count and seq_len % block_size:
+            k_cache[ids[-1], seq_len % block_size :] = float("nan")
+            v_cache[ids[-1], seq_len % block_size :] = float("nan")
+        # Blocks that no query of this sequence can see through its window.
+        if sliding_window is not None and q_len:
+            first_visible = max(seq_len - q_len - sliding_window + 1, 0)
+            for index in range(first_visible // block_size):
+                k_cache[ids[index]] = float("nan")
+                v_cache[ids[index]] = float("nan")
+    for block in set(range(num_blocks)) - used:
+        k_cache[block] = float("nan")
+        v_cache[block] = float("nan")
+
+    num_actual_tokens = sum(q_lens)
+    q = randn(num_actual_tokens + padding_tokens, num_q_heads, head_size).to(dtype)
+    q[num_actual_tokens:] = float("nan")  # padding tokens of a graph-sized batch
+    query_start_loc = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    return Batch(
+        q=q.to(device),
+        k_cache=k_cache,
+        v_cache=v_cache,
+        query_start_loc=query_start_loc.to(device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_table=block_table.to(device),
+        max_query_len=max(q_lens + [0]),
+        max_seq_len=max(seq_lens + [0]),
+        num_actual_tokens=num_actual_tokens,
+        k_scale=k_scale,
+        v_scale=v_scale,
+    )

@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Kernels against the PyTorch reference.
+
+On a GPU the whole matrix runs (bf16 included). On a CPU box the kernels run in
+the Triton interpreter, where each call costs up to a few seconds and bf16
+``tl.dot`` is broken, so a representative subset runs in fp32 and fp16: every
+query pattern, feature flag, head size, GQA ratio, block size and cache layout
+appears in it at least once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+
+import pytest
+import torch
+from batches import TOLERANCES, make_batch
+from conftest import HAS_GPU
+
+from vllm.v1.attention.ops.triton_attention import (
+    GpuArch,
+    paged_attention,
+    plan_attention,
+    reference_paged_attention,
+)
+
+# (name, q_lens, seq_lens): every query pattern the backend produces.
+QUERY_PATTERNS = {
+    "decode": ([1, 1, 1, 1], [1, 17, 64, 300]),
+    "specdecode4": ([4, 4, 4], [4, 33, 129]),
+    "specdecode7": ([7, 7], [70, 200]),
+    "prefill": ([37, 128], [37, 128]),
+    "chunked_prefill": ([48, 16], [150, 97]),  # new tokens on a cached prefix
+    "mixed": ([1, 1, 0, 65, 3], [40, 129, 0, 190, 63]),  # decodes, an empty row, chunks
+}
+FEATURES = {
+    "plain": {},
+    "non_causal": dict(causal=False),
+    "sliding_window": dict(sliding_window=19),
+    "non_causal_window": dict(causal=False, sliding_window=19),
+    "softcap": dict(logits_soft_cap=4.0),
+    "alibi": dict(alibi_slopes=True),
+    "sinks": dict(sinks=True),
+    "all": dict(logits_soft_cap=4.0, alibi_slopes=True, sinks=True, sliding_window=33),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    pattern: str
+    feature: str = "plain"
+    dtype: torch.dtype = torch.float16
+    kv_dtype: torch.dtype | None = None
+    head_size: int = 64
+    num_kv_heads: int = 2
+    queries_per_kv: int = 4
+    block_size: int = 16
+    layout: str = "packed_nhd"
+
+    def id(self) -> str:
+        kv = "" if self.kv_dtype is None else f"-kv_{str(self.kv_dtype)[6:]}"
+        return (
+            f"{self.pattern}-{self.feature}-{str(self.dtype)[6:]}{kv}-d{self.head_size}"
+            f"-kv{self.num_kv_heads}x{self.queries_per_kv}-bs{self.block_size}-{self.layout}"
+        )
+
+
+def _cpu_cases() -> list[Case]:
+    cases = [Case(pattern) for pattern in QUERY_PATTERNS]
+    cases += [Case("mixed", feature) for feature in FEATURES if feature != "plain"]
+    cases += [Case("decode", feature) for feature in FEATURES if feature != "plain"]
+    cases += [Case(p, dtype=torch.float32) for p in ("decode", "prefill", "mixed")]
+    cases += [Case("mixed", head_size=d) for d in (32, 80, 128, 256)]
+    cases += [Case("decode", head_size=d) for d in (80, 256)]
+    cases += [Case(p, queries_per_kv=g) for p in ("mixed", "decode") for g in (1, 7, 8)]
+    cases += [Case("mixed", block_size=b) for b in (32, 64)]
+    cases += [Case(p, layout=layout) for p in ("mixed", "decode")
+              for layout in ("packed_hnd", "separate")]  # fmt: skip
+    cases += [Case(p, kv_dtype=torch.float8_e4m3fn) for p in ("decode", "mixed")]
+    cases += [Case("specdecode4", kv_dtype=torch.float8_e4m3fnuz, feature="all")]
+    return cases
+
+
+def _gpu_cases() -> list[Case]:
+    cases = []
+    for pattern, feature, dtype in itertools.product(
+        QUERY_PATTERNS, FEATURES, (torch.float16, torch.bfloat16, torch.float32)
+    ):
+        cases.append(Case(pattern, feature, dtype))
+    shapes = itertools.product((32, 64, 80, 96, 112, 128, 256), (1, 4, 7, 8, 16))
+    block_sizes = itertools.cycle((16, 32, 64))
+    for (head_size, group), block_size in zip(shapes, block_sizes):
+        for pattern in ("decode", "specdecode4", "prefill", "mixed"):
+            cases.append(
+                Case(pattern, "plain", torch.bfloat16, None, head_size, 2, group, block_size)
+            )
+    for pattern, layout, dtype in itertools.product(
+        QUERY_PATTERNS, ("packed_hnd", "separate"), (torch.float16, torch.bfloat16)
+    ):
+        cases.append(Case(pattern, "sliding_window", dtype, layout=layout))
+    arch = GpuArch.of_device("cuda") if HAS_GPU else None
+    for pattern, feature, dtype, head_size in itertools.product(
+        QUERY_PATTERNS, ("plain", "all"), (torch.float16, torch.bfloat16), (64, 128)
+    ):
+        for kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+            if arch.supports_kv_dtype(kv_dtype):
+                cases.append(Case(pattern, feature, dtype, kv_dtype, head_size))
+    return cases
+
+
+CASES = _gpu_cases() if HAS_GPU else _cpu_cases()
+
+
+def _feature_args(feature: str, num_q_heads: int, device) -> dict:
+    args = dict(FEATURES[feature])
+    gen = torch.Generator().manual_seed(1)
+    if args.get("alibi_slopes"):
+        slopes = 2.0 ** (-8.0 * torch.arange(1, num_q_heads + 1) / num_q_heads)
+        args["alibi_slopes"] = slopes.to(device=device, dtype=torch.float32)
+    if args.get("sinks"):
+        args["sinks"] = torch.randn(num_q_heads, generator=gen).to(device) * 2
+    return args
+
+
+def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3):
+    q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
+    num_q_heads = case.num_kv_heads * case.queries_per_kv
+    features = _feature_args(case.feature, num_q_heads, device)
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=case.num_kv_heads,
+        head_size=case.head_size,
+        block_size=case.block_size,
+        dtype=case.dtype,
+        kv_dtype=case.kv_dtype,
+        device=device,
+        layout=case.layout,
+        sliding_window=features.get("sliding_window"),
+        padding_tokens=padding_tokens,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    scale = case.head_size**-0.5
+    out = torch.full_like(batch.q, float("nan"))  # every valid row must be written
+    paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, out, scale=scale, **batch.kernel_args(), **features
+    )
+    expected = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=scale, **batch.kernel_args(), **features
+    )
+    rows = batch.num_actual_tokens
+    return out[:rows], expected[:rows]
+
+
+@pytest.mark.parametrize("case", CASES, ids=Case.id)
+def test_paged_attention_matches_reference(case: Case, device):
+    out, expected = run_case(case, device)
+    assert not out.isnan().any(), "a valid output row is NaN or was never written"
+    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
+
+
+def test_split_kv_and_single_program_agree(device):
+    """Many splits (a small batch on a big GPU) must equal one split exactly enough."""
+    case = Case("decode", "all", torch.float32, head_size=64)
+    q_lens, seq_lens = [1, 1], [300, 1000]
+    batch = make_batch(q_lens, seq_lens, num_q_heads=8, num_kv_heads=2, head_size=64,
+                       block_size=16, dtype=case.dtype, device=device)  # fmt: skip
+    features = _feature_args("all", 8, device)
+    results = []
+    for units in (1, 1000):  # 1 split vs MAX_KV_SPLITS
+        arch = GpuArch("test", "test", units)
+        plan = plan_attention(num_tokens=2, num_seqs=2, max_query_len=1, num_q_heads=8,
+                              num_kv_heads=2, head_size=64, arch=arch)  # fmt: skip
+        out = torch.empty_like(batch.q)
+        paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
+                        **batch.kernel_args(), **features)  # fmt: skip
+        results.append((plan.num_kv_splits, out))
+    (one, out_one), (many, out_many) = results
+    assert one == 1 and many > 8
+    torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
+
+
+def test_long_query_kernel_handles_decode_rows(device):
+    """The long-query kernel is correct for q_len 1 too (mixed batches rely on it)."""
+    q_lens, seq_lens = [1, 9, 1], [50, 70, 3]
+    batch = make_batch(q_lens, seq_lens, num_q_heads=4, num_kv_heads=1, head_size=64,
+                       block_size=16, dtype=torch.float16, device=device)  # fmt: skip
+    arch = GpuArch.of_device(device)
+    plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=3, max_query_len=9,
+                          num_q_heads=4, num_kv_heads=1, head_size=64, arch=arch)  # fmt: skip
+    assert plan.kernel == "long_query"
+    out = torch.empty_like(batch.q)
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
+                    **batch.kernel_args())  # fmt: skip
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.125,
+                                         **batch.kernel_args())  # fmt: skip
+    rows = batch.num_actual_tokens
+    torch.testing.assert_close(out[:rows], expected[:rows], **TOLERANCES[torch.float16])
+
+
+@pytest.mark.parametrize("seed", range(3 if not HAS_GPU else 30))
+def test_random_batches(seed, device):
+    """Random lengths (incl. empty rows) on random shapes; fixed seeds, no reruns."""
+    rng = random.Random(seed)
+    num_seqs = rng.randint(1, 5)
+    decode = rng.random() < 0.5
+    q_lens = [rng.choice([0, 1, 1, 2]) if decode else rng.randint(0, 90) for _ in range(num_seqs)]
+    seq_lens = [q + rng.randint(0, 150) if q else 0 for q in q_lens]
+    case_dtype = torch.float32 if not HAS_GPU else rng.choice([torch.float16, torch.bfloat16])
+    head_size = rng.choice([32, 64, 80, 128])
+    num_kv_heads, group = rng.choice([1, 2]), rng.choice([1, 3, 4, 8])
+    batch = make_batch(q_lens, seq_lens, num_q_heads=num_kv_heads * group,
+                       num_kv_heads=num_kv_heads, head_size=head_size,
+                       block_size=rng.choice([16, 32]), dtype=case_dtype, device=device,
+                       layout=rng.choice(["separate", "packed_nhd", "packed_hnd"]),
+                       padding_tokens=rng.randint(0, 4),
+                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    out = torch.full_like(batch.q, float("nan"))
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5,
+                    **batch.kernel_args())  # fmt: skip
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache,
+                                         scale=head_size**-0.5, **batch.kernel_args())  # fmt: skip
+    rows = batch.num_actual_tokens
+    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
+                               **TOLERANCES[case_dtype])  # fmt: skip

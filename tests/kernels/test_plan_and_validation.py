@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""The plan's decisions, the layering rule, and clear errors for bad input."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from batches import make_batch
+
+from vllm.v1.attention.ops.triton_attention import (
+    GpuArch,
+    paged_attention,
+    plan_attention,
+)
+from vllm.v1.attention.ops.triton_attention.plan import MAX_KV_SPLITS, long_query_grid_size
+
+H100 = GpuArch("cuda", "sm_90", 132)
+PACKAGE = Path(__file__).resolve().parents[2] / "vllm/v1/attention/ops/triton_attention"
+
+
+def plan(**overrides):
+    args = dict(num_tokens=8, num_seqs=8, max_query_len=1, num_q_heads=32, num_kv_heads=8,
+                head_size=128, arch=H100)  # fmt: skip
+    args.update(overrides)
+    return plan_attention(**args)
+
+
+def test_kernel_choice_by_query_length():
+    assert plan(max_query_len=1).kernel == "split_kv_decode"
+    assert plan(max_query_len=8, num_tokens=64).kernel == "split_kv_decode"
+    assert plan(max_query_len=9, num_tokens=72).kernel == "long_query"
+
+
+def test_split_count_fills_the_gpu_and_never_grows_with_batch():
+    splits = [plan(num_seqs=b, num_tokens=b).num_kv_splits for b in (1, 2, 4, 8, 16, 32, 64, 256)]
+    assert splits[0] == 33  # 2 programs per SM: 264 / 8 KV heads
+    assert splits == sorted(splits, reverse=True) and splits[-1] == 1
+    assert plan(num_seqs=1, num_tokens=1, num_kv_heads=1).num_kv_splits == MAX_KV_SPLITS
+    # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
+    assert plan(num_seqs=2, num_tokens=2, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
+
+
+def test_decode_tile_holds_every_query_row():
+    for q_len in range(1, 9):
+        for group in (1, 4, 7, 16):
+            p = plan(max_query_len=q_len, num_tokens=8 * q_len, num_q_heads=8 * group)
+            assert p.tokens_per_q_block >= q_len
+            assert p.block_m >= 16 and p.block_m & (p.block_m - 1) == 0
+
+
+@pytest.mark.parametrize("tokens_per_block", [1, 3, 16, 32])
+def test_long_query_grid_bound_covers_every_sequence(tokens_per_block):
+    gen = torch.Generator().manual_seed(tokens_per_block)
+    for _ in range(200):
+        q_lens = torch.randint(0, 70, (int(torch.randint(1, 9, (1,), generator=gen)),),
+                               generator=gen).tolist()  # fmt: skip
+        needed = sum(-(-q // tokens_per_block) for q in q_lens)
+        # the same first-program rule as the kernel's find_sequence
+        starts = [0]
+        for q in q_lens:
+            starts.append(starts[-1] + q)
+        last_needed = max(
+            (starts[b] // tokens_per_block + b + -(-q // tokens_per_block) for b, q in
+             enumerate(q_lens) if q), default=0)  # fmt: skip
+        grid = long_query_grid_size(sum(q_lens), len(q_lens), tokens_per_block)
+        assert grid >= needed and grid >= last_needed
+
+
+def test_plan_ignores_lengths():
+    """Graph safety: nothing in the plan may depend on per-batch lengths."""
+    assert "max_seq_len" not in plan_attention.__code__.co_varnames
+
+
+def test_kernel_package_imports_only_torch_triton_stdlib():
+    allowed = {"torch", "triton", "__future__", "dataclasses", "math", "functools", "typing"}
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+@pytest.fixture
+def batch(device):
+    return make_batch([1, 3], [20, 40], num_q_heads=8, num_kv_heads=2, head_size=64,
+                      block_size=16, dtype=torch.float16, device=device)  # fmt: skip
+
+
+def call(batch, **overrides):
+    args = dict(q=batch.q, k_cache=batch.k_cache, v_cache=batch.v_cache,
+                out=torch.empty_like(batch.q), scale=0.125, **batch.kernel_args())  # fmt: skip
+    args.update(overrides)
+    return paged_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"),
+                           args.pop("out"), **args)  # fmt: skip
+
+
+def test_bad_inputs_get_clear_errors(batch, device):
+    q = batch.q
+    with pytest.raises(NotImplementedError, match=r"head_size must be in \[16, 256\], got 512"):
+        big = torch.zeros(q.shape[0], 8, 512, dtype=q.dtype, device=device)
+        call(batch, q=big, out=big.clone())
+    with pytest.raises(TypeError, match="q.dtype must be float16, bfloat16 or float32"):
+        call(batch, q=q.to(torch.float64), out=q.to(torch.float64))
+    with pytest.raises(ValueError, match="num_q_heads must be a multiple of num_kv_heads"):
+        odd = q[:, :7].contiguous()
+        call(batch, q=odd, out=odd.clone())
+    with pytest.raises(ValueError, match="out.shape must be q.shape"):
+        call(batch, out=q[:, :4])
+    with pytest.raises(TypeError, match="k_cache.dtype must be q.dtype"):
+        call(batch, k_cache=batch.k_cache.float(), v_cache=batch.v_cache.float())
+    with pytest.raises(ValueError, match="seq_lens must be an int32 tensor of shape"):
+        call(batch, seq_lens=batch.seq_lens.long())
+    with pytest.raises(ValueError, match="query_start_loc must be a 1-D int32 tensor"):
+        call(batch, query_start_loc=batch.query_start_loc.long())
+    with pytest.raises(ValueError, match="sliding_window must be None or a positive int"):
+        call(batch, sliding_window=0)
+    with pytest.raises(ValueError, match=r"sinks.shape must be \(8,\)"):
+        call(batch, sinks=torch.zeros(4, device=device))
+    fp8 = batch.k_cache.to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
+        call(batch, k_cache=fp8, v_cache=fp8)
+    wrong_plan = plan_attention(num_tokens=99, num_seqs=2, max_query_len=3, num_q_heads=8,
+                                num_kv_heads=2, head_size=64, arch=GpuArch.of_device(device))  # fmt: skip
+    with pytest.raises(ValueError, match="plan .* must be"):
+        call(batch, plan=wrong_plan)
+
+
+def test_fp8_refused_where_the_gpu_has_none(batch):
+    a100 = GpuArch("cuda", "sm_80", 108)
+    fp8 = batch.k_cache.to(torch.float8_e4m3fn)
+    scale = torch.tensor(1.0, device=batch.q.device)
+    with pytest.raises(NotImplementedError, match="not supported on cuda sm_80"):
+        call(batch, k_cache=fp8, v_cache=fp8, k_scale=scale, v_scale=scale, arch=a100)
+    assert not H100.supports_kv_dtype(torch.float8_e4m3fnuz)
+    assert GpuArch("hip", "gfx942", 304).supports_kv_dtype(torch.float8_e4m3fnuz)
+    assert not GpuArch("hip", "gfx942", 304).supports_kv_dtype(torch.float8_e4m3fn)

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""write_kv_cache against plain indexing: any layout, skipped slots, fp8."""
+
+import pytest
+import torch
+from batches import kv_cache_views
+from conftest import HAS_GPU
+
+from vllm.v1.attention.ops.triton_attention import write_kv_cache
+
+FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
+
+
+@pytest.mark.parametrize(
+    "cache_dtype,layout,head_size",
+    [
+        (torch.float16, "packed_nhd", 64),
+        (torch.float32, "packed_hnd", 80),
+        (torch.float16, "separate", 128),
+        (torch.float8_e4m3fn, "packed_nhd", 64),
+        (torch.float8_e4m3fnuz, "packed_hnd", 96),
+    ],
+)
+def test_write_kv_cache(cache_dtype, layout, head_size, device):
+    if cache_dtype in FP8_RANGE and not HAS_GPU:
+        pytest.skip(
+            "the Triton interpreter's fp32->fp8 cast loses the exponent carry when "
+            "rounding up (-127.8 -> -64 for e4m3fn); fp8 stores are checked exactly on the GPU"
+        )
+    gen = torch.Generator().manual_seed(0)
+    num_blocks, block_size, num_kv_heads, num_tokens = 6, 16, 3, 40
+    key_dtype = torch.float32 if cache_dtype == torch.float32 else torch.float16
+    key = (torch.randn(num_tokens, num_kv_heads, head_size, generator=gen) * 8).to(key_dtype)
+    value = (torch.randn(num_tokens, num_kv_heads, head_size, generator=gen) * 8).to(key_dtype)
+    key[0, 0, 0] = 1e4  # beyond the fp8 range: must saturate, never become NaN
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[::7] = -1  # padding tokens: skipped
+    key, value, slots = key.to(device), value.to(device), slots.to(device)
+
+    k_cache, v_cache = kv_cache_views(num_blocks, block_size, num_kv_heads, head_size,
+                                      cache_dtype, device, layout)  # fmt: skip
+    k_cache.fill_(-3.0)
+    v_cache.fill_(-3.0)
+    scales = {}
+    if cache_dtype in FP8_RANGE:
+        scales = dict(k_scale=torch.tensor(0.1, device=device),
+                      v_scale=torch.tensor(0.05, device=device))  # fmt: skip
+    write_kv_cache(key, value, k_cache, v_cache, slots, **scales)
+
+    def expected(x, cache, scale):
+        ref = cache.clone()
+        x = x.float()
+        if scale is not None:
+            limit = FP8_RANGE[cache_dtype]
+            x = (x / scale.float()).clamp(-limit, limit)
+        keep = slots >= 0
+        for token in torch.nonzero(keep).flatten().tolist():
+            slot = int(slots[token])
+            ref[slot // block_size, slot % block_size] = x[token].to(cache_dtype)
+        return ref
+
+    for x, cache, name in ((key, k_cache, "k_scale"), (value, v_cache, "v_scale")):
+        want = expected(x, cache, scales.get(name))
+        assert not cache.float().isnan().any()
+        torch.testing.assert_close(cache.float(), want.float(), atol=0, rtol=0)
+
+
+def test_write_kv_cache_rejects_bad_shapes(device):
+    k_cache, v_cache = kv_cache_views(2, 16, 2, 64, torch.float16, device, "separate")
+    key = torch.zeros(4, 3, 64, dtype=torch.float16, device=device)
+    slots = torch.zeros(4, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="3 KV heads, the cache 2"):
+        write_kv_cache(key, key, k_cache, v_cache, slots)
+    fp8_k, fp8_v = kv_cache_views(2, 16, 3, 64, torch.float8_e4m3fn, device, "separate")
+    with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
+        write_kv_cache(key, key, fp8_k, fp8_v, slots)
