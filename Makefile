@@ -24,15 +24,26 @@ $(PY):
 $(STAMP): $(PY) $(SOURCES) requirements-test.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install . -r requirements-test.txt
+	rm -rf build vllm.egg-info  # the in-tree build: 1 GB of unpacked wheel
 	touch $@
 
 install: $(STAMP)
 
+# pytest (not python -m pytest): the repo root must not shadow the installed vllm.
 test: install
-	$(PY) -m pytest tests
+	$(VENV)/bin/pytest tests
 
 lint: install
 	$(VENV)/bin/pre-commit run --all-files
+
+# On a GPU box: make serve MODEL=<hf id or path>. It listens on 127.0.0.1:$(PORT).
+MODEL ?=
+PORT ?= 8000
+serve: install
+	@test -n "$(MODEL)" || { echo "make serve: set MODEL=<hf id or local path>"; exit 2; }
+	@echo "serving $(MODEL) with TRITON_ATTN on http://127.0.0.1:$(PORT)"
+	@echo "try: curl http://127.0.0.1:$(PORT)/v1/completions -H 'Content-Type: application/json' -d '{\"model\": \"$(MODEL)\", \"prompt\": \"Hello\", \"max_tokens\": 16}'"
+	$(VENV)/bin/vllm serve $(MODEL) --host 127.0.0.1 --port $(PORT) --attention-backend TRITON_ATTN
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

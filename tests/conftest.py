@@ -2,6 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Test-wide setup: without a GPU, Triton kernels run in its interpreter."""
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ if not HAS_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # On the GPU box there is no vLLM: the kernel package resolves from the repo
-# as a namespace package. Where vLLM is installed its regular package wins.
-sys.path.append(str(REPO))
+# as a namespace package. Where vLLM is installed, tests use the installed copy.
+if importlib.util.find_spec("vllm") is None:
+    sys.path.append(str(REPO))
 
 
 def pytest_report_header(config):
