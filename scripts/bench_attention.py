@@ -189,9 +189,9 @@ def main():
                             sus, err = bench_sdpa(model, batch_size, q_len, context, dtype,
                                                   backend, graphs)  # fmt: skip
                             if sus is not None:
+                                gbps = kv_bytes / sus / 1e3
                                 records.append(dict(rec, impl=f"sdpa_{backend}", us=sus,
-                                                    gbps=kv_bytes / sus / 1e3,
-                                                    ratio_copy=kv_bytes / sus / 1e3 / copy))  # fmt: skip
+                                                    gbps=gbps, ratio_copy=gbps / copy))  # fmt: skip
                             rec[f"ratio_sdpa_{backend}"] = (sus / us) if sus else None
         for batch_size, seq in sweep["prefill"]:
             flops = 4 * batch_size * hq * d * seq * seq / 2  # causal

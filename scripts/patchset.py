@@ -218,7 +218,10 @@ def apply_hunks(original: bytes, patch: FilePatch) -> bytes:
         found = None
         for distance in range(len(lines) + 1):
             for start in (expected - distance, expected + distance):
-                if 0 <= start <= len(lines) - size and lines[start : start + size] == hunk.old_lines:
+                if (
+                    0 <= start <= len(lines) - size
+                    and lines[start : start + size] == hunk.old_lines
+                ):
                     found = start
                     break
             if found is not None:
@@ -543,13 +546,23 @@ def export(out: str | Path) -> str:
         originals = {rel: read_original(rel) for rel in changes}
 
     with tempfile.TemporaryDirectory() as work:
-        git = ["git", "-C", work, "-c", "user.name=vllm-triton-attn", "-c", "user.email=noreply@vllm.ai"]
+        git = [
+            "git",
+            "-C",
+            work,
+            "-c",
+            "user.name=vllm-triton-attn",
+            "-c",
+            "user.email=noreply@vllm.ai",
+        ]
         subprocess.run([*git, "init", "-q"], check=True)
         for rel, data in originals.items():
             if data is not None:
                 _write_file(Path(work) / rel, data, None)
         subprocess.run([*git, "add", "-A"], check=True)
-        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", f"vLLM {pin['version']}"], check=True)
+        subprocess.run(
+            [*git, "commit", "-q", "--allow-empty", "-m", f"vLLM {pin['version']}"], check=True
+        )
         for rel, data in changes.items():
             _write_file(Path(work) / rel, data, None)
         subprocess.run([*git, "add", "-A"], check=True)

@@ -92,7 +92,7 @@ def _gpu_cases() -> list[Case]:
         cases.append(Case(pattern, feature, dtype))
     shapes = itertools.product((32, 64, 80, 96, 112, 128, 256), (1, 4, 7, 8, 16))
     block_sizes = itertools.cycle((16, 32, 64))
-    for (head_size, group), block_size in zip(shapes, block_sizes):
+    for (head_size, group), block_size in zip(shapes, block_sizes, strict=False):
         for pattern in ("decode", "specdecode4", "prefill", "mixed"):
             cases.append(
                 Case(pattern, "plain", torch.bfloat16, None, head_size, 2, group, block_size)

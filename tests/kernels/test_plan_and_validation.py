@@ -126,8 +126,9 @@ def test_bad_inputs_get_clear_errors(batch, device):
     fp8 = batch.k_cache.to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
         call(batch, k_cache=fp8, v_cache=fp8)
+    arch = GpuArch.of_device(device)
     wrong_plan = plan_attention(num_tokens=99, num_seqs=2, max_query_len=3, num_q_heads=8,
-                                num_kv_heads=2, head_size=64, arch=GpuArch.of_device(device))  # fmt: skip
+                                num_kv_heads=2, head_size=64, arch=arch)  # fmt: skip
     with pytest.raises(ValueError, match="plan .* must be"):
         call(batch, plan=wrong_plan)
 

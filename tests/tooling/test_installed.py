@@ -66,6 +66,10 @@ def test_rocm_prefers_triton_attn(gfx):
         assert order[0] == "TRITON_ATTN", (case, order)
         assert order.count("TRITON_ATTN") == 1
     # the upstream fallbacks stay behind ours
-    assert orders["aiter-connector0"][1:4] == ["ROCM_ATTN", "ROCM_AITER_FA", "ROCM_AITER_UNIFIED_ATTN"]
+    assert orders["aiter-connector0"][1:4] == [
+        "ROCM_ATTN",
+        "ROCM_AITER_FA",
+        "ROCM_AITER_UNIFIED_ATTN",
+    ]
     assert orders["rdna_aiter-connector0"][1:3] == ["ROCM_AITER_UNIFIED_ATTN", "ROCM_ATTN"]
     assert "ROCM_ATTN" not in orders["plain-connector1"]

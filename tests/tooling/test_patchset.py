@@ -39,8 +39,11 @@ def pristine_sdist(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sdist")
     prefix = f"vllm-{PIN['version']}/"
     with tarfile.open(patchset.fetch("sdist")) as tar:
-        members = [m for m in tar.getmembers()
-                   if m.name.startswith(prefix + "vllm/") or m.name == prefix + "PKG-INFO"]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.name.startswith(prefix + "vllm/") or m.name == prefix + "PKG-INFO"
+        ]
         tar.extractall(root, members, filter="data")  # fmt: skip
     return root / prefix
 
@@ -99,7 +102,9 @@ def test_apply_check_idempotence_revert(kind, sdist_tree, site_packages):
 def test_wrong_version_is_refused(site_packages):
     before = tree_digest(site_packages)
     metadata = next(site_packages.glob("vllm-*.dist-info/METADATA"))
-    metadata.write_text(metadata.read_text().replace(f"Version: {PIN['version']}", "Version: 0.32.1"))
+    metadata.write_text(
+        metadata.read_text().replace(f"Version: {PIN['version']}", "Version: 0.32.1")
+    )
     with pytest.raises(patchset.PatchSetError, match=r"vLLM 0\.32\.1.*vLLM 0\.33\.0"):
         patchset.apply(site_packages / "vllm")
     before.pop(next(iter(before)))  # digests cover vllm/ only; METADATA is outside it
@@ -109,7 +114,9 @@ def test_wrong_version_is_refused(site_packages):
 def test_our_own_build_is_recognised(site_packages):
     metadata = next(site_packages.glob("vllm-*.dist-info/METADATA"))
     metadata.write_text(
-        metadata.read_text().replace(f"Version: {PIN['version']}", f"Version: {patchset.patchset_version()}")
+        metadata.read_text().replace(
+            f"Version: {PIN['version']}", f"Version: {patchset.patchset_version()}"
+        )
     )
     with pytest.raises(patchset.PatchSetError, match="already a patched build"):
         patchset.apply(site_packages / "vllm")
@@ -130,7 +137,9 @@ def test_patch_that_does_not_apply_leaves_tree_untouched(sdist_tree, tmp_path):
     )
     repo = _repo_with_extra_patch(tmp_path, broken)
     before = tree_digest(sdist_tree)
-    with pytest.raises(patchset.PatchSetError, match="hunk 1 does not apply to vllm/platforms/cuda.py"):
+    with pytest.raises(
+        patchset.PatchSetError, match="hunk 1 does not apply to vllm/platforms/cuda.py"
+    ):
         patchset.apply(sdist_tree, repo=repo)
     assert tree_digest(sdist_tree) == before
     assert not (sdist_tree / "vllm" / patchset.STATE_DIR_NAME).exists()
@@ -193,7 +202,10 @@ def test_export_applies_to_pristine_sdist(pristine_sdist, tmp_path):
     for rel in [*OVERLAY, ROCM]:
         assert f"diff --git a/{rel} b/{rel}" in text
     check = subprocess.run(
-        ["git", "apply", "--check", "-v", str(out)], cwd=pristine_sdist, capture_output=True, text=True
+        ["git", "apply", "--check", "-v", str(out)],
+        cwd=pristine_sdist,
+        capture_output=True,
+        text=True,
     )
     assert check.returncode == 0, check.stderr
 
@@ -204,4 +216,6 @@ def test_apply_revert_leave_nothing_behind(sdist_tree):
     patchset.revert(sdist_tree)
     assert not list((sdist_tree / "vllm").rglob("*.patchset-tmp"))
     assert not (sdist_tree / "vllm" / patchset.STATE_DIR_NAME).exists()
-    assert os.listdir(sdist_tree / "vllm" / "v1" / "attention" / "ops").count("triton_attention") == 0
+    assert (
+        os.listdir(sdist_tree / "vllm" / "v1" / "attention" / "ops").count("triton_attention") == 0
+    )

@@ -47,7 +47,6 @@ from .plan import (
     FP8_DTYPES,
     FP8_MAX,
     MAX_HEAD_SIZE,
-    SPLIT_KV_MAX_QUERY_LEN,
     AttentionPlan,
     GpuArch,
     next_power_of_2,

@@ -163,9 +163,7 @@ def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def init_softmax_state(
-    sinks_ptr, head, row_valid, HAS_SINKS: tl.constexpr, BLOCK_M: tl.constexpr
-):
+def init_softmax_state(sinks_ptr, head, row_valid, HAS_SINKS: tl.constexpr, BLOCK_M: tl.constexpr):
     """Running max and sum before any key; a sink logit starts them at (sink, 1)."""
     if HAS_SINKS:
         m_i = tl.load(sinks_ptr + head, mask=row_valid, other=float("-inf")).to(tl.float32)
