@@ -24,7 +24,7 @@ import triton.testing
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
-sys.path.append(str(REPO / "tests" / "kernels"))
+sys.path.append(str(REPO / "tests"))
 
 from batches import TOLERANCES, make_batch  # noqa: E402
 

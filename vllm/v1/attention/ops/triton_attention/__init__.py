@@ -240,7 +240,7 @@ def paged_attention(
     omitted they are made here.
     """
     del max_seq_len  # the kernels read each sequence's own length
-    arch = arch or GpuArch.of_device(q.device)
+    arch = arch or (plan.arch if plan is not None else GpuArch.of_device(q.device))
     check_paged_attention_inputs(
         q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len,
         sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, arch,

@@ -85,6 +85,7 @@ class AttentionPlan:
     num_warps: int
     num_stages: int
     grid: tuple[int, int, int]
+    arch: GpuArch
 
     @property
     def queries_per_kv(self) -> int:
@@ -158,7 +159,7 @@ def plan_attention(
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
-            (num_seqs, num_kv_heads, splits),
+            (num_seqs, num_kv_heads, splits), arch,
         )  # fmt: skip
 
     block_m, kv_tile_size, num_warps, num_stages = _long_query_tiles(head_pad, arch)
@@ -167,7 +168,7 @@ def plan_attention(
     return AttentionPlan(
         "long_query", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
         head_pad, block_m, kv_tile_size, 1, num_warps, num_stages,
-        (long_query_grid_size(num_tokens, num_seqs, tokens_per_q_block), num_kv_heads, 1),
+        (long_query_grid_size(num_tokens, num_seqs, tokens_per_q_block), num_kv_heads, 1), arch,
     )  # fmt: skip
 
 

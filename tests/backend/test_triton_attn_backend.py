@@ -1,0 +1,331 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Our TRITON_ATTN inside the real vLLM 0.33.0: selection, builder + impl, subclasses.
+
+Runs on a CPU box (kernels in the Triton interpreter) against the installed,
+patched vLLM. Platform facts vLLM reads from a GPU (capability, gfx name) are
+answered by stand-ins; everything else is vLLM's own code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("vllm.config", reason="needs the installed vLLM (make test installs it)")
+
+from batches import TOLERANCES  # noqa: E402
+from transformers import LlamaConfig  # noqa: E402
+
+from vllm.config import (  # noqa: E402
+    CUDAGraphMode,
+    DeviceConfig,
+    ModelConfig,
+    SpeculativeConfig,
+    VllmConfig,
+)
+from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata  # noqa: E402
+from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
+    TritonAttentionBackend,
+    TritonAttentionImpl,
+    TritonAttentionMetadataBuilder,
+)
+from vllm.v1.attention.ops.triton_attention import reference_paged_attention  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
+
+NUM_Q_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 8, 2, 32, 16
+OUR_CLASS = "vllm.v1.attention.backends.triton_attn.TritonAttentionBackend"
+
+
+def _vllm_config(model_dir, **extra):
+    model = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32",
+                        max_model_len=512)  # fmt: skip
+    return VllmConfig(model_config=model, device_config=DeviceConfig(device="cpu"), **extra)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("tiny-llama")
+    LlamaConfig(hidden_size=NUM_Q_HEADS * HEAD_SIZE, intermediate_size=128, num_hidden_layers=1,
+                num_attention_heads=NUM_Q_HEADS, num_key_value_heads=NUM_KV_HEADS,
+                head_dim=HEAD_SIZE, vocab_size=256,
+                max_position_embeddings=512).save_pretrained(model_dir)  # fmt: skip
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def vllm_config(model_dir):
+    return _vllm_config(model_dir)
+
+
+def make_builder(vllm_config):
+    spec = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=NUM_KV_HEADS,
+                             head_size=HEAD_SIZE, dtype=torch.float32)  # fmt: skip
+    return TritonAttentionMetadataBuilder(spec, ["layer.0"], vllm_config, torch.device("cpu"))
+
+
+class Layer(torch.nn.Module):
+    """The scale attributes vLLM's Attention layer carries (AttentionLayer protocol)."""
+
+    def __init__(self):
+        super().__init__()
+        self._k_scale = self._v_scale = self._q_scale = torch.tensor(1.0)
+        self._k_scale_float = self._v_scale_float = self._q_scale_float = 1.0
+
+
+def run_step(builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_tokens=0):
+    """One model step the way vLLM drives a layer: metadata, cache write, forward."""
+    gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
+    num_tokens = sum(q_lens)
+    q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
+    seq_lens = seq_lens + [0] * padded_reqs
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    blocks_per_req = max(-(-s // BLOCK_SIZE) for s in seq_lens)
+    block_table = torch.zeros(len(q_lens), blocks_per_req, dtype=torch.int32)
+    next_block = 1  # block 0 is vLLM's null block
+    slots = []
+    for req, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens, strict=True)):
+        count = -(-seq_len // BLOCK_SIZE)
+        block_table[req, :count] = torch.arange(next_block, next_block + count)
+        next_block += count
+        for pos in range(seq_len - q_len, seq_len):
+            slots.append(int(block_table[req, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE)
+    slot_mapping = torch.tensor(slots + [-1] * padded_tokens, dtype=torch.int64)
+    total = num_tokens + padded_tokens
+    common = CommonAttentionMetadata(
+        query_start_loc=qsl, query_start_loc_cpu=qsl.clone(),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32), num_reqs=len(q_lens),
+        num_actual_tokens=total, max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+        block_table_tensor=block_table, slot_mapping=slot_mapping,
+    )  # fmt: skip
+    metadata = builder.build(0, common)
+
+    query = torch.randn(total, NUM_Q_HEADS, HEAD_SIZE, generator=gen)
+    key = torch.randn(total, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
+    value = torch.randn(total, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
+    layer = Layer()
+    impl.do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
+    output = torch.full_like(query, float("nan"))
+    impl.forward(layer, query, key, value, kv_cache, metadata, output)
+
+    k_view, v_view = kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
+    expected = reference_paged_attention(
+        query, k_view, v_view, query_start_loc=qsl, seq_lens=common.seq_lens,
+        block_table=block_table, scale=impl.scale, sliding_window=impl.window,
+        sinks=impl.sinks, causal=True,
+    )  # fmt: skip
+    torch.testing.assert_close(output[:num_tokens], expected[:num_tokens],
+                               **TOLERANCES[torch.float32])  # fmt: skip
+    return metadata
+
+
+def packed_cache(num_blocks=64, layout="NHD"):
+    """vLLM's logical [num_blocks, H, block_size, 2*D] cache over a physical layout."""
+    if layout == "NHD":  # the default: token-major inside a block
+        physical = torch.randn(num_blocks, BLOCK_SIZE, NUM_KV_HEADS, 2 * HEAD_SIZE)
+        return physical.permute(0, 2, 1, 3)
+    return torch.randn(num_blocks, NUM_KV_HEADS, BLOCK_SIZE, 2 * HEAD_SIZE)
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_builder_and_impl_across_batches(vllm_config, layout):
+    """One builder reused across batch shapes, as under CUDA graphs."""
+    builder = make_builder(vllm_config)
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None,
+                               "auto")  # fmt: skip
+    kv_cache = packed_cache(layout=layout)
+    decode = run_step(builder, impl, kv_cache, [1, 1, 1], [17, 40, 5])
+    assert decode.plan.kernel == "split_kv_decode"
+    prefill = run_step(builder, impl, kv_cache, [30, 12], [30, 12])
+    assert prefill.plan.kernel == "long_query"
+    mixed = run_step(builder, impl, kv_cache, [1, 1, 20], [33, 9, 50])
+    assert mixed.plan.kernel == "long_query"
+    padded = run_step(builder, impl, kv_cache, [1, 1], [70, 3], padded_reqs=2, padded_tokens=2)
+    assert padded.plan.kernel == "split_kv_decode" and padded.plan.num_seqs == 4
+
+
+def test_features_through_the_impl(vllm_config):
+    builder = make_builder(vllm_config)
+    sinks = torch.randn(NUM_Q_HEADS)
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, 24, "auto",
+                               None, AttentionType.DECODER, None, sinks=sinks)  # fmt: skip
+    assert impl.sliding_window == (23, 0)  # upstream's tuple form, for subclasses
+    run_step(builder, impl, packed_cache(), [1, 37], [80, 37])
+    run_step(builder, impl, packed_cache(), [1, 1], [80, 37])
+
+
+def test_spec_decode_verification_goes_to_split_kv(model_dir):
+    speculative = SpeculativeConfig(method="ngram", num_speculative_tokens=3,
+                                    prompt_lookup_max=3, prompt_lookup_min=1)  # fmt: skip
+    builder = make_builder(_vllm_config(model_dir, speculative_config=speculative))
+    assert builder.max_decode_query_len == 4 and builder.reorder_batch_threshold == 4
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
+    md = run_step(builder, impl, packed_cache(), [4, 4, 4], [20, 61, 4])
+    assert md.plan.kernel == "split_kv_decode" and md.plan.tokens_per_q_block >= 4
+
+
+def test_full_graphs_of_mixed_batches_use_long_query(vllm_config):
+    builder = make_builder(vllm_config)
+    builder.mixed_batches_in_full_graphs = True
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
+    md = run_step(builder, impl, packed_cache(), [1, 1], [20, 61])
+    assert md.plan.kernel == "long_query"
+    assert CUDAGraphMode.FULL.mixed_mode() == CUDAGraphMode.FULL
+    assert CUDAGraphMode.FULL_AND_PIECEWISE.mixed_mode() != CUDAGraphMode.FULL
+
+
+def test_encoder_self_attention_without_cache(vllm_config):
+    builder = make_builder(vllm_config)
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, None, "auto",
+                               None, AttentionType.ENCODER_ONLY)  # fmt: skip
+    q_lens = [7, 19]
+    qsl = torch.tensor([0, 7, 26], dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=torch.tensor(q_lens).int(),
+        num_reqs=2, num_actual_tokens=26, max_query_len=19, max_seq_len=19,
+        block_table_tensor=torch.zeros(2, 2, dtype=torch.int32),
+        slot_mapping=torch.full((26,), -1), causal=False,
+    )  # fmt: skip
+    md = builder.build(0, common)
+    gen = torch.Generator().manual_seed(3)
+    query = torch.randn(26, NUM_Q_HEADS, HEAD_SIZE, generator=gen)
+    key = torch.randn(26, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
+    value = torch.randn(26, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
+    output = torch.empty_like(query)
+    impl.forward(Layer(), query, key, value, torch.empty(0), md, output)
+    for start, end in ((0, 7), (7, 26)):
+        scores = torch.einsum("qhd,khd->hqk", query[start:end],
+                              key[start:end].repeat_interleave(4, 1)) * 0.2  # fmt: skip
+        ref = torch.einsum("hqk,khd->qhd", scores.softmax(-1),
+                           value[start:end].repeat_interleave(4, 1))  # fmt: skip
+        torch.testing.assert_close(output[start:end], ref, **TOLERANCES[torch.float32])
+
+
+def test_profiling_run_and_refusals(vllm_config):
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
+    out = torch.full((3, NUM_Q_HEADS, HEAD_SIZE), 5.0)
+    assert impl.forward(Layer(), out, None, None, torch.empty(0), None, out).abs().sum() == 0
+    with pytest.raises(NotImplementedError, match="ALiBi-sqrt"):
+        TritonAttentionImpl(8, 64, 0.1, 2, [0.1] * 8, None, "auto", use_alibi_sqrt=True)
+    with pytest.raises(NotImplementedError, match="kv_cache_dtype='int8_per_token_head'"):
+        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int8_per_token_head")
+    with pytest.raises(NotImplementedError, match="head sizes 32..256, got 512"):
+        TritonAttentionImpl(8, 512, 0.1, 2, None, None, "auto")
+    with pytest.raises(NotImplementedError, match="chunked"):
+        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", chunk_lookback=4)
+
+
+def test_validate_configuration_gives_reasons(monkeypatch):
+    from vllm.platforms.interface import DeviceCapability
+    from vllm.v1.attention.backends import triton_attn
+
+    def reasons(**overrides):
+        config = dict(head_size=128, dtype=torch.bfloat16, kv_cache_dtype="auto", block_size=16,
+                      use_mla=False, has_sink=False, use_sparse=False, use_mm_prefix=False,
+                      use_per_head_quant_scales=False, device_capability=DeviceCapability(9, 0),
+                      attn_type=AttentionType.DECODER, has_sliding_window=False,
+                      use_non_causal=False, use_batch_invariant=False, use_kv_connector=False,
+                      use_pcp=False, use_adaptive_verification=False, use_dcp=False,
+                      use_rswa=False)  # fmt: skip
+        config.update(overrides)
+        return TritonAttentionBackend.validate_configuration(**config)
+
+    assert reasons() == []
+    assert reasons(has_sink=True, has_sliding_window=True, kv_cache_dtype="fp8") == []
+    assert "head_size not supported" in reasons(head_size=512)
+    assert "head_size not supported" in reasons(head_size=16)
+    assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="int8_per_token_head")
+    assert "block_size not supported" in reasons(block_size=8)
+    assert "partial multimodal token full attention not supported" in reasons(use_mm_prefix=True)
+    assert "MLA not supported" in reasons(use_mla=True)
+    assert "R-SWA not supported" in reasons(use_rswa=True)
+    assert "batch invariance not supported" in reasons(use_batch_invariant=True)
+    monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: True)
+    assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 9)) == []
+    refused = reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 0))
+    assert any("fp8 KV cache needs native fp8" in r and "8.0" in r for r in refused)
+    monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: False)
+    monkeypatch.setattr(triton_attn.current_platform, "is_rocm", lambda: True)
+    assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 4)) == []
+    assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 0))  # MI200
+
+
+_SELECT = """
+import json, sys, types
+from unittest import mock
+import torch
+result = {}
+from vllm.platforms.interface import DeviceCapability
+from vllm.v1.attention.selector import AttentionSelectorConfig
+from vllm.v1.attention.backends.registry import AttentionBackendEnum
+fields = AttentionSelectorConfig._fields
+config = AttentionSelectorConfig(**{f: False for f in fields} | dict(
+    head_size=128, dtype=torch.bfloat16, kv_cache_dtype="auto", block_size=None,
+    attn_type="decoder"))
+if sys.argv[1] == "rocm":
+    with mock.patch.object(torch.cuda, "get_device_properties",
+                           return_value=types.SimpleNamespace(gcnArchName="gfx942")):
+        from vllm.platforms.rocm import RocmPlatform
+    import vllm._aiter_ops as aiter
+    with mock.patch.object(RocmPlatform, "get_device_capability",
+                           return_value=DeviceCapability(9, 4)):
+        for found in (False, True):
+            with mock.patch.object(aiter, "is_aiter_found_and_supported", return_value=found), \\
+                 mock.patch.object(aiter.rocm_aiter_ops, "is_mha_enabled", return_value=found):
+                result[f"aiter={found}"] = RocmPlatform.get_attn_backend_cls(None, config, 32)
+else:
+    # its compiled ops need libcuda; nothing here calls them
+    sys.modules["vllm._C_stable_libtorch"] = types.ModuleType("vllm._C_stable_libtorch")
+    from vllm.platforms.cuda import CudaPlatform
+    with mock.patch.object(CudaPlatform, "get_device_capability",
+                           return_value=DeviceCapability(9, 0)):
+        result["flag"] = CudaPlatform.get_attn_backend_cls(
+            AttentionBackendEnum.TRITON_ATTN, config, 32)
+        try:
+            CudaPlatform.get_attn_backend_cls(AttentionBackendEnum.TRITON_ATTN,
+                                              config._replace(head_size=512), 32)
+        except Exception as error:
+            result["refused"] = str(error)
+print(json.dumps(result))
+"""
+
+
+def _select(platform: str) -> dict:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", _SELECT, platform], capture_output=True,
+                            text=True, env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_rocm_selects_ours_by_default():
+    for case, path in _select("rocm").items():
+        assert path == OUR_CLASS, case
+
+
+def test_cuda_selects_ours_by_flag_and_says_why_it_refuses():
+    result = _select("cuda")
+    assert result["flag"] == OUR_CLASS
+    assert "head_size not supported" in result["refused"]
+
+
+def test_upstream_subclasses_still_import_and_construct(vllm_config):
+    from vllm.v1.attention.backends import (
+        triton_attn_diffkv,
+        triton_flash_attn,  # noqa: F401
+        triton_flashinfer,  # noqa: F401
+    )
+
+    spec = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=NUM_KV_HEADS,
+                             head_size=HEAD_SIZE, dtype=torch.float32)  # fmt: skip
+    triton_attn_diffkv.TritonAttentionDiffKVBackend.set_head_size_v(HEAD_SIZE)
+    builder = triton_attn_diffkv.TritonAttentionDiffKVMetadataBuilder(
+        spec, ["layer.0"], vllm_config, torch.device("cpu")
+    )
+    assert builder.softmax_segm_output.shape[2] == builder.num_par_softmax_segments
+    assert issubclass(triton_attn_diffkv.TritonAttentionDiffKVImpl, TritonAttentionImpl)

@@ -1,0 +1,498 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""TRITON_ATTN: portable Triton-only attention for NVIDIA and AMD GPUs.
+
+The kernels live in ``vllm.v1.attention.ops.triton_attention`` (torch + triton
+only). This module declares what the backend supports, plans each batch once
+in the metadata builder (kernel, tiles, KV splits, grid: host facts only, no
+device sync) and launches in ``forward``.
+
+Kernel choice per batch (``TritonAttentionMetadataBuilder.build``):
+
+* every query at most ``max_decode_query_len`` tokens (decode, speculative
+  verification): split-KV decode, with the number of splits set by the batch
+  size and the GPU, never by context lengths;
+* otherwise (prefill, chunked prefill, mixed): the long-query kernel, which
+  is correct for every query length.
+
+Under full CUDA/HIP graphs a captured graph replays one plan for every batch
+of its size, so that plan may only depend on what is fixed for the size. With
+``FULL_AND_PIECEWISE`` (the default) and ``FULL_DECODE_ONLY`` only uniform
+decode batches are captured, whose plan is fixed. When mixed batches are
+captured too (``FULL``), a small mixed batch can replay a graph captured from
+decodes, so every batch then takes the long-query kernel.
+
+The class names, attributes and metadata fields that upstream subclasses read
+(``triton_attn_diffkv``, the ``TRITON_FLASH_ATTN``/``TRITON_FLASHINFER``
+composites, whisper, the ROCm drafting allow-list) are kept.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from vllm.config import CUDAGraphMode, VllmConfig
+from vllm.config.cache import CacheDType
+from vllm.logger import init_logger
+from vllm.model_executor.layers.quantization.utils.quant_utils import QuantKey
+from vllm.platforms import current_platform
+from vllm.platforms.interface import DeviceCapability
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionLayer,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+    max_decode_query_len,
+)
+from vllm.v1.attention.backends.utils import (
+    get_num_attention_heads_from_layers,
+    set_triton_ptr_range,
+)
+from vllm.v1.attention.ops.triton_attention import (
+    AttentionPlan,
+    GpuArch,
+    SplitKVWorkspace,
+    paged_attention,
+    plan_attention,
+    write_kv_cache,
+)
+from vllm.v1.attention.ops.triton_attention.plan import (
+    MAX_HEAD_SIZE,
+    SPLIT_KV_MAX_QUERY_LEN,
+    next_power_of_2,
+    num_kv_splits_for,
+)
+from vllm.v1.kv_cache_interface import AttentionSpec, is_quantized_kv_cache
+
+logger = init_logger(__name__)
+
+MIN_HEAD_SIZE = 32  # the smallest head size the kernel test matrix covers
+# Kept for upstream subclasses (triton_attn_diffkv runs upstream's unified
+# kernel on these scratch buffers): its 3D path and its segment count.
+MIN_LAUNCH_GRID_SIZE_2D = 128
+NUM_PAR_SOFTMAX_SEGMENTS = 16
+
+
+@dataclass
+class TritonAttentionMetadata:
+    # |---------- N-1 iteration --------|
+    # |---------------- N iteration ---------------------|
+    # |- tokenA -|......................|-- newTokens ---|
+    # |---------- context_len ----------|
+    # |-------------------- seq_len ---------------------|
+    #                                   |-- query_len ---|
+    num_actual_tokens: int  # may include CUDA-graph padding
+    max_query_len: int
+    query_start_loc: torch.Tensor
+    max_seq_len: int
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    slot_mapping: torch.Tensor  # writable: the cross-attention wrapper replaces it
+
+    # The plan made once for this batch, and the split-KV scratch it uses.
+    plan: AttentionPlan | None
+    workspace: SplitKVWorkspace | None
+
+    # Read by upstream's triton_attn_diffkv, which runs upstream's kernel.
+    seq_threshold_3D: int
+    num_par_softmax_segments: int
+    softmax_segm_output: torch.Tensor
+    softmax_segm_max: torch.Tensor
+    softmax_segm_expsum: torch.Tensor
+
+    causal: bool | torch.Tensor = True
+
+    # Upstream fields kept for subclasses; this backend refuses the features
+    # (multimodal prefix ranges, R-SWA) at selection time.
+    scheduler_metadata: torch.Tensor | None = None
+    mm_prefix_range: dict[int, list[tuple[int, int]]] | None = None
+    mm_prefix_range_tensor: torch.Tensor | None = None
+    rswa_prefix_lens: torch.Tensor | None = None
+    rswa_window: int | None = None
+
+    # Encoder self-attention reads K/V straight from the layer inputs, as a
+    # "cache" of one-token blocks: block j of sequence b is token qsl[b] + j.
+    encoder_block_table: torch.Tensor | None = None
+
+
+class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMetadata]):
+    # ALWAYS: see the module docstring for why every captured plan is right.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
+    # Nothing in the metadata is restaged per drafting step.
+    supports_draft_decode_metadata_update = True
+
+    def __init__(
+        self,
+        kv_cache_spec: AttentionSpec,
+        layer_names: list[str],
+        vllm_config: VllmConfig,
+        device: torch.device,
+    ):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        model_config = vllm_config.model_config
+        parallel_config = vllm_config.parallel_config
+        self.block_size = kv_cache_spec.block_size
+        self.num_heads_q = get_num_attention_heads_from_layers(
+            vllm_config, layer_names
+        ) or model_config.get_num_attention_heads(parallel_config)
+        self.num_heads_kv = model_config.get_num_kv_heads(parallel_config)
+        self.headdim = model_config.get_head_size()
+        self.arch = GpuArch.of_device(device)
+
+        # Decodes and speculative verifications (1 + k tokens) first, so that a
+        # batch of them is recognised by its max_query_len alone.
+        self._init_reorder_batch_threshold(1, supports_spec_as_decode=True)
+        self.max_decode_query_len = min(max_decode_query_len(vllm_config), SPLIT_KV_MAX_QUERY_LEN)
+        mode = vllm_config.compilation_config.cudagraph_mode
+        self.mixed_batches_in_full_graphs = (
+            mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
+        )
+
+        # One persistent split-KV scratch, sized for the largest batch the
+        # scheduler can form (graph capture sizes included).
+        max_num_seqs = vllm_config.scheduler_config.max_num_seqs
+        head_pad = max(next_power_of_2(self.headdim), 16)
+        splits = (num_kv_splits_for(n, self.num_heads_kv, self.arch) for n in range(1, max_num_seqs + 1))
+        # a single split writes the output directly and needs no scratch
+        rows = max((n * s for n, s in enumerate(splits, 1) if s > 1), default=0)
+        rows *= self.max_decode_query_len * self.num_heads_q
+        self.workspace = SplitKVWorkspace(
+            torch.empty(rows * head_pad, dtype=torch.float32, device=device),
+            torch.empty(rows, dtype=torch.float32, device=device),
+        )
+
+        # Upstream-compatible scratch for subclasses that run upstream's kernel.
+        self.seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // self.num_heads_kv
+        self.num_par_softmax_segments = NUM_PAR_SOFTMAX_SEGMENTS
+        legacy_tokens = min(self.seq_threshold_3D, max_num_seqs) * self.max_decode_query_len
+        legacy_shape = (legacy_tokens, self.num_heads_q, NUM_PAR_SOFTMAX_SEGMENTS)
+        self.softmax_segm_output = torch.empty(
+            (*legacy_shape, next_power_of_2(self.headdim)), dtype=torch.float32, device=device
+        )
+        self.softmax_segm_max = torch.empty(legacy_shape, dtype=torch.float32, device=device)
+        self.softmax_segm_expsum = torch.empty(legacy_shape, dtype=torch.float32, device=device)
+
+    def plan_for(self, num_tokens: int, num_seqs: int, max_query_len: int) -> AttentionPlan:
+        """The plan of a batch: host facts only (see the module docstring)."""
+        if self.mixed_batches_in_full_graphs or max_query_len > self.max_decode_query_len:
+            # A long-query plan: correct for every query length.
+            max_query_len = max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1)
+        else:
+            max_query_len = self.max_decode_query_len  # one block shape per run
+        return plan_attention(
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+            max_query_len=max_query_len,
+            num_q_heads=self.num_heads_q,
+            num_kv_heads=self.num_heads_kv,
+            head_size=self.headdim,
+            arch=self.arch,
+        )
+
+    def build_for_cudagraph_capture(
+        self, common_attn_metadata: CommonAttentionMetadata
+    ) -> TritonAttentionMetadata:
+        attn_metadata = self.build(0, common_attn_metadata)
+        # Capture with max_model_len-long sequences would take very long; the
+        # launch does not depend on lengths, so length 1 captures the same graph.
+        attn_metadata.seq_lens.fill_(1)
+        return attn_metadata
+
+    def build(
+        self,
+        common_prefix_len: int,
+        common_attn_metadata: CommonAttentionMetadata,
+        fast_build: bool = False,
+    ) -> TritonAttentionMetadata:
+        md = common_attn_metadata
+        if isinstance(md.causal, torch.Tensor):
+            raise NotImplementedError(
+                "TRITON_ATTN: per-request causal flags (a tensor) are not supported"
+            )
+        if md.mm_req_doc_ranges is not None:
+            raise NotImplementedError("TRITON_ATTN: multimodal prefix ranges are not supported")
+        plan = self.plan_for(md.num_actual_tokens, md.num_reqs, md.max_query_len)
+        return TritonAttentionMetadata(
+            num_actual_tokens=md.num_actual_tokens,
+            max_query_len=md.max_query_len,
+            query_start_loc=md.query_start_loc,
+            max_seq_len=md.max_seq_len,
+            seq_lens=md.seq_lens,
+            block_table=md.block_table_tensor,
+            slot_mapping=md.slot_mapping,
+            plan=plan,
+            workspace=self.workspace,
+            seq_threshold_3D=self.seq_threshold_3D,
+            num_par_softmax_segments=self.num_par_softmax_segments,
+            softmax_segm_output=self.softmax_segm_output,
+            softmax_segm_max=self.softmax_segm_max,
+            softmax_segm_expsum=self.softmax_segm_expsum,
+            causal=md.causal,
+        )
+
+    def update_draft_decode_metadata(self, _metadata: TritonAttentionMetadata) -> None:
+        pass  # every field references the runner's persistent buffers
+
+
+class TritonAttentionBackend(AttentionBackend):
+    supported_dtypes: ClassVar[list[torch.dtype]] = [
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+    ]
+    supported_kv_cache_dtypes: ClassVar[list[CacheDType]] = [
+        "auto",
+        "float16",
+        "bfloat16",
+        "fp8",
+        "fp8_e4m3",
+    ]
+    forward_includes_kv_cache_update: bool = False
+
+    @staticmethod
+    def get_name() -> str:
+        return "TRITON_ATTN"
+
+    @staticmethod
+    def get_impl_cls() -> type["TritonAttentionImpl"]:
+        return TritonAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type["TritonAttentionMetadataBuilder"]:
+        return TritonAttentionMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
+        return [MultipleOf(16)]
+
+    @classmethod
+    def supports_block_size(cls, block_size: int | None) -> bool:
+        return block_size is None or block_size % 16 == 0
+
+    @classmethod
+    def supports_head_size(cls, head_size: int) -> bool:
+        return MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE
+
+    @classmethod
+    def supports_sink(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_non_causal(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type in (
+            AttentionType.DECODER,
+            AttentionType.ENCODER,
+            AttentionType.ENCODER_ONLY,
+            AttentionType.ENCODER_DECODER,
+        )
+
+    @classmethod
+    def supports_compute_capability(cls, capability: DeviceCapability) -> bool:
+        return True
+
+    @classmethod
+    def supports_combination(
+        cls,
+        head_size: int,
+        dtype: torch.dtype,
+        kv_cache_dtype: CacheDType | None,
+        block_size: int | None,
+        use_mla: bool,
+        has_sink: bool,
+        use_sparse: bool,
+        use_mm_prefix: bool,
+        device_capability: DeviceCapability,
+    ) -> str | None:
+        if (
+            kv_cache_dtype is not None
+            and kv_cache_dtype.startswith("fp8")
+            and not _has_native_fp8(device_capability)
+        ):
+            return (
+                f"fp8 KV cache needs native fp8 conversions (NVIDIA compute capability 8.9+, "
+                f"AMD gfx942/gfx950/gfx12); this GPU reports {device_capability.as_version_str()}"
+            )
+        return None
+
+
+def _has_native_fp8(capability: DeviceCapability) -> bool:
+    if current_platform.is_cuda():
+        return capability.to_int() >= 89
+    if current_platform.is_rocm():  # capability parsed from gfx: 942 -> (9, 4)
+        return (capability.major, capability.minor) in ((9, 4), (9, 5)) or capability.major == 12
+    return True  # the CPU interpreter and other platforms convert in software
+
+
+class TritonAttentionImpl(AttentionImpl):
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int,
+        alibi_slopes: list[float] | None,
+        sliding_window: int | None,
+        kv_cache_dtype: str,
+        logits_soft_cap: float | None = None,
+        attn_type: AttentionType = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+        use_alibi_sqrt: bool = False,
+        chunk_lookback: int = -1,
+    ) -> None:
+        if use_alibi_sqrt:
+            raise NotImplementedError("TRITON_ATTN does not support ALiBi-sqrt")
+        if chunk_lookback > -1:
+            raise NotImplementedError("TRITON_ATTN does not support chunked (lookback) attention")
+        if kv_cache_dtype not in TritonAttentionBackend.supported_kv_cache_dtypes:
+            raise NotImplementedError(
+                f"TRITON_ATTN does not support kv_cache_dtype={kv_cache_dtype!r}; supported: "
+                f"{TritonAttentionBackend.supported_kv_cache_dtypes}"
+            )
+        if not TritonAttentionBackend.supports_head_size(head_size):
+            raise NotImplementedError(
+                f"TRITON_ATTN supports head sizes {MIN_HEAD_SIZE}..{MAX_HEAD_SIZE}, got {head_size}"
+            )
+        if sinks is not None and sinks.shape != (num_heads,):
+            raise ValueError(
+                f"TRITON_ATTN: sinks must have shape ({num_heads},), got {tuple(sinks.shape)}"
+            )
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads
+        self.num_queries_per_kv = num_heads // num_kv_heads
+        self.alibi_slopes = (
+            None if alibi_slopes is None else torch.tensor(alibi_slopes, dtype=torch.float32)
+        )
+        self.window = sliding_window  # our kernels take the window length W
+        # FlashAttention-style (left, right) form, read by upstream subclasses.
+        if sliding_window is None:
+            self.sliding_window = (-1, -1)
+        elif attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
+            self.sliding_window = (sliding_window - 1, sliding_window - 1)
+        else:
+            self.sliding_window = (sliding_window - 1, 0)
+        self.soft_cap = logits_soft_cap or None
+        self.logits_soft_cap = logits_soft_cap or 0  # 0 = off, for upstream subclasses
+        self.kv_cache_dtype = kv_cache_dtype
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        self.attn_type = attn_type
+        self.sinks = sinks
+        self.use_alibi_sqrt = use_alibi_sqrt
+        self.chunk_lookback = chunk_lookback
+        self.fp8_dtype = current_platform.fp8_dtype()
+        self.supports_quant_query_input = False
+        self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype)
+        self._set_kv_ptr_range = current_platform.is_rocm()
+
+    def fused_output_quant_supported(self, quant_key: QuantKey):
+        return False
+
+    def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V ``[num_blocks, block_size, H, D]`` views of the packed cache.
+
+        vLLM hands every layer a logical ``[num_blocks, H, block_size, 2*D]``
+        tensor whose strides follow the model-wide layout; views keep them.
+        """
+        key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        if self._is_fp8:
+            key_cache = key_cache.view(self.fp8_dtype)
+            value_cache = value_cache.view(self.fp8_dtype)
+        if self._set_kv_ptr_range:  # keeps AMD's 32-bit buffer addressing
+            set_triton_ptr_range(kv_cache, key_cache, value_cache)
+        return key_cache, value_cache
+
+    def do_kv_cache_update(
+        self,
+        layer: AttentionLayer,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
+            return  # encoder self-attention keeps no cache
+        key_cache, value_cache = self._cache_views(kv_cache)
+        write_kv_cache(
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slot_mapping,
+            k_scale=layer._k_scale if self._is_fp8 else None,
+            v_scale=layer._v_scale if self._is_fp8 else None,
+        )
+
+    def forward(
+        self,
+        layer: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: TritonAttentionMetadata,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query/output ``[num_tokens, num_heads, head_size]``; returns ``output``.
+
+        Under piecewise CUDA graphs this runs eagerly for every layer, so it
+        only slices views and launches: the plan was made in ``build``.
+        """
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("TRITON_ATTN does not fuse output quantization")
+        if attn_metadata is None:  # the memory-profiling run
+            return output.fill_(0)
+
+        md = attn_metadata
+        num_tokens = md.num_actual_tokens
+        if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
+            key_cache, value_cache, block_table = self._encoder_kv(key, value, md)
+            scales = {}
+        else:
+            key_cache, value_cache = self._cache_views(kv_cache)
+            block_table = md.block_table
+            scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale) if self._is_fp8 else {}
+        paged_attention(
+            query[:num_tokens],
+            key_cache,
+            value_cache,
+            output[:num_tokens],
+            query_start_loc=md.query_start_loc,
+            seq_lens=md.seq_lens,
+            block_table=block_table,
+            max_query_len=md.max_query_len,
+            max_seq_len=md.max_seq_len,
+            scale=self.scale,
+            causal=bool(md.causal) and self.attn_type == AttentionType.DECODER,
+            sliding_window=self.window,
+            logits_soft_cap=self.soft_cap,
+            alibi_slopes=self.alibi_slopes,
+            sinks=self.sinks,
+            plan=md.plan,
+            workspace=md.workspace,
+            **scales,
+        )
+        return output
+
+    def _encoder_kv(self, key, value, md):
+        """K/V of encoder self-attention as a cache of one-token blocks."""
+        if md.encoder_block_table is None:  # once per batch, shared by its layers
+            positions = torch.arange(md.max_query_len, device=key.device, dtype=torch.int32)
+            md.encoder_block_table = md.query_start_loc[:-1, None] + positions[None, :]
+        return key[:, None], value[:, None], md.encoder_block_table
