@@ -157,7 +157,10 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         # scheduler can form (graph capture sizes included).
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         head_pad = max(next_power_of_2(self.headdim), 16)
-        splits = (num_kv_splits_for(n, self.num_heads_kv, self.arch) for n in range(1, max_num_seqs + 1))
+        splits = [
+            num_kv_splits_for(seqs, self.num_heads_kv, self.arch)
+            for seqs in range(1, max_num_seqs + 1)
+        ]
         # a single split writes the output directly and needs no scratch
         rows = max((n * s for n, s in enumerate(splits, 1) if s > 1), default=0)
         rows *= self.max_decode_query_len * self.num_heads_q
