@@ -7,7 +7,7 @@ import torch
 from batches import kv_cache_views
 from conftest import HAS_GPU
 
-from vllm.v1.attention.ops.triton_attention import write_kv_cache
+from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
 
 FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
 
@@ -23,6 +23,9 @@ FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
     ],
 )
 def test_write_kv_cache(cache_dtype, layout, head_size, device):
+    arch = GpuArch.of_device(device)
+    if not arch.supports_kv_dtype(cache_dtype):
+        pytest.skip(f"{cache_dtype} has no hardware support on {arch.name} (see GpuArch)")
     if cache_dtype in FP8_RANGE and not HAS_GPU:
         pytest.skip(
             "the Triton interpreter's fp32->fp8 cast loses the exponent carry when "

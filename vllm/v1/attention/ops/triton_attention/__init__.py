@@ -366,6 +366,13 @@ def write_kv_cache(
             f"got shape {tuple(slot_mapping.shape)}"
         )
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES
+    if kv_is_fp8:
+        arch = GpuArch.of_device(k_cache.device)  # no CUDA call for CPU tensors
+        if not arch.supports_kv_dtype(k_cache.dtype):
+            raise NotImplementedError(
+                f"write_kv_cache: a {k_cache.dtype} KV cache is not supported on "
+                f"{arch.vendor} {arch.name}"
+            )
     _check_scales(k_cache.dtype, k_scale, v_scale, "write_kv_cache")
     num_tokens, num_kv_heads, head_size = key.shape
     if num_tokens == 0:

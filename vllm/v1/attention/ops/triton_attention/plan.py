@@ -12,6 +12,7 @@ always matches its plan. Nothing autotunes at run time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -46,7 +47,8 @@ class GpuArch:
     num_compute_units: int  # SMs (NVIDIA) or CUs (AMD)
 
     @classmethod
-    def of_device(cls, device: torch.device) -> GpuArch:
+    @functools.lru_cache(maxsize=None)  # device properties do not change; keep it off the hot path
+    def of_device(cls, device: torch.device | str) -> GpuArch:
         device = torch.device(device)
         if device.type != "cuda":  # tensors on the CPU: the Triton interpreter
             return cls("interpreter", "cpu", 4)
