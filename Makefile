@@ -36,14 +36,29 @@ test: install
 lint: install
 	$(VENV)/bin/pre-commit run --all-files
 
-# On a GPU box: make serve MODEL=<hf id or path>. It listens on 127.0.0.1:$(PORT).
+# The main job. With MODEL=<hf id or path> (a GPU box): serve it on the GPU with
+# TRITON_ATTN. Without MODEL (e.g. a CPU box): build a tiny random Llama locally
+# and serve it through the Triton interpreter (the development platform).
 MODEL ?=
 PORT ?= 8000
+TINY_MODEL := models/tiny-llama
+CURL = curl http://127.0.0.1:$(PORT)/v1/completions -H 'Content-Type: application/json' \
+	-d '{"model": "$(1)", "prompt": "Hello, my name is", "max_tokens": 8}'
+
 serve: install
-	@test -n "$(MODEL)" || { echo "make serve: set MODEL=<hf id or local path>"; exit 2; }
+ifeq ($(MODEL),)
+	$(PY) scripts/make_tiny_model.py --out $(TINY_MODEL)
+	@echo "serving $(TINY_MODEL) with TRITON_ATTN (Triton interpreter, CPU) on http://127.0.0.1:$(PORT)"
+	@echo "try: $(call CURL,$(TINY_MODEL))"
+	VLLM_TRITON_ATTN_CPU_DEV=1 TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= \
+	$(VENV)/bin/vllm serve $(TINY_MODEL) --host 127.0.0.1 --port $(PORT) --dtype float32 \
+		--attention-backend TRITON_ATTN --enforce-eager --block-size 16 --max-model-len 256 \
+		--max-num-seqs 4 --kv-cache-memory-bytes 67108864
+else
 	@echo "serving $(MODEL) with TRITON_ATTN on http://127.0.0.1:$(PORT)"
-	@echo "try: curl http://127.0.0.1:$(PORT)/v1/completions -H 'Content-Type: application/json' -d '{\"model\": \"$(MODEL)\", \"prompt\": \"Hello\", \"max_tokens\": 16}'"
+	@echo "try: $(call CURL,$(MODEL))"
 	$(VENV)/bin/vllm serve $(MODEL) --host 127.0.0.1 --port $(PORT) --attention-backend TRITON_ATTN
+endif
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -114,6 +114,11 @@ class BinaryDistribution(Distribution):
 
 metadata, entry_points = _upstream_metadata()
 install_requires, extras_require = _requirements(metadata)
+entry_points = _entry_points(entry_points)
+# The CPU development platform; inactive unless VLLM_TRITON_ATTN_CPU_DEV=1.
+entry_points.setdefault("vllm.platform_plugins", []).append(
+    "triton_interpreter = vllm.platforms.triton_interpreter:register"
+)
 
 setup(
     name="vllm",
@@ -126,7 +131,7 @@ setup(
     python_requires=metadata["Requires-Python"],
     install_requires=install_requires,
     extras_require=extras_require,
-    entry_points=_entry_points(entry_points),
+    entry_points=entry_points,
     # Declared so that setuptools runs build_py; its files come from the wheel.
     packages=["vllm"],
     cmdclass={"build_py": BuildPatchedVllm, "bdist_wheel": UpstreamTagWheel},

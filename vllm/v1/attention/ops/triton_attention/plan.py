@@ -47,7 +47,7 @@ class GpuArch:
     num_compute_units: int  # SMs (NVIDIA) or CUs (AMD)
 
     @classmethod
-    @functools.lru_cache(maxsize=None)  # device properties do not change; keep it off the hot path
+    @functools.cache  # device properties do not change; keep it off the hot path
     def of_device(cls, device: torch.device | str) -> GpuArch:
         device = torch.device(device)
         if device.type != "cuda":  # tensors on the CPU: the Triton interpreter
