@@ -49,6 +49,10 @@ SWEEPS = {
         decode=[(b, c) for b in (1, 4, 8, 16, 32, 64, 128) for c in (1024, 4096, 16384, 65536)],
         prefill=[],
     ),
+    "full": dict(
+        decode=[(b, c) for b in (1, 4, 8, 16, 32, 64, 128) for c in (1024, 4096, 16384, 65536)],
+        prefill=[(b, s) for b in (1, 4) for s in (1024, 4096, 8192, 16384)],
+    ),
 }
 
 
