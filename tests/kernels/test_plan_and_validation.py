@@ -35,11 +35,13 @@ def test_kernel_choice_by_query_length():
 
 def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     splits = [plan(num_seqs=b, num_tokens=b).num_kv_splits for b in (1, 2, 4, 8, 16, 32, 64, 256)]
-    assert splits[0] == 33  # 2 programs per SM: 264 / 8 KV heads
+    assert splits[0] == MAX_KV_SPLITS  # 4 programs per SM: 528 / 8 KV heads, capped
     assert splits == sorted(splits, reverse=True) and splits[-1] == 1
-    assert plan(num_seqs=1, num_tokens=1, num_kv_heads=1).num_kv_splits == MAX_KV_SPLITS
+    assert plan(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
     # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
-    assert plan(num_seqs=2, num_tokens=2, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
+    assert plan(num_seqs=4, num_tokens=4, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
+    # Programs with more rows (spec decode x GQA group) aim at 2 per SM.
+    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=64).num_kv_splits == 9
 
 
 def test_decode_tile_holds_every_query_row():

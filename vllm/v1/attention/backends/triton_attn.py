@@ -66,6 +66,7 @@ from vllm.v1.attention.ops.triton_attention.plan import (
     SPLIT_KV_MAX_QUERY_LEN,
     next_power_of_2,
     num_kv_splits_for,
+    split_kv_block_m,
 )
 from vllm.v1.kv_cache_interface import AttentionSpec, is_quantized_kv_cache
 
@@ -157,8 +158,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         # scheduler can form (graph capture sizes included).
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         head_pad = max(next_power_of_2(self.headdim), 16)
+        block_m = split_kv_block_m(self.max_decode_query_len, self.num_heads_q // self.num_heads_kv)
         splits = [
-            num_kv_splits_for(seqs, self.num_heads_kv, self.arch)
+            num_kv_splits_for(seqs, self.num_heads_kv, block_m, self.arch)
             for seqs in range(1, max_num_seqs + 1)
         ]
         # a single split writes the output directly and needs no scratch

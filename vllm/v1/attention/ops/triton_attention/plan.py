@@ -22,9 +22,13 @@ import torch
 # Longer ones go to the long-query kernel.
 SPLIT_KV_MAX_QUERY_LEN = 8
 
-# Split-KV aims for this many programs per compute unit (SM/CU), so that
-# each unit has a second program to switch to while the first waits on memory.
-SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = 2
+# Split-KV aims for this many programs per compute unit (SM/CU), so that each
+# unit has other programs to switch to while one waits on memory: 4 for plain
+# decode tiles (16 query rows), 2 when a program carries more rows (GQA groups
+# times speculative tokens). Measured on an H200 over 36 launch variants:
+# benchmarks/results/nvidia-h200/tune_split_kv_*.json (scripts/tune_split_kv.py).
+SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4}
+SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT = 2
 # Upper bound on splits per sequence: the merge reads one partial row per
 # split, and beyond this each split would stream fewer keys than one tile
 # pipeline keeps in flight for contexts below ~16k.
@@ -115,11 +119,20 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def num_kv_splits_for(num_seqs: int, num_kv_heads: int, arch: GpuArch) -> int:
+def num_kv_splits_for(num_seqs: int, num_kv_heads: int, block_m: int, arch: GpuArch) -> int:
     """Splits per sequence that fill the GPU: depends on the batch, never on lengths."""
     programs_per_split = max(num_seqs * num_kv_heads, 1)
-    target = arch.num_compute_units * SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT
+    per_unit = SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT.get(
+        block_m, SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT
+    )
+    target = arch.num_compute_units * per_unit
     return max(1, min(MAX_KV_SPLITS, math.ceil(target / programs_per_split)))
+
+
+def split_kv_block_m(max_query_len: int, queries_per_kv: int) -> int:
+    """Rows of a split-KV program: every query token of a sequence x its GQA group."""
+    tokens = next_power_of_2(max(max_query_len, 1))
+    return max(next_power_of_2(tokens * queries_per_kv), MIN_DOT_SIZE)
 
 
 def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]:
@@ -131,13 +144,22 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     return 64, 32, 4, 2
 
 
-def _split_kv_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int]:
-    """(kv_tile_size, num_warps, num_stages) for split-KV decode."""
+def _split_kv_tiles(
+    head_pad: int, block_m: int, num_kv_splits: int, arch: GpuArch
+) -> tuple[int, int, int]:
+    """(kv_tile_size, num_warps, num_stages) for split-KV decode.
+
+    On the H200 sweep (see SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT) 64-key tiles won
+    while sequences are split finely (small batches), 128-key tiles once each
+    program streams long ranges or carries more than 16 rows; 4 warps always.
+    """
     if arch.vendor == "interpreter":
         return 64, 4, 1
-    if head_pad <= 128:
-        return 64, 4, 3 if arch.vendor == "cuda" else 2
-    return 32, 4, 2
+    if head_pad > 128:
+        return 32, 4, 2
+    if block_m <= MIN_DOT_SIZE and num_kv_splits >= 4:
+        return 64, 4, 2
+    return 128, 4, 3
 
 
 def plan_attention(
@@ -154,10 +176,9 @@ def plan_attention(
     queries_per_kv = num_q_heads // num_kv_heads
     head_pad = max(next_power_of_2(head_size), MIN_DOT_SIZE)
     if max_query_len <= SPLIT_KV_MAX_QUERY_LEN:
-        tokens = next_power_of_2(max(max_query_len, 1))
-        block_m = max(next_power_of_2(tokens * queries_per_kv), MIN_DOT_SIZE)
-        kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, arch)
-        splits = num_kv_splits_for(num_seqs, num_kv_heads, arch)
+        block_m = split_kv_block_m(max_query_len, queries_per_kv)
+        splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch)
+        kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, block_m, splits, arch)
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
