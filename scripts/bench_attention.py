@@ -125,6 +125,57 @@ def bench_ours(model, batch_size, q_len, context, dtype, graphs):
     return time_us(run, graphs), plan
 
 
+UPSTREAM = REPO / "benchmarks" / "upstream"  # scripts/fetch_upstream_kernel.py fills it
+
+
+def upstream_attention():
+    """vLLM 0.33.0's own Triton launcher (with stand-ins for its vLLM imports)."""
+    sys.path.insert(0, str(UPSTREAM))
+    from vllm.v1.attention.ops.triton_unified_attention import unified_attention
+
+    return unified_attention
+
+
+def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_len, context):
+    """Call upstream the way its metadata builder sets it up (16 segments, 3D below
+    128 // num_kv_heads sequences)."""
+    hq, hkv, d = model
+    threshold = 128 // hkv
+    rows = min(threshold, seq_lens.shape[0]) * q_len
+    scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device="cuda")
+    segm_max = torch.empty(rows, hq, 16, device="cuda")
+    segm_sum = torch.empty(rows, hq, 16, device="cuda")
+    unified_attention = upstream_attention()
+
+    def run():
+        unified_attention(q, k_cache, v_cache, out, qsl, q_len, seq_lens, context, d**-0.5, True,
+                          (-1, -1), block_table, 0, None, None, None, seq_threshold_3D=threshold,
+                          num_par_softmax_segments=16, softmax_segm_output=scratch,
+                          softmax_segm_max=segm_max, softmax_segm_expsum=segm_sum)  # fmt: skip
+
+    return run
+
+
+def bench_upstream(model, batch_size, q_len, context, dtype, graphs):
+    inputs = paged_inputs(model, batch_size, q_len, context, dtype)
+    out = torch.empty_like(inputs[0])
+    return time_us(run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], q_len, context),
+                   graphs)  # fmt: skip
+
+
+def check_upstream_small(model, q_len, seq_len, dtype):
+    hq, hkv, d = model
+    batch = make_batch([q_len, q_len], [seq_len, seq_len], num_q_heads=hq, num_kv_heads=hkv,
+                       head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
+    out = torch.zeros_like(batch.q)
+    run_upstream(model, batch.q, batch.k_cache, batch.v_cache, out, batch.query_start_loc,
+                 batch.seq_lens, batch.block_table, q_len, seq_len)()  # fmt: skip
+    ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
+                                    **batch.kernel_args())  # fmt: skip
+    rows = batch.num_actual_tokens
+    torch.testing.assert_close(out[:rows].float(), ref[:rows].float(), **TOLERANCES[dtype])
+
+
 def bench_sdpa(model, batch_size, q_len, context, dtype, backend, graphs):
     hq, hkv, d = model
     q = torch.randn(batch_size, hq, q_len, d, device="cuda", dtype=dtype)
@@ -156,7 +207,14 @@ def main():
     parser.add_argument("--sweep", choices=SWEEPS, default="quick")
     parser.add_argument("--models", nargs="+", default=["llama3-8b"], choices=MODELS)
     parser.add_argument("--out", default="bench.json")
+    parser.add_argument(
+        "--upstream",
+        action="store_true",
+        help="also time vLLM 0.33.0's kernel (scripts/fetch_upstream_kernel.py)",
+    )
     args = parser.parse_args()
+    if args.upstream and not UPSTREAM.exists():
+        parser.error(f"{UPSTREAM} is missing: run scripts/fetch_upstream_kernel.py first")
 
     card = torch.cuda.get_device_name()
     dtype = torch.bfloat16
@@ -183,9 +241,10 @@ def main():
     for name in args.models:
         model = MODELS[name]
         hq, hkv, d = model
-        for q_len in (1, 4):
+        for q_len in (1, 4, 200):
             check_small(model, q_len, 300, dtype)
-        check_small(model, 200, 300, dtype)
+            if args.upstream:
+                check_upstream_small(model, q_len, 300, dtype)
         for kind, q_len, cells in (("decode", 1, sweep["decode"]),
                                    ("specdecode", 4, sweep["decode"])):  # fmt: skip
             for batch_size, context in cells:
@@ -201,6 +260,12 @@ def main():
                                kv_splits=plan.num_kv_splits)  # fmt: skip
                     rec["ratio_copy"] = rec["gbps"] / copy
                     emit(rec)
+                    if args.upstream:
+                        uus = bench_upstream(model, batch_size, q_len, context, dtype, graphs)
+                        rec["ratio_upstream"] = uus / us
+                        ugbps = kv_bytes / uus / 1e3
+                        emit(dict(rec, impl="upstream", us=uus, gbps=ugbps,
+                                  ratio_copy=ugbps / copy, kv_splits=None))  # fmt: skip
                     if kind == "decode" and graphs:
                         for backend in ("flash", "cudnn"):
                             sus, err = bench_sdpa(model, batch_size, q_len, context, dtype,
@@ -217,6 +282,10 @@ def main():
                        context=seq, q_len=seq, head_size=d, num_q_heads=hq, num_kv_heads=hkv,
                        graphs=True, us=us, tflops=flops / us / 1e6)  # fmt: skip
             emit(rec)
+            if args.upstream:
+                uus = bench_upstream(model, batch_size, seq, seq, dtype, True)
+                rec["ratio_upstream"] = uus / us
+                emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
             for backend in ("flash", "cudnn"):
                 sus, err = bench_sdpa(model, batch_size, seq, seq, dtype, backend, True)
                 if sus is not None:
