@@ -136,11 +136,20 @@ def split_kv_block_m(max_query_len: int, queries_per_kv: int) -> int:
 
 
 def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]:
-    """(block_m, kv_tile_size, num_warps, num_stages) for the long-query kernel."""
+    """(block_m, kv_tile_size, num_warps, num_stages) for the long-query kernel.
+
+    NVIDIA: 128 query rows x 64-key tiles, 8 warps, 2 stages was within 3% of the
+    best of 36 variants for head sizes 64, 128 and 256 on an H200, where the
+    earlier per-head-size rules lost up to 35% (d=64, d=256):
+    benchmarks/results/nvidia-h200/tune_long_query_*.json (scripts/tune_long_query.py).
+    """
     if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
         return 64, 64, 4, 1
+    if arch.vendor == "cuda":
+        return 128, 64, 8, 2
+    # AMD: not measured here yet; smaller tiles for head 256 stay within 64 KiB LDS.
     if head_pad <= 128:
-        return 128, 64, 8, 3 if arch.vendor == "cuda" else 2
+        return 128, 64, 8, 2
     return 64, 32, 4, 2
 
 
