@@ -44,11 +44,12 @@ STAND_INS = {
     "vllm/triton_utils/__init__.py": "import triton\nimport triton.language as tl\n",
     "vllm/v1/kv_cache_interface.py": (
         "import enum\n\n\n"
-        "class KVQuantMode(enum.Enum):\n"
+        "class KVQuantMode(enum.IntEnum):  # the values upstream's kernel compares\n"
         "    NONE = 0\n"
-        "    INT8_PER_TOKEN_HEAD = 1\n"
-        "    FP8_PER_TOKEN_HEAD = 2\n"
-        "    INT4_PER_TOKEN_HEAD = 3\n"
+        "    FP8_PER_TENSOR = 1\n"
+        "    INT8_PER_TOKEN_HEAD = 2\n"
+        "    FP8_PER_TOKEN_HEAD = 3\n"
+        "    INT4_PER_TOKEN_HEAD = 4\n"
     ),
 }
 
