@@ -33,7 +33,7 @@ def main():
                 cells = sorted(
                     (r["context"], r["gbps"])
                     for r in records
-                    if (r["kind"], r["impl"], r["batch"]) == (kind, impl, batch)
+                    if (r["kind"], r["impl"], r.get("batch")) == (kind, impl, batch)
                     and r["graphs"]
                     and r.get("model") == args.model
                 )
