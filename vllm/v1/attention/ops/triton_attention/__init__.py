@@ -204,9 +204,10 @@ def check_paged_attention_inputs(
         _fail(ValueError, "max_query_len", ">= 0", max_query_len)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 activations get exact fp32 products; 16-bit ones ignore the setting.
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _dot_precision(dtype: torch.dtype) -> str | None:
+    # fp32 activations get exact fp32 products. 16-bit ones keep the target's
+    # default: naming one (e.g. "tf32") is an error on targets that lack it (RDNA).
+    return "ieee" if dtype == torch.float32 else None
 
 
 def paged_attention(
@@ -260,6 +261,33 @@ def paged_attention(
     if num_tokens == 0 or num_seqs == 0:
         return out
 
+    for launch in kernel_launches(
+        q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, scale, causal,
+        sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, workspace,
+    ):  # fmt: skip
+        launch.kernel[launch.grid](*launch.args, **launch.constexprs)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch of a plan: what ``kernel[grid](*args, **constexprs)`` runs."""
+
+    kernel: object  # a @triton.jit function
+    grid: tuple[int, int, int]
+    args: tuple
+    constexprs: dict  # constexpr arguments, num_warps and num_stages
+
+
+def kernel_launches(
+    q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, scale, causal,
+    sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, workspace,
+) -> list[KernelLaunch]:  # fmt: skip
+    """The launches ``paged_attention`` makes for ``plan``: its only source of
+    kernel arguments, so the portability compile matrix
+    (``scripts/compile_matrix.py``) compiles exactly what would run."""
+    num_seqs = seq_lens.shape[0]
+    head_size = q.shape[2]
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES
     dummy = q  # stands in for absent optional pointers; never read
     pointers = (
@@ -304,8 +332,8 @@ def paged_attention(
     )
 
     if plan.kernel == "long_query":
-        long_query_attention_kernel[plan.grid](*pointers, *strides, num_seqs, *scalars, **switches)
-        return out
+        args = (*pointers, *strides, num_seqs, *scalars)
+        return [KernelLaunch(long_query_attention_kernel, plan.grid, args, switches)]
 
     if plan.num_kv_splits == 1:
         partial_out = partial_lse = dummy
@@ -314,15 +342,14 @@ def paged_attention(
         workspace = workspace or SplitKVWorkspace.allocate(plan, q.device)
         partial_out, partial_lse = workspace.views(plan)
         partial_strides = (partial_out.stride(0), partial_out.stride(1))
-    split_kv_decode_kernel[plan.grid](
-        *pointers[:4], partial_out, partial_lse, *pointers[4:],
-        *strides, *partial_strides, *scalars,
-        NUM_KV_SPLITS=plan.num_kv_splits, **switches,
-    )  # fmt: skip
+    args = (*pointers[:4], partial_out, partial_lse, *pointers[4:], *strides, *partial_strides,
+            *scalars)  # fmt: skip
+    launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args,
+                             dict(switches, NUM_KV_SPLITS=plan.num_kv_splits))]  # fmt: skip
     if plan.num_kv_splits > 1:
-        merge_kv_splits_kernel[plan.merge_grid](
-            out, partial_out, partial_lse, query_start_loc, pointers[10],
-            out.stride(0), out.stride(1), *partial_strides, num_seqs,
+        args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
+                out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip
+        constexprs = dict(
             STRIDE_OUT_DIM=out.stride(2),
             HEAD_SIZE=head_size,
             HEAD_PAD=plan.head_pad,
@@ -330,8 +357,9 @@ def paged_attention(
             SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
             KV_IS_FP8=kv_is_fp8,
             num_warps=4,
-        )  # fmt: skip
-    return out
+        )
+        launches.append(KernelLaunch(merge_kv_splits_kernel, plan.merge_grid, args, constexprs))
+    return launches
 
 
 def write_kv_cache(
