@@ -1,0 +1,260 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Compile every kernel specialisation the plan chooses, for NVIDIA and AMD targets,
+on a machine without a GPU: the portability proof.
+
+Each variant goes through the runtime's own code: ``plan_attention`` with the
+target's ``GpuArch`` and ``kernel_launches`` (the function ``paged_attention``
+launches from), so the compiled constexprs, warps and stages are the ones that
+would run. Per target and kernel it records: compiled, registers, spills, shared
+memory / LDS, warps, stages and the matrix-instruction family.
+
+    python3 scripts/compile_matrix.py --out benchmarks/results/compile_matrix.json
+    python3 scripts/compile_matrix.py --subset hot --targets sm_90 gfx942   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# name: (backend, arch, warp size, SMs/CUs for the plan, shared-memory/LDS bytes per block)
+TARGETS = {
+    "sm_80": ("cuda", 80, 32, 108, 166912),
+    "sm_90": ("cuda", 90, 32, 132, 232448),
+    "sm_100": ("cuda", 100, 32, 148, 232448),
+    "gfx90a": ("hip", "gfx90a", 64, 104, 65536),
+    "gfx942": ("hip", "gfx942", 64, 304, 65536),
+    "gfx950": ("hip", "gfx950", 64, 256, 163840),
+    "gfx1100": ("hip", "gfx1100", 32, 48, 65536),
+}
+# Spills here fail the gate (the decode and prefill paths of common head sizes).
+HOT_TARGETS = ("sm_80", "sm_90", "gfx942", "gfx950")
+HOT_HEAD_SIZES = (64, 128)
+PHASES = {"decode": 1, "specdecode": 4, "prefill": 512}  # query length per sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    phase: str
+    head_size: int
+    queries_per_kv: int
+    dtype: str = "bfloat16"
+    kv_dtype: str | None = None
+    features: str = "plain"  # or "all": sliding window, softcap, ALiBi, sinks
+
+    @property
+    def hot(self) -> bool:
+        return (self.phase in ("decode", "prefill") and self.head_size in HOT_HEAD_SIZES
+                and self.features == "plain" and self.kv_dtype is None)  # fmt: skip
+
+
+def variants(subset: str) -> list[Variant]:
+    if subset == "hot":
+        return [
+            Variant(phase, head, 4) for phase in ("decode", "prefill") for head in HOT_HEAD_SIZES
+        ]
+    out = [Variant(phase, head, group) for phase, head, group in
+           itertools.product(PHASES, (64, 80, 128, 256), (1, 4, 8))]  # fmt: skip
+    out += [Variant(phase, head, 4, dtype="float16") for phase in PHASES for head in (64, 128)]
+    out += [Variant(phase, head, 4, features="all") for phase in PHASES for head in (64, 128)]
+    out += [Variant(phase, head, 4, kv_dtype=kv) for phase in PHASES for head in (64, 128)
+            for kv in ("float8_e4m3fn", "float8_e4m3fnuz")]  # fmt: skip
+    return out
+
+
+def _launches(variant: Variant, target: str):
+    """The runtime's launches for this variant on this target (tiny CPU tensors)."""
+    import torch
+
+    from vllm.v1.attention.ops.triton_attention import (
+        GpuArch,
+        SplitKVWorkspace,
+        kernel_launches,
+        plan_attention,
+    )
+
+    backend, arch_name, _, units, _ = TARGETS[target]
+    arch = GpuArch(backend, arch_name if backend == "hip" else f"sm_{arch_name}", units)
+    dtype, kv_dtype = (
+        getattr(torch, variant.dtype),
+        getattr(torch, variant.kv_dtype or variant.dtype),
+    )
+    if not arch.supports_kv_dtype(kv_dtype):
+        return None
+    q_len, num_seqs, num_kv_heads = PHASES[variant.phase], 2, 2
+    num_q_heads = num_kv_heads * variant.queries_per_kv
+    q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
+    packed = torch.empty(8, 16, num_kv_heads, 2 * variant.head_size, dtype=kv_dtype)
+    k_cache, v_cache = packed[..., : variant.head_size], packed[..., variant.head_size :]
+    qsl = torch.arange(num_seqs + 1, dtype=torch.int32) * q_len
+    seq_lens = torch.full((num_seqs,), q_len, dtype=torch.int32)
+    block_table = torch.zeros(num_seqs, 4, dtype=torch.int32)
+    plan = plan_attention(num_tokens=q.shape[0], num_seqs=num_seqs, max_query_len=q_len,
+                          num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+                          head_size=variant.head_size, arch=arch)  # fmt: skip
+    full = variant.features == "all"
+    scale = torch.tensor(1.0)
+    fp8 = variant.kv_dtype is not None
+    return kernel_launches(
+        q, k_cache, v_cache, torch.empty_like(q), qsl, seq_lens, block_table, 0.1, True,
+        64 if full else None, 30.0 if full else None,
+        torch.empty(num_q_heads) if full else None, torch.empty(num_q_heads) if full else None,
+        scale if fp8 else None, scale if fp8 else None, plan,
+        SplitKVWorkspace.allocate(plan, "cpu"),
+    )  # fmt: skip
+
+
+def _signature(launch):
+    import torch
+
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+             torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv",
+             torch.float8_e4m3fnuz: "fp8e4b8"}  # fmt: skip
+    fn = launch.kernel
+    signature, constexprs, args = {}, {}, iter(launch.args)
+    for name in fn.arg_names:
+        if name in launch.constexprs:
+            signature[name] = "constexpr"
+            constexprs[name] = launch.constexprs[name]
+            continue
+        value = next(args)
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + names[value.dtype]
+        else:
+            signature[name] = "fp32" if isinstance(value, float) else "i32"
+    return signature, constexprs
+
+
+def _resources(kernel, backend: str, arch) -> dict:
+    if backend == "cuda":
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptx = kernel.asm["ptx"]
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+            f.write(ptx)
+            f.flush()
+            gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+            log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", f.name, "-o",
+                                  os.devnull], capture_output=True, text=True).stderr  # fmt: skip
+        regs = re.search(r"Used (\d+) registers", log)
+        spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+        mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "tcgen05" \
+            if "tcgen05" in ptx else "none"  # fmt: skip
+        return dict(registers=int(regs.group(1)) if regs else None, spills=sum(spills), mma=mma)
+    gcn = kernel.asm["amdgcn"]
+
+    def field(name):
+        match = re.search(rf"\.{name}:\s+(\d+)", gcn)
+        return int(match.group(1)) if match else 0
+
+    mma = "mfma" if "v_mfma" in gcn else "wmma" if "v_wmma" in gcn else "none"
+    spills = field("vgpr_spill_count") + field("sgpr_spill_count")
+    return dict(registers=field("vgpr_count"), spills=spills, mma=mma)
+
+
+def compile_variant(job: tuple[Variant, str]) -> list[dict]:
+    variant, target = job
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    backend, arch, warp_size, _, shared_limit = TARGETS[target]
+    launches = _launches(variant, target)
+    if launches is None:
+        return []  # the plan refuses this KV dtype on this target (GpuArch)
+    records = []
+    for launch in launches:
+        signature, constexprs = _signature(launch)
+        options = {k: launch.constexprs[k] for k in ("num_warps", "num_stages")
+                   if k in launch.constexprs}  # fmt: skip
+        record = dict(target=target, kernel=launch.kernel.__name__, variant=dataclasses.asdict(
+            variant), constexprs={k: str(v) for k, v in constexprs.items()},
+            num_warps=options.get("num_warps", 4), num_stages=options.get("num_stages", 3),
+            hot=variant.hot, shared_limit=shared_limit)  # fmt: skip
+        start = time.time()
+        try:
+            source = ASTSource(launch.kernel, signature, constexprs)
+            target_spec = GPUTarget(backend, arch, warp_size)
+            kernel = triton.compile(source, target=target_spec, options=options)
+            record.update(compiled=True, shared_bytes=kernel.metadata.shared,
+                          **_resources(kernel, backend, arch))  # fmt: skip
+        except Exception as error:
+            record.update(compiled=False, error=str(error).splitlines()[-1][:300],
+                          registers=None, spills=None, shared_bytes=None, mma=None)  # fmt: skip
+        record["seconds"] = round(time.time() - start, 2)
+        records.append(record)
+    return records
+
+
+def gate_failures(records: list[dict]) -> list[str]:
+    """Why the matrix fails: compile errors, gated spills, shared memory over the limit."""
+    failures = []
+    for r in records:
+        where = f"{r['target']} {r['kernel']} {r['variant']}"
+        if not r["compiled"]:
+            failures.append(f"does not compile: {where}: {r['error']}")
+        elif r["hot"] and r["target"] in HOT_TARGETS and r["spills"]:
+            failures.append(f"spills {r['spills']} on a hot variant: {where}")
+        elif r["shared_bytes"] > r["shared_limit"]:
+            failures.append(f"shared {r['shared_bytes']} > {r['shared_limit']}: {where}")
+    return failures
+
+
+def run(subset: str, targets: list[str], workers: int) -> list[dict]:
+    jobs = [(v, t) for t in targets for v in variants(subset)]
+    records = []
+    with ProcessPoolExecutor(workers) as pool:
+        for done, result in enumerate(pool.map(compile_variant, jobs), 1):
+            records.extend(result)
+            print(f"\r{done}/{len(jobs)} variants compiled", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    lines = ["| target | kernel | phase | head | group | dtype | kv | features | ok | regs | "
+             "spills | shared | warps | stages | mma |", "|" + "---|" * 15]  # fmt: skip
+    for r in records:
+        v = r["variant"]
+        lines.append(f"| {r['target']} | {r['kernel']} | {v['phase']} | {v['head_size']} | "
+                     f"{v['queries_per_kv']} | {v['dtype']} | {v['kv_dtype'] or '-'} | "
+                     f"{v['features']} | {'yes' if r['compiled'] else 'NO'} | {r['registers']} | "
+                     f"{r['spills']} | {r['shared_bytes']} | {r['num_warps']} | "
+                     f"{r['num_stages']} | {r['mma']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subset", choices=("full", "hot"), default="full")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--out", default="compile_matrix.json")
+    args = parser.parse_args()
+    records = run(args.subset, args.targets, args.workers)
+    out = Path(args.out)
+    out.write_text(json.dumps(records, indent=1))
+    out.with_suffix(".md").write_text(markdown(records))
+    failures = gate_failures(records)
+    print(f"{len(records)} kernels compiled for {len(args.targets)} targets; "
+          f"{len(failures)} gate failures")  # fmt: skip
+    for failure in failures:
+        print("  " + failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
