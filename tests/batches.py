@@ -102,9 +102,14 @@ def make_batch(
     layout: str = "separate",
     sliding_window: int | None = None,
     padding_tokens: int = 0,
+    shared_prefix_blocks: int = 0,
     generator: torch.Generator | None = None,
 ) -> Batch:
-    """A batch with every unused cache slot, spare block and padding query = NaN."""
+    """A batch with every unused cache slot, spare block and padding query = NaN.
+
+    ``shared_prefix_blocks``: every sequence's first blocks are the first
+    sequence's (prefix caching), where both are long enough.
+    """
     assert len(q_lens) == len(seq_lens)
     kv_dtype = kv_dtype or dtype
     gen = generator or torch.Generator().manual_seed(0)
@@ -135,10 +140,15 @@ def make_batch(
     order = torch.randperm(num_blocks, generator=gen).tolist()
     block_table = torch.full((len(seq_lens), max_blocks + 1), 10**6, dtype=torch.int32)
     used = set()
+    out_of_window = set()  # (sequence, block) pairs
     cursor = 0
     for seq, count in enumerate(blocks_per_seq):
         ids = order[cursor : cursor + count]
         cursor += count
+        if seq > 0 and shared_prefix_blocks:
+            # full blocks only: their slots hold the same keys in both sequences
+            shared = min(shared_prefix_blocks, count - 1, seq_lens[0] // block_size)
+            ids[: max(shared, 0)] = block_table[0, : max(shared, 0)].tolist()
         used.update(ids)
         block_table[seq, :count] = torch.tensor(ids, dtype=torch.int32)
         # Poison the slots at and past seq_len in its last block.
@@ -146,12 +156,16 @@ def make_batch(
         if count and seq_len % block_size:
             k_cache[ids[-1], seq_len % block_size :] = float("nan")
             v_cache[ids[-1], seq_len % block_size :] = float("nan")
-        # Blocks that no query of this sequence can see through its window.
+        # Blocks that no query of this sequence can see through its window
+        # (poisoned below, unless another sequence shares them).
         if sliding_window is not None and q_len:
             first_visible = max(seq_len - q_len - sliding_window + 1, 0)
-            for index in range(first_visible // block_size):
-                k_cache[ids[index]] = float("nan")
-                v_cache[ids[index]] = float("nan")
+            out_of_window.update((seq, ids[i]) for i in range(first_visible // block_size))
+    for seq, block in out_of_window:
+        others = torch.cat([block_table[:seq], block_table[seq + 1 :]])
+        if block not in others.flatten().tolist():
+            k_cache[block] = float("nan")
+            v_cache[block] = float("nan")
     for block in set(range(num_blocks)) - used:
         k_cache[block] = float("nan")
         v_cache[block] = float("nan")

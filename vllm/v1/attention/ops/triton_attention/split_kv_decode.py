@@ -132,7 +132,8 @@ def split_kv_decode_kernel(
         IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
     )  # fmt: skip
 
-    has_keys = l_i > 0.0
+    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
+    has_keys = l_i != 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
     store_mask = row_valid[:, None] & dim_mask[None, :]
     if NUM_KV_SPLITS == 1:
@@ -198,7 +199,7 @@ def merge_kv_splits_kernel(
     row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
     partial = tl.load(
         partial_out_ptr + row + splits[:, None] * HEAD_PAD + dim[None, :],
-        mask=split_mask[:, None] & dim_mask[None, :] & (weight > 0.0)[:, None],
+        mask=split_mask[:, None] & dim_mask[None, :] & (weight != 0.0)[:, None],
         other=0.0,
     )
     result = tl.sum(partial * weight[:, None], 0) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)

@@ -1,0 +1,85 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Property-based fuzzing of paged_attention against the reference (hypothesis).
+
+Random batches: sequence count, per-sequence query and context lengths (empty
+padding rows included), block size, head size, GQA ratio, feature switches,
+dtype, cache layout, shared prefix blocks, padding tokens. Examples are
+derandomised (same inputs every run, no reruns). The CPU profile runs a bounded
+number through the interpreter; on a GPU set ``HYPOTHESIS_EXAMPLES=2000``.
+"""
+
+import os
+
+import torch
+from batches import TOLERANCES, make_batch
+from conftest import HAS_GPU
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
+
+EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
+# bf16 only on the GPU: the interpreter's bf16 tl.dot is wrong
+DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_GPU else [])
+
+
+@st.composite
+def batches(draw):
+    num_seqs = draw(st.integers(1, 4))
+    decode = draw(st.booleans())
+    q_lens = [draw(st.integers(0, 3 if decode else 40)) for _ in range(num_seqs)]
+    seq_lens = [q + draw(st.integers(0, 90)) if q else 0 for q in q_lens]
+    features = dict(
+        causal=draw(st.booleans()),
+        sliding_window=draw(st.sampled_from([None, None, 1, 7, 40])),
+        logits_soft_cap=draw(st.sampled_from([None, None, 5.0])),
+        alibi=draw(st.booleans()),
+        sinks=draw(st.booleans()),
+    )
+    shape = dict(
+        head_size=draw(st.sampled_from([32, 64, 80])),
+        num_kv_heads=draw(st.sampled_from([1, 2])),
+        group=draw(st.sampled_from([1, 2, 3, 4, 7])),
+        block_size=draw(st.sampled_from([16, 32])),
+        dtype=draw(st.sampled_from(DTYPES)),
+        layout=draw(st.sampled_from(["separate", "packed_nhd", "packed_hnd"])),
+        padding_tokens=draw(st.integers(0, 3)),
+        shared_prefix_blocks=draw(st.integers(0, 2)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+    return q_lens, seq_lens, features, shape
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None)
+@given(batches())
+def test_fuzz_against_reference(case):
+    q_lens, seq_lens, features, shape = case
+    device = "cuda" if HAS_GPU else "cpu"
+    num_q_heads = shape["num_kv_heads"] * shape["group"]
+    batch = make_batch(
+        q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=shape["num_kv_heads"],
+        head_size=shape["head_size"], block_size=shape["block_size"], dtype=shape["dtype"],
+        device=device, layout=shape["layout"], sliding_window=features["sliding_window"],
+        padding_tokens=shape["padding_tokens"], shared_prefix_blocks=shape["shared_prefix_blocks"],
+        generator=torch.Generator().manual_seed(shape["seed"]),
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(shape["seed"] + 1)
+    extra = dict(
+        causal=features["causal"],
+        sliding_window=features["sliding_window"],
+        logits_soft_cap=features["logits_soft_cap"],
+        alibi_slopes=torch.rand(num_q_heads, generator=gen).to(device) if features["alibi"]
+        else None,
+        sinks=torch.randn(num_q_heads, generator=gen).to(device) if features["sinks"] else None,
+    )  # fmt: skip
+    scale = shape["head_size"] ** -0.5
+    out = torch.full_like(batch.q, float("nan"))
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale,
+                    **batch.kernel_args(), **extra)  # fmt: skip
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=scale,
+                                         **batch.kernel_args(), **extra)  # fmt: skip
+    rows = batch.num_actual_tokens
+    assert not out[:rows].isnan().any()
+    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
+                               **TOLERANCES[shape["dtype"]])  # fmt: skip
