@@ -38,7 +38,12 @@ fi
 if ! docker image inspect standin/python-base:bookworm >/dev/null 2>&1; then
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,git,ca-certificates \
     bookworm "$work/rootfs" http://deb.debian.org/debian >"$work/debootstrap.log"
-  tar -C "$work/rootfs" -c . | docker import - standin/python-base:bookworm
+  # Trust what this host trusts (a TLS-inspecting proxy's CA, where there is one).
+  cp /etc/ssl/certs/ca-certificates.crt "$work/rootfs/etc/ssl/certs/ca-certificates.crt"
+  tar -C "$work/rootfs" -c . | docker import \
+    --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" \
+    --change "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" \
+    - standin/python-base:bookworm
 fi
 
 check='import importlib.metadata as m, vllm.v1.attention.backends.triton_attn as t
