@@ -21,8 +21,14 @@ cleanup() {
     kill "$dockerd_pid" 2>/dev/null || true
     wait "$dockerd_pid" 2>/dev/null || true
     ip link delete docker0 2>/dev/null || true
-    iptables -t nat -F 2>/dev/null || true
-    iptables -t filter -F DOCKER 2>/dev/null || true
+    # dockerd's own chains, the jumps into them and its docker0 rules
+    for table in nat filter; do
+      iptables -t "$table" -S 2>/dev/null | grep -E '^-A .*(-j DOCKER|docker0)' | sed 's/^-A/-D/' |
+        while read -r rule; do read -ra args <<<"$rule"; iptables -t "$table" "${args[@]}" || true; done
+      for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N DOCKER/ {print $2}'); do
+        iptables -t "$table" -F "$chain" && iptables -t "$table" -X "$chain" || true
+      done
+    done
   fi
   rm -rf "$work"
 }
