@@ -34,7 +34,6 @@ import torch
 
 from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.config.cache import CacheDType
-from vllm.logger import init_logger
 from vllm.model_executor.layers.quantization.utils.quant_utils import QuantKey
 from vllm.platforms import current_platform
 from vllm.platforms.interface import DeviceCapability
@@ -65,12 +64,8 @@ from vllm.v1.attention.ops.triton_attention.plan import (
     MAX_HEAD_SIZE,
     SPLIT_KV_MAX_QUERY_LEN,
     next_power_of_2,
-    num_kv_splits_for,
-    split_kv_block_m,
 )
 from vllm.v1.kv_cache_interface import AttentionSpec, is_quantized_kv_cache
-
-logger = init_logger(__name__)
 
 MIN_HEAD_SIZE = 32  # the smallest head size the kernel test matrix covers
 # Kept for upstream subclasses (triton_attn_diffkv runs upstream's unified
@@ -154,22 +149,18 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
         )
 
-        # One persistent split-KV scratch, sized for the largest batch the
-        # scheduler can form (graph capture sizes included).
+        # One persistent split-KV scratch, sized for the largest plan that a
+        # decode batch the scheduler can form (graph capture sizes included) gets.
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
-        head_pad = max(next_power_of_2(self.headdim), 16)
-        block_m = split_kv_block_m(self.max_decode_query_len, self.num_heads_q // self.num_heads_kv)
-        splits = [
-            num_kv_splits_for(seqs, self.num_heads_kv, block_m, self.arch)
-            for seqs in range(1, max_num_seqs + 1)
-        ]
-        # a single split writes the output directly and needs no scratch
-        rows = max((n * s for n, s in enumerate(splits, 1) if s > 1), default=0)
-        rows *= self.max_decode_query_len * self.num_heads_q
-        self.workspace = SplitKVWorkspace(
-            torch.empty(rows * head_pad, dtype=torch.float32, device=device),
-            torch.empty(rows, dtype=torch.float32, device=device),
+        decode_len = self.max_decode_query_len
+        largest = max(
+            (
+                self.plan_for(seqs * decode_len, seqs, decode_len)
+                for seqs in range(1, max_num_seqs + 1)
+            ),
+            key=lambda plan: plan.workspace_elements(),
         )
+        self.workspace = SplitKVWorkspace.allocate(largest, device)
 
         # Upstream-compatible scratch for subclasses that run upstream's kernel.
         self.seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // self.num_heads_kv

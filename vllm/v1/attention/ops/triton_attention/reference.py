@@ -4,7 +4,7 @@
 
 Every kernel in this package is tested against :func:`reference_paged_attention`.
 It follows the semantics in the package docstring one sequence at a time and
-computes in float64 (float32 where the device has no float64), so its own
+computes in float64, so its own
 rounding error is far below any tolerance the tests use.
 """
 
@@ -57,7 +57,7 @@ def reference_paged_attention(
     dtype). Rows of tokens that belong to no sequence are zero.
     """
     del max_query_len, max_seq_len, plan  # hints for the kernels only
-    compute_dtype = torch.float32 if q.device.type == "mps" else torch.float64
+    compute_dtype = torch.float64
     num_tokens, num_q_heads, head_size = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_q_heads // num_kv_heads
