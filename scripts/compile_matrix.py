@@ -117,25 +117,35 @@ def _launches(variant: Variant, target: str):
     )  # fmt: skip
 
 
-def _signature(launch):
+def _specialisation(launch, backend: str):
+    """(signature, constexprs, attrs) exactly as Triton's launcher derives them at run
+    time: 16-byte-aligned pointers and multiples of 16 get ``tt.divisibility`` (which
+    decides load vectorisation and so registers), and integers equal to 1 become
+    constants."""
     import torch
+    from triton._C.libtriton import native_specialize_impl
 
-    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
-             torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv",
-             torch.float8_e4m3fnuz: "fp8e4b8"}  # fmt: skip
+    if backend == "cuda":
+        from triton.backends.nvidia.compiler import CUDABackend as Backend
+    else:
+        from triton.backends.amd.compiler import HIPBackend as Backend
     fn = launch.kernel
-    signature, constexprs, args = {}, {}, iter(launch.args)
-    for name in fn.arg_names:
+    signature, constexprs, attrs, args = {}, {}, {}, iter(launch.args)
+    for index, name in enumerate(fn.arg_names):
         if name in launch.constexprs:
             signature[name] = "constexpr"
-            constexprs[name] = launch.constexprs[name]
+            constexprs[(index,)] = launch.constexprs[name]
             continue
         value = next(args)
-        if isinstance(value, torch.Tensor):
-            signature[name] = "*" + names[value.dtype]
-        else:
-            signature[name] = "fp32" if isinstance(value, float) else "i32"
-    return signature, constexprs
+        kind, attr = native_specialize_impl(Backend, value, False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[(index,)] = attr
+        elif attr:
+            if isinstance(value, torch.Tensor) and name in ("k_cache_ptr", "v_cache_ptr"):
+                attr = attr.replace("S", "")  # real caches exceed 2 GiB: no AMD buffer ops
+            attrs[(index,)] = Backend.parse_attr(attr)
+    return signature, constexprs, attrs
 
 
 def _resources(kernel, backend: str, arch) -> dict:
@@ -177,16 +187,17 @@ def compile_variant(job: tuple[Variant, str]) -> list[dict]:
         return []  # the plan refuses this KV dtype on this target (GpuArch)
     records = []
     for launch in launches:
-        signature, constexprs = _signature(launch)
+        signature, constexprs, attrs = _specialisation(launch, backend)
         options = {k: launch.constexprs[k] for k in ("num_warps", "num_stages")
                    if k in launch.constexprs}  # fmt: skip
         record = dict(target=target, kernel=launch.kernel.__name__, variant=dataclasses.asdict(
-            variant), constexprs={k: str(v) for k, v in constexprs.items()},
+            variant), constexprs={k: str(launch.constexprs[k]) for k in signature
+                                    if signature[k] == "constexpr" and k in launch.constexprs},
             num_warps=options.get("num_warps", 4), num_stages=options.get("num_stages", 3),
             hot=variant.hot, shared_limit=shared_limit)  # fmt: skip
         start = time.time()
         try:
-            source = ASTSource(launch.kernel, signature, constexprs)
+            source = ASTSource(launch.kernel, signature, constexprs, attrs)
             target_spec = GPUTarget(backend, arch, warp_size)
             kernel = triton.compile(source, target=target_spec, options=options)
             record.update(compiled=True, shared_bytes=kernel.metadata.shared,

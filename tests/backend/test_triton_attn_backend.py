@@ -35,7 +35,10 @@ from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
     TritonAttentionImpl,
     TritonAttentionMetadataBuilder,
 )
-from vllm.v1.attention.ops.triton_attention import reference_paged_attention  # noqa: E402
+from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+    MixedBatchPlan,
+    reference_paged_attention,
+)
 from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 8, 2, 32, 16
@@ -144,7 +147,11 @@ def test_builder_and_impl_across_batches(vllm_config, layout):
     prefill = run_step(builder, impl, kv_cache, [30, 12], [30, 12])
     assert prefill.plan.kernel == "long_query"
     mixed = run_step(builder, impl, kv_cache, [1, 1, 20], [33, 9, 50])
-    assert mixed.plan.kernel == "long_query"
+    # decodes on split-KV, the chunk on long-query
+    assert isinstance(mixed.plan, MixedBatchPlan)
+    assert (mixed.plan.num_decodes, mixed.plan.num_decode_tokens) == (2, 2)
+    assert mixed.plan.decode.kernel == "split_kv_decode"
+    assert mixed.plan.prefill.kernel == "long_query" and mixed.plan.prefill.num_seqs == 1
     padded = run_step(builder, impl, kv_cache, [1, 1], [70, 3], padded_reqs=2, padded_tokens=2)
     assert padded.plan.kernel == "split_kv_decode" and padded.plan.num_seqs == 4
 

@@ -22,8 +22,10 @@ from conftest import HAS_GPU
 
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
+    MixedBatchPlan,
     paged_attention,
     plan_attention,
+    plan_mixed_attention,
     reference_paged_attention,
 )
 
@@ -125,7 +127,21 @@ def _feature_args(feature: str, num_q_heads: int, device) -> dict:
     return args
 
 
-def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3):
+def _mixed_plan(q_lens, batch, case: Case) -> MixedBatchPlan:
+    """Split after the leading short queries, as vLLM's reordered batches are."""
+    num_decodes = next((i for i, q in enumerate(q_lens) if q > 2), len(q_lens))
+    plan = plan_mixed_attention(
+        num_tokens=batch.q.shape[0], num_seqs=len(q_lens), num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=2,
+        max_query_len=max(q_lens), num_q_heads=batch.q.shape[1],
+        num_kv_heads=case.num_kv_heads, head_size=case.head_size,
+        arch=GpuArch.of_device(batch.q.device),
+    )  # fmt: skip
+    assert isinstance(plan, MixedBatchPlan)
+    return plan
+
+
+def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False):
     q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
     num_q_heads = case.num_kv_heads * case.queries_per_kv
     features = _feature_args(case.feature, num_q_heads, device)
@@ -146,9 +162,9 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3):
     )
     scale = case.head_size**-0.5
     out = torch.full_like(batch.q, float("nan"))  # every valid row must be written
-    paged_attention(
-        batch.q, batch.k_cache, batch.v_cache, out, scale=scale, **batch.kernel_args(), **features
-    )
+    plan = _mixed_plan(q_lens, batch, case) if mixed_plan else None
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
+                    **batch.kernel_args(), **features)  # fmt: skip
     expected = reference_paged_attention(
         batch.q, batch.k_cache, batch.v_cache, scale=scale, **batch.kernel_args(), **features
     )
@@ -159,6 +175,23 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3):
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
 def test_paged_attention_matches_reference(case: Case, device):
     out, expected = run_case(case, device)
+    assert not out.isnan().any(), "a valid output row is NaN or was never written"
+    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
+
+
+MIXED_CASES = (
+    [Case("mixed", f, d) for f in FEATURES for d in (torch.float16, torch.bfloat16)]
+    + [Case("mixed", "plain", torch.bfloat16, kv, 128) for kv in (torch.float8_e4m3fn,)
+       if GpuArch.of_device("cuda").supports_kv_dtype(kv)]
+    if HAS_GPU
+    else [Case("mixed"), Case("mixed", "all"), Case("mixed", queries_per_kv=7, head_size=80)]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MIXED_CASES, ids=Case.id)
+def test_mixed_batch_plan_matches_reference(case: Case, device):
+    """Decodes on split-KV and the rest on long-query, in one paged_attention call."""
+    out, expected = run_case(case, device, mixed_plan=True)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
 

@@ -12,15 +12,17 @@ Kernel choice per batch (``TritonAttentionMetadataBuilder.build``):
 * every query at most ``max_decode_query_len`` tokens (decode, speculative
   verification): split-KV decode, with the number of splits set by the batch
   size and the GPU, never by context lengths;
-* otherwise (prefill, chunked prefill, mixed): the long-query kernel, which
-  is correct for every query length.
+* prefill and chunked prefill: the long-query kernel;
+* mixed batches (decodes first, then longer queries; vLLM reorders them so):
+  the decodes on split-KV and the rest on long-query (``MixedBatchPlan``).
 
 Under full CUDA/HIP graphs a captured graph replays one plan for every batch
 of its size, so that plan may only depend on what is fixed for the size. With
 ``FULL_AND_PIECEWISE`` (the default) and ``FULL_DECODE_ONLY`` only uniform
 decode batches are captured, whose plan is fixed. When mixed batches are
 captured too (``FULL``), a small mixed batch can replay a graph captured from
-decodes, so every batch then takes the long-query kernel.
+decodes, so every batch then takes the long-query kernel, which is correct
+for every query length.
 
 The class names, attributes and metadata fields that upstream subclasses read
 (``triton_attn_diffkv``, the ``TRITON_FLASH_ATTN``/``TRITON_FLASHINFER``
@@ -51,13 +53,16 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.utils import (
     get_num_attention_heads_from_layers,
     set_triton_ptr_range,
+    split_decodes_and_prefills,
 )
 from vllm.v1.attention.ops.triton_attention import (
     AttentionPlan,
     GpuArch,
+    MixedBatchPlan,
     SplitKVWorkspace,
     paged_attention,
     plan_attention,
+    plan_mixed_attention,
     write_kv_cache,
 )
 from vllm.v1.attention.ops.triton_attention.plan import (
@@ -91,7 +96,7 @@ class TritonAttentionMetadata:
     slot_mapping: torch.Tensor  # writable: the cross-attention wrapper replaces it
 
     # The plan made once for this batch, and the split-KV scratch it uses.
-    plan: AttentionPlan | None
+    plan: AttentionPlan | MixedBatchPlan | None
     workspace: SplitKVWorkspace | None
 
     # Read by upstream's triton_attn_diffkv, which runs upstream's kernel.
@@ -213,6 +218,23 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         if md.mm_req_doc_ranges is not None:
             raise NotImplementedError("TRITON_ATTN: multimodal prefix ranges are not supported")
         plan = self.plan_for(md.num_actual_tokens, md.num_reqs, md.max_query_len)
+        if plan.kernel == "long_query" and not self.mixed_batches_in_full_graphs:
+            num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(
+                md, decode_threshold=self.max_decode_query_len
+            )
+            if num_decodes:
+                plan = plan_mixed_attention(
+                    num_tokens=md.num_actual_tokens,
+                    num_seqs=md.num_reqs,
+                    num_decodes=num_decodes,
+                    num_decode_tokens=num_decode_tokens,
+                    max_decode_query_len=self.max_decode_query_len,
+                    max_query_len=md.max_query_len,
+                    num_q_heads=self.num_heads_q,
+                    num_kv_heads=self.num_heads_kv,
+                    head_size=self.headdim,
+                    arch=self.arch,
+                )
         return TritonAttentionMetadata(
             num_actual_tokens=md.num_actual_tokens,
             max_query_len=md.max_query_len,

@@ -10,7 +10,8 @@ Shapes and semantics (vLLM's conventions):
 
 * ``q``, ``out``: ``[num_tokens, num_q_heads, head_size]``; the tokens of
   sequence ``b`` are ``query_start_loc[b]:query_start_loc[b + 1]`` and are its
-  last ``q_len`` positions.
+  last ``q_len`` positions (``query_start_loc[0]`` may be above 0: rows
+  outside the sequences' ranges are left untouched).
 * ``k_cache``, ``v_cache``: ``[num_blocks, block_size, num_kv_heads,
   head_size]`` with any strides; key ``j`` of sequence ``b`` is in block
   ``block_table[b, j // block_size]``, slot ``j % block_size``. fp16, bf16,
@@ -49,8 +50,10 @@ from .plan import (
     MAX_HEAD_SIZE,
     AttentionPlan,
     GpuArch,
+    MixedBatchPlan,
     next_power_of_2,
     plan_attention,
+    plan_mixed_attention,
 )
 from .reference import reference_paged_attention
 from .split_kv_decode import merge_kv_splits_kernel, split_kv_decode_kernel
@@ -58,9 +61,11 @@ from .split_kv_decode import merge_kv_splits_kernel, split_kv_decode_kernel
 __all__ = [
     "AttentionPlan",
     "GpuArch",
+    "MixedBatchPlan",
     "SplitKVWorkspace",
     "paged_attention",
     "plan_attention",
+    "plan_mixed_attention",
     "reference_paged_attention",
     "write_kv_cache",
 ]
@@ -229,18 +234,26 @@ def paged_attention(
     sinks: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
-    plan: AttentionPlan | None = None,
+    plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` over the paged KV cache, written into ``out``.
 
     ``max_query_len`` and ``max_seq_len`` are host-side bounds (no device sync).
-    ``plan`` (from :func:`plan_attention`) and ``workspace`` (its split-KV
-    scratch) are normally made once per batch by vLLM's metadata builder; when
-    omitted they are made here.
+    ``plan`` (from :func:`plan_attention`, or :func:`plan_mixed_attention` for
+    a batch of decodes followed by long queries) and ``workspace`` (its
+    split-KV scratch) are normally made once per batch by vLLM's metadata
+    builder; when omitted they are made here.
     """
     del max_seq_len  # the kernels read each sequence's own length
+    if isinstance(plan, MixedBatchPlan):
+        return _mixed_batch_attention(
+            q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len,
+            plan, workspace, scale=scale, causal=causal, sliding_window=sliding_window,
+            logits_soft_cap=logits_soft_cap, alibi_slopes=alibi_slopes, sinks=sinks,
+            k_scale=k_scale, v_scale=v_scale,
+        )  # fmt: skip
     arch = arch or (plan.arch if plan is not None else GpuArch.of_device(q.device))
     check_paged_attention_inputs(
         q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len,
@@ -266,6 +279,27 @@ def paged_attention(
         sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, workspace,
     ):  # fmt: skip
         launch.kernel[launch.grid](*launch.args, **launch.constexprs)
+    return out
+
+
+def _mixed_batch_attention(
+    q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len, plan,
+    workspace, **features,
+) -> torch.Tensor:  # fmt: skip
+    """Decodes (the first sequences and tokens) on split-KV, the rest on long-query."""
+    decodes, decode_tokens = plan.num_decodes, plan.num_decode_tokens
+    paged_attention(
+        q[:decode_tokens], k_cache, v_cache, out[:decode_tokens],
+        query_start_loc=query_start_loc[: decodes + 1], seq_lens=seq_lens[:decodes],
+        block_table=block_table[:decodes], max_query_len=plan.max_decode_query_len,
+        max_seq_len=0, plan=plan.decode, workspace=workspace, **features,
+    )  # fmt: skip
+    # Full q and out: the long queries' offsets in query_start_loc are absolute.
+    paged_attention(
+        q, k_cache, v_cache, out, query_start_loc=query_start_loc[decodes:],
+        seq_lens=seq_lens[decodes:], block_table=block_table[decodes:],
+        max_query_len=max_query_len, max_seq_len=0, plan=plan.prefill, **features,
+    )  # fmt: skip
     return out
 
 

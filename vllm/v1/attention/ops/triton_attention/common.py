@@ -17,21 +17,24 @@ LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads only constexpr global
 def find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q: tl.constexpr):
     """The sequence that owns program ``q_block_index`` of the long-query grid.
 
-    Sequence ``b`` owns programs ``query_start_loc[b] // BLOCK_Q + b`` onwards: an
-    upper bound on the Q blocks before it that needs no device-to-host sync
-    (see ``plan.long_query_grid_size``). Binary search for the last ``b`` whose
-    first program is at most ``q_block_index``.
+    Sequence ``b`` owns programs ``(query_start_loc[b] - query_start_loc[0]) //
+    BLOCK_Q + b`` onwards: an upper bound on the Q blocks before it that needs no
+    device-to-host sync (see ``plan.long_query_grid_size``). ``query_start_loc[0]``
+    may be non-zero (the long queries of a mixed batch start after its decodes).
+    Binary search for the last ``b`` whose first program is at most
+    ``q_block_index``; returns ``(b, b's first program)``.
     """
+    first_token = tl.load(query_start_loc_ptr)
     lo = tl.zeros([], dtype=tl.int32)  # a tensor even when num_seqs == 1 is specialised
     hi = lo + num_seqs - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        first_block = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
+        first_block = (tl.load(query_start_loc_ptr + mid) - first_token) // BLOCK_Q + mid
         if first_block <= q_block_index:
             lo = mid
         else:
             hi = mid - 1
-    return lo
+    return lo, (tl.load(query_start_loc_ptr + lo) - first_token) // BLOCK_Q + lo
 
 
 @triton.jit

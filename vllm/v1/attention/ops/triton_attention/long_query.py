@@ -78,10 +78,10 @@ def long_query_attention_kernel(
     q_block_index = tl.program_id(0)
     kv_head = tl.program_id(1)
 
-    seq = find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q)
+    seq, first_block = find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    first_token = (q_block_index - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+    first_token = (q_block_index - first_block) * BLOCK_Q
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         return
     seq_len = tl.load(seq_lens_ptr + seq)

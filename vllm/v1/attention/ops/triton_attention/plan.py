@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -135,22 +137,54 @@ def split_kv_block_m(max_query_len: int, queries_per_kv: int) -> int:
     return max(next_power_of_2(tokens * queries_per_kv), MIN_DOT_SIZE)
 
 
+# Launch configurations measured by scripts/tune_attention.py, one JSON file
+# per GPU architecture (``tuned/sm_90.json``, ...). A shape the table lacks,
+# or an architecture without a table, falls back to the rules below.
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+
+
+@functools.cache
+def tuned_table(arch_name: str) -> dict:
+    path = TUNED_DIR / f"{arch_name}.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())["configs"]
+
+
+def split_kv_table_key(head_pad: int, block_m: int, num_kv_splits: int) -> str:
+    # Few splits means each program streams a long key range: tiles are chosen
+    # for that separately from finely split (small-batch) launches.
+    return f"split_kv_decode/d{head_pad}/m{block_m}/{'fine' if num_kv_splits >= 4 else 'coarse'}"
+
+
+def long_query_table_key(head_pad: int) -> str:
+    return f"long_query/d{head_pad}"
+
+
+def _is_rdna(arch: GpuArch) -> bool:
+    return arch.vendor == "hip" and arch.name.startswith(("gfx11", "gfx12"))
+
+
 def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]:
     """(block_m, kv_tile_size, num_warps, num_stages) for the long-query kernel.
 
-    NVIDIA: 128 query rows x 64-key tiles, 8 warps, 2 stages was within 3% of the
-    best of 36 variants for head sizes 64, 128 and 256 on an H200, where the
-    earlier per-head-size rules lost up to 35% (d=64, d=256):
-    benchmarks/results/nvidia-h200/tune_long_query_*.json (scripts/tune_long_query.py).
+    The rules keep every target free of register spills for head sizes up to
+    128 (``scripts/compile_matrix.py``): RDNA's WMMA layouts need small tiles
+    and no pipelining, CDNA narrower key tiles from head size 128.
     """
+    tuned = tuned_table(arch.name).get(long_query_table_key(head_pad))
+    if tuned is not None:
+        return tuple(tuned)
     if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
         return 64, 64, 4, 1
     if arch.vendor == "cuda":
         return 128, 64, 8, 2
-    # AMD: not measured here yet; smaller tiles for head 256 stay within 64 KiB LDS.
-    if head_pad <= 128:
+    if _is_rdna(arch):
+        return (64, 32, 4, 1) if head_pad <= 64 else (64, 16, 8, 1) if head_pad <= 128 \
+            else (32, 16, 4, 1)  # fmt: skip
+    if head_pad <= 64:
         return 128, 64, 8, 2
-    return 64, 32, 4, 2
+    return (128, 32, 8, 2) if head_pad <= 128 else (64, 32, 4, 2)
 
 
 def _split_kv_tiles(
@@ -158,16 +192,23 @@ def _split_kv_tiles(
 ) -> tuple[int, int, int]:
     """(kv_tile_size, num_warps, num_stages) for split-KV decode.
 
-    On the H200 sweep (see SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT) 64-key tiles won
-    while sequences are split finely (small batches), 128-key tiles once each
-    program streams long ranges or carries more than 16 rows; 4 warps always.
+    On an H200 64-key tiles won while sequences are split finely (small
+    batches), 128-key tiles once each program streams long ranges or carries
+    more than 16 rows; 4 warps always (the tuned table refines this). AMD
+    takes 32-key tiles from head size 128 and RDNA 16-key tiles unpipelined,
+    which keeps them free of spills.
     """
+    tuned = tuned_table(arch.name).get(split_kv_table_key(head_pad, block_m, num_kv_splits))
+    if tuned is not None:
+        return tuple(tuned)
     if arch.vendor == "interpreter":
         return 64, 4, 1
-    if head_pad > 128:
+    if _is_rdna(arch):
+        return (32, 4, 1) if head_pad <= 64 else (16, 4, 1)
+    if head_pad > 128 or (arch.vendor == "hip" and head_pad > 64):
         return 32, 4, 2
     if block_m <= MIN_DOT_SIZE and num_kv_splits >= 4:
-        return 64, 4, 2
+        return 64, 4, 3
     return 128, 4, 3
 
 
@@ -202,6 +243,67 @@ def plan_attention(
         head_pad, block_m, kv_tile_size, 1, num_warps, num_stages,
         (long_query_grid_size(num_tokens, num_seqs, tokens_per_q_block), num_kv_heads, 1), arch,
     )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedBatchPlan:
+    """A batch whose first ``num_decodes`` sequences (``num_decode_tokens``
+    tokens) are short queries: those run split-KV decode, the rest the
+    long-query kernel, each on the kernel that suits it (vLLM orders decodes
+    first, see ``reorder_batch_threshold``)."""
+
+    decode: AttentionPlan
+    prefill: AttentionPlan
+    num_decodes: int
+    num_decode_tokens: int
+    max_decode_query_len: int
+
+    @property
+    def arch(self) -> GpuArch:
+        return self.decode.arch
+
+    def workspace_elements(self) -> tuple[int, int]:
+        return self.decode.workspace_elements()
+
+
+def plan_mixed_attention(
+    *,
+    num_tokens: int,
+    num_seqs: int,
+    num_decodes: int,
+    num_decode_tokens: int,
+    max_decode_query_len: int,
+    max_query_len: int,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    arch: GpuArch,
+) -> AttentionPlan | MixedBatchPlan:
+    """Plan a batch whose first ``num_decodes`` sequences have at most
+    ``max_decode_query_len`` (<= ``SPLIT_KV_MAX_QUERY_LEN``) tokens each.
+
+    A batch of only decodes or only long queries gets one plan.
+    """
+    if not 0 <= num_decodes <= num_seqs or max_decode_query_len > SPLIT_KV_MAX_QUERY_LEN:
+        raise ValueError(
+            f"plan_mixed_attention: need 0 <= num_decodes ({num_decodes}) <= num_seqs "
+            f"({num_seqs}) and max_decode_query_len ({max_decode_query_len}) <= "
+            f"{SPLIT_KV_MAX_QUERY_LEN}"
+        )
+    heads = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_size=head_size,
+                 arch=arch)  # fmt: skip
+    if num_decodes == num_seqs or max_query_len <= max_decode_query_len:
+        return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
+                              max_query_len=min(max_query_len, max_decode_query_len), **heads)  # fmt: skip
+    long_query = plan_attention(num_tokens=num_tokens, num_seqs=num_seqs - num_decodes,
+                                max_query_len=max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1),
+                                **heads)  # fmt: skip
+    if num_decodes == 0:
+        return long_query
+    decode = plan_attention(num_tokens=num_decode_tokens, num_seqs=num_decodes,
+                            max_query_len=max_decode_query_len, **heads)  # fmt: skip
+    return MixedBatchPlan(decode, long_query, num_decodes, num_decode_tokens,
+                          max_decode_query_len)  # fmt: skip
 
 
 def long_query_grid_size(num_tokens: int, num_seqs: int, tokens_per_q_block: int) -> int:

@@ -181,7 +181,9 @@ def merge_kv_splits_kernel(
     """out[token, head] = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
     token = tl.program_id(0)
     head = tl.program_id(1)
-    if token >= tl.load(query_start_loc_ptr + num_seqs):  # padding tokens: no partials
+    # Tokens outside this launch's sequences (padding, or the long queries of a
+    # mixed batch) have no partials.
+    if (token < tl.load(query_start_loc_ptr)) | (token >= tl.load(query_start_loc_ptr + num_seqs)):
         return
 
     splits = tl.arange(0, SPLITS_PAD)
