@@ -76,8 +76,8 @@ def test_plan_ignores_lengths():
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():
-    allowed = {"torch", "triton", "__future__", "dataclasses", "math", "functools", "typing",
-               "json", "pathlib"}
+    allowed = {"torch", "triton", "__future__", "dataclasses", "math", "functools", "typing"}
+    allowed |= {"json", "pathlib"}  # the plan's tuned tables
     for path in PACKAGE.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

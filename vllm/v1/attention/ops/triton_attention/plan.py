@@ -293,8 +293,9 @@ def plan_mixed_attention(
     heads = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_size=head_size,
                  arch=arch)  # fmt: skip
     if num_decodes == num_seqs or max_query_len <= max_decode_query_len:
-        return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
-                              max_query_len=min(max_query_len, max_decode_query_len), **heads)  # fmt: skip
+        short = min(max_query_len, max_decode_query_len)
+        return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs, max_query_len=short,
+                              **heads)  # fmt: skip
     long_query = plan_attention(num_tokens=num_tokens, num_seqs=num_seqs - num_decodes,
                                 max_query_len=max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1),
                                 **heads)  # fmt: skip
