@@ -12,6 +12,7 @@ records (see ``--out``) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -33,12 +34,15 @@ from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     SplitKVWorkspace,
     paged_attention,
     plan_attention,
+    plan_mixed_attention,
     reference_paged_attention,
 )
 
 MODELS = {  # name: (num_q_heads, num_kv_heads, head_size)
     "llama3-8b": (32, 8, 128),
     "qwen-7to1": (28, 4, 128),
+    "gemma2-9b": (16, 8, 256),
+    "d64-gqa4": (32, 8, 64),
 }
 SWEEPS = {
     "quick": dict(
@@ -53,7 +57,12 @@ SWEEPS = {
         decode=[(b, c) for b in (1, 4, 8, 16, 32, 64, 128) for c in (1024, 4096, 16384, 65536)],
         prefill=[(b, s) for b in (1, 4) for s in (1024, 4096, 8192, 16384)],
     ),
+    "prefill": dict(decode=[], prefill=[(b, s) for b in (1, 4) for s in (1024, 4096, 16384)]),
 }
+# Chunked prefill: (new tokens, cached tokens before them), and the mixed batch:
+# that chunk after (number of decodes, their context).
+PREFIX_CHUNK = (2048, 8192)
+MIXED_DECODES = (64, 4096)
 
 
 def time_us(fn, graphs: bool) -> float:
@@ -79,48 +88,65 @@ def gemm_tflops() -> float:
     return 2 * 8192**3 / us / 1e6
 
 
-def check_small(model, q_len, seq_len, dtype):
+def _plan(model, q_lens, num_tokens=None):
+    """Our plan for a batch: mixed when short queries precede long ones."""
     hq, hkv, d = model
-    batch = make_batch([q_len, q_len], [seq_len, seq_len], num_q_heads=hq, num_kv_heads=hkv,
+    num_decodes = next((i for i, q in enumerate(q_lens) if q > 1), len(q_lens))
+    return plan_mixed_attention(
+        num_tokens=num_tokens or sum(q_lens), num_seqs=len(q_lens), num_decodes=num_decodes,
+        num_decode_tokens=num_decodes, max_decode_query_len=1, max_query_len=max(q_lens),
+        num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=GpuArch.of_device("cuda"),
+    ) if max(q_lens) > 4 else plan_attention(
+        num_tokens=num_tokens or sum(q_lens), num_seqs=len(q_lens), max_query_len=max(q_lens),
+        num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=GpuArch.of_device("cuda"),
+    )  # fmt: skip
+
+
+def check_small(model, q_lens, seq_lens, dtype):
+    hq, hkv, d = model
+    batch = make_batch(q_lens, seq_lens, num_q_heads=hq, num_kv_heads=hkv,
                        head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
     out = torch.empty_like(batch.q)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=d**-0.5,
-                    **batch.kernel_args())  # fmt: skip
+                    plan=_plan(model, q_lens, batch.q.shape[0]), **batch.kernel_args())  # fmt: skip
     ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
                                     **batch.kernel_args())  # fmt: skip
     rows = batch.num_actual_tokens
     torch.testing.assert_close(out[:rows].float(), ref[:rows].float(), **TOLERANCES[dtype])
 
 
-def paged_inputs(model, batch_size, q_len, context, dtype, block_size=16):
+def ragged_inputs(model, q_lens, seq_lens, dtype, block_size=16):
+    """A paged batch in shuffled blocks: sequence b has seq_lens[b] keys, the last
+    q_lens[b] of them queries."""
     hq, hkv, d = model
-    blocks_per_seq = math.ceil(context / block_size)
-    num_blocks = batch_size * blocks_per_seq
+    blocks_per_seq = math.ceil(max(seq_lens) / block_size)
+    num_blocks = len(q_lens) * blocks_per_seq
     k_cache = torch.randn(num_blocks, block_size, hkv, d, device="cuda", dtype=dtype)
     v_cache = torch.randn_like(k_cache)
     block_table = torch.randperm(num_blocks, device="cuda", dtype=torch.int32)
-    block_table = block_table.view(batch_size, blocks_per_seq)
-    q = torch.randn(batch_size * q_len, hq, d, device="cuda", dtype=dtype)
-    qsl = torch.arange(0, batch_size + 1, device="cuda", dtype=torch.int32) * q_len
-    seq_lens = torch.full((batch_size,), context, device="cuda", dtype=torch.int32)
-    return q, k_cache, v_cache, qsl, seq_lens, block_table
+    block_table = block_table.view(len(q_lens), blocks_per_seq)
+    q = torch.randn(sum(q_lens), hq, d, device="cuda", dtype=dtype)
+    qsl = torch.tensor([0, *itertools.accumulate(q_lens)], device="cuda", dtype=torch.int32)
+    lens = torch.tensor(seq_lens, device="cuda", dtype=torch.int32)
+    return q, k_cache, v_cache, qsl, lens, block_table
 
 
-def bench_ours(model, batch_size, q_len, context, dtype, graphs):
+def paged_inputs(model, batch_size, q_len, context, dtype, block_size=16):
+    return ragged_inputs(model, [q_len] * batch_size, [context] * batch_size, dtype, block_size)
+
+
+def bench_ours(model, q_lens, seq_lens, dtype, graphs):
     hq, hkv, d = model
-    q, k_cache, v_cache, qsl, seq_lens, block_table = paged_inputs(
-        model, batch_size, q_len, context, dtype
-    )
-    arch = GpuArch.of_device("cuda")
-    plan = plan_attention(num_tokens=q.shape[0], num_seqs=batch_size, max_query_len=q_len,
-                          num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch)  # fmt: skip
+    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens, dtype)
+    plan = _plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
 
     def run():
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=seq_lens,
-                        block_table=block_table, max_query_len=q_len, max_seq_len=context,
-                        scale=d**-0.5, plan=plan, workspace=workspace, arch=arch)  # fmt: skip
+        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
+                        block_table=block_table, max_query_len=max(q_lens),
+                        max_seq_len=max(seq_lens), scale=d**-0.5, plan=plan,
+                        workspace=workspace)  # fmt: skip
 
     return time_us(run, graphs), plan
 
@@ -156,20 +182,20 @@ def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_
     return run
 
 
-def bench_upstream(model, batch_size, q_len, context, dtype, graphs):
-    inputs = paged_inputs(model, batch_size, q_len, context, dtype)
+def bench_upstream(model, q_lens, seq_lens, dtype, graphs):
+    inputs = ragged_inputs(model, q_lens, seq_lens, dtype)
     out = torch.empty_like(inputs[0])
-    return time_us(run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], q_len, context),
-                   graphs)  # fmt: skip
+    return time_us(run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens),
+                                max(seq_lens)), graphs)  # fmt: skip
 
 
-def check_upstream_small(model, q_len, seq_len, dtype):
+def check_upstream_small(model, q_lens, seq_lens, dtype):
     hq, hkv, d = model
-    batch = make_batch([q_len, q_len], [seq_len, seq_len], num_q_heads=hq, num_kv_heads=hkv,
+    batch = make_batch(q_lens, seq_lens, num_q_heads=hq, num_kv_heads=hkv,
                        head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
     out = torch.zeros_like(batch.q)
     run_upstream(model, batch.q, batch.k_cache, batch.v_cache, out, batch.query_start_loc,
-                 batch.seq_lens, batch.block_table, q_len, seq_len)()  # fmt: skip
+                 batch.seq_lens, batch.block_table, max(q_lens), max(seq_lens))()  # fmt: skip
     ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
                                     **batch.kernel_args())  # fmt: skip
     rows = batch.num_actual_tokens
@@ -241,10 +267,11 @@ def main():
     for name in args.models:
         model = MODELS[name]
         hq, hkv, d = model
-        for q_len in (1, 4, 200):
-            check_small(model, q_len, 300, dtype)
+        for q_lens, seq_lens in (([1, 1], [300, 300]), ([4, 4], [300, 300]), ([200, 200],
+                                 [300, 300]), ([1, 1, 1, 200], [300, 90, 5, 500])):  # fmt: skip
+            check_small(model, q_lens, seq_lens, dtype)
             if args.upstream:
-                check_upstream_small(model, q_len, 300, dtype)
+                check_upstream_small(model, q_lens, seq_lens, dtype)
         for kind, q_len, cells in (("decode", 1, sweep["decode"]),
                                    ("specdecode", 4, sweep["decode"])):  # fmt: skip
             for batch_size, context in cells:
@@ -253,7 +280,8 @@ def main():
                     continue
                 for graphs in (True, False):
                     torch.cuda.empty_cache()  # the last cell's inputs are garbage now
-                    us, plan = bench_ours(model, batch_size, q_len, context, dtype, graphs)
+                    cell = ([q_len] * batch_size, [context] * batch_size)
+                    us, plan = bench_ours(model, *cell, dtype, graphs)
                     rec = dict(base, kind=kind, impl="ours", model=name, batch=batch_size,
                                context=context, q_len=q_len, head_size=d, num_q_heads=hq,
                                num_kv_heads=hkv, graphs=graphs, us=us, gbps=kv_bytes / us / 1e3,
@@ -261,7 +289,7 @@ def main():
                     rec["ratio_copy"] = rec["gbps"] / copy
                     emit(rec)
                     if args.upstream:
-                        uus = bench_upstream(model, batch_size, q_len, context, dtype, graphs)
+                        uus = bench_upstream(model, *cell, dtype, graphs)
                         rec["ratio_upstream"] = uus / us
                         ugbps = kv_bytes / uus / 1e3
                         emit(dict(rec, impl="upstream", us=uus, gbps=ugbps,
@@ -277,13 +305,13 @@ def main():
                             rec[f"ratio_sdpa_{backend}"] = (sus / us) if sus else None
         for batch_size, seq in sweep["prefill"]:
             flops = 4 * batch_size * hq * d * seq * seq / 2  # causal
-            us, plan = bench_ours(model, batch_size, seq, seq, dtype, graphs=True)
+            us, plan = bench_ours(model, [seq] * batch_size, [seq] * batch_size, dtype, True)
             rec = dict(base, kind="prefill", impl="ours", model=name, batch=batch_size,
                        context=seq, q_len=seq, head_size=d, num_q_heads=hq, num_kv_heads=hkv,
                        graphs=True, us=us, tflops=flops / us / 1e6)  # fmt: skip
             emit(rec)
             if args.upstream:
-                uus = bench_upstream(model, batch_size, seq, seq, dtype, True)
+                uus = bench_upstream(model, [seq] * batch_size, [seq] * batch_size, dtype, True)
                 rec["ratio_upstream"] = uus / us
                 emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
             for backend in ("flash", "cudnn"):
@@ -291,7 +319,53 @@ def main():
                 if sus is not None:
                     emit(dict(rec, impl=f"sdpa_{backend}", us=sus, tflops=flops / sus / 1e6))
 
+        bench_chunks(model, name, base, dtype, args.upstream, emit)
+
     Path(args.out).write_text(json.dumps(records, indent=1))
+
+
+def bench_chunks(model, name, base, dtype, upstream, emit):
+    """A prefix-cached chunk, and that chunk in a mixed batch after many decodes."""
+    hq, hkv, d = model
+    chunk, cached = PREFIX_CHUNK
+    decodes, decode_context = MIXED_DECODES
+    # causal FLOPs of the chunk: each new token sees the prefix and the chunk up to itself
+    chunk_flops = 4 * hq * d * (chunk * cached + chunk * (chunk + 1) / 2)
+    for kind, q_lens, seq_lens in (
+        ("prefill", [chunk], [cached + chunk]),
+        ("mixed", [1] * decodes + [chunk], [decode_context] * decodes + [cached + chunk]),
+    ):
+        us, _ = bench_ours(model, q_lens, seq_lens, dtype, True)
+        rec = dict(base, kind=kind, impl="ours", model=name, batch=len(q_lens),
+                   context=max(seq_lens), q_len=chunk, head_size=d, num_q_heads=hq,
+                   num_kv_heads=hkv, graphs=True, us=us, cached_prefix=cached,
+                   decodes=decodes if kind == "mixed" else 0,
+                   decode_context=decode_context if kind == "mixed" else 0,
+                   tflops=chunk_flops / us / 1e6)  # fmt: skip
+        if kind == "mixed":  # the same batch on one long-query launch
+            hq_plan = plan_attention(num_tokens=sum(q_lens), num_seqs=len(q_lens),
+                                     max_query_len=chunk, num_q_heads=hq, num_kv_heads=hkv,
+                                     head_size=d, arch=GpuArch.of_device("cuda"))  # fmt: skip
+            rec["one_launch_us"] = bench_one_plan(model, q_lens, seq_lens, dtype, hq_plan)
+        if upstream:
+            uus = bench_upstream(model, q_lens, seq_lens, dtype, True)
+            rec["ratio_upstream"] = uus / us
+        emit(rec)
+        if upstream:
+            emit(dict(rec, impl="upstream", us=uus, tflops=chunk_flops / uus / 1e6))
+
+
+def bench_one_plan(model, q_lens, seq_lens, dtype, plan):
+    hq, hkv, d = model
+    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens, dtype)
+    out = torch.empty_like(q)
+
+    def run():
+        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
+                        block_table=block_table, max_query_len=max(q_lens),
+                        max_seq_len=max(seq_lens), scale=d**-0.5, plan=plan)  # fmt: skip
+
+    return time_us(run, True)
 
 
 if __name__ == "__main__":

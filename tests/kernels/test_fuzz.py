@@ -5,8 +5,11 @@
 Random batches: sequence count, per-sequence query and context lengths (empty
 padding rows included), block size, head size, GQA ratio, feature switches,
 dtype, cache layout, shared prefix blocks, padding tokens. Examples are
-derandomised (same inputs every run, no reruns). The CPU profile runs a bounded
-number through the interpreter; on a GPU set ``HYPOTHESIS_EXAMPLES=2000``.
+seeded (same inputs every run, no reruns). Batches that start with short
+queries also run as a ``MixedBatchPlan``. The CPU profile runs a bounded number
+through the interpreter; on a GPU the examples are cut into shards (one test
+each) so that ``pytest -n`` compiles and runs them in parallel:
+``HYPOTHESIS_EXAMPLES=2000 pytest -n 12 tests/kernels/test_fuzz.py``.
 """
 
 import os
@@ -14,12 +17,18 @@ import os
 import torch
 from batches import TOLERANCES, make_batch
 from conftest import HAS_GPU
-from hypothesis import given, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
+from vllm.v1.attention.ops.triton_attention import (
+    GpuArch,
+    paged_attention,
+    plan_mixed_attention,
+    reference_paged_attention,
+)
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
+SHARDS = 16 if HAS_GPU else 1
 # bf16 only on the GPU: the interpreter's bf16 tl.dot is wrong
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_GPU else [])
 
@@ -36,6 +45,7 @@ def batches(draw):
         logits_soft_cap=draw(st.sampled_from([None, None, 5.0])),
         alibi=draw(st.booleans()),
         sinks=draw(st.booleans()),
+        mixed_plan=draw(st.booleans()),
     )
     shape = dict(
         head_size=draw(st.sampled_from([32, 64, 80])),
@@ -51,9 +61,19 @@ def batches(draw):
     return q_lens, seq_lens, features, shape
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None)
-@given(batches())
-def test_fuzz_against_reference(case):
+def _mixed_plan(q_lens, num_tokens, num_q_heads, shape, device):
+    """Decodes (<= 2 tokens) first: the rest on long-query, as vLLM orders them."""
+    num_decodes = next((i for i, q in enumerate(q_lens) if q > 2), len(q_lens))
+    return plan_mixed_attention(
+        num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=2,
+        max_query_len=max(q_lens), num_q_heads=num_q_heads,
+        num_kv_heads=shape["num_kv_heads"], head_size=shape["head_size"],
+        arch=GpuArch.of_device(device),
+    )  # fmt: skip
+
+
+def check_against_reference(case):
     q_lens, seq_lens, features, shape = case
     device = "cuda" if HAS_GPU else "cpu"
     num_q_heads = shape["num_kv_heads"] * shape["group"]
@@ -75,7 +95,10 @@ def test_fuzz_against_reference(case):
     )  # fmt: skip
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale,
+    plan = None
+    if features["mixed_plan"]:
+        plan = _mixed_plan(q_lens, batch.q.shape[0], num_q_heads, shape, device)
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **extra)  # fmt: skip
     expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=scale,
                                          **batch.kernel_args(), **extra)  # fmt: skip
@@ -83,3 +106,12 @@ def test_fuzz_against_reference(case):
     assert not out[:rows].isnan().any()
     torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
                                **TOLERANCES[shape["dtype"]])  # fmt: skip
+
+
+for _shard in range(SHARDS):
+    # A fixed seed per shard: every run draws the same examples.
+    globals()[f"test_fuzz_against_reference_{_shard}"] = seed(_shard)(
+        settings(max_examples=EXAMPLES // SHARDS, deadline=None, database=None)(
+            given(batches())(check_against_reference)
+        )
+    )

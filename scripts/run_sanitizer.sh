@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+#
+# compute-sanitizer (memcheck, then racecheck) over every kernel, in one command:
+#   scripts/run_sanitizer.sh OUT_DIR
+# Writes OUT_DIR/{memcheck,racecheck}.log and OUT_DIR/sanitizer_summary.txt;
+# exits non-zero if the sanitizer reports an error or a result is wrong.
+set -uo pipefail
+out=${1:-sanitizer}
+mkdir -p "$out"
+here=$(cd "$(dirname "$0")" && pwd)
+# One cudaMalloc per tensor: with PyTorch's caching allocator an overrun into a
+# neighbouring tensor of the same segment would go unseen.
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+# Compile outside the sanitizer; the sanitized runs take kernels from Triton's cache.
+python3 "$here/sanitize_kernels.py" > "$out/plain.log" 2>&1 || {
+    echo "plain run failed: see $out/plain.log"; exit 1; }
+status=0
+: > "$out/sanitizer_summary.txt"
+for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 50 \
+        python3 "$here/sanitize_kernels.py" > "$out/$tool.log" 2>&1
+    rc=$?
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$out/$tool.log" | tail -1)
+    echo "$tool: exit $rc; ${summary:-no summary line (see $tool.log)}" | tee -a "$out/sanitizer_summary.txt"
+    [ "$rc" -eq 0 ] || status=1
+done
+exit $status

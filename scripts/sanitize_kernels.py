@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Every kernel on a small representative matrix, checked against the reference:
+the program that ``scripts/run_sanitizer.sh`` runs under compute-sanitizer.
+
+Covers split-KV decode with and without its merge, speculative decode, the
+long-query kernel, a mixed batch (both), fp8 and 16-bit caches, every feature
+switch and the cache write. Exits non-zero on a wrong result.
+
+    python3 scripts/sanitize_kernels.py            # plain run (fills Triton's cache)
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))
+sys.path.append(str(REPO / "tests"))
+
+from batches import TOLERANCES, make_batch  # noqa: E402
+
+from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+    GpuArch,
+    paged_attention,
+    plan_attention,
+    plan_mixed_attention,
+    reference_paged_attention,
+    write_kv_cache,
+)
+
+# (name, q_lens, seq_lens, head_size, group, kv_dtype, features)
+ALL_FEATURES = dict(sliding_window=40, logits_soft_cap=5.0, alibi=True, sinks=True)
+CASES = [
+    ("decode", [1, 1, 0, 1], [300, 17, 0, 1000], 128, 4, None, {}),
+    ("decode_one_split", [1] * 300, [50] * 300, 128, 4, None, {}),
+    ("decode_d64_gqa7_all", [1, 1], [300, 90], 64, 7, None, ALL_FEATURES),
+    ("specdecode", [4, 4, 3], [40, 300, 3], 128, 8, None, {}),
+    ("prefill_d256", [130, 64], [130, 200], 256, 2, None, {}),
+    ("prefill_all", [90, 33], [200, 33], 80, 4, None, ALL_FEATURES),
+    ("non_causal", [50, 1], [50, 70], 64, 4, None, dict(causal=False)),
+    ("mixed", [1, 1, 70, 3], [90, 300, 200, 40], 128, 4, None, {}),
+    ("fp8_decode", [1, 1], [300, 17], 128, 4, torch.float8_e4m3fn, {}),
+    ("fp8_prefill", [60], [100], 128, 4, torch.float8_e4m3fn, {}),
+]
+
+
+def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> None:
+    arch = GpuArch.of_device("cuda")
+    if kv_dtype is not None and not arch.supports_kv_dtype(kv_dtype):
+        print(f"{name}: skipped ({kv_dtype} not on {arch.name})")
+        return
+    num_kv_heads, num_q_heads = 2, 2 * group
+    gen = torch.Generator().manual_seed(0)
+    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+                       head_size=head_size, block_size=16, dtype=torch.bfloat16,
+                       kv_dtype=kv_dtype, device="cuda", padding_tokens=2,
+                       sliding_window=features.get("sliding_window"), generator=gen)  # fmt: skip
+    extra = dict(features)
+    if extra.pop("alibi", False):
+        extra["alibi_slopes"] = torch.rand(num_q_heads, generator=gen).cuda()
+    if extra.pop("sinks", False):
+        extra["sinks"] = torch.randn(num_q_heads, generator=gen).cuda()
+    heads = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_size=head_size,
+                 arch=arch)  # fmt: skip
+    num_decodes = next((i for i, q in enumerate(q_lens) if q > 4), len(q_lens))
+    if 0 < num_decodes < len(q_lens):
+        plan = plan_mixed_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
+                                    num_decodes=num_decodes,
+                                    num_decode_tokens=sum(q_lens[:num_decodes]),
+                                    max_decode_query_len=4, max_query_len=max(q_lens),
+                                    **heads)  # fmt: skip
+    else:
+        plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
+                              max_query_len=max(q_lens), **heads)  # fmt: skip
+    out = torch.full_like(batch.q, float("nan"))
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5,
+                    plan=plan, **batch.kernel_args(), **extra)  # fmt: skip
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache,
+                                         scale=head_size**-0.5, **batch.kernel_args(),
+                                         **extra)  # fmt: skip
+    rows = batch.num_actual_tokens
+    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
+                               **TOLERANCES[torch.bfloat16])  # fmt: skip
+
+    # The cache write of this batch's new tokens (slot -1 rows skipped).
+    num_tokens = batch.q.shape[0]
+    key = torch.randn(num_tokens, num_kv_heads, head_size, device="cuda", dtype=torch.bfloat16)
+    slots = torch.randperm(batch.k_cache.shape[0] * 16, device="cuda")[:num_tokens]
+    slots[-1] = -1
+    scales = {}
+    if kv_dtype is not None:
+        scales = dict(k_scale=batch.k_scale, v_scale=batch.v_scale)
+    write_kv_cache(key, key, batch.k_cache, batch.v_cache, slots, **scales)
+    torch.cuda.synchronize()
+    print(f"{name}: ok ({plan.__class__.__name__})")
+
+
+def main() -> int:
+    for case in CASES:
+        run_case(*case)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
