@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import itertools
 import json
 import os
@@ -29,6 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("vllm") is None:  # GPU box: the kernel package from the repo
+    sys.path.append(str(REPO))
 
 # name: (backend, arch, warp size, SMs/CUs for the plan, shared-memory/LDS bytes per block)
 TARGETS = {

@@ -8,6 +8,7 @@ long-query kernel, a mixed batch (both), fp8 and 16-bit caches, every feature
 switch and the cache write. Exits non-zero on a wrong result.
 
     python3 scripts/sanitize_kernels.py            # plain run (fills Triton's cache)
+    python3 scripts/sanitize_kernels.py mixed      # named cases only
 """
 
 import sys
@@ -98,8 +99,13 @@ def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> No
 
 
 def main() -> int:
+    names = sys.argv[1:]  # a subset by name (racecheck is slow), or every case
+    unknown = set(names) - {case[0] for case in CASES}
+    if unknown:
+        sys.exit(f"unknown cases {sorted(unknown)}; known: {[case[0] for case in CASES]}")
     for case in CASES:
-        run_case(*case)
+        if not names or case[0] in names:
+            run_case(*case)
     return 0
 
 

@@ -178,9 +178,13 @@ def time_candidate(cell: Cell, config, inputs, expected) -> dict:
 class Progress:
     def __init__(self, total: int, what: str):
         self.total, self.done, self.what, self.start = total, 0, what, time.time()
+        self.shown = 0.0
 
     def step(self, n: int = 1):
         self.done += n
+        if self.done < self.total and time.time() - self.shown < 5:
+            return  # a line every few seconds is enough in a captured log
+        self.shown = time.time()
         elapsed = time.time() - self.start
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0
         bar = "#" * (30 * self.done // max(self.total, 1))
