@@ -70,7 +70,8 @@ def test_cache_offsets_past_2_pow_31(q_lens):
                        device="cuda")  # fmt: skip
     lens = torch.tensor(seq_lens, dtype=torch.int32, device="cuda")
     args = dict(query_start_loc=qsl, seq_lens=lens, block_table=block_table,
-                max_query_len=max(q_lens), max_seq_len=max(seq_lens), scale=HEAD_SIZE**-0.5)  # fmt: skip
+                max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+                scale=HEAD_SIZE**-0.5)  # fmt: skip
     num_decodes = next((i for i, n in enumerate(q_lens) if n > 4), len(q_lens))
     plan = plan_mixed_attention(
         num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
