@@ -1,0 +1,51 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Run one benchmark cell repeatedly (eager), for a profiler to attach to:
+
+    ncu --clock-control none --section SpeedOfLight --section Occupancy \\
+        --section WarpStateStats --launch-skip 10 --launch-count 2 \\
+        python3 scripts/profile_cell.py --batch 1 --context 16384
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.append(str(Path(__file__).resolve().parent))
+
+from bench_attention import MODELS, _plan, ragged_inputs  # noqa: E402
+
+from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+    SplitKVWorkspace,
+    paged_attention,
+)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="llama3-8b", choices=MODELS)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--q-len", type=int, default=1)
+    parser.add_argument("--context", type=int, default=16384)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+    model = MODELS[args.model]
+    q_lens, seq_lens = [args.q_len] * args.batch, [args.context] * args.batch
+    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens,
+                                                               torch.bfloat16)  # fmt: skip
+    plan = _plan(model, q_lens)
+    workspace = SplitKVWorkspace.allocate(plan, "cuda")
+    out = torch.empty_like(q)
+    print(plan)
+    for _ in range(args.iters):
+        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
+                        block_table=block_table, max_query_len=args.q_len,
+                        max_seq_len=args.context, scale=model[2] ** -0.5, plan=plan,
+                        workspace=workspace)  # fmt: skip
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
