@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Portability without a GPU: the hot kernel variants, chosen by the runtime's own
-plan, compile for NVIDIA Hopper and AMD CDNA3/RDNA3 and fit their shared memory/LDS.
+"""Portability without a GPU: the hot kernel variants (decode and prefill, head
+sizes 64 and 128), chosen by the runtime's own plan and specialised as Triton's
+launcher would, compile for all seven NVIDIA and AMD targets, use the matrix
+units, fit shared memory/LDS, and do not spill registers on sm_80, sm_90,
+gfx942 and gfx950 (the gate of ``scripts/compile_matrix.py``).
 
-The full matrix (seven targets, every head size, GQA ratio, dtype, fp8 KV and
-feature switch) is ``scripts/compile_matrix.py``; its report, with registers and
+The full matrix (every head size, GQA ratio, dtype, fp8 KV and feature switch)
+is ``scripts/compile_matrix.py --subset full``; its report, with registers and
 spills, is committed under ``benchmarks/results/portability/``.
 """
 
@@ -14,29 +17,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.append(str(REPO / "scripts"))
+
+from compile_matrix import TARGETS, gate_failures  # noqa: E402
 
 
-@pytest.mark.parametrize("target", ["sm_90", "gfx942", "gfx1100"])
-def test_hot_variants_compile_within_shared_memory(target, tmp_path):
+def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
     # A fresh process without TRITON_INTERPRET: the tests' interpreter mode
     # would hand the compiler interpreted functions instead of kernels.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "matrix.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "compile_matrix.py"), "--subset", "hot",
-         "--targets", target, "--workers", "1", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900,
+         "--workers", "2", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=1200,
     )  # fmt: skip
     assert out.exists(), result.stderr[-3000:]
     records = json.loads(out.read_text())
-    assert {r["kernel"] for r in records} == {
-        "split_kv_decode_kernel", "merge_kv_splits_kernel", "long_query_attention_kernel"
-    }  # fmt: skip
+    assert {r["target"] for r in records} == set(TARGETS)
+    assert {r["kernel"] for r in records} == {"split_kv_decode_kernel",
+                                              "long_query_attention_kernel"}  # fmt: skip
+    assert gate_failures(records) == []
     for r in records:
-        assert r["compiled"], f"{target} {r['kernel']} {r['variant']}: {r.get('error')}"
-        assert r["shared_bytes"] <= r["shared_limit"], r
-        if r["kernel"] != "merge_kv_splits_kernel":  # the attention kernels use the MMA units
-            assert r["mma"] in ("wgmma", "mma.sync", "mfma", "wmma"), r
+        assert r["mma"] in ("wgmma", "mma.sync", "tcgen05", "mfma", "wmma"), r

@@ -23,6 +23,7 @@ from conftest import HAS_GPU
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     MixedBatchPlan,
+    SplitKVWorkspace,
     paged_attention,
     plan_attention,
     plan_mixed_attention,
@@ -209,8 +210,11 @@ def test_split_kv_and_single_program_agree(device):
         plan = plan_attention(num_tokens=2, num_seqs=2, max_query_len=1, num_q_heads=8,
                               num_kv_heads=2, head_size=64, arch=arch)  # fmt: skip
         out = torch.empty_like(batch.q)
+        workspace = SplitKVWorkspace.allocate(plan, device)
         paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
-                        **batch.kernel_args(), **features)  # fmt: skip
+                        workspace=workspace, **batch.kernel_args(), **features)  # fmt: skip
+        # the merging programs reset their counters: the next launch starts clean
+        assert not workspace.split_counters.any()
         results.append((plan.num_kv_splits, out))
     (one, out_one), (many, out_many) = results
     assert one == 1 and many > 8

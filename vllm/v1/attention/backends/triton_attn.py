@@ -158,14 +158,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         # decode batch the scheduler can form (graph capture sizes included) gets.
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         decode_len = self.max_decode_query_len
-        largest = max(
-            (
-                self.plan_for(seqs * decode_len, seqs, decode_len)
-                for seqs in range(1, max_num_seqs + 1)
-            ),
-            key=lambda plan: plan.workspace_elements(),
-        )
-        self.workspace = SplitKVWorkspace.allocate(largest, device)
+        self.workspace = SplitKVWorkspace.for_plans(
+            [self.plan_for(seqs * decode_len, seqs, decode_len)
+             for seqs in range(1, max_num_seqs + 1)],
+            device,
+        )  # fmt: skip
 
         # Upstream-compatible scratch for subclasses that run upstream's kernel.
         self.seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // self.num_heads_kv

@@ -103,18 +103,12 @@ class AttentionPlan:
     def tokens_per_q_block(self) -> int:
         return self.block_m // self.queries_per_kv
 
-    @property
-    def merge_grid(self) -> tuple[int, int, int] | None:
+    def workspace_elements(self) -> tuple[int, int, int]:
+        """Elements of (partial outputs, partial log-sum-exps, split counters) it needs."""
         if self.num_kv_splits == 1:
-            return None
-        return (self.num_tokens, self.num_q_heads, 1)
-
-    def workspace_elements(self) -> tuple[int, int]:
-        """float32 elements of (partial outputs, partial log-sum-exps) the plan needs."""
-        if self.num_kv_splits == 1:
-            return 0, 0
+            return 0, 0, 0
         rows = self.num_tokens * self.num_q_heads * self.num_kv_splits
-        return rows * self.head_pad, rows
+        return rows * self.head_pad, rows, self.num_seqs * self.num_kv_heads
 
 
 def next_power_of_2(n: int) -> int:
@@ -262,7 +256,7 @@ class MixedBatchPlan:
     def arch(self) -> GpuArch:
         return self.decode.arch
 
-    def workspace_elements(self) -> tuple[int, int]:
+    def workspace_elements(self) -> tuple[int, int, int]:
         return self.decode.workspace_elements()
 
 
