@@ -213,8 +213,6 @@ def test_split_kv_and_single_program_agree(device):
         workspace = SplitKVWorkspace.allocate(plan, device)
         paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
                         workspace=workspace, **batch.kernel_args(), **features)  # fmt: skip
-        # the merging programs reset their counters: the next launch starts clean
-        assert not workspace.split_counters.any()
         results.append((plan.num_kv_splits, out))
     (one, out_one), (many, out_many) = results
     assert one == 1 and many > 8

@@ -56,7 +56,7 @@ from .plan import (
     plan_mixed_attention,
 )
 from .reference import reference_paged_attention
-from .split_kv_decode import split_kv_decode_kernel
+from .split_kv_decode import merge_kv_splits_kernel, split_kv_decode_kernel
 
 __all__ = [
     "AttentionPlan",
@@ -76,15 +76,10 @@ MIN_HEAD_SIZE = 16
 
 @dataclasses.dataclass
 class SplitKVWorkspace:
-    """Scratch for split-KV partial results; allocate once and reuse (graph-safe).
-
-    The per-(sequence, KV head) counters start at zero and every launch leaves
-    them at zero (the program that merges resets its counter).
-    """
+    """Scratch for split-KV partial results; allocate once and reuse (graph-safe)."""
 
     partial_out: torch.Tensor  # flat float32
     partial_lse: torch.Tensor  # flat float32
-    split_counters: torch.Tensor  # flat int32
 
     @classmethod
     def allocate(cls, plan, device: torch.device) -> SplitKVWorkspace:
@@ -94,27 +89,23 @@ class SplitKVWorkspace:
     def for_plans(cls, plans, device: torch.device) -> SplitKVWorkspace:
         """One scratch that serves every plan in ``plans`` (each buffer at its largest)."""
         needs = [plan.workspace_elements() for plan in plans]
-        out_elements, lse_elements, counters = (max(column) for column in zip(*needs, strict=True))
+        out_elements, lse_elements = (max(column) for column in zip(*needs, strict=True))
         return cls(
             torch.empty(max(out_elements, 1), dtype=torch.float32, device=device),
             torch.empty(max(lse_elements, 1), dtype=torch.float32, device=device),
-            torch.zeros(max(counters, 1), dtype=torch.int32, device=device),
         )
 
-    def views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        needed = plan.workspace_elements()
-        held = (self.partial_out.numel(), self.partial_lse.numel(), self.split_counters.numel())
-        if any(n > h for n, h in zip(needed, held, strict=True)):
+    def views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        out_elements, lse_elements = plan.workspace_elements()
+        if out_elements > self.partial_out.numel() or lse_elements > self.partial_lse.numel():
             raise ValueError(
-                f"workspace holds {held} (partial outputs, log-sum-exps, counters), "
-                f"the plan needs {needed}: size it for the largest batch"
+                f"workspace holds {self.partial_out.numel()} partial-output elements, "
+                f"the plan needs {out_elements}: size it for the largest batch"
             )
-        out_elements, lse_elements, counters = needed
         shape = (plan.num_tokens, plan.num_q_heads, plan.num_kv_splits)
         return (
             self.partial_out[:out_elements].view(*shape, plan.head_pad),
             self.partial_lse[:lse_elements].view(shape),
-            self.split_counters[:counters],
         )
 
 
@@ -385,18 +376,30 @@ def kernel_launches(
         return [KernelLaunch(long_query_attention_kernel, plan.grid, args, switches)]
 
     if plan.num_kv_splits == 1:
-        partial_out = partial_lse = counters = dummy
-        partial_strides = (0, 0, 0, 0)
+        partial_out = partial_lse = dummy
+        partial_strides = (0, 0)
     else:
         workspace = workspace or SplitKVWorkspace.allocate(plan, q.device)
-        partial_out, partial_lse, counters = workspace.views(plan)
-        partial_strides = (partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
-                           partial_lse.stride(1))  # fmt: skip
-    args = (*pointers[:4], partial_out, partial_lse, counters, *pointers[4:], *strides,
-            *partial_strides, *scalars)  # fmt: skip
-    constexprs = dict(switches, NUM_KV_SPLITS=plan.num_kv_splits,
-                      SPLITS_PAD=next_power_of_2(plan.num_kv_splits))  # fmt: skip
-    return [KernelLaunch(split_kv_decode_kernel, plan.grid, args, constexprs)]
+        partial_out, partial_lse = workspace.views(plan)
+        partial_strides = (partial_out.stride(0), partial_out.stride(1))
+    args = (*pointers[:4], partial_out, partial_lse, *pointers[4:], *strides, *partial_strides,
+            *scalars)  # fmt: skip
+    launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args,
+                             dict(switches, NUM_KV_SPLITS=plan.num_kv_splits))]  # fmt: skip
+    if plan.num_kv_splits > 1:
+        args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
+                out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip
+        constexprs = dict(
+            STRIDE_OUT_DIM=out.stride(2),
+            HEAD_SIZE=head_size,
+            HEAD_PAD=plan.head_pad,
+            NUM_KV_SPLITS=plan.num_kv_splits,
+            SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
+            KV_IS_FP8=kv_is_fp8,
+            num_warps=4,
+        )
+        launches.append(KernelLaunch(merge_kv_splits_kernel, plan.merge_grid, args, constexprs))
+    return launches
 
 
 def write_kv_cache(

@@ -103,12 +103,18 @@ class AttentionPlan:
     def tokens_per_q_block(self) -> int:
         return self.block_m // self.queries_per_kv
 
-    def workspace_elements(self) -> tuple[int, int, int]:
-        """Elements of (partial outputs, partial log-sum-exps, split counters) it needs."""
+    @property
+    def merge_grid(self) -> tuple[int, int, int] | None:
         if self.num_kv_splits == 1:
-            return 0, 0, 0
+            return None
+        return (self.num_tokens, self.num_q_heads, 1)
+
+    def workspace_elements(self) -> tuple[int, int]:
+        """float32 elements of (partial outputs, partial log-sum-exps) the plan needs."""
+        if self.num_kv_splits == 1:
+            return 0, 0
         rows = self.num_tokens * self.num_q_heads * self.num_kv_splits
-        return rows * self.head_pad, rows, self.num_seqs * self.num_kv_heads
+        return rows * self.head_pad, rows
 
 
 def next_power_of_2(n: int) -> int:
@@ -202,7 +208,9 @@ def _split_kv_tiles(
     if head_pad > 128 or (arch.vendor == "hip" and head_pad > 64):
         return 32, 4, 2
     if block_m <= MIN_DOT_SIZE and num_kv_splits >= 4:
-        return 64, 4, 3
+        if arch.vendor == "cuda" and head_pad <= 64:
+            return 128, 4, 2  # 64-key tiles spill 32 bytes on sm_90 under Triton 3.8
+        return 64, 4, 2
     return 128, 4, 3
 
 
@@ -256,7 +264,7 @@ class MixedBatchPlan:
     def arch(self) -> GpuArch:
         return self.decode.arch
 
-    def workspace_elements(self) -> tuple[int, int, int]:
+    def workspace_elements(self) -> tuple[int, int]:
         return self.decode.workspace_elements()
 
 

@@ -1,23 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Split-KV ("flash-decoding") attention for short queries, merged in the same launch.
+"""Split-KV ("flash-decoding") attention for short queries, and its merge.
 
 Decode (q_len 1) and speculative-decode verification (q_len 2..8) read a whole
 context for a handful of query rows: the work is streaming K and V, and one
 program per (sequence, KV head) leaves most of the GPU idle when the batch is
-small. So each sequence's keys are cut into ``NUM_KV_SPLITS`` contiguous
+small. So each sequence's keys are cut into ``num_kv_splits`` contiguous
 ranges, one program each; every program writes its partial output
-(normalised) and its log2-sum-exp, then counts itself done on a per-(sequence,
-KV head) counter, and the program that finishes last merges the partials
-exactly and writes the output. No second kernel runs: at small batches its
-launch and its own latency were a large part of the step (ncu on an H200:
-a merge kernel of 8 us beside 24 us of split-KV at batch 1, 16k context). The
-last program resets its counter, so the scratch is ready for the next launch
-or graph replay. ``NUM_KV_SPLITS`` is fixed per plan (from the batch size and
+(normalised) and its log2-sum-exp, and ``merge_kv_splits_kernel`` combines the
+partials exactly. ``num_kv_splits`` is fixed per plan (from the batch size and
 the GPU), while the length of each range follows the sequence's own length in
 the kernel, so the launch is the same for every context length: safe to
 capture in a CUDA/HIP graph. With one split the kernel writes the output
-directly.
+directly and no merge runs.
 """
 
 import triton
@@ -41,7 +36,6 @@ def split_kv_decode_kernel(
     out_ptr,
     partial_out_ptr,  # [num_tokens, num_q_heads, NUM_KV_SPLITS, HEAD_PAD] float32
     partial_lse_ptr,  # [num_tokens, num_q_heads, NUM_KV_SPLITS] float32, log2 domain
-    split_counter_ptr,  # [num_seqs * num_kv_heads] int32, zero between launches
     query_start_loc_ptr,
     seq_lens_ptr,
     block_table_ptr,
@@ -63,8 +57,6 @@ def split_kv_decode_kernel(
     stride_block_table_seq,
     stride_partial_token,
     stride_partial_head,
-    stride_lse_token,
-    stride_lse_head,
     # scalars
     scale,
     soft_cap,
@@ -81,7 +73,6 @@ def split_kv_decode_kernel(
     BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
@@ -156,74 +147,67 @@ def split_kv_decode_kernel(
         )
     else:
         row_offset = (q_start + token).to(tl.int64) * stride_partial_token
-        row_offset += head * stride_partial_head
+        row_offset += head * stride_partial_head + split * HEAD_PAD
         tl.store(
-            partial_out_ptr + row_offset[:, None] + split * HEAD_PAD + dim[None, :],
+            partial_out_ptr + row_offset[:, None] + dim[None, :],
             acc / l_safe[:, None],
             mask=store_mask,
         )
         lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
-        lse_offset = (q_start + token).to(tl.int64) * stride_lse_token + head * stride_lse_head
-        tl.store(partial_lse_ptr + lse_offset + split, lse, mask=row_valid)
-
-        # Every thread's partials are stored before the counter moves (barrier,
-        # then a release); the last program's acquire makes all of them visible.
-        tl.debug_barrier()
-        counter_ptr = split_counter_ptr + seq * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == NUM_KV_SPLITS - 1:
-            tl.store(counter_ptr, 0)  # ready for the next launch
-            result = merge_partials(
-                partial_out_ptr, partial_lse_ptr, row_offset, lse_offset, row_valid, dim,
-                dim_mask, HEAD_PAD, NUM_KV_SPLITS, SPLITS_PAD,
-            )  # fmt: skip
-            result *= load_v_scale(v_scale_ptr, KV_IS_FP8)
-            out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
-            tl.store(
-                out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
-                result.to(out_ptr.dtype.element_ty),
-                mask=store_mask,
-            )
+        lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
+        lse_offset += head * NUM_KV_SPLITS + split
+        tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
 
 
 @triton.jit
-def merge_partials(
+def merge_kv_splits_kernel(
+    out_ptr,
     partial_out_ptr,
     partial_lse_ptr,
-    row_offset,
-    lse_offset,
-    row_valid,
-    dim,
-    dim_mask,
+    query_start_loc_ptr,
+    v_scale_ptr,
+    stride_out_token,
+    stride_out_head,
+    stride_partial_token,
+    stride_partial_head,
+    num_seqs,
+    STRIDE_OUT_DIM: tl.constexpr,
+    HEAD_SIZE: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,
 ):
-    """out = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse), per row.
+    """out[token, head] = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    # Tokens outside this launch's sequences (padding, or the long queries of a
+    # mixed batch) have no partials.
+    if (token < tl.load(query_start_loc_ptr)) | (token >= tl.load(query_start_loc_ptr + num_seqs)):
+        return
 
-    Loads bypass L1 (``.cg``): the partials were written by other programs.
-    A NaN log-sum-exp has a non-zero weight, so NaN from real data reaches the
-    output; splits without keys (weight 0) are never read.
-    """
     splits = tl.arange(0, SPLITS_PAD)
-    lse = tl.load(
-        partial_lse_ptr + lse_offset[:, None] + splits[None, :],
-        mask=row_valid[:, None] & (splits < NUM_KV_SPLITS)[None, :],
-        other=float("-inf"),
-        cache_modifier=".cg",
-    )
-    lse_max = tl.max(lse, 1)
+    split_mask = splits < NUM_KV_SPLITS
+    lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
+    lse = tl.load(partial_lse_ptr + lse_row + splits, mask=split_mask, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
     lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    total = tl.sum(tl.math.exp2(lse - lse_ref[:, None]), 1)
-    acc = tl.zeros([lse.shape[0], HEAD_PAD], dtype=tl.float32)
-    for split in range(NUM_KV_SPLITS):
-        lse_split = tl.load(partial_lse_ptr + lse_offset + split, mask=row_valid,
-                            other=float("-inf"), cache_modifier=".cg")  # fmt: skip
-        weight = tl.math.exp2(lse_split - lse_ref)
-        partial = tl.load(
-            partial_out_ptr + row_offset[:, None] + split * HEAD_PAD + dim[None, :],
-            mask=(row_valid & (weight != 0.0))[:, None] & dim_mask[None, :],
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        acc += partial * weight[:, None]
-    return acc / tl.where(total == 0.0, 1.0, total)[:, None]
+    weight = tl.math.exp2(lse - lse_ref)
+    total = tl.sum(weight, 0)
+    total = tl.where(total == 0.0, 1.0, total)
+
+    dim = tl.arange(0, HEAD_PAD)
+    dim_mask = dim < HEAD_SIZE
+    row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
+    partial = tl.load(
+        partial_out_ptr + row + splits[:, None] * HEAD_PAD + dim[None, :],
+        mask=split_mask[:, None] & dim_mask[None, :] & (weight != 0.0)[:, None],
+        other=0.0,
+    )
+    result = tl.sum(partial * weight[:, None], 0) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)
+    out_offset = token.to(tl.int64) * stride_out_token + head * stride_out_head
+    tl.store(
+        out_ptr + out_offset + dim * STRIDE_OUT_DIM,
+        result.to(out_ptr.dtype.element_ty),
+        mask=dim_mask,
+    )
