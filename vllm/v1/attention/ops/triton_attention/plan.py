@@ -169,8 +169,8 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     """(block_m, kv_tile_size, num_warps, num_stages) for the long-query kernel.
 
     The rules keep every target free of register spills for head sizes up to
-    128 (``scripts/compile_matrix.py``): RDNA's WMMA layouts need small tiles
-    and no pipelining, CDNA narrower key tiles from head size 128.
+    128 under Triton 3.6 and 3.8 (``scripts/compile_matrix.py``): RDNA's WMMA
+    layouts need small tiles and no pipelining, CDNA 32-key tiles.
     """
     tuned = tuned_table(arch.name).get(long_query_table_key(head_pad))
     if tuned is not None:
@@ -182,8 +182,6 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     if _is_rdna(arch):
         return (64, 32, 4, 1) if head_pad <= 64 else (64, 16, 8, 1) if head_pad <= 128 \
             else (32, 16, 4, 1)  # fmt: skip
-    if head_pad <= 64:
-        return 128, 64, 8, 2
     return (128, 32, 8, 2) if head_pad <= 128 else (64, 32, 4, 2)
 
 
