@@ -3,7 +3,10 @@
 """Markdown summary of a bench_attention.py JSON: ratios against the copy
 roofline, upstream 0.33.0 and torch SDPA, per cell (CUDA-graph timings).
 
-    python3 scripts/summarize_bench.py benchmarks/results/nvidia-h200/bench_full.json
+    python3 scripts/summarize_bench.py benchmarks/results/nvidia-h200/bench_full.json \
+        benchmarks/results/nvidia-h200/bench_prefill_models.json
+
+Writes SUMMARY.md beside the first JSON (rooflines come from the first).
 """
 
 import argparse
@@ -13,22 +16,24 @@ from pathlib import Path
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("json")
+    parser.add_argument("json", nargs="+")
     args = parser.parse_args()
-    records = json.loads(Path(args.json).read_text())
+    records = [r for path in args.json for r in json.loads(Path(path).read_text())]
     copy = next(r["gbps"] for r in records if r["impl"] == "copy")
     gemm = next(r["tflops"] for r in records if r["impl"] == "gemm")
     cells = {(r["kind"], r["impl"], r.get("model"), r["batch"], r["context"], r["graphs"]): r
-             for r in records if r["kind"] != "roofline"}  # fmt: skip
+             for r in records if r["kind"] != "roofline" and "cached_prefix" not in r}  # fmt: skip
+    chunks = [r for r in records if "cached_prefix" in r]
     models = sorted({r.get("model") for r in records if r["kind"] != "roofline"})
-    source = Path(args.json).name
+    source = ", ".join(f"`{Path(path).name}`" for path in args.json)
     lines = [f"# {records[0]['card']}: copy {copy:.0f} GB/s, bf16 GEMM {gemm:.0f} TFLOP/s", "",
-             f"Source: `{source}` (CUDA-graph timings, medians).", ""]  # fmt: skip
+             f"Source: {source} (CUDA-graph timings, medians).", ""]  # fmt: skip
     for model in models:
+        has_decode = any(key[0] == "decode" and key[2] == model for key in cells)
         lines += [f"## {model}: decode and spec-decode (q_len 4)", "",
                   "| kind | batch | context | ours us | x copy | upstream / ours | "
                   "best SDPA / ours | spec / decode |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|"] if has_decode else []  # fmt: skip
         for kind in ("decode", "specdecode"):
             for key, ours in sorted(cells.items(), key=lambda kv: (kv[0][3], kv[0][4])):
                 if key[:3] != (kind, "ours", model) or not key[5]:
@@ -63,7 +68,21 @@ def main():
                 f"{ours['tflops'] / rate['sdpa_cudnn']:.2f} |"
             )
         lines.append("")
-    out = Path(args.json).with_name("SUMMARY.md")
+    lines += ["## Prefix-cached chunk and mixed batch", "",
+              "2048 new tokens on 8192 cached; mixed: that chunk after 64 decodes on 4096. "
+              "`one launch`: the same mixed batch on the long-query kernel alone.", "",
+              "| model | kind | ours us | chunk TFLOP/s | upstream us | x upstream | one launch us |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for ours in (r for r in chunks if r["impl"] == "ours"):
+        upstream = next((r for r in chunks if r["impl"] == "upstream" and r["model"] ==
+                         ours["model"] and r["kind"] == ours["kind"]), None)  # fmt: skip
+        lines.append(
+            f"| {ours['model']} | {ours['kind']} | {ours['us']:.0f} | {ours['tflops']:.0f} | "
+            f"{upstream['us'] if upstream else float('nan'):.0f} | "
+            f"{upstream['us'] / ours['us'] if upstream else float('nan'):.2f} | "
+            f"{ours.get('one_launch_us', float('nan')):.0f} |"
+        )
+    out = Path(args.json[0]).with_name("SUMMARY.md")
     out.write_text("\n".join(lines) + "\n")
     print(out)
 

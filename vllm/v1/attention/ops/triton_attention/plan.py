@@ -27,8 +27,9 @@ SPLIT_KV_MAX_QUERY_LEN = 8
 # Split-KV aims for this many programs per compute unit (SM/CU), so that each
 # unit has other programs to switch to while one waits on memory: 4 for plain
 # decode tiles (16 query rows), 2 when a program carries more rows (GQA groups
-# times speculative tokens). Measured on an H200 over 36 launch variants:
-# benchmarks/results/nvidia-h200/tune_split_kv_*.json (scripts/tune_split_kv.py).
+# times speculative tokens). Measured on an H200 over 36 launch variants
+# (programs per unit x tile x warps x stages, by the tuner's predecessor):
+# benchmarks/results/nvidia-h200/tune_split_kv_*.json.
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4}
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT = 2
 # Upper bound on splits per sequence: the merge reads one partial row per
@@ -178,6 +179,12 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
         return 64, 64, 4, 1
     if arch.vendor == "cuda":
+        sm = int(arch.name[3:])
+        if head_pad > 128:  # before Hopper 64-key tiles spill ~1 KB at head 256
+            return (64, 32, 8, 2) if sm < 90 else (128, 32, 8, 2) if sm >= 100 \
+                else (128, 64, 8, 2)  # fmt: skip
+        if sm >= 100 and head_pad <= 64:
+            return 128, 128, 8, 2  # 64-key tiles spill on sm_100 at head 64
         return 128, 64, 8, 2
     if _is_rdna(arch):
         return (64, 32, 4, 1) if head_pad <= 64 else (64, 16, 8, 1) if head_pad <= 128 \
@@ -193,8 +200,9 @@ def _split_kv_tiles(
     On an H200 64-key tiles won while sequences are split finely (small
     batches), 128-key tiles once each program streams long ranges or carries
     more than 16 rows; 4 warps always (the tuned table refines this). AMD
-    takes 32-key tiles from head size 128 and RDNA 16-key tiles unpipelined,
-    which keeps them free of spills.
+    takes 64-key tiles at head 64 and 16/32-key tiles above, RDNA 16-key tiles
+    unpipelined: each the largest tile that compiles without spills
+    (``scripts/compile_matrix.py``).
     """
     tuned = tuned_table(arch.name).get(split_kv_table_key(head_pad, block_m, num_kv_splits))
     if tuned is not None:
@@ -202,8 +210,10 @@ def _split_kv_tiles(
     if arch.vendor == "interpreter":
         return 64, 4, 1
     if _is_rdna(arch):
-        return (32, 4, 1) if head_pad <= 64 else (16, 4, 1)
-    if head_pad > 128 or (arch.vendor == "hip" and head_pad > 64):
+        return (32, 4, 1) if head_pad <= 64 else (16, 8, 1) if head_pad > 128 else (16, 4, 1)
+    if arch.vendor == "hip":  # larger tiles spill on CDNA (gfx90a: 32-key tiles too)
+        return (64, 4, 2) if head_pad <= 64 else (16, 4, 2) if block_m > 16 else (32, 4, 2)
+    if head_pad > 128:
         return 32, 4, 2
     if block_m <= MIN_DOT_SIZE and num_kv_splits >= 4:
         if arch.vendor == "cuda" and head_pad <= 64:
