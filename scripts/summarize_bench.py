@@ -71,7 +71,8 @@ def main():
     lines += ["## Prefix-cached chunk and mixed batch", "",
               "2048 new tokens on 8192 cached; mixed: that chunk after 64 decodes on 4096. "
               "`one launch`: the same mixed batch on the long-query kernel alone.", "",
-              "| model | kind | ours us | chunk TFLOP/s | upstream us | x upstream | one launch us |",
+              "| model | kind | ours us | chunk TFLOP/s | upstream us | x upstream "
+              "| one launch us |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for ours in (r for r in chunks if r["impl"] == "ours"):
         upstream = next((r for r in chunks if r["impl"] == "upstream" and r["model"] ==
