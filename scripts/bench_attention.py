@@ -27,14 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 sys.path.append(str(REPO / "tests"))
 
-from batches import TOLERANCES, make_batch  # noqa: E402
+from batches import TOLERANCES, make_batch, plan_for_batch  # noqa: E402
 
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
     SplitKVWorkspace,
     paged_attention,
     plan_attention,
-    plan_mixed_attention,
     reference_paged_attention,
 )
 
@@ -89,17 +88,13 @@ def gemm_tflops() -> float:
 
 
 def _plan(model, q_lens, num_tokens=None):
-    """Our plan for a batch: mixed when short queries precede long ones."""
+    """Our plan for a batch, as the backend makes it: mixed when decodes (q_len 1)
+    precede long queries; spec-decode cells (q_len <= 8) take split-KV."""
     hq, hkv, d = model
-    num_decodes = next((i for i, q in enumerate(q_lens) if q > 1), len(q_lens))
-    return plan_mixed_attention(
-        num_tokens=num_tokens or sum(q_lens), num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=num_decodes, max_decode_query_len=1, max_query_len=max(q_lens),
-        num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=GpuArch.of_device("cuda"),
-    ) if max(q_lens) > 4 else plan_attention(
-        num_tokens=num_tokens or sum(q_lens), num_seqs=len(q_lens), max_query_len=max(q_lens),
-        num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=GpuArch.of_device("cuda"),
-    )  # fmt: skip
+    longest = max(q_lens)
+    return plan_for_batch(q_lens, num_tokens=num_tokens or sum(q_lens), num_q_heads=hq,
+                          num_kv_heads=hkv, head_size=d, device="cuda",
+                          max_decode_query_len=longest if longest <= 8 else 1)  # fmt: skip
 
 
 def check_small(model, q_lens, seq_lens, dtype):

@@ -20,13 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 sys.path.append(str(REPO / "tests"))
 
-from batches import TOLERANCES, make_batch  # noqa: E402
+from batches import TOLERANCES, make_batch, plan_for_batch  # noqa: E402
 
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
     paged_attention,
-    plan_attention,
-    plan_mixed_attention,
     reference_paged_attention,
     write_kv_cache,
 )
@@ -63,18 +61,9 @@ def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> No
         extra["alibi_slopes"] = torch.rand(num_q_heads, generator=gen).cuda()
     if extra.pop("sinks", False):
         extra["sinks"] = torch.randn(num_q_heads, generator=gen).cuda()
-    heads = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_size=head_size,
-                 arch=arch)  # fmt: skip
-    num_decodes = next((i for i, q in enumerate(q_lens) if q > 4), len(q_lens))
-    if 0 < num_decodes < len(q_lens):
-        plan = plan_mixed_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                                    num_decodes=num_decodes,
-                                    num_decode_tokens=sum(q_lens[:num_decodes]),
-                                    max_decode_query_len=4, max_query_len=max(q_lens),
-                                    **heads)  # fmt: skip
-    else:
-        plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                              max_query_len=max(q_lens), **heads)  # fmt: skip
+    plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
+                          num_kv_heads=num_kv_heads, head_size=head_size, device="cuda",
+                          max_decode_query_len=4)  # fmt: skip
     out = torch.full_like(batch.q, float("nan"))
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5,
                     plan=plan, **batch.kernel_args(), **extra)  # fmt: skip

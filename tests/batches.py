@@ -9,6 +9,8 @@ import dataclasses
 
 import torch
 
+from vllm.v1.attention.ops.triton_attention import GpuArch, plan_mixed_attention
+
 # Tolerances per activation dtype, against a float64 reference on the same
 # (already quantised) inputs. Outputs are convex mixes of N(0, 1) values, so
 # |out| < ~4 and the error is set by the rounding the kernels do on purpose:
@@ -187,3 +189,18 @@ def make_batch(
         k_scale=k_scale,
         v_scale=v_scale,
     )
+
+
+def plan_for_batch(q_lens, *, num_tokens, num_q_heads, num_kv_heads, head_size, device,
+                   max_decode_query_len=2):  # fmt: skip
+    """The plan vLLM's builder makes for a reordered batch: the leading queries of
+    at most ``max_decode_query_len`` tokens on split-KV, the rest on long-query
+    (a ``MixedBatchPlan`` when both kinds are present)."""
+    num_decodes = next((i for i, q in enumerate(q_lens) if q > max_decode_query_len),
+                       len(q_lens))  # fmt: skip
+    return plan_mixed_attention(
+        num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=max_decode_query_len,
+        max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+        head_size=head_size, arch=GpuArch.of_device(device),
+    )  # fmt: skip

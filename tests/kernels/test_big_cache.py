@@ -7,13 +7,11 @@ arithmetic would wrap and read (or write) the wrong place. GPU only (two
 
 import pytest
 import torch
-from batches import TOLERANCES
+from batches import TOLERANCES, plan_for_batch
 from conftest import HAS_GPU
 
 from vllm.v1.attention.ops.triton_attention import (
-    GpuArch,
     paged_attention,
-    plan_mixed_attention,
     reference_paged_attention,
     write_kv_cache,
 )
@@ -72,13 +70,9 @@ def test_cache_offsets_past_2_pow_31(q_lens):
     args = dict(query_start_loc=qsl, seq_lens=lens, block_table=block_table,
                 max_query_len=max(q_lens), max_seq_len=max(seq_lens),
                 scale=HEAD_SIZE**-0.5)  # fmt: skip
-    num_decodes = next((i for i, n in enumerate(q_lens) if n > 4), len(q_lens))
-    plan = plan_mixed_attention(
-        num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=4,
-        max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=KV_HEADS,
-        head_size=HEAD_SIZE, arch=GpuArch.of_device("cuda"),
-    )  # fmt: skip
+    plan = plan_for_batch(q_lens, num_tokens=num_tokens, num_q_heads=num_q_heads,
+                          num_kv_heads=KV_HEADS, head_size=HEAD_SIZE, device="cuda",
+                          max_decode_query_len=4)  # fmt: skip
     out = torch.full_like(q, float("nan"))
     paged_attention(q, k_cache, v_cache, out, plan=plan, **args)
     expected = reference_paged_attention(q, k_cache, v_cache, **args)

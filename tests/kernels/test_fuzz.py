@@ -15,17 +15,12 @@ each) so that ``pytest -n`` compiles and runs them in parallel:
 import os
 
 import torch
-from batches import TOLERANCES, make_batch
+from batches import TOLERANCES, make_batch, plan_for_batch
 from conftest import HAS_GPU
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from vllm.v1.attention.ops.triton_attention import (
-    GpuArch,
-    paged_attention,
-    plan_mixed_attention,
-    reference_paged_attention,
-)
+from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
 SHARDS = 16 if HAS_GPU else 1
@@ -61,18 +56,6 @@ def batches(draw):
     return q_lens, seq_lens, features, shape
 
 
-def _mixed_plan(q_lens, num_tokens, num_q_heads, shape, device):
-    """Decodes (<= 2 tokens) first: the rest on long-query, as vLLM orders them."""
-    num_decodes = next((i for i, q in enumerate(q_lens) if q > 2), len(q_lens))
-    return plan_mixed_attention(
-        num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=2,
-        max_query_len=max(q_lens), num_q_heads=num_q_heads,
-        num_kv_heads=shape["num_kv_heads"], head_size=shape["head_size"],
-        arch=GpuArch.of_device(device),
-    )  # fmt: skip
-
-
 def check_against_reference(case):
     q_lens, seq_lens, features, shape = case
     device = "cuda" if HAS_GPU else "cpu"
@@ -97,7 +80,9 @@ def check_against_reference(case):
     out = torch.full_like(batch.q, float("nan"))
     plan = None
     if features["mixed_plan"]:
-        plan = _mixed_plan(q_lens, batch.q.shape[0], num_q_heads, shape, device)
+        plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
+                              num_kv_heads=shape["num_kv_heads"], head_size=shape["head_size"],
+                              device=device)  # fmt: skip
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **extra)  # fmt: skip
     expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=scale,

@@ -17,7 +17,7 @@ import random
 
 import pytest
 import torch
-from batches import TOLERANCES, make_batch
+from batches import TOLERANCES, make_batch, plan_for_batch
 from conftest import HAS_GPU
 
 from vllm.v1.attention.ops.triton_attention import (
@@ -26,7 +26,6 @@ from vllm.v1.attention.ops.triton_attention import (
     SplitKVWorkspace,
     paged_attention,
     plan_attention,
-    plan_mixed_attention,
     reference_paged_attention,
 )
 
@@ -128,20 +127,6 @@ def _feature_args(feature: str, num_q_heads: int, device) -> dict:
     return args
 
 
-def _mixed_plan(q_lens, batch, case: Case) -> MixedBatchPlan:
-    """Split after the leading short queries, as vLLM's reordered batches are."""
-    num_decodes = next((i for i, q in enumerate(q_lens) if q > 2), len(q_lens))
-    plan = plan_mixed_attention(
-        num_tokens=batch.q.shape[0], num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=2,
-        max_query_len=max(q_lens), num_q_heads=batch.q.shape[1],
-        num_kv_heads=case.num_kv_heads, head_size=case.head_size,
-        arch=GpuArch.of_device(batch.q.device),
-    )  # fmt: skip
-    assert isinstance(plan, MixedBatchPlan)
-    return plan
-
-
 def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False):
     q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
     num_q_heads = case.num_kv_heads * case.queries_per_kv
@@ -163,7 +148,12 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
     )
     scale = case.head_size**-0.5
     out = torch.full_like(batch.q, float("nan"))  # every valid row must be written
-    plan = _mixed_plan(q_lens, batch, case) if mixed_plan else None
+    plan = None
+    if mixed_plan:
+        plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
+                              num_kv_heads=case.num_kv_heads, head_size=case.head_size,
+                              device=device)  # fmt: skip
+        assert isinstance(plan, MixedBatchPlan)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **features)  # fmt: skip
     expected = reference_paged_attention(
