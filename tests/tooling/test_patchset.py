@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -160,6 +162,25 @@ def test_failure_while_writing_restores_everything(sdist_tree, monkeypatch):
     with pytest.raises(patchset.PatchSetError, match="No space left"):
         patchset.apply(sdist_tree)
     assert tree_digest(sdist_tree) == before
+
+
+def test_read_only_target_is_refused_untouched(sdist_tree, monkeypatch):
+    """A read-only installation: apply names the target and the reason, and writes
+    nothing. (The tests run as root, for whom chmod does not make files read-only,
+    so the file system's EROFS is simulated for every write the tool makes.)"""
+    before = tree_digest(sdist_tree)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    for name in ("mkdir", "write_bytes", "write_text"):
+        monkeypatch.setattr(pathlib.Path, name, read_only)
+    monkeypatch.setattr(patchset, "_write_file", read_only)
+    with pytest.raises(patchset.PatchSetError, match=r"cannot write to .*Read-only file system"):
+        patchset.apply(sdist_tree)
+    monkeypatch.undo()
+    assert tree_digest(sdist_tree) == before
+    assert not (sdist_tree / "vllm" / patchset.STATE_DIR_NAME).exists()
 
 
 def test_interrupted_apply_is_recovered(sdist_tree):
