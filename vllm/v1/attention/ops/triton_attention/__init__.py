@@ -396,7 +396,8 @@ def kernel_launches(
             NUM_KV_SPLITS=plan.num_kv_splits,
             SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
             KV_IS_FP8=kv_is_fp8,
-            num_warps=4,
+            # a [splits, head] fp32 tile per program: 8 warps keep 128 x 256 unspilled
+            num_warps=8 if next_power_of_2(plan.num_kv_splits) * plan.head_pad > 16384 else 4,
         )
         launches.append(KernelLaunch(merge_kv_splits_kernel, plan.merge_grid, args, constexprs))
     return launches
