@@ -48,9 +48,11 @@ from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     plan_attention,
 )
 from vllm.v1.attention.ops.triton_attention.plan import (  # noqa: E402
+    MIN_DOT_SIZE,
     TUNED_DIR,
     long_query_grid_size,
     long_query_table_key,
+    next_power_of_2,
     split_kv_table_key,
 )
 
@@ -82,7 +84,7 @@ def _cells() -> dict[str, list[Cell]]:
         key = split_kv_table_key(plan.head_pad, plan.block_m, plan.num_kv_splits)
         groups.setdefault(key, []).append(Cell(hq, hkv, d, batch, q_len, context))
     for hq, hkv, d in ((32, 8, 64), (32, 8, 128), (16, 8, 256)):
-        key = long_query_table_key(max(16, 1 << (d - 1).bit_length()))
+        key = long_query_table_key(max(MIN_DOT_SIZE, next_power_of_2(d)))
         groups[key] = [Cell(hq, hkv, d, 1, 8192, 8192), Cell(hq, hkv, d, 4, 2048, 2048)]
     return groups
 
