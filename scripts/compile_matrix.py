@@ -47,6 +47,8 @@ TARGETS = {
 HOT_TARGETS = ("sm_80", "sm_90", "gfx942", "gfx950")
 HOT_HEAD_SIZES = (64, 128)
 PHASES = {"decode": 1, "specdecode": 4, "prefill": 512}  # query length per sequence
+# Each switch that changes the kernels' constexprs, alone, and all together.
+FEATURES = ("non_causal", "sliding_window", "softcap", "alibi", "sinks", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Variant:
     queries_per_kv: int
     dtype: str = "bfloat16"
     kv_dtype: str | None = None
-    features: str = "plain"  # or "all": sliding window, softcap, ALiBi, sinks
+    features: str = "plain"  # one of FEATURES: a single switch, or "all" of them
 
     @property
     def hot(self) -> bool:
@@ -72,7 +74,8 @@ def variants(subset: str) -> list[Variant]:
     out = [Variant(phase, head, group) for phase, head, group in
            itertools.product(PHASES, (64, 80, 128, 256), (1, 4, 8))]  # fmt: skip
     out += [Variant(phase, head, 4, dtype="float16") for phase in PHASES for head in (64, 128)]
-    out += [Variant(phase, head, 4, features="all") for phase in PHASES for head in (64, 128)]
+    out += [Variant(phase, head, 4, features=f) for phase in PHASES for head in (64, 128)
+            for f in FEATURES]  # fmt: skip
     out += [Variant(phase, head, 4, kv_dtype=kv) for phase in PHASES for head in (64, 128)
             for kv in ("float8_e4m3fn", "float8_e4m3fnuz")]  # fmt: skip
     return out
@@ -108,13 +111,17 @@ def _launches(variant: Variant, target: str):
     plan = plan_attention(num_tokens=q.shape[0], num_seqs=num_seqs, max_query_len=q_len,
                           num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                           head_size=variant.head_size, arch=arch)  # fmt: skip
-    full = variant.features == "all"
+
+    def on(switch):
+        return variant.features in (switch, "all")
+
     scale = torch.tensor(1.0)
     fp8 = variant.kv_dtype is not None
     return kernel_launches(
-        q, k_cache, v_cache, torch.empty_like(q), qsl, seq_lens, block_table, 0.1, True,
-        64 if full else None, 30.0 if full else None,
-        torch.empty(num_q_heads) if full else None, torch.empty(num_q_heads) if full else None,
+        q, k_cache, v_cache, torch.empty_like(q), qsl, seq_lens, block_table, 0.1,
+        variant.features != "non_causal", 64 if on("sliding_window") else None,
+        30.0 if on("softcap") else None, torch.empty(num_q_heads) if on("alibi") else None,
+        torch.empty(num_q_heads) if on("sinks") else None,
         scale if fp8 else None, scale if fp8 else None, plan,
         SplitKVWorkspace.allocate(plan, "cpu"),
     )  # fmt: skip
