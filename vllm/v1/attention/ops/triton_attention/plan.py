@@ -189,6 +189,8 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     if _is_rdna(arch):
         return (64, 32, 4, 1) if head_pad <= 64 else (64, 16, 8, 1) if head_pad <= 128 \
             else (32, 16, 4, 1)  # fmt: skip
+    if arch.name == "gfx90a" and head_pad <= 64:
+        return 128, 16, 8, 2  # 32-key tiles spill 15 bytes on MI200 at head 64
     return (128, 32, 8, 2) if head_pad <= 128 else (64, 32, 4, 2)
 
 
