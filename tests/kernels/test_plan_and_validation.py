@@ -35,7 +35,9 @@ def test_kernel_choice_by_query_length():
 
 def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     splits = [plan(num_seqs=b, num_tokens=b).num_kv_splits for b in (1, 2, 4, 8, 16, 32, 64, 256)]
-    assert splits[0] == MAX_KV_SPLITS  # 4 programs per SM: 528 / 8 KV heads, capped
+    assert splits[0] == 66  # 4 programs per SM: ceil(528 / 8 KV heads)
+    one_seq = dict(num_seqs=1, num_tokens=1, num_kv_heads=2, num_q_heads=8)
+    assert plan(**one_seq).num_kv_splits == MAX_KV_SPLITS  # ceil(528 / 2) = 264, capped
     assert splits == sorted(splits, reverse=True) and splits[-1] == 1
     assert plan(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
     # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
