@@ -159,7 +159,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         decode_len = self.max_decode_query_len
         self.workspace = SplitKVWorkspace.for_plans(
-            [self.plan_for(seqs * decode_len, seqs, decode_len)
+            [self.plan_for(seqs * decode_len, seqs, decode_len, seqs, seqs * decode_len)
              for seqs in range(1, max_num_seqs + 1)],
             device,
         )  # fmt: skip
@@ -175,22 +175,27 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.softmax_segm_max = torch.empty(legacy_shape, dtype=torch.float32, device=device)
         self.softmax_segm_expsum = torch.empty(legacy_shape, dtype=torch.float32, device=device)
 
-    def plan_for(self, num_tokens: int, num_seqs: int, max_query_len: int) -> AttentionPlan:
-        """The plan of a batch: host facts only (see the module docstring)."""
-        if self.mixed_batches_in_full_graphs or max_query_len > self.max_decode_query_len:
-            # A long-query plan: correct for every query length.
-            max_query_len = max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1)
-        else:
-            max_query_len = self.max_decode_query_len  # one block shape per run
-        return plan_attention(
-            num_tokens=num_tokens,
-            num_seqs=num_seqs,
-            max_query_len=max_query_len,
-            num_q_heads=self.num_heads_q,
-            num_kv_heads=self.num_heads_kv,
-            head_size=self.headdim,
-            arch=self.arch,
-        )
+    def plan_for(
+        self,
+        num_tokens: int,
+        num_seqs: int,
+        max_query_len: int,
+        num_decodes: int,
+        num_decode_tokens: int,
+    ) -> AttentionPlan | MixedBatchPlan:
+        """The plan of a batch whose first ``num_decodes`` sequences are decodes
+        (host facts only, see the module docstring)."""
+        heads = dict(num_q_heads=self.num_heads_q, num_kv_heads=self.num_heads_kv,
+                     head_size=self.headdim, arch=self.arch)  # fmt: skip
+        if self.mixed_batches_in_full_graphs:  # long-query: correct for every query length
+            return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
+                                  max_query_len=max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1),
+                                  **heads)  # fmt: skip
+        return plan_mixed_attention(
+            num_tokens=num_tokens, num_seqs=num_seqs, num_decodes=num_decodes,
+            num_decode_tokens=num_decode_tokens, max_decode_query_len=self.max_decode_query_len,
+            max_query_len=max_query_len, **heads,
+        )  # fmt: skip
 
     def build_for_cudagraph_capture(
         self, common_attn_metadata: CommonAttentionMetadata
@@ -214,24 +219,13 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             )
         if md.mm_req_doc_ranges is not None:
             raise NotImplementedError("TRITON_ATTN: multimodal prefix ranges are not supported")
-        plan = self.plan_for(md.num_actual_tokens, md.num_reqs, md.max_query_len)
-        if plan.kernel == "long_query" and not self.mixed_batches_in_full_graphs:
-            num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(
-                md, decode_threshold=self.max_decode_query_len
-            )
-            if num_decodes:
-                plan = plan_mixed_attention(
-                    num_tokens=md.num_actual_tokens,
-                    num_seqs=md.num_reqs,
-                    num_decodes=num_decodes,
-                    num_decode_tokens=num_decode_tokens,
-                    max_decode_query_len=self.max_decode_query_len,
-                    max_query_len=md.max_query_len,
-                    num_q_heads=self.num_heads_q,
-                    num_kv_heads=self.num_heads_kv,
-                    head_size=self.headdim,
-                    arch=self.arch,
-                )
+        # Reads query_start_loc_cpu only (no device sync); returns at once for
+        # a batch of decodes.
+        num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(
+            md, decode_threshold=self.max_decode_query_len
+        )
+        plan = self.plan_for(md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes,
+                             num_decode_tokens)  # fmt: skip
         return TritonAttentionMetadata(
             num_actual_tokens=md.num_actual_tokens,
             max_query_len=md.max_query_len,

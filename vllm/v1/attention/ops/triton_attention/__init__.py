@@ -82,11 +82,13 @@ class SplitKVWorkspace:
     partial_lse: torch.Tensor  # flat float32
 
     @classmethod
-    def allocate(cls, plan, device: torch.device) -> SplitKVWorkspace:
+    def allocate(cls, plan: AttentionPlan | MixedBatchPlan, device: torch.device
+                 ) -> SplitKVWorkspace:  # fmt: skip
         return cls.for_plans([plan], device)
 
     @classmethod
-    def for_plans(cls, plans, device: torch.device) -> SplitKVWorkspace:
+    def for_plans(cls, plans: list[AttentionPlan | MixedBatchPlan], device: torch.device
+                  ) -> SplitKVWorkspace:  # fmt: skip
         """One scratch that serves every plan in ``plans`` (each buffer at its largest)."""
         needs = [plan.workspace_elements() for plan in plans]
         out_elements, lse_elements = (max(column) for column in zip(*needs, strict=True))

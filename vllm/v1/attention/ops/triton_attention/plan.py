@@ -294,7 +294,10 @@ def plan_mixed_attention(
     """Plan a batch whose first ``num_decodes`` sequences have at most
     ``max_decode_query_len`` (<= ``SPLIT_KV_MAX_QUERY_LEN``) tokens each.
 
-    A batch of only decodes or only long queries gets one plan.
+    A batch of only decodes or only long queries gets one plan. Decodes are
+    always planned for ``max_decode_query_len`` tokens, so that every decode
+    batch of a size gets the same tiles and splits (one plan per captured
+    graph size, and a workspace sized once covers them).
     """
     if not 0 <= num_decodes <= num_seqs or max_decode_query_len > SPLIT_KV_MAX_QUERY_LEN:
         raise ValueError(
@@ -305,9 +308,8 @@ def plan_mixed_attention(
     heads = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_size=head_size,
                  arch=arch)  # fmt: skip
     if num_decodes == num_seqs or max_query_len <= max_decode_query_len:
-        short = min(max_query_len, max_decode_query_len)
-        return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs, max_query_len=short,
-                              **heads)  # fmt: skip
+        return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
+                              max_query_len=max_decode_query_len, **heads)  # fmt: skip
     long_query = plan_attention(num_tokens=num_tokens, num_seqs=num_seqs - num_decodes,
                                 max_query_len=max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1),
                                 **heads)  # fmt: skip
