@@ -11,6 +11,7 @@ from batches import make_batch
 
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
+    kernel_launches,
     paged_attention,
     plan_attention,
 )
@@ -42,8 +43,13 @@ def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     assert plan(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
     # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
     assert plan(num_seqs=4, num_tokens=4, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
-    # Programs with more rows (spec decode x GQA group) aim at 2 per SM.
-    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=64).num_kv_splits == 9
+    # Up to 32 rows (spec decode x GQA group) per program still aim at 4 per SM,
+    # more rows at 2.
+    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=64).num_kv_splits == 17
+    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=128).num_kv_splits == 9
+    # The merge reads splits x rows partials: 32-row programs stop at half the splits.
+    spec_one_seq = dict(one_seq, num_tokens=4, max_query_len=4, num_q_heads=16)  # 32 rows
+    assert plan(**spec_one_seq).num_kv_splits == MAX_KV_SPLITS // 2
 
 
 def test_decode_tile_holds_every_query_row():
@@ -75,6 +81,43 @@ def test_long_query_grid_bound_covers_every_sequence(tokens_per_block):
 def test_plan_ignores_lengths():
     """Graph safety: nothing in the plan may depend on per-batch lengths."""
     assert "max_seq_len" not in plan_attention.__code__.co_varnames
+
+
+def _launch_switches(arch, q_lens, context=64, **kwargs):
+    """(kernel name, constexprs) of each launch ``paged_attention`` would make."""
+    batch = make_batch(q_lens, [context] * len(q_lens), num_q_heads=32, num_kv_heads=8,
+                       head_size=128, block_size=16, dtype=torch.bfloat16,
+                       device="cpu")  # fmt: skip
+    p = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
+                       max_query_len=max(q_lens), num_q_heads=32, num_kv_heads=8, head_size=128,
+                       arch=arch)  # fmt: skip
+    launches = kernel_launches(
+        batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q), batch.query_start_loc,
+        batch.seq_lens, batch.block_table, 0.1, True, None, None, None, None, None, None, p,
+        None, **kwargs,
+    )  # fmt: skip
+    return [(launch.kernel.__name__, launch.constexprs) for launch in launches]
+
+
+def test_programmatic_launch_only_on_hopper_and_later():
+    # Hopper: the merge launches early and waits in-kernel; a small merge (32
+    # programs) is released as the split-KV programs start, a large one not.
+    (_, split), (merge_name, merge) = _launch_switches(H100, [1])
+    assert merge_name == "merge_kv_splits_kernel"
+    assert merge["PDL"] and merge["launch_pdl"] and split["EARLY_DEPENDENTS"]
+    (_, split), _ = _launch_switches(H100, [1] * 64)  # 2048 merge programs
+    assert not split["EARLY_DEPENDENTS"]
+    # A mixed batch's long queries start beside the decodes and wait at exit.
+    ((_, long_query),) = _launch_switches(H100, [64], after_split_kv=True)
+    assert long_query["PDL"] and long_query["launch_pdl"]
+    ((_, long_query),) = _launch_switches(H100, [64])
+    assert not long_query["PDL"] and "launch_pdl" not in long_query
+    # Ampere, AMD and the interpreter have no programmatic launch.
+    for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("hip", "gfx942", 304),
+                 GpuArch("interpreter", "cpu", 4)):  # fmt: skip
+        for _, switches in _launch_switches(arch, [1], early_dependents=True):
+            assert "launch_pdl" not in switches
+            assert not switches.get("PDL") and not switches.get("EARLY_DEPENDENTS")
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():

@@ -45,6 +45,8 @@ import torch
 from .cache_write import write_kv_cache_kernel
 from .long_query import long_query_attention_kernel
 from .plan import (
+    EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT,
+    FINE_KV_SPLITS,
     FP8_DTYPES,
     FP8_MAX,
     MAX_HEAD_SIZE,
@@ -292,22 +294,34 @@ def paged_attention(
 
 def _mixed_batch_attention(
     q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, max_query_len, plan,
-    workspace, **features,
+    workspace, *, scale, causal, sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale,
+    v_scale,
 ) -> torch.Tensor:  # fmt: skip
-    """Decodes (the first sequences and tokens) on split-KV, the rest on long-query."""
+    """Decodes (the first sequences and tokens) on split-KV, the rest on long-query.
+
+    The long queries launch right after the split-KV kernel and before its
+    merge, so that with programmatic launch they fill the SMs the decode
+    leaves idle instead of waiting for it.
+    """
     decodes, decode_tokens = plan.num_decodes, plan.num_decode_tokens
-    paged_attention(
-        q[:decode_tokens], k_cache, v_cache, out[:decode_tokens],
-        query_start_loc=query_start_loc[: decodes + 1], seq_lens=seq_lens[:decodes],
-        block_table=block_table[:decodes], max_query_len=plan.max_decode_query_len,
-        max_seq_len=0, plan=plan.decode, workspace=workspace, **features,
-    )  # fmt: skip
+    features = (sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale)
+    decode = (q[:decode_tokens], k_cache, v_cache, out[:decode_tokens],
+              query_start_loc[: decodes + 1], seq_lens[:decodes],
+              block_table[:decodes])  # fmt: skip
     # Full q and out: the long queries' offsets in query_start_loc are absolute.
-    paged_attention(
-        q, k_cache, v_cache, out, query_start_loc=query_start_loc[decodes:],
-        seq_lens=seq_lens[decodes:], block_table=block_table[decodes:],
-        max_query_len=max_query_len, max_seq_len=0, plan=plan.prefill, **features,
-    )  # fmt: skip
+    prefill = (q, k_cache, v_cache, out, query_start_loc[decodes:], seq_lens[decodes:],
+               block_table[decodes:])  # fmt: skip
+    check_paged_attention_inputs(*decode, plan.max_decode_query_len, *features, plan.decode,
+                                 plan.arch)  # fmt: skip
+    check_paged_attention_inputs(*prefill, max_query_len, *features, plan.prefill, plan.arch)
+    if q.shape[0] == 0:
+        return out
+    split_kv, *merge = kernel_launches(*decode, scale, causal, *features, plan.decode, workspace,
+                                       early_dependents=True)  # fmt: skip
+    (long_query,) = kernel_launches(*prefill, scale, causal, *features, plan.prefill, None,
+                                    after_split_kv=True)  # fmt: skip
+    for launch in (split_kv, long_query, *merge):
+        launch.kernel[launch.grid](*launch.args, **launch.constexprs)
     return out
 
 
@@ -324,10 +338,18 @@ class KernelLaunch:
 def kernel_launches(
     q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, scale, causal,
     sliding_window, logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, plan, workspace,
+    after_split_kv=False, early_dependents=False,
 ) -> list[KernelLaunch]:  # fmt: skip
     """The launches ``paged_attention`` makes for ``plan``: its only source of
     kernel arguments, so the portability compile matrix
-    (``scripts/compile_matrix.py``) compiles exactly what would run."""
+    (``scripts/compile_matrix.py``) compiles exactly what would run.
+
+    On GPUs with programmatic dependent launch, the merge is launched before
+    its split-KV launch completes and waits in-kernel for the partials. The
+    split-KV programs release the next launch as soon as they start when the
+    merge is small (``plan.EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT``) or with
+    ``early_dependents``: a mixed batch puts its long queries there
+    (``after_split_kv``), which then run alongside the decodes."""
     num_seqs = seq_lens.shape[0]
     head_size = q.shape[2]
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES
@@ -372,10 +394,13 @@ def kernel_launches(
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
     )
+    pdl = plan.arch.programmatic_launch
 
     if plan.kernel == "long_query":
         args = (*pointers, *strides, num_seqs, *scalars)
-        return [KernelLaunch(long_query_attention_kernel, plan.grid, args, switches)]
+        beside = dict(PDL=True, launch_pdl=True) if pdl and after_split_kv else dict(PDL=False)
+        return [KernelLaunch(long_query_attention_kernel, plan.grid, args,
+                             dict(switches, **beside))]  # fmt: skip
 
     if plan.num_kv_splits == 1:
         partial_out = partial_lse = dummy
@@ -386,8 +411,15 @@ def kernel_launches(
         partial_strides = (partial_out.stride(0), partial_out.stride(1))
     args = (*pointers[:4], partial_out, partial_lse, *pointers[4:], *strides, *partial_strides,
             *scalars)  # fmt: skip
-    launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args,
-                             dict(switches, NUM_KV_SPLITS=plan.num_kv_splits))]  # fmt: skip
+    # Finely split programs stream a few tiles each: fetching the next tile's
+    # block numbers early pays there (H200: 2-13% at batch 1-8) and not for
+    # long ranges (1 split at batch 128: 2% slower).
+    prefetch = plan.num_kv_splits >= FINE_KV_SPLITS
+    merge_per_unit = plan.num_tokens * plan.num_q_heads / plan.arch.num_compute_units
+    early = pdl and (early_dependents or merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT)
+    switches.update(NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=prefetch,
+                    EARLY_DEPENDENTS=early)  # fmt: skip
+    launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args, switches)]
     if plan.num_kv_splits > 1:
         args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
                 out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip
@@ -398,9 +430,12 @@ def kernel_launches(
             NUM_KV_SPLITS=plan.num_kv_splits,
             SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
             KV_IS_FP8=kv_is_fp8,
+            PDL=pdl,
             # a [splits, head] fp32 tile per program: 8 warps keep 128 x 256 unspilled
             num_warps=8 if next_power_of_2(plan.num_kv_splits) * plan.head_pad > 16384 else 4,
         )
+        if pdl:  # may start before the split-KV launch completes; waits in-kernel
+            constexprs["launch_pdl"] = True
         launches.append(KernelLaunch(merge_kv_splits_kernel, plan.merge_grid, args, constexprs))
     return launches
 

@@ -13,6 +13,7 @@ visited.
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .common import (
     attend_key_tiles,
@@ -73,6 +74,7 @@ def long_query_attention_kernel(
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
     q_block_index = tl.program_id(0)
@@ -83,6 +85,8 @@ def long_query_attention_kernel(
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
     first_token = (q_block_index - first_block) * BLOCK_Q
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
+        if PDL:
+            gdc_wait()
         return
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len  # the query tokens are the last q_len positions
@@ -137,7 +141,7 @@ def long_query_attention_kernel(
             stride_k_block, stride_k_slot, stride_k_head,
             stride_v_block, stride_v_slot, stride_v_head,
             STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
-            IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+            IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION, False,
         )  # fmt: skip
     # the bulk: no masks
     acc, m_i, l_i = attend_key_tiles(
@@ -147,7 +151,7 @@ def long_query_attention_kernel(
         stride_k_block, stride_k_slot, stride_k_head,
         stride_v_block, stride_v_slot, stride_v_head,
         STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, False,
-        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION, False,
     )  # fmt: skip
     # the causal diagonal (or the ragged end of the sequence): masked
     acc, m_i, l_i = attend_key_tiles(
@@ -157,7 +161,7 @@ def long_query_attention_kernel(
         stride_k_block, stride_k_slot, stride_k_head,
         stride_v_block, stride_v_slot, stride_v_head,
         STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
-        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION, False,
     )  # fmt: skip
 
     v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
@@ -169,3 +173,8 @@ def long_query_attention_kernel(
         result.to(out_ptr.dtype.element_ty),
         mask=row_valid[:, None] & dim_mask[None, :],
     )
+    if PDL:
+        # Launched early, beside a mixed batch's split-KV decode, whose output
+        # it does not read. Waiting at exit makes this kernel's completion
+        # imply the decode's, as the kernels after attention assume.
+        gdc_wait()

@@ -25,17 +25,30 @@ import torch
 SPLIT_KV_MAX_QUERY_LEN = 8
 
 # Split-KV aims for this many programs per compute unit (SM/CU), so that each
-# unit has other programs to switch to while one waits on memory: 4 for plain
-# decode tiles (16 query rows), 2 when a program carries more rows (GQA groups
-# times speculative tokens). Measured on an H200 over 36 launch variants
-# (programs per unit x tile x warps x stages, by the tuner's predecessor):
-# benchmarks/results/nvidia-h200/tune_split_kv_*.json.
-SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4}
+# unit has other programs to switch to while one waits on memory: 4 for tiles
+# of up to 32 query rows, 2 when a program carries more rows (GQA groups times
+# speculative tokens). Measured on an H200 for 16 rows over 36 launch variants
+# (benchmarks/results/nvidia-h200/tune_split_kv_*.json); 32 rows (28/4 heads,
+# 4 tokens) gained 8-18% going from 2 to 4 (experiments/ab_session3.json).
+SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4, 32: 4}
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT = 2
 # Upper bound on splits per sequence. 128 rather than 64 lets models with few
 # KV heads fill the GPU at batch 1 (H100, 28/4 heads, d=128, batch 1: 16.9 ->
-# 13.8 us at 16k context, 60.5 -> 54.9 us at 64k; no cell slower).
+# 13.8 us at 16k context, 60.5 -> 54.9 us at 64k; no cell slower). It holds for
+# 16-row programs; the merge reads splits x rows partials, so programs with
+# more rows get proportionally fewer splits (H200, 28/4 heads, 4 tokens = 32
+# rows, batch 1 x 16k: 128 splits 20.7 us, 66 splits 15.7 us).
 MAX_KV_SPLITS = 128
+MAX_KV_SPLIT_ROWS = MAX_KV_SPLITS * 16
+# From this many splits on, each program streams only a few key tiles:
+# "fine" splitting, tuned separately from "coarse" (few long ranges).
+FINE_KV_SPLITS = 4
+# Split-KV programs release their merge launch as they start (programmatic
+# launch) when the merge has at most this many programs per SM/CU: the merge
+# is then ready the moment the partials are. Larger merges launched early only
+# sit in SM slots (H200 over 18 decode and spec-decode cells: 128 or fewer
+# merge programs gain 5-19%; 448 and more lose 3-16%).
+EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
@@ -63,6 +76,13 @@ class GpuArch:
         if torch.version.hip is not None:
             return cls("hip", props.gcnArchName.split(":")[0], props.multi_processor_count)
         return cls("cuda", f"sm_{props.major}{props.minor}", props.multi_processor_count)
+
+    @property
+    def programmatic_launch(self) -> bool:
+        """Programmatic dependent launch (Hopper+): a kernel may start while the
+        one before it finishes, and waits for its results only where it says so
+        (``griddepcontrol``)."""
+        return self.vendor == "cuda" and int(self.name[3:]) >= 90
 
     def supports_kv_dtype(self, dtype: torch.dtype) -> bool:
         if dtype not in FP8_DTYPES:
@@ -129,7 +149,8 @@ def num_kv_splits_for(num_seqs: int, num_kv_heads: int, block_m: int, arch: GpuA
         block_m, SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT
     )
     target = arch.num_compute_units * per_unit
-    return max(1, min(MAX_KV_SPLITS, math.ceil(target / programs_per_split)))
+    cap = max(1, min(MAX_KV_SPLITS, MAX_KV_SPLIT_ROWS // block_m))
+    return max(1, min(cap, math.ceil(target / programs_per_split)))
 
 
 def split_kv_block_m(max_query_len: int, queries_per_kv: int) -> int:
@@ -155,7 +176,8 @@ def tuned_table(arch_name: str) -> dict:
 def split_kv_table_key(head_pad: int, block_m: int, num_kv_splits: int) -> str:
     # Few splits means each program streams a long key range: tiles are chosen
     # for that separately from finely split (small-batch) launches.
-    return f"split_kv_decode/d{head_pad}/m{block_m}/{'fine' if num_kv_splits >= 4 else 'coarse'}"
+    fine = num_kv_splits >= FINE_KV_SPLITS
+    return f"split_kv_decode/d{head_pad}/m{block_m}/{'fine' if fine else 'coarse'}"
 
 
 def long_query_table_key(head_pad: int) -> str:
@@ -217,7 +239,7 @@ def _split_kv_tiles(
         return (64, 4, 2) if head_pad <= 64 else (16, 4, 2) if block_m > 16 else (32, 4, 2)
     if head_pad > 128:
         return 32, 4, 2
-    if block_m <= MIN_DOT_SIZE and num_kv_splits >= 4:
+    if block_m <= MIN_DOT_SIZE and num_kv_splits >= FINE_KV_SPLITS:
         if arch.vendor == "cuda" and head_pad <= 64:
             return 128, 4, 2  # 64-key tiles spill 32 bytes on sm_90 under Triton 3.8
         return 64, 4, 2

@@ -17,6 +17,7 @@ directly and no merge runs.
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .common import (
     attend_key_tiles,
@@ -80,7 +81,11 @@ def split_kv_decode_kernel(
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    EARLY_DEPENDENTS: tl.constexpr,
+    PREFETCH_BLOCKS: tl.constexpr,
 ):
+    if EARLY_DEPENDENTS:  # the launch after this one may start now (see kernel_launches)
+        gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -129,7 +134,7 @@ def split_kv_decode_kernel(
         stride_k_block, stride_k_slot, stride_k_head,
         stride_v_block, stride_v_slot, stride_v_head,
         STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
-        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
+        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION, PREFETCH_BLOCKS,
     )  # fmt: skip
 
     # "!= 0" rather than "> 0": a NaN from real data must reach the output.
@@ -177,6 +182,7 @@ def merge_kv_splits_kernel(
     NUM_KV_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """out[token, head] = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
     token = tl.program_id(0)
@@ -186,25 +192,30 @@ def merge_kv_splits_kernel(
     if (token < tl.load(query_start_loc_ptr)) | (token >= tl.load(query_start_loc_ptr + num_seqs)):
         return
 
+    if PDL:  # launched early: the partials are complete only after this
+        gdc_wait()
     splits = tl.arange(0, SPLITS_PAD)
     split_mask = splits < NUM_KV_SPLITS
+    dim = tl.arange(0, HEAD_PAD)
+    dim_mask = dim < HEAD_SIZE
+    # Both loads are issued before either is used: the partials do not wait
+    # for the weights (a split without keys stored zeros, so its rows are
+    # finite and its weight of 0 removes them).
     lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
     lse = tl.load(partial_lse_ptr + lse_row + splits, mask=split_mask, other=float("-inf"))
+    row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
+    partial = tl.load(
+        partial_out_ptr + row + splits[:, None] * HEAD_PAD + dim[None, :],
+        mask=split_mask[:, None] & dim_mask[None, :],
+        other=0.0,
+    )
     lse_max = tl.max(lse, 0)
     lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     weight = tl.math.exp2(lse - lse_ref)
     total = tl.sum(weight, 0)
     total = tl.where(total == 0.0, 1.0, total)
-
-    dim = tl.arange(0, HEAD_PAD)
-    dim_mask = dim < HEAD_SIZE
-    row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
-    partial = tl.load(
-        partial_out_ptr + row + splits[:, None] * HEAD_PAD + dim[None, :],
-        mask=split_mask[:, None] & dim_mask[None, :] & (weight != 0.0)[:, None],
-        other=0.0,
-    )
-    result = tl.sum(partial * weight[:, None], 0) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)
+    weighted = tl.where(weight[:, None] != 0.0, partial * weight[:, None], 0.0)
+    result = tl.sum(weighted, 0) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)
     out_offset = token.to(tl.int64) * stride_out_token + head * stride_out_head
     tl.store(
         out_ptr + out_offset + dim * STRIDE_OUT_DIM,
