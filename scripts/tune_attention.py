@@ -280,6 +280,9 @@ def write_table(args, arch: GpuArch, groups, done: dict) -> None:
     table_path = Path(args.table or TUNED_DIR / f"{arch.name}.json")
     table = json.loads(table_path.read_text()) if table_path.exists() else {"configs": {}}
     summary = {}
+    # Each entry names the command that measured it: a table is often built by
+    # several runs (e.g. --only long_query, then --only split_kv_decode).
+    command = "python3 scripts/tune_attention.py " + shlex.join(sys.argv[1:])
     for key, cells in groups.items():
         scores = {}
         for config in _candidates(key):
@@ -298,15 +301,15 @@ def write_table(args, arch: GpuArch, groups, done: dict) -> None:
                         / len(cells))  # fmt: skip
         table["configs"][key] = list(best)
         summary[key] = dict(config=list(best), mean_us=round(scores[best], 2),
-                            current_us=round(rule, 2),
-                            speedup=round(rule / scores[best], 3))  # fmt: skip
+                            current_us=round(rule, 2), speedup=round(rule / scores[best], 3),
+                            command=command, date=time.strftime("%Y-%m-%d"))  # fmt: skip
         print(f"{key}: {best} {scores[best]:.1f} us (plan before tuning: {rule:.1f} us)")
     table.update(
         arch=arch.name,
         card=torch.cuda.get_device_name(),
         torch=torch.__version__,
         triton=__import__("triton").__version__,
-        command="python3 scripts/tune_attention.py " + shlex.join(sys.argv[1:]),
+        command=command,  # the latest run; each "measured" entry names its own
         date=time.strftime("%Y-%m-%d"),
     )
     table.setdefault("measured", {}).update(summary)

@@ -43,10 +43,8 @@ def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     assert plan(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
     # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
     assert plan(num_seqs=4, num_tokens=4, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
-    # Up to 32 rows (spec decode x GQA group) per program still aim at 4 per SM,
-    # more rows at 2.
-    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=64).num_kv_splits == 17
-    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=128).num_kv_splits == 9
+    # Programs with more rows (spec decode x GQA group) aim at 2 per SM.
+    assert plan(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=64).num_kv_splits == 9
     # The merge reads splits x rows partials: 32-row programs stop at half the splits.
     spec_one_seq = dict(one_seq, num_tokens=4, max_query_len=4, num_q_heads=16)  # 32 rows
     assert plan(**spec_one_seq).num_kv_splits == MAX_KV_SPLITS // 2

@@ -25,12 +25,16 @@ import torch
 SPLIT_KV_MAX_QUERY_LEN = 8
 
 # Split-KV aims for this many programs per compute unit (SM/CU), so that each
-# unit has other programs to switch to while one waits on memory: 4 for tiles
-# of up to 32 query rows, 2 when a program carries more rows (GQA groups times
-# speculative tokens). Measured on an H200 for 16 rows over 36 launch variants
-# (benchmarks/results/nvidia-h200/tune_split_kv_*.json); 32 rows (28/4 heads,
-# 4 tokens) gained 8-18% going from 2 to 4 (experiments/ab_session3.json).
-SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4, 32: 4}
+# unit has other programs to switch to while one waits on memory: 4 for plain
+# decode tiles (16 query rows), 2 when a program carries more rows (GQA groups
+# times speculative tokens). Measured on an H200 over 36 launch variants
+# (programs per unit x tile x warps x stages, by the tuner's predecessor):
+# benchmarks/results/nvidia-h200/tune_split_kv_*.json. 4 for 32 rows was
+# measured too and lost (every split writes rows x head fp32 partials, which at
+# short contexts outweigh the keys): 28/4 heads x 4 tokens gained 17-47% at
+# batch 8-16 x 16-64k but lost 15-26% at 1k contexts
+# (experiments/bench_full_32row_splits.json).
+SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4}
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT = 2
 # Upper bound on splits per sequence. 128 rather than 64 lets models with few
 # KV heads fill the GPU at batch 1 (H100, 28/4 heads, d=128, batch 1: 16.9 ->

@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""A/B timing of kernel changes: an earlier commit's kernels against the working
+tree's, with optional plan overrides, on the same inputs in one run (CUDA graphs).
+
+On the dev box, extract the base into an ignored folder that travels with the
+device call (``carry``), then time on the GPU box:
+
+    python3 scripts/ab_kernels.py --extract 12a0c5a .exp/base_ta
+    python3 scripts/ab_kernels.py --base .exp/base_ta --cells decode spec \\
+        --variant 'tile128={"kv_tile_size": 128}' --variant 'no_pdl={"no_pdl": true}' \\
+        --out $OUT/ab.json
+
+Every variant's output is compared with the base's (max abs difference, ``err``).
+Overrides are ``AttentionPlan`` fields (``num_kv_splits`` also resizes the grid),
+or ``no_pdl`` (the plan's GPU without programmatic launch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = "vllm/v1/attention/ops/triton_attention"
+MODELS = {"llama": (32, 8, 128), "qwen": (28, 4, 128), "gemma": (16, 8, 256), "d64": (32, 8, 64)}
+# preset: (model, batch, q_len, context); mixed cells are 64 decodes on 4k + a 2048 chunk on 8k
+CELLS = {
+    "prefill": [("llama", 1, 8192, 8192), ("llama", 4, 4096, 4096), ("llama", 1, 1024, 1024),
+                ("qwen", 1, 4096, 4096), ("gemma", 1, 4096, 4096), ("d64", 1, 4096, 4096),
+                ("llama", 1, 2048, 8192)],
+    "mixed": [(m, 65, 2048, 8192) for m in MODELS],
+    "decode": [("llama", b, 1, c) for b, c in ((1, 1024), (1, 16384), (4, 4096), (8, 4096),
+                                               (16, 1024), (32, 1024), (64, 1024), (128, 1024))]
+              + [("qwen", b, 1, c) for b, c in ((1, 1024), (1, 16384), (8, 4096), (32, 1024))],
+    "spec": [("qwen", b, 4, c) for b, c in ((1, 1024), (4, 4096), (8, 1024), (8, 16384),
+                                            (16, 4096))] + [("llama", 8, 4, 1024)],
+}  # fmt: skip
+
+
+def extract(commit: str, dest: Path) -> None:
+    """The kernel package of ``commit``, importable as a top-level package at ``dest``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "base.tar"
+        subprocess.run(["git", "-C", str(REPO), "archive", commit, PACKAGE, "-o", str(archive)],
+                       check=True)  # fmt: skip
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["rm", "-rf", str(dest)], check=True)
+        Path(tmp, PACKAGE).rename(dest)
+    print(f"{commit}'s kernels in {dest}")
+
+
+def cell_lengths(batch, q_len, context):
+    if batch == 65:  # the mixed cell
+        return [1] * 64 + [2048], [4096] * 64 + [8192]
+    return [q_len] * batch, [context] * batch
+
+
+def make_plan(mod, model, q_lens, override):
+    hq, hkv, d = model
+    arch = mod.GpuArch.of_device("cuda")
+    num_decodes = sum(1 for q in q_lens if q <= 8)
+    if 0 < num_decodes < len(q_lens):
+        plan = mod.plan_mixed_attention(
+            num_tokens=sum(q_lens), num_seqs=len(q_lens), num_decodes=num_decodes,
+            num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=1,
+            max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch,
+        )  # fmt: skip
+    else:
+        plan = mod.plan_attention(num_tokens=sum(q_lens), num_seqs=len(q_lens),
+                                  max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv,
+                                  head_size=d, arch=arch)  # fmt: skip
+    override = dict(override)
+    if override.pop("no_pdl", False):
+        plan = _without_pdl(mod, plan)
+    if "num_kv_splits" in override:
+        override["grid"] = (*plan.grid[:2], override["num_kv_splits"])
+    return dataclasses.replace(plan, **override) if override else plan
+
+
+def _without_pdl(mod, plan):
+    class NoPdlArch(mod.GpuArch):
+        @property
+        def programmatic_launch(self):
+            return False
+
+    if hasattr(plan, "decode"):
+        return dataclasses.replace(plan, decode=_without_pdl(mod, plan.decode),
+                                   prefill=_without_pdl(mod, plan.prefill))  # fmt: skip
+    arch = plan.arch
+    return dataclasses.replace(plan, arch=NoPdlArch(arch.vendor, arch.name,
+                                                    arch.num_compute_units))  # fmt: skip
+
+
+def run_cell(bench, name, cell, variants, records):
+    import torch
+
+    model = MODELS[cell[0]]
+    q_lens, seq_lens = cell_lengths(*cell[1:])
+    q, k_cache, v_cache, qsl, lens, block_table = bench.ragged_inputs(
+        model, q_lens, seq_lens, torch.bfloat16)  # fmt: skip
+    reference = base_us = None
+    for variant, mod, override in variants:
+        plan = make_plan(mod, model, q_lens, override)
+        workspace = mod.SplitKVWorkspace.allocate(plan, q.device)
+        out = torch.empty_like(q)
+
+        def run(mod=mod, plan=plan, workspace=workspace, out=out):
+            mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
+                                block_table=block_table, max_query_len=max(q_lens),
+                                max_seq_len=max(seq_lens), scale=model[2] ** -0.5, plan=plan,
+                                workspace=workspace)  # fmt: skip
+
+        try:
+            run()
+            torch.cuda.synchronize()
+            reference = out.clone() if reference is None else reference
+            err = (out.float() - reference.float()).abs().max().item()
+            us = bench.time_us(run, graphs=True)
+            base_us = us if base_us is None else base_us
+        except Exception as error:  # a variant may not fit (shared memory): record why
+            us, err = float("nan"), str(error).splitlines()[-1][:200]
+        part = getattr(plan, "decode", plan)
+        records.append(dict(cell=name, variant=variant, us=us, err=err, plan=dict(
+            kernel=type(plan).__name__, tile=part.kv_tile_size, warps=part.num_warps,
+            stages=part.num_stages, splits=part.num_kv_splits, block_m=part.block_m)))  # fmt: skip
+        ratio = base_us / us if base_us else float("nan")
+        print(f"{name:28s} {variant:16s} {us:10.1f} us  x base {ratio:5.2f}  err={err}",
+              flush=True)  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--extract", nargs=2, metavar=("COMMIT", "DIR"),
+                        help="dev box: write COMMIT's kernel package to DIR and exit")  # fmt: skip
+    parser.add_argument("--base", type=Path, help="a kernel package made by --extract")
+    parser.add_argument("--cells", nargs="+", choices=CELLS, default=["decode"])
+    parser.add_argument("--variant", action="append", default=[],
+                        help='NAME=JSON plan overrides on the working tree\'s kernels')  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("ab.json"))
+    args = parser.parse_args()
+    if args.extract:
+        extract(args.extract[0], Path(args.extract[1]))
+        return
+    if args.base is None:
+        parser.error("--base is required (make one with --extract)")
+
+    import torch
+
+    sys.path.insert(0, str(args.base.resolve().parent))
+    sys.path.append(str(REPO))
+    sys.path.append(str(REPO / "scripts"))
+    import bench_attention as bench
+
+    base = importlib.import_module(args.base.name)
+    new = importlib.import_module(PACKAGE.replace("/", "."))
+    variants = [("base", base, {}), ("new", new, {})]
+    for spec in args.variant:
+        name, _, override = spec.partition("=")
+        variants.append((name, new, json.loads(override)))
+    records = []
+    for preset in args.cells:
+        for cell in CELLS[preset]:
+            run_cell(bench, f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}", cell,
+                     variants, records)  # fmt: skip
+    args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(), records=records),
+                                   indent=1))  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
