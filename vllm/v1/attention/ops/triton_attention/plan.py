@@ -50,8 +50,9 @@ FINE_KV_SPLITS = 4
 # Split-KV programs release their merge launch as they start (programmatic
 # launch) when the merge has at most this many programs per SM/CU: the merge
 # is then ready the moment the partials are. Larger merges launched early only
-# sit in SM slots (H200 over 18 decode and spec-decode cells: 128 or fewer
-# merge programs gain 5-19%; 448 and more lose 3-16%).
+# sit in SM slots (H200, benchmarks/results/nvidia-h200/experiments/
+# ab_session3_round{4,6}.json: merges of at most 256 programs gained 0-13%,
+# those of 448 or more -11% to +2%).
 EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 
 # tl.dot needs every dimension to be at least 16.
