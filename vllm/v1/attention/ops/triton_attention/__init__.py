@@ -412,7 +412,7 @@ def kernel_launches(
     args = (*pointers[:4], partial_out, partial_lse, *pointers[4:], *strides, *partial_strides,
             *scalars)  # fmt: skip
     # Finely split programs stream a few tiles each: fetching the next tile's
-    # block numbers early pays there (H200: 2-13% at batch 1-8) and not for
+    # block numbers early pays there (H200: 2-7% at batch 1-16) and not for
     # long ranges (1 split at batch 128: 2% slower).
     prefetch = plan.num_kv_splits >= FINE_KV_SPLITS
     merge_per_unit = plan.num_tokens * plan.num_q_heads / plan.arch.num_compute_units
