@@ -129,14 +129,7 @@ def attention_scores(
     Without softcap ``qk_scale`` already holds ``log2(e)``; with it, the scale
     is natural and the conversion happens after ``tanh``.
     """
-    return score_transform(tl.dot(q, k, input_precision=DOT_PRECISION), qk_scale, soft_cap,
-                           alibi_slope, query_pos, key_idx, HAS_SOFTCAP, HAS_ALIBI)  # fmt: skip
-
-
-@triton.jit
-def score_transform(qk, qk_scale, soft_cap, alibi_slope, query_pos, key_idx,
-                    HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):  # fmt: skip
-    s = qk * qk_scale
+    s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
     if HAS_SOFTCAP:
         s = soft_cap * tanh(s / soft_cap) * LOG2E
     if HAS_ALIBI:
