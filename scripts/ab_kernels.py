@@ -66,19 +66,18 @@ def cell_lengths(batch, q_len, context):
 
 
 def make_plan(mod, model, q_lens, override):
+    """``mod``'s plan as the backend makes it: the leading queries of up to 8 tokens
+    on split-KV, the rest on long-query (``plan_mixed_attention`` covers all three
+    kinds of batch); then the overrides."""
     hq, hkv, d = model
-    arch = mod.GpuArch.of_device("cuda")
-    num_decodes = sum(1 for q in q_lens if q <= 8)
-    if 0 < num_decodes < len(q_lens):
-        plan = mod.plan_mixed_attention(
-            num_tokens=sum(q_lens), num_seqs=len(q_lens), num_decodes=num_decodes,
-            num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=1,
-            max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch,
-        )  # fmt: skip
-    else:
-        plan = mod.plan_attention(num_tokens=sum(q_lens), num_seqs=len(q_lens),
-                                  max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv,
-                                  head_size=d, arch=arch)  # fmt: skip
+    decode_len = max((q for q in q_lens if q <= mod.plan.SPLIT_KV_MAX_QUERY_LEN), default=1)
+    num_decodes = next((i for i, q in enumerate(q_lens) if q > decode_len), len(q_lens))
+    plan = mod.plan_mixed_attention(
+        num_tokens=sum(q_lens), num_seqs=len(q_lens), num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=decode_len,
+        max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv, head_size=d,
+        arch=mod.GpuArch.of_device("cuda"),
+    )  # fmt: skip
     override = dict(override)
     if override.pop("no_pdl", False):
         plan = _without_pdl(mod, plan)

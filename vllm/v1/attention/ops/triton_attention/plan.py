@@ -83,11 +83,18 @@ class GpuArch:
         return cls("cuda", f"sm_{props.major}{props.minor}", props.multi_processor_count)
 
     @property
+    def sm(self) -> int:
+        """NVIDIA compute capability as one number (90 for ``sm_90``)."""
+        if self.vendor != "cuda":
+            raise ValueError(f"{self.vendor} {self.name} has no NVIDIA compute capability")
+        return int(self.name[3:])
+
+    @property
     def programmatic_launch(self) -> bool:
         """Programmatic dependent launch (Hopper+): a kernel may start while the
         one before it finishes, and waits for its results only where it says so
         (``griddepcontrol``)."""
-        return self.vendor == "cuda" and int(self.name[3:]) >= 90
+        return self.vendor == "cuda" and self.sm >= 90
 
     def supports_kv_dtype(self, dtype: torch.dtype) -> bool:
         if dtype not in FP8_DTYPES:
@@ -95,7 +102,7 @@ class GpuArch:
         if self.vendor == "interpreter":
             return True
         if self.vendor == "cuda":  # e4m3fn needs sm_89+; NVIDIA has no fnuz format
-            return dtype == torch.float8_e4m3fn and int(self.name[3:]) >= 89
+            return dtype == torch.float8_e4m3fn and self.sm >= 89
         # AMD: MI300 (gfx942) has fnuz, MI350 (gfx950) and RDNA4 (gfx12) the OCP format.
         if dtype == torch.float8_e4m3fnuz:
             return self.name == "gfx942"
@@ -206,7 +213,7 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
         return 64, 64, 4, 1
     if arch.vendor == "cuda":
-        sm = int(arch.name[3:])
+        sm = arch.sm
         if head_pad > 128:  # before Hopper 64-key tiles spill ~1 KB at head 256
             return (64, 32, 8, 2) if sm < 90 else (128, 32, 8, 2) if sm >= 100 \
                 else (128, 64, 8, 2)  # fmt: skip
