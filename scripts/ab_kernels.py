@@ -12,8 +12,11 @@ device call (``carry``), then time on the GPU box:
         --out $OUT/ab.json
 
 Every variant's output is compared with the base's (max abs difference, ``err``).
-Overrides are ``AttentionPlan`` fields (``num_kv_splits`` also resizes the grid),
-or ``no_pdl`` (the plan's GPU without programmatic launch).
+Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
+resize the grid), ``splits_factor`` (scales the plan's split count), or ``no_pdl``
+(the plan's GPU without programmatic launch). In a mixed batch, field overrides go
+under ``"decode"`` or ``"prefill"`` (``{"prefill": {"num_stages": 2}}``), which a
+plain batch applies when they name its kernel (split-KV decode or long-query).
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ MODELS = {"llama": (32, 8, 128), "qwen": (28, 4, 128), "gemma": (16, 8, 256), "d
 CELLS = {
     "prefill": [("llama", 1, 8192, 8192), ("llama", 4, 4096, 4096), ("llama", 1, 1024, 1024),
                 ("qwen", 1, 4096, 4096), ("gemma", 1, 4096, 4096), ("d64", 1, 4096, 4096),
-                ("llama", 1, 2048, 8192)],
+                ("llama", 1, 2048, 8192), ("llama", 1, 512, 512), ("llama", 2, 1024, 1024),
+                ("llama", 1, 1536, 1536), ("qwen", 1, 1024, 1024), ("qwen", 1, 2048, 2048)],
     "mixed": [(m, 65, 2048, 8192) for m in MODELS],
     "decode": [("llama", b, 1, c) for b, c in ((1, 1024), (1, 16384), (4, 4096), (8, 4096),
                                                (16, 1024), (32, 1024), (64, 1024), (128, 1024))]
-              + [("qwen", b, 1, c) for b, c in ((1, 1024), (1, 16384), (8, 4096), (32, 1024))],
+              + [("qwen", b, 1, c) for b, c in ((1, 1024), (1, 16384), (1, 65536), (4, 16384),
+                                              (8, 4096), (16, 4096), (32, 1024), (64, 1024),
+                                              (128, 1024))],
     "spec": [("qwen", b, 4, c) for b, c in ((1, 1024), (4, 4096), (8, 1024), (8, 16384),
-                                            (16, 4096))] + [("llama", 8, 4, 1024)],
+                                            (16, 4096), (32, 1024), (32, 4096))]
+            + [("llama", b, 4, 1024) for b in (8, 64)],
 }  # fmt: skip
 
 
@@ -81,9 +88,29 @@ def make_plan(mod, model, q_lens, override):
     override = dict(override)
     if override.pop("no_pdl", False):
         plan = _without_pdl(mod, plan)
-    if "num_kv_splits" in override:
-        override["grid"] = (*plan.grid[:2], override["num_kv_splits"])
-    return dataclasses.replace(plan, **override) if override else plan
+    if hasattr(plan, "decode"):  # a mixed batch: overrides name the part they change
+        parts = {part: _override(mod, getattr(plan, part), override.pop(part, {}))
+                 for part in ("decode", "prefill")}  # fmt: skip
+        return dataclasses.replace(plan, **parts)
+    # a plain batch is one part: the overrides named for its kernel apply too
+    own = override.pop("decode" if plan.kernel == "split_kv_decode" else "prefill", {})
+    override.pop("prefill", None)
+    override.pop("decode", None)
+    return _override(mod, plan, {**override, **own})
+
+
+def _override(mod, plan, override):
+    """``plan`` with AttentionPlan fields replaced; ``splits_factor`` scales the split
+    count; a changed split count or ``block_m`` resizes the grid."""
+    override = dict(override)
+    factor = override.pop("splits_factor", None)
+    if factor is not None and plan.kernel == "split_kv_decode":
+        override["num_kv_splits"] = max(1, round(plan.num_kv_splits * factor))
+    plan = dataclasses.replace(plan, **override)
+    if plan.kernel == "split_kv_decode":
+        return dataclasses.replace(plan, grid=(*plan.grid[:2], plan.num_kv_splits))
+    size = mod.plan.long_query_grid_size(plan.num_tokens, plan.num_seqs, plan.tokens_per_q_block)
+    return dataclasses.replace(plan, grid=(size, *plan.grid[1:]))
 
 
 def _without_pdl(mod, plan):
@@ -128,10 +155,11 @@ def run_cell(bench, name, cell, variants, records):
             base_us = us if base_us is None else base_us
         except Exception as error:  # a variant may not fit (shared memory): record why
             us, err = float("nan"), str(error).splitlines()[-1][:200]
-        part = getattr(plan, "decode", plan)
-        records.append(dict(cell=name, variant=variant, us=us, err=err, plan=dict(
-            kernel=type(plan).__name__, tile=part.kv_tile_size, warps=part.num_warps,
-            stages=part.num_stages, splits=part.num_kv_splits, block_m=part.block_m)))  # fmt: skip
+        parts = [plan.decode, plan.prefill] if hasattr(plan, "decode") else [plan]
+        records.append(dict(cell=name, variant=variant, us=us, err=err, plan=[dict(
+            kernel=part.kernel, tile=part.kv_tile_size, warps=part.num_warps,
+            stages=part.num_stages, splits=part.num_kv_splits, block_m=part.block_m)
+            for part in parts]))  # fmt: skip
         ratio = base_us / us if base_us else float("nan")
         print(f"{name:28s} {variant:16s} {us:10.1f} us  x base {ratio:5.2f}  err={err}",
               flush=True)  # fmt: skip
@@ -171,8 +199,9 @@ def main():
         for cell in CELLS[preset]:
             run_cell(bench, f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}", cell,
                      variants, records)  # fmt: skip
-    args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(), records=records),
-                                   indent=1))  # fmt: skip
+            # after every cell: a run cut short by the device's time limit keeps its data
+            args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(),
+                                                records=records), indent=1))  # fmt: skip
     print(f"wrote {args.out}")
 
 

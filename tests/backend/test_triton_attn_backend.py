@@ -36,6 +36,7 @@ from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
     TritonAttentionMetadataBuilder,
 )
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+    GpuArch,
     MixedBatchPlan,
     reference_paged_attention,
 )
@@ -174,6 +175,23 @@ def test_spec_decode_verification_goes_to_split_kv(model_dir):
     impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
     md = run_step(builder, impl, packed_cache(), [4, 4, 4], [20, 61, 4])
     assert md.plan.kernel == "split_kv_decode" and md.plan.tokens_per_q_block >= 4
+
+
+def test_workspace_holds_the_decodes_of_every_batch(vllm_config, monkeypatch):
+    """Decodes beside a long query can take more splits than alone (see
+    plan.num_kv_splits_for): the one scratch must hold both, at every batch size."""
+    gpu = GpuArch("cuda", "sm_90", 16)  # few SMs: the scheduler's batches fill it
+    monkeypatch.setattr(GpuArch, "of_device", classmethod(lambda cls, device: gpu))
+    builder = make_builder(vllm_config)
+    more_splits_beside = 0
+    for seqs in range(1, vllm_config.scheduler_config.max_num_seqs):
+        alone = builder.plan_for(seqs, seqs, 1, seqs, seqs)
+        beside = builder.plan_for(seqs + 9, seqs + 1, 9, seqs, seqs).decode
+        for plan in (alone, beside):
+            if plan.num_kv_splits > 1:
+                builder.workspace.views(plan)  # raises if the scratch is too small
+        more_splits_beside += beside.num_kv_splits > alone.num_kv_splits
+    assert more_splits_beside > 0
 
 
 def test_full_graphs_of_mixed_batches_use_long_query(vllm_config):

@@ -28,6 +28,7 @@ from vllm.v1.attention.ops.triton_attention import (
     plan_attention,
     reference_paged_attention,
 )
+from vllm.v1.attention.ops.triton_attention.plan import MAX_KV_SPLITS
 
 # (name, q_lens, seq_lens): every query pattern the backend produces.
 QUERY_PATTERNS = {
@@ -187,25 +188,31 @@ def test_mixed_batch_plan_matches_reference(case: Case, device):
     torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
 
 
-def test_split_kv_and_single_program_agree(device):
-    """Many splits (a small batch on a big GPU) must equal one split exactly enough."""
-    case = Case("decode", "all", torch.float32, head_size=64)
+@pytest.mark.parametrize("num_q_heads,num_kv_heads,head_size", [(8, 2, 64), (14, 2, 80)])
+def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, head_size):
+    """Any split count (a small batch on a big GPU) must equal one split exactly
+    enough, whatever tile of heads and dimensions each merge program takes."""
+    case = Case("decode", "all", torch.float32, head_size=head_size)
     q_lens, seq_lens = [1, 1], [300, 1000]
-    batch = make_batch(q_lens, seq_lens, num_q_heads=8, num_kv_heads=2, head_size=64,
-                       block_size=16, dtype=case.dtype, device=device)  # fmt: skip
-    features = _feature_args("all", 8, device)
+    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+                       head_size=head_size, block_size=16, dtype=case.dtype,
+                       device=device)  # fmt: skip
+    features = _feature_args("all", num_q_heads, device)
     results = []
-    for units in (1, 1000):  # 1 split vs MAX_KV_SPLITS
+    for units in (1, 6, 1000):  # 1 split, a few (several heads per merge program), 128
         arch = GpuArch("test", "test", units)
-        plan = plan_attention(num_tokens=2, num_seqs=2, max_query_len=1, num_q_heads=8,
-                              num_kv_heads=2, head_size=64, arch=arch)  # fmt: skip
+        plan = plan_attention(num_tokens=2, num_seqs=2, max_query_len=1, num_q_heads=num_q_heads,
+                              num_kv_heads=num_kv_heads, head_size=head_size,
+                              arch=arch)  # fmt: skip
         out = torch.empty_like(batch.q)
         workspace = SplitKVWorkspace.allocate(plan, device)
         paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
                         workspace=workspace, **batch.kernel_args(), **features)  # fmt: skip
-        results.append((plan.num_kv_splits, out))
-    (one, out_one), (many, out_many) = results
-    assert one == 1 and many > 8
+        results.append((plan.num_kv_splits, plan.merge_tile, out))
+    (one, _, out_one), (few, few_tile, out_few), (many, many_tile, out_many) = results
+    assert one == 1 and 1 < few < 8 and many == MAX_KV_SPLITS
+    assert few_tile[0] > 1 and many_tile[1] < batch.q.shape[2]
+    torch.testing.assert_close(out_one, out_few, **TOLERANCES[torch.float32])
     torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
 
 

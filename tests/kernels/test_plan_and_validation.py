@@ -15,7 +15,12 @@ from vllm.v1.attention.ops.triton_attention import (
     paged_attention,
     plan_attention,
 )
-from vllm.v1.attention.ops.triton_attention.plan import MAX_KV_SPLITS, long_query_grid_size
+from vllm.v1.attention.ops.triton_attention.plan import (
+    MAX_KV_SPLITS,
+    MERGE_TILE_ELEMENTS,
+    long_query_grid_size,
+    next_power_of_2,
+)
 
 H100 = GpuArch("cuda", "sm_90", 132)
 PACKAGE = Path(__file__).resolve().parents[2] / "vllm/v1/attention/ops/triton_attention"
@@ -41,6 +46,8 @@ def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     assert plan(**one_seq).num_kv_splits == MAX_KV_SPLITS  # ceil(528 / 2) = 264, capped
     assert splits == sorted(splits, reverse=True) and splits[-1] == 1
     assert plan(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
+    # 512 programs unsplit are within 2/3 of the 528 aimed at: no 2-way split.
+    assert splits[-2] == 1 and plan(num_seqs=32, num_tokens=32).num_kv_splits == 3
     # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
     assert plan(num_seqs=4, num_tokens=4, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
     # Programs with more rows (spec decode x GQA group) aim at 2 per SM.
@@ -48,6 +55,24 @@ def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     # The merge reads splits x rows partials: 32-row programs stop at half the splits.
     spec_one_seq = dict(one_seq, num_tokens=4, max_query_len=4, num_q_heads=16)  # 32 rows
     assert plan(**spec_one_seq).num_kv_splits == MAX_KV_SPLITS // 2
+
+
+def test_merge_programs_cover_every_head_and_dimension_once():
+    for batch in (1, 4, 16, 32):
+        for heads, kv_heads, head_size in ((32, 8, 128), (28, 4, 128), (14, 2, 80), (8, 2, 256)):
+            p = plan(num_seqs=batch, num_tokens=batch, num_q_heads=heads, num_kv_heads=kv_heads,
+                     head_size=head_size)  # fmt: skip
+            if p.num_kv_splits == 1:
+                assert p.merge_grid is None
+                continue
+            per_head, dims = p.merge_tile
+            tokens, head_blocks, dim_blocks = p.merge_grid
+            assert tokens == batch and dim_blocks * dims == p.head_pad
+            assert head_blocks * per_head >= heads > (head_blocks - 1) * per_head
+            assert per_head * next_power_of_2(p.num_kv_splits) * dims <= MERGE_TILE_ELEMENTS
+    # batch 1 (66 splits): parts of one head; batch 16 (5 splits): 4 whole heads
+    assert plan(num_seqs=1, num_tokens=1).merge_tile == (1, 32)
+    assert plan(num_seqs=16, num_tokens=16).merge_grid == (16, 8, 1)
 
 
 def test_decode_tile_holds_every_query_row():
@@ -103,7 +128,7 @@ def test_programmatic_launch_only_on_hopper_and_later():
     (_, split), (merge_name, merge) = _launch_switches(H100, [1])
     assert merge_name == "merge_kv_splits_kernel"
     assert merge["PDL"] and merge["launch_pdl"] and split["EARLY_DEPENDENTS"]
-    (_, split), _ = _launch_switches(H100, [1] * 64)  # 2048 merge programs
+    (_, split), _ = _launch_switches(H100, [8] * 16)  # 512 merge programs
     assert not split["EARLY_DEPENDENTS"]
     # A mixed batch's long queries start beside the decodes and wait at exit.
     ((_, long_query),) = _launch_switches(H100, [64], after_split_kv=True)

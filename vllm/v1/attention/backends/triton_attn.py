@@ -154,13 +154,17 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
         )
 
-        # One persistent split-KV scratch, sized for the largest plan that a
-        # decode batch the scheduler can form (graph capture sizes included) gets.
+        # One persistent split-KV scratch, sized for the largest plan that the
+        # decodes of a batch the scheduler can form (graph capture sizes
+        # included) get: alone, or beside a long query (their split counts
+        # differ, see plan.num_kv_splits_for).
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         decode_len = self.max_decode_query_len
+        long_len = SPLIT_KV_MAX_QUERY_LEN + 1
         self.workspace = SplitKVWorkspace.for_plans(
-            [self.plan_for(seqs * decode_len, seqs, decode_len, seqs, seqs * decode_len)
-             for seqs in range(1, max_num_seqs + 1)],
+            [self.plan_for(seqs * decode_len + long_len * mixed, seqs + mixed,
+                           long_len if mixed else decode_len, seqs, seqs * decode_len)
+             for seqs in range(1, max_num_seqs + 1) for mixed in (0, 1)],
             device,
         )  # fmt: skip
 

@@ -39,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -415,7 +416,7 @@ def kernel_launches(
     # block numbers early pays there (H200: 2-7% at batch 1-16) and not for
     # long ranges (1 split at batch 128: 2% slower).
     prefetch = plan.num_kv_splits >= FINE_KV_SPLITS
-    merge_per_unit = plan.num_tokens * plan.num_q_heads / plan.arch.num_compute_units
+    merge_per_unit = math.prod(plan.merge_grid or (0,)) / plan.arch.num_compute_units
     early = pdl and (early_dependents or merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT)
     switches.update(NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=prefetch,
                     EARLY_DEPENDENTS=early)  # fmt: skip
@@ -425,14 +426,16 @@ def kernel_launches(
                 out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip
         constexprs = dict(
             STRIDE_OUT_DIM=out.stride(2),
+            NUM_Q_HEADS=plan.num_q_heads,
             HEAD_SIZE=head_size,
             HEAD_PAD=plan.head_pad,
+            HEADS_PER_PROGRAM=plan.merge_tile[0],
+            DIMS_PER_PROGRAM=plan.merge_tile[1],
             NUM_KV_SPLITS=plan.num_kv_splits,
             SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
             KV_IS_FP8=kv_is_fp8,
             PDL=pdl,
-            # a [splits, head] fp32 tile per program: 8 warps keep 128 x 256 unspilled
-            num_warps=8 if next_power_of_2(plan.num_kv_splits) * plan.head_pad > 16384 else 4,
+            num_warps=4,
         )
         if pdl:  # may start before the split-KV launch completes; waits in-kernel
             constexprs["launch_pdl"] = True

@@ -55,6 +55,15 @@ FINE_KV_SPLITS = 4
 # those of 448 or more -11% to +2%).
 EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 
+# Partial values (heads x splits x dims) one merge program combines. One merge
+# program per token and head spent 3.8 us of a 26.5 us decode at batch 16 x 1k
+# (llama3-8b shapes, H200), and one program reading 128 splits x 128 dims 3.4 us
+# of qwen's 13.3 us at batch 1 x 16k (scripts/decode_breakdown.py). Tiles of
+# 2048, 4096 and 8192 values were measured; 4096 was 2% faster than 2048 and
+# even with 8192 over 26 decode cells (H200, benchmarks/results/nvidia-h200/
+# experiments/ab_session4_round3_merge_tile_*.json).
+MERGE_TILE_ELEMENTS = 4096
+
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
 MAX_HEAD_SIZE = 256
@@ -137,10 +146,23 @@ class AttentionPlan:
         return self.block_m // self.queries_per_kv
 
     @property
+    def merge_tile(self) -> tuple[int, int]:
+        """(heads, dims) one merge program combines, every split of each: at most
+        ``MERGE_TILE_ELEMENTS`` partial values. Few splits: whole heads, several
+        per program; many: part of one head's dimensions."""
+        splits = next_power_of_2(self.num_kv_splits)
+        dims = min(self.head_pad, max(MIN_DOT_SIZE, MERGE_TILE_ELEMENTS // splits))
+        heads = max(
+            1, min(next_power_of_2(self.num_q_heads), MERGE_TILE_ELEMENTS // (splits * dims))
+        )
+        return heads, dims
+
+    @property
     def merge_grid(self) -> tuple[int, int, int] | None:
         if self.num_kv_splits == 1:
             return None
-        return (self.num_tokens, self.num_q_heads, 1)
+        heads, dims = self.merge_tile
+        return (self.num_tokens, math.ceil(self.num_q_heads / heads), self.head_pad // dims)
 
     def workspace_elements(self) -> tuple[int, int]:
         """float32 elements of (partial outputs, partial log-sum-exps) the plan needs."""
@@ -154,15 +176,29 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def num_kv_splits_for(num_seqs: int, num_kv_heads: int, block_m: int, arch: GpuArch) -> int:
-    """Splits per sequence that fill the GPU: depends on the batch, never on lengths."""
+def num_kv_splits_for(
+    num_seqs: int, num_kv_heads: int, block_m: int, arch: GpuArch, beside_long_query: bool = False
+) -> int:
+    """Splits per sequence that fill the GPU: depends on the batch, never on lengths.
+
+    ``beside_long_query``: the decodes of a mixed batch, whose long-query
+    launch runs alongside them (``MixedBatchPlan``)."""
     programs_per_split = max(num_seqs * num_kv_heads, 1)
     per_unit = SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT.get(
         block_m, SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT
     )
     target = arch.num_compute_units * per_unit
     cap = max(1, min(MAX_KV_SPLITS, MAX_KV_SPLIT_ROWS // block_m))
-    return max(1, min(cap, math.ceil(target / programs_per_split)))
+    splits = max(1, min(cap, math.ceil(target / programs_per_split)))
+    if splits == 2 and 3 * programs_per_split >= 2 * target and not beside_long_query:
+        # Unsplit, the batch already fills 2/3 of the target: a second split
+        # would not pay for its merge (H200, llama3-8b and qwen shapes, batch
+        # 64-128 x 1k: 8-17% faster unsplit). Beside a long-query launch the
+        # decodes do better split (gemma2 shapes, 64 decodes + a 2048-token
+        # chunk: 11% faster with 2). benchmarks/results/nvidia-h200/
+        # experiments/ab_session4_round{2_merge,4,5}.json
+        return 1
+    return splits
 
 
 def split_kv_block_m(max_query_len: int, queries_per_kv: int) -> int:
@@ -267,13 +303,15 @@ def plan_attention(
     num_kv_heads: int,
     head_size: int,
     arch: GpuArch,
+    beside_long_query: bool = False,
 ) -> AttentionPlan:
-    """Choose the kernel and its launch for one batch (host facts only)."""
+    """Choose the kernel and its launch for one batch (host facts only).
+    ``beside_long_query``: see ``num_kv_splits_for``."""
     queries_per_kv = num_q_heads // num_kv_heads
     head_pad = max(next_power_of_2(head_size), MIN_DOT_SIZE)
     if max_query_len <= SPLIT_KV_MAX_QUERY_LEN:
         block_m = split_kv_block_m(max_query_len, queries_per_kv)
-        splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch)
+        splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch, beside_long_query)
         kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, block_m, splits, arch)
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
@@ -350,7 +388,8 @@ def plan_mixed_attention(
     if num_decodes == 0:
         return long_query
     decode = plan_attention(num_tokens=num_decode_tokens, num_seqs=num_decodes,
-                            max_query_len=max_decode_query_len, **heads)  # fmt: skip
+                            max_query_len=max_decode_query_len, beside_long_query=True,
+                            **heads)  # fmt: skip
     return MixedBatchPlan(decode, long_query, num_decodes, num_decode_tokens,
                           max_decode_query_len)  # fmt: skip
 

@@ -177,16 +177,22 @@ def merge_kv_splits_kernel(
     stride_partial_head,
     num_seqs,
     STRIDE_OUT_DIM: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
     HEAD_SIZE: tl.constexpr,
     HEAD_PAD: tl.constexpr,
+    HEADS_PER_PROGRAM: tl.constexpr,
+    DIMS_PER_PROGRAM: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """out[token, head] = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
+    """out[token, head] = sum_s w_s * partial_s / sum_s w_s, w_s = 2**(lse_s - max lse).
+
+    A program combines a tile of ``HEADS_PER_PROGRAM`` consecutive heads of one
+    token (their partials are contiguous) by ``DIMS_PER_PROGRAM`` dimensions;
+    see ``AttentionPlan.merge_tile`` for how the plan sizes it."""
     token = tl.program_id(0)
-    head = tl.program_id(1)
     # Tokens outside this launch's sequences (padding, or the long queries of a
     # mixed batch) have no partials.
     if (token < tl.load(query_start_loc_ptr)) | (token >= tl.load(query_start_loc_ptr + num_seqs)):
@@ -194,31 +200,34 @@ def merge_kv_splits_kernel(
 
     if PDL:  # launched early: the partials are complete only after this
         gdc_wait()
+    head = tl.program_id(1) * HEADS_PER_PROGRAM + tl.arange(0, HEADS_PER_PROGRAM)
+    head_mask = head < NUM_Q_HEADS
     splits = tl.arange(0, SPLITS_PAD)
-    split_mask = splits < NUM_KV_SPLITS
-    dim = tl.arange(0, HEAD_PAD)
-    dim_mask = dim < HEAD_SIZE
+    split_mask = head_mask[:, None] & (splits < NUM_KV_SPLITS)[None, :]  # [heads, splits]
+    dim = tl.program_id(2) * DIMS_PER_PROGRAM + tl.arange(0, DIMS_PER_PROGRAM)
     # Both loads are issued before either is used: the partials do not wait
     # for the weights (a split without keys stored zeros, so its rows are
     # finite and its weight of 0 removes them).
     lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
-    lse = tl.load(partial_lse_ptr + lse_row + splits, mask=split_mask, other=float("-inf"))
+    lse = tl.load(partial_lse_ptr + lse_row[:, None] + splits[None, :], mask=split_mask,
+                  other=float("-inf"))  # fmt: skip
     row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
     partial = tl.load(
-        partial_out_ptr + row + splits[:, None] * HEAD_PAD + dim[None, :],
-        mask=split_mask[:, None] & dim_mask[None, :],
+        partial_out_ptr + row[:, None, None] + splits[None, :, None] * HEAD_PAD
+        + dim[None, None, :],
+        mask=split_mask[:, :, None] & (dim < HEAD_SIZE)[None, None, :],
         other=0.0,
-    )
-    lse_max = tl.max(lse, 0)
+    )  # fmt: skip
+    lse_max = tl.max(lse, 1)
     lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    weight = tl.math.exp2(lse - lse_ref)
-    total = tl.sum(weight, 0)
+    weight = tl.math.exp2(lse - lse_ref[:, None])
+    total = tl.sum(weight, 1)
     total = tl.where(total == 0.0, 1.0, total)
-    weighted = tl.where(weight[:, None] != 0.0, partial * weight[:, None], 0.0)
-    result = tl.sum(weighted, 0) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)
+    weighted = tl.where(weight[:, :, None] != 0.0, partial * weight[:, :, None], 0.0)
+    result = tl.sum(weighted, 1) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)[:, None]
     out_offset = token.to(tl.int64) * stride_out_token + head * stride_out_head
     tl.store(
-        out_ptr + out_offset + dim * STRIDE_OUT_DIM,
+        out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
         result.to(out_ptr.dtype.element_ty),
-        mask=dim_mask,
+        mask=head_mask[:, None] & (dim < HEAD_SIZE)[None, :],
     )
