@@ -110,7 +110,7 @@ def _launches(variant: Variant, target: str):
     block_table = torch.zeros(num_seqs, 4, dtype=torch.int32)
     plan = plan_attention(num_tokens=q.shape[0], num_seqs=num_seqs, max_query_len=q_len,
                           num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-                          head_size=variant.head_size, arch=arch)  # fmt: skip
+                          head_size=variant.head_size, arch=arch, dtype=dtype)  # fmt: skip
 
     def on(switch):
         return variant.features in (switch, "all")

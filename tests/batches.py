@@ -192,7 +192,7 @@ def make_batch(
 
 
 def plan_for_batch(q_lens, *, num_tokens, num_q_heads, num_kv_heads, head_size, device,
-                   max_decode_query_len=2):  # fmt: skip
+                   max_decode_query_len=2, dtype=torch.bfloat16):  # fmt: skip
     """The plan vLLM's builder makes for a reordered batch: the leading queries of
     at most ``max_decode_query_len`` tokens on split-KV, the rest on long-query
     (a ``MixedBatchPlan`` when both kinds are present)."""
@@ -202,5 +202,5 @@ def plan_for_batch(q_lens, *, num_tokens, num_q_heads, num_kv_heads, head_size, 
         num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
         num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=max_decode_query_len,
         max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-        head_size=head_size, arch=GpuArch.of_device(device),
+        head_size=head_size, arch=GpuArch.of_device(device), dtype=dtype,
     )  # fmt: skip

@@ -82,7 +82,7 @@ def check_against_reference(case):
     if features["mixed_plan"]:
         plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
                               num_kv_heads=shape["num_kv_heads"], head_size=shape["head_size"],
-                              device=device)  # fmt: skip
+                              device=device, dtype=shape["dtype"])  # fmt: skip
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **extra)  # fmt: skip
     expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=scale,

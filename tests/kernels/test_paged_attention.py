@@ -100,6 +100,9 @@ def _gpu_cases() -> list[Case]:
             cases.append(
                 Case(pattern, "plain", torch.bfloat16, None, head_size, 2, group, block_size)
             )
+    for pattern, head_size in itertools.product(QUERY_PATTERNS, (128, 256)):
+        # 4-byte tiles: the plan halves the tuned 2-byte tiles to fit shared memory
+        cases.append(Case(pattern, "plain", torch.float32, None, head_size))
     for pattern, layout, dtype in itertools.product(
         QUERY_PATTERNS, ("packed_hnd", "separate"), (torch.float16, torch.bfloat16)
     ):
@@ -153,7 +156,7 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
     if mixed_plan:
         plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
                               num_kv_heads=case.num_kv_heads, head_size=case.head_size,
-                              device=device)  # fmt: skip
+                              device=device, dtype=case.dtype)  # fmt: skip
         assert isinstance(plan, MixedBatchPlan)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **features)  # fmt: skip
@@ -202,8 +205,8 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     for units in (1, 6, 1000):  # 1 split, a few (several heads per merge program), 128
         arch = GpuArch("test", "test", units)
         plan = plan_attention(num_tokens=2, num_seqs=2, max_query_len=1, num_q_heads=num_q_heads,
-                              num_kv_heads=num_kv_heads, head_size=head_size,
-                              arch=arch)  # fmt: skip
+                              num_kv_heads=num_kv_heads, head_size=head_size, arch=arch,
+                              dtype=case.dtype)  # fmt: skip
         out = torch.empty_like(batch.q)
         workspace = SplitKVWorkspace.allocate(plan, device)
         paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
@@ -223,7 +226,8 @@ def test_long_query_kernel_handles_decode_rows(device):
                        block_size=16, dtype=torch.float16, device=device)  # fmt: skip
     arch = GpuArch.of_device(device)
     plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=3, max_query_len=9,
-                          num_q_heads=4, num_kv_heads=1, head_size=64, arch=arch)  # fmt: skip
+                          num_q_heads=4, num_kv_heads=1, head_size=64, arch=arch,
+                          dtype=batch.q.dtype)  # fmt: skip
     assert plan.kernel == "long_query"
     out = torch.empty_like(batch.q)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,

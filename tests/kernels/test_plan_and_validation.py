@@ -75,6 +75,18 @@ def test_merge_programs_cover_every_head_and_dimension_once():
     assert plan(num_seqs=16, num_tokens=16).merge_grid == (16, 8, 1)
 
 
+def test_four_byte_queries_get_tiles_of_the_same_shared_memory():
+    for head_size in (64, 128, 256):
+        for max_query_len in (1, 64):
+            args = dict(max_query_len=max_query_len, num_tokens=8 * max_query_len,
+                        head_size=head_size)  # fmt: skip
+            half, full = plan(**args), plan(**args, dtype=torch.float32)
+            assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+            assert full.kv_tile_size == max(half.kv_tile_size // 2, 16)
+            if full.kernel == "long_query":  # its Q tile lives in shared memory too
+                assert full.block_m == half.block_m // 2
+
+
 def test_decode_tile_holds_every_query_row():
     for q_len in range(1, 9):
         for group in (1, 4, 7, 16):
@@ -202,6 +214,11 @@ def test_bad_inputs_get_clear_errors(batch, device):
                                 num_kv_heads=2, head_size=64, arch=arch)  # fmt: skip
     with pytest.raises(ValueError, match="plan .* must be"):
         call(batch, plan=wrong_plan)
+    other_width = plan_attention(num_tokens=batch.q.shape[0], num_seqs=2, max_query_len=3,
+                                 num_q_heads=8, num_kv_heads=2, head_size=64, arch=arch,
+                                 dtype=torch.float32)  # fmt: skip
+    with pytest.raises(ValueError, match="plan.dtype must be as wide as q.dtype"):
+        call(batch, plan=other_width)
 
 
 def test_fp8_refused_where_the_gpu_has_none(batch):

@@ -143,6 +143,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         ) or model_config.get_num_attention_heads(parallel_config)
         self.num_heads_kv = model_config.get_num_kv_heads(parallel_config)
         self.headdim = model_config.get_head_size()
+        self.dtype = model_config.dtype  # of the queries: the plan's tiles depend on its width
         self.arch = GpuArch.of_device(device)
 
         # Decodes and speculative verifications (1 + k tokens) first, so that a
@@ -190,7 +191,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         """The plan of a batch whose first ``num_decodes`` sequences are decodes
         (host facts only, see the module docstring)."""
         heads = dict(num_q_heads=self.num_heads_q, num_kv_heads=self.num_heads_kv,
-                     head_size=self.headdim, arch=self.arch)  # fmt: skip
+                     head_size=self.headdim, arch=self.arch, dtype=self.dtype)  # fmt: skip
         if self.mixed_batches_in_full_graphs:  # long-query: correct for every query length
             return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
                                   max_query_len=max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1),

@@ -213,6 +213,9 @@ def check_paged_attention_inputs(
         if planned != expected:
             _fail(ValueError, "plan (num_tokens, num_seqs, q heads, kv heads, head size)",
                   f"{expected} as in the inputs", planned)  # fmt: skip
+        if plan.dtype.itemsize != q.dtype.itemsize:  # its tiles may not fit shared memory
+            _fail(ValueError, "plan.dtype", f"as wide as q.dtype ({q.dtype}): plan with "
+                  "dtype=q.dtype", plan.dtype)  # fmt: skip
         if plan.kernel == "split_kv_decode" and plan.tokens_per_q_block < max_query_len:
             _fail(ValueError, "max_query_len", f"<= {plan.tokens_per_q_block} for this "
                   "split-KV plan", max_query_len)  # fmt: skip
@@ -281,6 +284,7 @@ def paged_attention(
             num_kv_heads=k_cache.shape[2],
             head_size=head_size,
             arch=arch,
+            dtype=q.dtype,
         )
     if num_tokens == 0 or num_seqs == 0:
         return out

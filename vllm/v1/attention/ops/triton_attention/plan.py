@@ -136,6 +136,7 @@ class AttentionPlan:
     num_stages: int
     grid: tuple[int, int, int]
     arch: GpuArch
+    dtype: torch.dtype = torch.bfloat16  # of q: 4-byte elements get smaller tiles
 
     @property
     def queries_per_kv(self) -> int:
@@ -303,29 +304,44 @@ def plan_attention(
     num_kv_heads: int,
     head_size: int,
     arch: GpuArch,
+    dtype: torch.dtype = torch.bfloat16,
     beside_long_query: bool = False,
 ) -> AttentionPlan:
     """Choose the kernel and its launch for one batch (host facts only).
-    ``beside_long_query``: see ``num_kv_splits_for``."""
+
+    ``dtype``: of the queries. The tuned tables and rules hold tiles for 2-byte
+    types; with 4-byte ones a tile takes twice the shared memory, so key tiles
+    (and long-query Q tiles) are halved to stay within what the 2-byte tile
+    needs (e.g. 128 x 128 at head 128 would need 256 KB on an H200, which has
+    227 KB). ``beside_long_query``: see ``num_kv_splits_for``."""
     queries_per_kv = num_q_heads // num_kv_heads
     head_pad = max(next_power_of_2(head_size), MIN_DOT_SIZE)
+    wide = dtype.itemsize > 2
     if max_query_len <= SPLIT_KV_MAX_QUERY_LEN:
         block_m = split_kv_block_m(max_query_len, queries_per_kv)
         splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch, beside_long_query)
         kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, block_m, splits, arch)
+        if wide:
+            kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
-            (num_seqs, num_kv_heads, splits), arch,
+            (num_seqs, num_kv_heads, splits), arch, dtype,
         )  # fmt: skip
 
     block_m, kv_tile_size, num_warps, num_stages = _long_query_tiles(head_pad, arch)
+    if wide:
+        block_m, kv_tile_size = (
+            max(block_m // 2, MIN_DOT_SIZE),
+            max(kv_tile_size // 2, MIN_DOT_SIZE),
+        )
     block_m = max(block_m, next_power_of_2(queries_per_kv))
     tokens_per_q_block = block_m // queries_per_kv
     return AttentionPlan(
         "long_query", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
         head_pad, block_m, kv_tile_size, 1, num_warps, num_stages,
         (long_query_grid_size(num_tokens, num_seqs, tokens_per_q_block), num_kv_heads, 1), arch,
+        dtype,
     )  # fmt: skip
 
 
@@ -362,6 +378,7 @@ def plan_mixed_attention(
     num_kv_heads: int,
     head_size: int,
     arch: GpuArch,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> AttentionPlan | MixedBatchPlan:
     """Plan a batch whose first ``num_decodes`` sequences have at most
     ``max_decode_query_len`` (<= ``SPLIT_KV_MAX_QUERY_LEN``) tokens each.
@@ -378,7 +395,7 @@ def plan_mixed_attention(
             f"{SPLIT_KV_MAX_QUERY_LEN}"
         )
     heads = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_size=head_size,
-                 arch=arch)  # fmt: skip
+                 arch=arch, dtype=dtype)  # fmt: skip
     if num_decodes == num_seqs or max_query_len <= max_decode_query_len:
         return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
                               max_query_len=max_decode_query_len, **heads)  # fmt: skip
