@@ -52,7 +52,8 @@ FINE_KV_SPLITS = 4
 # is then ready the moment the partials are. Larger merges launched early only
 # sit in SM slots (H200, benchmarks/results/nvidia-h200/experiments/
 # ab_session3_round{4,6}.json: merges of at most 256 programs gained 0-13%,
-# those of 448 or more -11% to +2%).
+# those of 448 or more -11% to +2%; with the tiled merge, 4 per SM instead of 2
+# was even: ab_session4_round4_early4.json).
 EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 
 # Partial values (heads x splits x dims) one merge program combines. One merge
