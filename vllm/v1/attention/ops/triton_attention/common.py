@@ -253,11 +253,13 @@ def attend_key_tiles(
     Only keys in ``[kv_lo, kv_hi)`` are read. With ``MASKED`` off the caller
     guarantees that every row sees every key of these tiles.
 
-    ``PREFETCH_BLOCKS`` loads the next tile's block numbers while this tile
-    computes, so no load of an iteration waits on the block table. Split-KV
-    decode, whose programs stream few tiles each, gains 2-7% from it on an
-    H200; the long-query kernel loses 8-13% (more registers, and its loads are
-    already covered by the tensor-core work).
+    ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration
+    early. Triton 3.6's pipeliner issues tile i+1's K/V copies at the end of
+    iteration i, right after that block-table load, so they still wait on it
+    (TTGIR); the gain is in the loop's first tile. Split-KV decode, whose
+    programs stream few tiles each, gains 2-7% from it on an H200; the
+    long-query kernel loses 8-13% (more registers). Two tiles ahead makes the
+    pipeliner fall back to synchronous loads (5-37% slower).
     """
     if PREFETCH_BLOCKS:
         first_keys = tile_begin + tl.arange(0, TILE_N)
