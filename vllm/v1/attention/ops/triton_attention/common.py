@@ -256,7 +256,7 @@ def attend_key_tiles(
     ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration
     early. Triton 3.6's pipeliner issues tile i+1's K/V copies at the end of
     iteration i, right after that block-table load, so they still wait on it
-    (TTGIR); the gain is in the loop's first tile. Split-KV decode, whose
+    (TTGIR): the measured gain is not from hiding that load. Split-KV decode, whose
     programs stream few tiles each, gains 2-7% from it on an H200; the
     long-query kernel loses 8-13% (more registers). Two tiles ahead makes the
     pipeliner fall back to synchronous loads (5-37% slower).
