@@ -46,7 +46,10 @@ TARGETS = {
 # Spills here fail the gate (the decode and prefill paths of common head sizes).
 HOT_TARGETS = ("sm_80", "sm_90", "gfx942", "gfx950")
 HOT_HEAD_SIZES = (64, 128)
-PHASES = {"decode": 1, "specdecode": 4, "prefill": 512}  # query length per sequence
+PHASES = {"decode": 1, "specdecode": 4, "prefill": 512, "decode_batch": 1}  # query lengths
+# Sequences per batch: 2, or enough to give each sequence one split (the plan
+# tiles such launches differently; on sm_90 they take pipelined_decode.py).
+NUM_SEQS = {"decode_batch": 256}
 # Each switch that changes the kernels' constexprs, alone, and all together.
 FEATURES = ("non_causal", "sliding_window", "softcap", "alibi", "sinks", "all")
 
@@ -64,7 +67,7 @@ class Variant:
     def hot(self) -> bool:
         # fp32 is not a serving path: exact fp32 products take no MMA unit on
         # NVIDIA, and their spills are reported, not gated.
-        return (self.phase in ("decode", "prefill") and self.head_size in HOT_HEAD_SIZES
+        return (self.phase != "specdecode" and self.head_size in HOT_HEAD_SIZES
                 and self.features == "plain" and self.kv_dtype is None
                 and self.dtype != "float32")  # fmt: skip
 
@@ -72,7 +75,9 @@ class Variant:
 def variants(subset: str) -> list[Variant]:
     if subset == "hot":
         return [
-            Variant(phase, head, 4) for phase in ("decode", "prefill") for head in HOT_HEAD_SIZES
+            Variant(phase, head, 4)
+            for phase in ("decode", "decode_batch", "prefill")
+            for head in HOT_HEAD_SIZES
         ]
     out = [Variant(phase, head, group) for phase, head, group in
            itertools.product(PHASES, (64, 80, 128, 256), (1, 4, 8))]  # fmt: skip
@@ -105,7 +110,7 @@ def _launches(variant: Variant, target: str):
     )
     if not arch.supports_kv_dtype(kv_dtype):
         return None
-    q_len, num_seqs, num_kv_heads = PHASES[variant.phase], 2, 2
+    q_len, num_seqs, num_kv_heads = PHASES[variant.phase], NUM_SEQS.get(variant.phase, 2), 2
     num_q_heads = num_kv_heads * variant.queries_per_kv
     q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
     packed = torch.empty(8, 16, num_kv_heads, 2 * variant.head_size, dtype=kv_dtype)
@@ -195,6 +200,7 @@ def compile_variant(job: tuple[Variant, str]) -> list[dict]:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
 
     backend, arch, warp_size, _, shared_limit = TARGETS[target]
     launches = _launches(variant, target)
@@ -212,7 +218,10 @@ def compile_variant(job: tuple[Variant, str]) -> list[dict]:
             hot=variant.hot, shared_limit=shared_limit)  # fmt: skip
         start = time.time()
         try:
-            source = ASTSource(launch.kernel, signature, constexprs, attrs)
+            # Gluon kernels (pipelined_decode.py) have their own front end.
+            is_gluon = getattr(launch.kernel, "is_gluon", lambda: False)()
+            source = (GluonASTSource if is_gluon else ASTSource)(launch.kernel, signature,
+                                                                  constexprs, attrs)  # fmt: skip
             target_spec = GPUTarget(backend, arch, warp_size)
             kernel = triton.compile(source, target=target_spec, options=options)
             record.update(compiled=True, shared_bytes=kernel.metadata.shared,

@@ -24,6 +24,7 @@ from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     MixedBatchPlan,
     SplitKVWorkspace,
+    kernel_launches,
     paged_attention,
     plan_attention,
     reference_paged_attention,
@@ -217,6 +218,53 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     assert few_tile[0] > 1 and many_tile[1] < batch.q.shape[2]
     torch.testing.assert_close(out_one, out_few, **TOLERANCES[torch.float32])
     torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
+
+
+NVIDIA_SM80 = (HAS_GPU and torch.version.hip is None
+               and torch.cuda.get_device_capability() >= (8, 0))  # fmt: skip
+
+
+@pytest.mark.skipif(not NVIDIA_SM80, reason="pipelined_decode.py targets NVIDIA sm_80+")
+@pytest.mark.parametrize("tiles", [(32, 2), (64, 3)])
+@pytest.mark.parametrize(
+    "pattern,head_size,queries_per_kv,block_size,dtype,causal",
+    [("decode", 128, 4, 16, torch.bfloat16, True), ("decode", 64, 1, 32, torch.float16, True),
+     ("decode", 256, 8, 64, torch.bfloat16, True), ("specdecode4", 128, 7, 16, torch.bfloat16,
+     True), ("specdecode7", 32, 2, 16, torch.float16, True),
+     ("decode", 128, 4, 16, torch.bfloat16, False)],
+)  # fmt: skip
+def test_pipelined_decode_matches_reference(
+    pattern, head_size, queries_per_kv, block_size, dtype, causal, tiles, device
+):
+    """The Gluon split-KV kernel on every shape it covers, with one split and
+    several (its plan sets it only for large batches on sm_90)."""
+    q_lens, seq_lens = QUERY_PATTERNS[pattern]
+    num_q_heads = 2 * queries_per_kv
+    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
+                       head_size=head_size, block_size=block_size, dtype=dtype, device=device,
+                       padding_tokens=3)  # fmt: skip
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
+                                         causal=causal, **batch.kernel_args())  # fmt: skip
+    rows = batch.num_actual_tokens
+    for units in (1, 132):
+        plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
+                              max_query_len=max(q_lens), num_q_heads=num_q_heads,
+                              num_kv_heads=2, head_size=head_size,
+                              arch=GpuArch("cuda", GpuArch.of_device(device).name, units),
+                              dtype=dtype)  # fmt: skip
+        plan = dataclasses.replace(plan, pipelined_decode=tiles)
+        (launch, *_) = kernel_launches(
+            batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc,
+            batch.seq_lens, batch.block_table, 0.1, causal, None, None, None, None, None, None,
+            plan, None,
+        )  # fmt: skip
+        assert launch.kernel.__name__ == "split_kv_decode_pipelined_kernel"
+        out = torch.full_like(batch.q, float("nan"))
+        paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
+                        plan=plan, **batch.kernel_args())  # fmt: skip
+        assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
+        torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
+                                   **TOLERANCES[dtype])  # fmt: skip
 
 
 def test_long_query_kernel_handles_decode_rows(device):

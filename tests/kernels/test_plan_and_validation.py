@@ -18,6 +18,7 @@ from vllm.v1.attention.ops.triton_attention import (
 from vllm.v1.attention.ops.triton_attention.plan import (
     MAX_KV_SPLITS,
     MERGE_TILE_ELEMENTS,
+    PIPELINED_DECODE_TILE,
     long_query_grid_size,
     next_power_of_2,
 )
@@ -153,6 +154,33 @@ def test_programmatic_launch_only_on_hopper_and_later():
         for _, switches in _launch_switches(arch, [1], early_dependents=True):
             assert "launch_pdl" not in switches
             assert not switches.get("PDL") and not switches.get("EARLY_DEPENDENTS")
+
+
+def test_pipelined_decode_only_where_measured_and_covered():
+    # Planned where it was measured faster: sm_90, 16-row programs at head
+    # 128, one split per sequence (a large batch).
+    assert plan(num_tokens=128, num_seqs=128).pipelined_decode == PIPELINED_DECODE_TILE
+    assert plan(num_tokens=32, num_seqs=32).num_kv_splits == 3
+    assert plan(num_tokens=32, num_seqs=32).pipelined_decode is None
+    assert plan(num_tokens=1, num_seqs=1).pipelined_decode is None  # finely split
+    assert plan(num_tokens=128, num_seqs=128, head_size=64).pipelined_decode is None
+    assert plan(num_tokens=128, num_seqs=128, dtype=torch.float32).pipelined_decode is None
+    for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("hip", "gfx942", 304)):
+        assert plan(num_tokens=128, num_seqs=128, arch=arch).pipelined_decode is None
+    # It runs when it covers the launch; other features take the portable kernel.
+    ((name, switches),) = _launch_switches(H100, [1] * 128)
+    assert name == "split_kv_decode_pipelined_kernel"
+    assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_DECODE_TILE
+    batch = make_batch([1] * 128, [64] * 128, num_q_heads=32, num_kv_heads=8, head_size=128,
+                       block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
+    p = plan(num_tokens=128, num_seqs=128)
+    for window, softcap in ((16, None), (None, 30.0)):
+        (launch,) = kernel_launches(
+            batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q),
+            batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
+            softcap, None, None, None, None, p, None,
+        )  # fmt: skip
+        assert launch.kernel.__name__ == "split_kv_decode_kernel"
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():

@@ -45,6 +45,7 @@ import torch
 
 from .cache_write import write_kv_cache_kernel
 from .long_query import long_query_attention_kernel
+from .pipelined_decode import pipelined_decode_layouts, split_kv_decode_pipelined_kernel
 from .plan import (
     EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT,
     FINE_KV_SPLITS,
@@ -425,6 +426,21 @@ def kernel_launches(
     switches.update(NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=prefetch,
                     EARLY_DEPENDENTS=early)  # fmt: skip
     launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args, switches)]
+    if plan.pipelined_decode and _pipelined_decode_covers(
+        q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
+    ):
+        tile, buffers = plan.pipelined_decode
+        gluon_args = (*pointers[:4], partial_out, partial_lse, *pointers[4:7], *strides,
+                      *partial_strides, scale)  # fmt: skip
+        gluon_switches = dict(
+            HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
+            BLOCK_SIZE=k_cache.shape[1], BLOCK_M=plan.block_m, TILE_N=tile,
+            NUM_KV_SPLITS=plan.num_kv_splits, IS_CAUSAL=causal, KV_BUFFERS=buffers,
+            EARLY_DEPENDENTS=early, num_warps=plan.num_warps,
+            **pipelined_decode_layouts(plan.head_pad, plan.num_warps),
+        )  # fmt: skip
+        launches = [KernelLaunch(split_kv_decode_pipelined_kernel, plan.grid, gluon_args,
+                                 gluon_switches)]  # fmt: skip
     if plan.num_kv_splits > 1:
         args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
                 out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip
@@ -445,6 +461,26 @@ def kernel_launches(
             constexprs["launch_pdl"] = True
         launches.append(KernelLaunch(merge_kv_splits_kernel, plan.merge_grid, args, constexprs))
     return launches
+
+
+def _pipelined_decode_covers(
+    q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
+) -> bool:
+    """Whether ``split_kv_decode_pipelined_kernel`` handles this launch: 2-byte
+    queries and cache, a power-of-two head size, none of the features it
+    lacks, and 16-byte aligned rows (its copies move 16 bytes at a time)."""
+    if sliding_window is not None or logits_soft_cap is not None:
+        return False
+    if alibi_slopes is not None or sinks is not None:
+        return False
+    if q.dtype.itemsize != 2 or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        return False
+    if q.shape[2] != plan.head_pad:
+        return False
+    tensors = (q, k_cache, v_cache, out)
+    if any(t.stride(-1) != 1 or t.data_ptr() % 16 for t in tensors):
+        return False
+    return all(s % 8 == 0 for t in tensors for s in t.stride()[:-1])
 
 
 def write_kv_cache(

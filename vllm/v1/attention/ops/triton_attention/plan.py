@@ -65,6 +65,16 @@ EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 # experiments/ab_session4_round3_merge_tile_*.json).
 MERGE_TILE_ELEMENTS = 4096
 
+# Split-KV decode through pipelined_decode.py's kernel (explicit cp.async ring):
+# (key tile, buffers). On an H200 it is 10-13% faster than the portable kernel
+# where programs of 16 rows at head 128 each stream a whole sequence (one
+# split: batch 64-128 x 1k-64k, llama3-8b and qwen shapes, decode and llama's
+# spec-decode). With 3 splits it lost up to 13% at 4k-64k contexts, finely
+# split launches vary from 0.89x to 1.12x, and 64-key tiles or deeper rings
+# (fewer programs per SM) lose 5-45%. benchmarks/results/nvidia-h200/
+# experiments/ab_session5_round{2,3}_gluon_decode.json, bench_full_gluon_3_splits.json
+PIPELINED_DECODE_TILE = (32, 2)
+
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
 MAX_HEAD_SIZE = 256
@@ -138,6 +148,10 @@ class AttentionPlan:
     grid: tuple[int, int, int]
     arch: GpuArch
     dtype: torch.dtype = torch.bfloat16  # of q: 4-byte elements get smaller tiles
+    # Split-KV only: (key tile, shared-memory K/V buffers) of the pipelined
+    # NVIDIA kernel (pipelined_decode.py), which runs where it covers the
+    # launch's features; otherwise, or when None, the portable kernel.
+    pipelined_decode: tuple[int, int] | None = None
 
     @property
     def queries_per_kv(self) -> int:
@@ -324,10 +338,14 @@ def plan_attention(
         kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, block_m, splits, arch)
         if wide:
             kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
+        pipelined = None
+        if (arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128
+                and block_m == MIN_DOT_SIZE and splits == 1):  # fmt: skip
+            pipelined = PIPELINED_DECODE_TILE  # where it was measured faster
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
-            (num_seqs, num_kv_heads, splits), arch, dtype,
+            (num_seqs, num_kv_heads, splits), arch, dtype, pipelined,
         )  # fmt: skip
 
     block_m, kv_tile_size, num_warps, num_stages = _long_query_tiles(head_pad, arch)
