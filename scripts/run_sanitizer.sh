@@ -19,10 +19,11 @@ python3 "$here/sanitize_kernels.py" > "$out/plain.log" 2>&1 || {
 status=0
 : > "$out/sanitizer_summary.txt"
 # racecheck tracks every shared-memory access and is far slower: it runs the
-# cases that cover each kernel once (split-KV + merge, long-query, both, fp8).
+# cases that cover each kernel once (split-KV + merge, the pipelined decode of
+# one split per sequence on sm_90, long-query, both, fp8).
 for tool in memcheck racecheck; do
     cases=()
-    [ "$tool" = racecheck ] && cases=(decode prefill_all mixed fp8_decode)
+    [ "$tool" = racecheck ] && cases=(decode decode_one_split prefill_all mixed fp8_decode)
     compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 50 \
         python3 "$here/sanitize_kernels.py" "${cases[@]}" > "$out/$tool.log" 2>&1
     rc=$?

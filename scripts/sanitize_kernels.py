@@ -3,7 +3,8 @@
 """Every kernel on a small representative matrix, checked against the reference:
 the program that ``scripts/run_sanitizer.sh`` runs under compute-sanitizer.
 
-Covers split-KV decode with and without its merge, speculative decode, the
+Covers split-KV decode with and without its merge (one split per sequence is
+the Gluon pipelined kernel on sm_90), speculative decode, the
 long-query kernel, a mixed batch (both), fp8 and 16-bit caches, every feature
 switch and the cache write. Exits non-zero on a wrong result.
 
