@@ -18,7 +18,7 @@ from vllm.v1.attention.ops.triton_attention import (
 from vllm.v1.attention.ops.triton_attention.plan import (
     MAX_KV_SPLITS,
     MERGE_TILE_ELEMENTS,
-    PIPELINED_DECODE_TILE,
+    PIPELINED_DECODE_TILES,
     long_query_grid_size,
     next_power_of_2,
 )
@@ -157,12 +157,16 @@ def test_programmatic_launch_only_on_hopper_and_later():
 
 
 def test_pipelined_decode_only_where_measured_and_covered():
-    # Planned where it was measured faster: sm_90, 16-row programs at head
-    # 128, one split per sequence (a large batch).
-    assert plan(num_tokens=128, num_seqs=128).pipelined_decode == PIPELINED_DECODE_TILE
+    # Planned where it was measured faster on sm_90 at head 128: 16-row
+    # programs with one split per sequence (a large batch), 32-row programs
+    # (GQA 7 x 4 spec tokens) unless split as finely as at batch 1.
+    assert plan(num_tokens=128, num_seqs=128).pipelined_decode == PIPELINED_DECODE_TILES[16]
     assert plan(num_tokens=32, num_seqs=32).num_kv_splits == 3
     assert plan(num_tokens=32, num_seqs=32).pipelined_decode is None
     assert plan(num_tokens=1, num_seqs=1).pipelined_decode is None  # finely split
+    spec = dict(max_query_len=4, num_q_heads=28, num_kv_heads=4)
+    assert plan(num_tokens=32, num_seqs=8, **spec).pipelined_decode == PIPELINED_DECODE_TILES[32]
+    assert plan(num_tokens=4, num_seqs=1, **spec).pipelined_decode is None
     assert plan(num_tokens=128, num_seqs=128, head_size=64).pipelined_decode is None
     assert plan(num_tokens=128, num_seqs=128, dtype=torch.float32).pipelined_decode is None
     for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("hip", "gfx942", 304)):
@@ -170,7 +174,7 @@ def test_pipelined_decode_only_where_measured_and_covered():
     # It runs when it covers the launch; other features take the portable kernel.
     ((name, switches),) = _launch_switches(H100, [1] * 128)
     assert name == "split_kv_decode_pipelined_kernel"
-    assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_DECODE_TILE
+    assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_DECODE_TILES[16]
     batch = make_batch([1] * 128, [64] * 128, num_q_heads=32, num_kv_heads=8, head_size=128,
                        block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
     p = plan(num_tokens=128, num_seqs=128)

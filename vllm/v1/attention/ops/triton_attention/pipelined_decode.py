@@ -16,7 +16,7 @@ the block numbers of the next tile to issue one iteration early. It covers
 2-byte queries and cache with a power-of-two head size and none of sliding
 window, softcap, ALiBi or sinks; the plan picks it (``AttentionPlan.
 pipelined_decode``) only where it measured faster than the portable kernel
-(``plan.PIPELINED_DECODE_TILE``).
+(``plan.PIPELINED_DECODE_TILES``).
 """
 
 from triton.experimental import gluon

@@ -66,14 +66,18 @@ EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 MERGE_TILE_ELEMENTS = 4096
 
 # Split-KV decode through pipelined_decode.py's kernel (explicit cp.async ring):
-# (key tile, buffers). On an H200 it is 10-13% faster than the portable kernel
-# where programs of 16 rows at head 128 each stream a whole sequence (one
-# split: batch 64-128 x 1k-64k, llama3-8b and qwen shapes, decode and llama's
-# spec-decode). With 3 splits it lost up to 13% at 4k-64k contexts, finely
-# split launches vary from 0.89x to 1.12x, and 64-key tiles or deeper rings
-# (fewer programs per SM) lose 5-45%. benchmarks/results/nvidia-h200/
-# experiments/ab_session5_round{2,3}_gluon_decode.json, bench_full_gluon_3_splits.json
-PIPELINED_DECODE_TILE = (32, 2)
+# (key tile, buffers) by rows per program, where it was measured faster than
+# the portable kernel on an H200 at head 128 (benchmarks/results/nvidia-h200/
+# experiments/ab_session5_round{2,3,4}_*.json, bench_full_gluon_3_splits.json):
+# - 16 rows, one split per sequence (batch 64-128, llama3-8b and qwen shapes,
+#   decode and llama's spec-decode): 6-12% faster. With 3 splits it lost up to
+#   13% at 4k-64k contexts; finely split launches vary from 0.89x to 1.12x.
+# - 32 rows (qwen's 28 heads x 4 spec tokens), up to 31 splits (batch >= 4):
+#   0.98-1.08x with 64-key tiles; at batch 1 (64 splits) it lost 19%.
+# 64-key tiles lose at 16 rows (0.80-0.96) and deeper rings everywhere (fewer
+# programs per SM).
+PIPELINED_DECODE_TILES = {16: (32, 2), 32: (64, 2)}
+PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
@@ -340,8 +344,8 @@ def plan_attention(
             kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
         pipelined = None
         if (arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128
-                and block_m == MIN_DOT_SIZE and splits == 1):  # fmt: skip
-            pipelined = PIPELINED_DECODE_TILE  # where it was measured faster
+                and splits <= PIPELINED_DECODE_MAX_SPLITS.get(block_m, 0)):  # fmt: skip
+            pipelined = PIPELINED_DECODE_TILES[block_m]  # where it was measured faster
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
