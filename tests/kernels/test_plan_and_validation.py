@@ -178,9 +178,13 @@ def test_pipelined_decode_only_where_measured_and_covered():
     batch = make_batch([1] * 128, [64] * 128, num_q_heads=32, num_kv_heads=8, head_size=128,
                        block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
     p = plan(num_tokens=128, num_seqs=128)
-    for window, softcap in ((16, None), (None, 30.0)):
+    # A cache whose slot stride (8 heads x 136) is not a multiple of 16
+    # elements: the pipelined kernel's 16-byte copies would not compile.
+    odd = torch.zeros(*batch.k_cache.shape[:3], 136, dtype=torch.bfloat16)[..., :128]
+    for window, softcap, k_cache in ((16, None, batch.k_cache), (None, 30.0, batch.k_cache),
+                                     (None, None, odd)):  # fmt: skip
         (launch,) = kernel_launches(
-            batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q),
+            batch.q, k_cache, batch.v_cache, torch.empty_like(batch.q),
             batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
             softcap, None, None, None, None, p, None,
         )  # fmt: skip

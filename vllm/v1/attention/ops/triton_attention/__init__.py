@@ -468,7 +468,9 @@ def _pipelined_decode_covers(
 ) -> bool:
     """Whether ``split_kv_decode_pipelined_kernel`` handles this launch: 2-byte
     queries and cache, a power-of-two head size, none of the features it
-    lacks, and 16-byte aligned rows (its copies move 16 bytes at a time)."""
+    lacks, and rows its 16-byte copies can move: 16-byte aligned pointers and
+    strides that are multiples of 16 elements (what Triton's launcher marks as
+    divisible, without which the copies do not compile)."""
     if sliding_window is not None or logits_soft_cap is not None:
         return False
     if alibi_slopes is not None or sinks is not None:
@@ -480,7 +482,7 @@ def _pipelined_decode_covers(
     tensors = (q, k_cache, v_cache, out)
     if any(t.stride(-1) != 1 or t.data_ptr() % 16 for t in tensors):
         return False
-    return all(s % 8 == 0 for t in tensors for s in t.stride()[:-1])
+    return all(s % 16 == 0 for t in tensors for s in t.stride()[:-1])
 
 
 def write_kv_cache(
