@@ -110,16 +110,22 @@ def check_small(model, q_lens, seq_lens, dtype):
     torch.testing.assert_close(out[:rows].float(), ref[:rows].float(), **TOLERANCES[dtype])
 
 
-def ragged_inputs(model, q_lens, seq_lens, dtype, block_size=16):
+def ragged_inputs(model, q_lens, seq_lens, dtype, block_size=16, distinct_blocks=None):
     """A paged batch in shuffled blocks: sequence b has seq_lens[b] keys, the last
-    q_lens[b] of them queries."""
+    q_lens[b] of them queries.
+
+    ``distinct_blocks``: allocate only this many blocks per sequence and repeat
+    them across the block table, which keeps its real width (and stride): enough
+    to compile the launches without the memory of a long context."""
     hq, hkv, d = model
-    blocks_per_seq = math.ceil(max(seq_lens) / block_size)
-    num_blocks = len(q_lens) * blocks_per_seq
+    width = math.ceil(max(seq_lens) / block_size)
+    used = min(distinct_blocks or width, width)
+    num_blocks = len(q_lens) * used
     k_cache = torch.randn(num_blocks, block_size, hkv, d, device="cuda", dtype=dtype)
     v_cache = torch.randn_like(k_cache)
     block_table = torch.randperm(num_blocks, device="cuda", dtype=torch.int32)
-    block_table = block_table.view(len(q_lens), blocks_per_seq)
+    block_table = block_table.view(len(q_lens), used).repeat(1, math.ceil(width / used))
+    block_table = block_table[:, :width]
     q = torch.randn(sum(q_lens), hq, d, device="cuda", dtype=dtype)
     qsl = torch.tensor([0, *itertools.accumulate(q_lens)], device="cuda", dtype=torch.int32)
     lens = torch.tensor(seq_lens, device="cuda", dtype=torch.int32)

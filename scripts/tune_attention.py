@@ -27,7 +27,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shlex
 import sys
 import time
@@ -39,6 +38,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 sys.path.append(str(REPO / "scripts"))
+
+from bench_attention import ragged_inputs  # noqa: E402
 
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
@@ -89,11 +90,19 @@ def _cells() -> dict[str, list[Cell]]:
     return groups
 
 
-def _candidates(key: str) -> list[tuple[int, ...]]:
-    if key.startswith("long_query"):
-        tiles = (32, 64) if "/d256" in key else (32, 64, 128)
+def _head_pad(cells: list[Cell]) -> int:
+    """The padded head size of a table group (every cell of a group shares it)."""
+    return max(MIN_DOT_SIZE, next_power_of_2(cells[0].head_size))
+
+
+def _candidates(key: str, cells: list[Cell]) -> list[tuple[int, ...]]:
+    """(block_m, tile, warps, stages) for long-query groups, (tile, warps, stages)
+    for split-KV ones; head 256 leaves out the tiles that cannot fit."""
+    wide = _head_pad(cells) > 128
+    if key == long_query_table_key(_head_pad(cells)):
+        tiles = (32, 64) if wide else (32, 64, 128)
         return list(itertools.product((64, 128), tiles, (4, 8), (2, 3)))
-    tiles = (16, 32, 64) if "/d256" in key else (32, 64, 128)
+    tiles = (16, 32, 64) if wide else (32, 64, 128)
     return list(itertools.product(tiles, (4, 8), (2, 3)))
 
 
@@ -115,21 +124,11 @@ def _plan(cell: Cell, arch: GpuArch, config: tuple[int, ...] | None = None):
     return dataclasses.replace(plan, kv_tile_size=tile, num_warps=warps, num_stages=stages)
 
 
-def _inputs(cell: Cell, blocks_per_seq: int | None = None, block_size: int = 16):
-    """Paged inputs; the block table's width (hence its stride) is the real one."""
-    width = math.ceil(cell.context / block_size)
-    used = blocks_per_seq or width
-    num_blocks = cell.batch * used
-    k_cache = torch.randn(num_blocks, block_size, cell.num_kv_heads, cell.head_size,
-                          device="cuda", dtype=torch.bfloat16)  # fmt: skip
-    v_cache = torch.randn_like(k_cache)
-    block_table = torch.randperm(num_blocks, device="cuda", dtype=torch.int32)
-    block_table = block_table.view(cell.batch, used).repeat(1, width // used + 1)[:, :width]
-    q = torch.randn(cell.batch * cell.q_len, cell.num_q_heads, cell.head_size, device="cuda",
-                    dtype=torch.bfloat16)  # fmt: skip
-    qsl = torch.arange(0, cell.batch + 1, device="cuda", dtype=torch.int32) * cell.q_len
-    seq_lens = torch.full((cell.batch,), cell.context, device="cuda", dtype=torch.int32)
-    return q, k_cache, v_cache, qsl, seq_lens, block_table
+def _inputs(cell: Cell, distinct_blocks: int | None = None):
+    """The benchmark's paged inputs for ``cell`` (bf16, shuffled 16-token blocks)."""
+    return ragged_inputs((cell.num_q_heads, cell.num_kv_heads, cell.head_size),
+                         [cell.q_len] * cell.batch, [cell.context] * cell.batch, torch.bfloat16,
+                         distinct_blocks=distinct_blocks)  # fmt: skip
 
 
 def _launches(cell: Cell, plan, inputs):
@@ -147,7 +146,7 @@ def compile_job(job: tuple[Cell, tuple[int, ...]]) -> int | None:
     plan = _plan(cell, arch, config)
     spills = 0
     try:
-        for launch in _launches(cell, plan, _inputs(cell, blocks_per_seq=1)):
+        for launch in _launches(cell, plan, _inputs(cell, distinct_blocks=1)):
             kernel = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.constexprs)
             kernel._init_handles()
             spills += getattr(kernel, "n_spills", 0) or 0
@@ -201,10 +200,6 @@ class Progress:
             print(file=sys.stderr)
 
 
-def _head_pad(key: str) -> int:
-    return int(re.search(r"/d(\d+)", key).group(1))
-
-
 def _record_id(key: str, cell: Cell, config) -> str:
     return json.dumps([key, dataclasses.astuple(cell), list(config)])
 
@@ -229,7 +224,7 @@ def main():
             record = json.loads(line)
             done[record["id"]] = record
     jobs = [(key, cell, config) for key, cells in groups.items() for cell in cells
-            for config in _candidates(key)]  # fmt: skip
+            for config in _candidates(key, cells)]  # fmt: skip
     todo = [job for job in jobs if _record_id(*job) not in done]
     print(f"{len(jobs)} timings in {len(groups)} table entries, {len(done)} already done",
           file=sys.stderr)  # fmt: skip
@@ -285,13 +280,13 @@ def write_table(args, arch: GpuArch, groups, done: dict) -> None:
     command = "python3 scripts/tune_attention.py " + shlex.join(sys.argv[1:])
     for key, cells in groups.items():
         scores = {}
-        for config in _candidates(key):
+        for config in _candidates(key, cells):
             records = [done.get(_record_id(key, cell, config)) for cell in cells]
             if any(r is None or "us" not in r for r in records):
                 continue
             # Spills fail the compile-matrix gate for head sizes up to 128; for
             # larger heads a few spilled bytes can still be the fastest choice.
-            if any(r.get("spills") for r in records) and _head_pad(key) <= 128:
+            if any(r.get("spills") for r in records) and _head_pad(cells) <= 128:
                 continue
             scores[tuple(config)] = math.exp(sum(math.log(r["us"]) for r in records) / len(cells))
         if not scores:
