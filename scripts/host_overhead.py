@@ -36,11 +36,18 @@ def per_call_us(fn, n=2000):
 
 
 def main():
-    batch = make_batch([1] * 8, [1000] * 8, num_q_heads=32, num_kv_heads=8, head_size=128,
-                       block_size=16, dtype=torch.bfloat16, device="cuda")  # fmt: skip
+    # 8 sequences: split-KV + merge; 128: one split (the Gluon kernel on sm_90)
+    for num_seqs in (8, 128):
+        measure(num_seqs)
+
+
+def measure(num_seqs):
+    batch = make_batch([1] * num_seqs, [1000] * num_seqs, num_q_heads=32, num_kv_heads=8,
+                       head_size=128, block_size=16, dtype=torch.bfloat16,
+                       device="cuda")  # fmt: skip
     arch = GpuArch.of_device("cuda")
-    plan = plan_attention(num_tokens=8, num_seqs=8, max_query_len=1, num_q_heads=32,
-                          num_kv_heads=8, head_size=128, arch=arch)  # fmt: skip
+    plan = plan_attention(num_tokens=num_seqs, num_seqs=num_seqs, max_query_len=1,
+                          num_q_heads=32, num_kv_heads=8, head_size=128, arch=arch)  # fmt: skip
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(batch.q)
     args = batch.kernel_args()
@@ -52,15 +59,17 @@ def main():
         batch.q, batch.k_cache, batch.v_cache, out, args["query_start_loc"], args["seq_lens"],
         args["block_table"], 1, None, None, None, None, None, None, plan, arch)  # fmt: skip
     planning = lambda: plan_attention(
-        num_tokens=8,
-        num_seqs=8,
+        num_tokens=num_seqs,
+        num_seqs=num_seqs,
         max_query_len=1,  # noqa: E731
         num_q_heads=32,
         num_kv_heads=8,
         head_size=128,
         arch=arch,
     )
-    print(f"host us per call: with plan {per_call_us(full):.1f}, without plan "
+    kernel = "pipelined" if plan.pipelined_decode else "portable"
+    print(f"{num_seqs} sequences ({plan.num_kv_splits} splits, {kernel} decode): "
+          f"host us per call: with plan {per_call_us(full):.1f}, without plan "
           f"{per_call_us(no_plan):.1f}, checks {per_call_us(check):.1f}, "
           f"plan {per_call_us(planning):.1f}")  # fmt: skip
 

@@ -19,6 +19,9 @@ pipelined_decode``) only where it measured faster than the portable kernel
 (``plan.PIPELINED_DECODE_TILES``).
 """
 
+import functools
+from types import MappingProxyType
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -28,21 +31,26 @@ from triton.language.extra.cuda import gdc_launch_dependents
 cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
-def pipelined_decode_layouts(head_pad: int, num_warps: int) -> dict:
+@functools.cache  # per launch on the host path: building layouts costs ~20 us
+def pipelined_decode_layouts(head_pad: int, num_warps: int) -> MappingProxyType:
     """The register and shared-memory layouts of ``split_kv_decode_pipelined_kernel``:
     the ones Triton itself picks for the portable kernel on sm_90 (16-byte
     copies along the head dimension, mma.sync with warps side by side along N)."""
     threads_d = min(32, head_pad // 8)
     mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
                                     instr_shape=[16, 8])  # fmt: skip
-    return dict(
-        MMA_LAYOUT=mma,
-        # K^T [head, keys], head dimension contiguous
-        KT_LAYOUT=gl.BlockedLayout([8, 1], [threads_d, 32 // threads_d], [1, num_warps], [0, 1]),
-        # V [keys, head] and Q [rows, head]
-        V_LAYOUT=gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]),
-        KT_SHARED=gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[0, 1]),
-        V_SHARED=gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0]),
+    return MappingProxyType(
+        dict(
+            MMA_LAYOUT=mma,
+            # K^T [head, keys], head dimension contiguous
+            KT_LAYOUT=gl.BlockedLayout(
+                [8, 1], [threads_d, 32 // threads_d], [1, num_warps], [0, 1]
+            ),
+            # V [keys, head] and Q [rows, head]
+            V_LAYOUT=gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]),
+            KT_SHARED=gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[0, 1]),
+            V_SHARED=gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0]),
+        )
     )
 
 
