@@ -27,6 +27,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from triton.language.extra.cuda import gdc_launch_dependents
 
+from .split_kv_decode import split_key_range, store_split_result
+
 # Triton 3.6 names the CTA-wide barrier thread_barrier, 3.8 barrier.
 cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
@@ -174,10 +176,7 @@ def split_kv_decode_pipelined_kernel(
     seq_len = gl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
 
-    # This program's share of the keys, in whole key tiles (as the portable kernel).
-    keys_per_split = gl.cdiv(gl.cdiv(seq_len, NUM_KV_SPLITS), TILE_N) * TILE_N
-    split_lo = split * keys_per_split
-    split_hi = gl.minimum(split_lo + keys_per_split, seq_len)
+    split_lo, split_hi = split_key_range(seq_len, 0, split, NUM_KV_SPLITS, TILE_N)
     num_tiles = gl.cdiv(gl.maximum(split_hi - split_lo, 0), TILE_N)
 
     k_buffers = gl.allocate_shared_memory(k_cache_ptr.dtype.element_ty,
@@ -250,6 +249,8 @@ def split_kv_decode_pipelined_kernel(
         k = k_buffers.index(slot).load(b_operand)
         s = mma_v2(q, k, gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=MMA_LAYOUT))
         key_idx = split_lo + tile * TILE_N + key_offsets
+        # Not common.visible_mask: its offset form takes 12 more registers
+        # here under Triton 3.8 (96 -> 108), a program fewer per SM.
         visible = key_idx[None, :] < split_hi
         if IS_CAUSAL:
             visible &= key_idx[None, :] <= query_pos[:, None]
@@ -266,20 +267,10 @@ def split_kv_decode_pipelined_kernel(
         m_i = m_new
     async_copy.wait_group(0)  # the copies issued past the last tile
 
-    has_keys = l_i != 0.0
-    l_safe = gl.where(has_keys, l_i, 1.0)
     dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, MMA_LAYOUT))
-    if NUM_KV_SPLITS == 1:
-        out_offset = (q_start + token).to(gl.int64) * stride_out_token + head * stride_out_head
-        gl.store(out_ptr + out_offset[:, None] + dim[None, :],
-                 (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty),
-                 mask=row_valid[:, None])  # fmt: skip
-    else:
-        row_offset = (q_start + token).to(gl.int64) * stride_partial_token
-        row_offset += head * stride_partial_head + split * HEAD_PAD
-        gl.store(partial_out_ptr + row_offset[:, None] + dim[None, :], acc / l_safe[:, None],
-                 mask=row_valid[:, None])  # fmt: skip
-        lse = gl.where(has_keys, m_i + gl.log2(l_safe), float("-inf"))
-        lse_offset = (q_start + token).to(gl.int64) * (stride_partial_token // HEAD_PAD)
-        lse_offset += head * NUM_KV_SPLITS + split
-        gl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
+    store_split_result(
+        out_ptr, partial_out_ptr, partial_lse_ptr, acc, m_i, l_i, q_start, token, head, split,
+        row_valid, dim, dim < HEAD_PAD, 1.0,
+        stride_out_token, stride_out_head, stride_partial_token, stride_partial_head,
+        1, HEAD_PAD, NUM_KV_SPLITS,
+    )  # fmt: skip

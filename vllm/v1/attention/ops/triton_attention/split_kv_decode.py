@@ -114,9 +114,7 @@ def split_kv_decode_kernel(
     kv_lo = 0
     if HAS_SLIDING_WINDOW:
         kv_lo = tl.maximum(context_len - sliding_window + 1, 0)
-    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_KV_SPLITS), TILE_N) * TILE_N
-    split_lo = kv_lo + split * keys_per_split
-    split_hi = tl.minimum(split_lo + keys_per_split, seq_len)
+    split_lo, split_hi = split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS, TILE_N)
 
     # The sink joins the softmax once, through the first split.
     m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid & (split == 0), HAS_SINKS, BLOCK_M)
@@ -137,12 +135,56 @@ def split_kv_decode_kernel(
         IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION, PREFETCH_BLOCKS,
     )  # fmt: skip
 
+    store_split_result(
+        out_ptr, partial_out_ptr, partial_lse_ptr, acc, m_i, l_i, q_start, token, head, split,
+        row_valid, dim, dim_mask, load_v_scale(v_scale_ptr, KV_IS_FP8),
+        stride_out_token, stride_out_head, stride_partial_token, stride_partial_head,
+        STRIDE_OUT_DIM, HEAD_PAD, NUM_KV_SPLITS,
+    )  # fmt: skip
+
+
+@triton.jit
+def split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS: tl.constexpr, TILE_N: tl.constexpr):
+    """Keys ``[split_lo, split_hi)`` of split ``split``: the sequence's keys from
+    ``kv_lo`` on, cut into ``NUM_KV_SPLITS`` ranges of whole key tiles. The
+    length of a range follows the sequence, so the grid does not."""
+    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_KV_SPLITS), TILE_N) * TILE_N
+    split_lo = kv_lo + split * keys_per_split
+    return split_lo, tl.minimum(split_lo + keys_per_split, seq_len)
+
+
+@triton.jit
+def store_split_result(
+    out_ptr,
+    partial_out_ptr,
+    partial_lse_ptr,
+    acc,
+    m_i,
+    l_i,
+    q_start,
+    token,
+    head,
+    split,
+    row_valid,
+    dim,
+    dim_mask,
+    v_scale,
+    stride_out_token,
+    stride_out_head,
+    stride_partial_token,
+    stride_partial_head,
+    STRIDE_OUT_DIM: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    NUM_KV_SPLITS: tl.constexpr,
+):
+    """One split's softmax state for its rows: the output itself when there is
+    one split, else the normalised partial and its log2-sum-exp for the merge.
+    Layout-free, so the Gluon kernel (pipelined_decode.py) shares it."""
     # "!= 0" rather than "> 0": a NaN from real data must reach the output.
     has_keys = l_i != 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
     store_mask = row_valid[:, None] & dim_mask[None, :]
     if NUM_KV_SPLITS == 1:
-        v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
         result = acc * (v_scale / l_safe)[:, None]
         out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
         tl.store(
