@@ -5,9 +5,14 @@
     ncu --clock-control none --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats --launch-skip 10 --launch-count 2 \\
         python3 scripts/profile_cell.py --batch 1 --context 16384
+
+``--plan '{"pipelined_long_query": null}'`` profiles another launch of the
+same cell (here the portable long-query kernel instead of the Hopper one).
 """
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -30,12 +35,14 @@ def main():
     parser.add_argument("--q-len", type=int, default=1)
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--plan", type=json.loads, default={},
+                        help="AttentionPlan fields to override (JSON)")  # fmt: skip
     args = parser.parse_args()
     model = MODELS[args.model]
     q_lens, seq_lens = [args.q_len] * args.batch, [args.context] * args.batch
     q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens,
                                                                torch.bfloat16)  # fmt: skip
-    plan = _plan(model, q_lens)
+    plan = dataclasses.replace(_plan(model, q_lens), **args.plan)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
     print(plan)

@@ -41,6 +41,8 @@ CASES = [
     ("prefill_all", [90, 33], [200, 33], 80, 4, None, ALL_FEATURES),
     ("non_causal", [50, 1], [50, 70], 64, 4, None, dict(causal=False)),
     ("mixed", [1, 1, 70, 3], [90, 300, 200, 40], 128, 4, None, {}),
+    # head 128 on sm_90: the Hopper long-query kernel, its buffer ring wrapping
+    ("prefill_d128", [300, 40], [700, 40], 128, 4, None, {}),
     ("fp8_decode", [1, 1], [300, 17], 128, 4, torch.float8_e4m3fn, {}),
     ("fp8_prefill", [60], [100], 128, 4, torch.float8_e4m3fn, {}),
 ]

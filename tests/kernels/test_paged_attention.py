@@ -267,6 +267,52 @@ def test_pipelined_decode_matches_reference(
                                    **TOLERANCES[dtype])  # fmt: skip
 
 
+NVIDIA_SM90 = (HAS_GPU and torch.version.hip is None
+               and torch.cuda.get_device_capability() == (9, 0))  # fmt: skip
+
+
+@pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
+@pytest.mark.parametrize("tiles", [(64, 4), (64, 6)])
+@pytest.mark.parametrize(
+    "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal",
+    [([37, 300], [37, 300], 128, 4, 16, torch.bfloat16, True),  # prefill, ragged ends
+     ([48, 16, 200], [450, 97, 1000], 128, 7, 16, torch.bfloat16, True),  # chunks on a prefix
+     ([1, 1, 0, 65, 3], [40, 129, 0, 190, 63], 64, 1, 32, torch.float16, True),  # mixed rows
+     ([130, 9], [130, 9], 64, 4, 16, torch.float16, False),
+     ([70], [2000], 128, 8, 64, torch.float16, False)],
+)  # fmt: skip
+def test_pipelined_long_query_matches_reference(
+    q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, tiles, device
+):
+    """The Gluon long-query kernel on shapes it covers: several key tiles per
+    program, the causal diagonal, spare Q tiles, empty rows, one to many tiles
+    in flight (the plan sets it only where it measured faster on sm_90)."""
+    num_q_heads = 2 * queries_per_kv
+    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
+                       head_size=head_size, block_size=block_size, dtype=dtype, device=device,
+                       padding_tokens=3)  # fmt: skip
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
+                                         causal=causal, **batch.kernel_args())  # fmt: skip
+    plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
+                          max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=2,
+                          head_size=head_size, arch=GpuArch.of_device(device),
+                          dtype=dtype)  # fmt: skip
+    plan = dataclasses.replace(plan, pipelined_long_query=tiles, block_m=128, num_warps=8)
+    plan = dataclasses.replace(plan, grid=(plan.grid[0] + 2, *plan.grid[1:]))  # spare programs
+    (launch,) = kernel_launches(
+        batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc, batch.seq_lens,
+        batch.block_table, 0.1, causal, None, None, None, None, None, None, plan, None,
+    )  # fmt: skip
+    assert launch.kernel.__name__ == "long_query_pipelined_kernel"
+    rows = batch.num_actual_tokens
+    out = torch.full_like(batch.q, float("nan"))
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
+                    plan=plan, **batch.kernel_args())  # fmt: skip
+    assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
+    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
+                               **TOLERANCES[dtype])  # fmt: skip
+
+
 def test_long_query_kernel_handles_decode_rows(device):
     """The long-query kernel is correct for q_len 1 too (mixed batches rely on it)."""
     q_lens, seq_lens = [1, 9, 1], [50, 70, 3]

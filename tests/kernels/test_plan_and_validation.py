@@ -19,6 +19,7 @@ from vllm.v1.attention.ops.triton_attention.plan import (
     MAX_KV_SPLITS,
     MERGE_TILE_ELEMENTS,
     PIPELINED_DECODE_TILES,
+    PIPELINED_LONG_QUERY_TILES,
     long_query_grid_size,
     next_power_of_2,
 )
@@ -189,6 +190,35 @@ def test_pipelined_decode_only_where_measured_and_covered():
             softcap, None, None, None, None, p, None,
         )  # fmt: skip
         assert launch.kernel.__name__ == "split_kv_decode_kernel"
+
+
+def test_pipelined_long_query_only_where_measured_and_covered():
+    # Planned on sm_90 at head 128 (2-byte queries), with 128-row programs of
+    # 8 warps; head 64 measured slower, other GPUs were not measured.
+    prefill = dict(num_tokens=512, num_seqs=1, max_query_len=512)
+    p = plan(**prefill)
+    assert p.pipelined_long_query == PIPELINED_LONG_QUERY_TILES[128]
+    assert (p.block_m, p.num_warps) == (128, 8)
+    assert plan(**prefill, head_size=64).pipelined_long_query is None
+    assert plan(**prefill, dtype=torch.float32).pipelined_long_query is None
+    for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("cuda", "sm_100", 148),
+                 GpuArch("hip", "gfx942", 304)):  # fmt: skip
+        assert plan(**prefill, arch=arch).pipelined_long_query is None
+    # It runs when it covers the launch; features it lacks and block sizes
+    # that are not powers of two take the portable kernel.
+    ((name, switches),) = _launch_switches(H100, [64])
+    assert name == "long_query_pipelined_kernel"
+    assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_LONG_QUERY_TILES[128]
+    for block_size, window, softcap in ((16, 16, None), (16, None, 30.0), (24, None, None)):
+        batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
+                           block_size=block_size, dtype=torch.bfloat16, device="cpu")  # fmt: skip
+        p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
+        (launch,) = kernel_launches(
+            batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q),
+            batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
+            softcap, None, None, None, None, p, None,
+        )  # fmt: skip
+        assert launch.kernel.__name__ == "long_query_attention_kernel"
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():

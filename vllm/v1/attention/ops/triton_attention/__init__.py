@@ -46,6 +46,7 @@ import torch
 from .cache_write import write_kv_cache_kernel
 from .long_query import long_query_attention_kernel
 from .pipelined_decode import pipelined_decode_layouts, split_kv_decode_pipelined_kernel
+from .pipelined_long_query import long_query_pipelined_kernel, pipelined_long_query_layouts
 from .plan import (
     EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT,
     FINE_KV_SPLITS,
@@ -405,6 +406,20 @@ def kernel_launches(
     if plan.kernel == "long_query":
         args = (*pointers, *strides, num_seqs, *scalars)
         beside = dict(PDL=True, launch_pdl=True) if pdl and after_split_kv else dict(PDL=False)
+        block_size = k_cache.shape[1]
+        if (plan.pipelined_long_query and block_size & (block_size - 1) == 0
+                and _pipelined_covers(q, k_cache, v_cache, out, sliding_window,
+                                      logits_soft_cap, alibi_slopes, sinks, plan)):  # fmt: skip
+            tile, buffers = plan.pipelined_long_query
+            gluon_args = (*pointers[:7], *strides, num_seqs, scale)
+            gluon_switches = dict(
+                HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
+                BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,
+                IS_CAUSAL=causal, KV_BUFFERS=buffers, num_warps=plan.num_warps, **beside,
+                **pipelined_long_query_layouts(plan.head_pad, tile, plan.num_warps),
+            )  # fmt: skip
+            return [KernelLaunch(long_query_pipelined_kernel, plan.grid, gluon_args,
+                                 gluon_switches)]  # fmt: skip
         return [KernelLaunch(long_query_attention_kernel, plan.grid, args,
                              dict(switches, **beside))]  # fmt: skip
 
@@ -423,7 +438,7 @@ def kernel_launches(
     prefetch = plan.num_kv_splits >= FINE_KV_SPLITS
     merge_per_unit = math.prod(plan.merge_grid or (0,)) / plan.arch.num_compute_units
     early = pdl and (early_dependents or merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT)
-    if plan.pipelined_decode and _pipelined_decode_covers(
+    if plan.pipelined_decode and _pipelined_covers(
         q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
     ):
         tile, buffers = plan.pipelined_decode
@@ -464,15 +479,17 @@ def kernel_launches(
     return launches
 
 
-def _pipelined_decode_covers(
+def _pipelined_covers(
     q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
 ) -> bool:
-    """Whether ``split_kv_decode_pipelined_kernel`` handles this launch: 2-byte
-    queries and cache, a power-of-two head size, none of the features it
-    lacks, contiguous head dimensions, and caches its 16-byte copies can move:
+    """Whether the Gluon kernels (``split_kv_decode_pipelined_kernel``,
+    ``long_query_pipelined_kernel``) handle this launch: 2-byte queries and
+    cache, a power-of-two head size, none of the features they lack,
+    contiguous head dimensions, and caches their 16-byte copies can move:
     16-byte aligned pointers and strides that are multiples of 16 elements
     (what Triton's launcher marks as divisible, without which the copies do
-    not compile). Runs per layer on the host: ~5 us."""
+    not compile). The long-query kernel also needs a power-of-two block size
+    (checked at its launch). Runs per layer on the host: ~5 us."""
     if sliding_window is not None or logits_soft_cap is not None:
         return False
     if alibi_slopes is not None or sinks is not None:

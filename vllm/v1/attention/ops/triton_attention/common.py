@@ -25,7 +25,9 @@ def find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q: tl.cons
     ``q_block_index``; returns ``(b, b's first program)``.
     """
     first_token = tl.load(query_start_loc_ptr)
-    lo = tl.zeros([], dtype=tl.int32)  # a tensor even when num_seqs == 1 is specialised
+    # A tensor even when num_seqs == 1 is specialised; no tl.zeros, so that
+    # Gluon kernels can call this too.
+    lo = q_block_index * 0
     hi = lo + num_seqs - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -79,6 +79,16 @@ MERGE_TILE_ELEMENTS = 4096
 PIPELINED_DECODE_TILES = {16: (32, 2), 32: (64, 2)}
 PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 
+# Long queries through pipelined_long_query.py's Hopper kernel (the next
+# tile's Q K^T on the tensor cores during this tile's softmax): (key tile,
+# buffers) by head size, where it measured faster than the portable kernel
+# with its tuned 128 x 128 tiles on an H200 (benchmarks/results/nvidia-h200/
+# experiments/ab_session6_*.json): head 128, 1.06-1.15x over 14 prefill and 2
+# mixed cells (llama3-8b and qwen shapes). 5 or 6 buffers were even or slower;
+# 128-key tiles do not fit its registers at head 128. Head 64 lost (0.90-0.93x
+# with 64-key tiles; 128-key ones spill): it stays on the portable kernel.
+PIPELINED_LONG_QUERY_TILES = {128: (64, 4)}
+
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
 MAX_HEAD_SIZE = 256
@@ -156,6 +166,10 @@ class AttentionPlan:
     # NVIDIA kernel (pipelined_decode.py), which runs where it covers the
     # launch's features; otherwise, or when None, the portable kernel.
     pipelined_decode: tuple[int, int] | None = None
+    # Long-query only: (key tile, buffers) of pipelined_long_query.py's Hopper
+    # kernel, which runs where it covers the launch (and then takes 128-row
+    # programs of 8 warps); otherwise, or when None, the portable kernel.
+    pipelined_long_query: tuple[int, int] | None = None
 
     @property
     def queries_per_kv(self) -> int:
@@ -359,12 +373,17 @@ def plan_attention(
             max(kv_tile_size // 2, MIN_DOT_SIZE),
         )
     block_m = max(block_m, next_power_of_2(queries_per_kv))
+    pipelined = None
+    if (arch.vendor == "cuda" and arch.sm == 90 and not wide
+            and head_pad in PIPELINED_LONG_QUERY_TILES):  # fmt: skip
+        pipelined = PIPELINED_LONG_QUERY_TILES[head_pad]
+        block_m, num_warps = 128, 8  # two warpgroups of 64 rows
     tokens_per_q_block = block_m // queries_per_kv
     return AttentionPlan(
         "long_query", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
         head_pad, block_m, kv_tile_size, 1, num_warps, num_stages,
         (long_query_grid_size(num_tokens, num_seqs, tokens_per_q_block), num_kv_heads, 1), arch,
-        dtype,
+        dtype, pipelined_long_query=pipelined,
     )  # fmt: skip
 
 

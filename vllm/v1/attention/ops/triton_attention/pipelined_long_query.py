@@ -1,0 +1,301 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Long-query attention for Hopper whose tensor cores run during the softmax.
+
+The same work as ``long_query_attention_kernel`` (one program per Q tile of
+one KV head, online softmax over key tiles), written in Gluon for what Triton
+does not do there: it waits for each ``tl.dot`` right after issuing it, so
+the tensor cores idle while the softmax runs. Here each iteration issues the
+next tile's Q K^T as an asynchronous ``wgmma`` before this tile's softmax,
+and this tile's P V before the copy work for later tiles, and waits for both
+only at its end. (Waiting for P V in the next iteration instead makes ptxas
+serialise every ``wgmma``: its accumulator is live across the loop's back
+edge.) Q is the register operand of Q K^T: with Q in shared memory, 64-key
+tiles would read it and K at the SM's whole shared-memory bandwidth.
+
+Key and value tiles arrive through a ring of ``KV_BUFFERS`` shared-memory
+buffers filled by ``cp.async`` (a paged cache is a gather; Hopper's TMA has
+no row gather), ``KV_BUFFERS - 2`` tiles ahead of the one in the softmax. It
+covers 2-byte queries and cache, power-of-two head and block sizes, causal or
+not, and none of sliding window, softcap, ALiBi or sinks; the plan picks it
+(``AttentionPlan.pipelined_long_query``) where it was measured faster.
+"""
+
+import functools
+from types import MappingProxyType
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.language.extra.cuda import gdc_wait
+
+from .common import find_sequence
+from .pipelined_decode import cta_barrier
+
+
+@functools.cache  # per launch on the host path: building layouts costs ~20 us
+def pipelined_long_query_layouts(head_pad: int, tile_n: int, num_warps: int) -> MappingProxyType:
+    """Layouts of ``long_query_pipelined_kernel``: wgmma accumulators with warps
+    stacked along the rows (16 each), 16-byte copies along the head dimension
+    into the swizzled layout wgmma reads (for 2-byte elements: fp16 and bf16
+    share it)."""
+    threads_d = min(32, head_pad // 8)
+
+    def wgmma(n):
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                         instr_shape=[16, n, 16])  # fmt: skip
+
+    return MappingProxyType(
+        dict(
+            SCORE_LAYOUT=wgmma(tile_n),
+            OUT_LAYOUT=wgmma(head_pad),
+            ROW_LAYOUT=gl.BlockedLayout(
+                [1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]
+            ),
+            KV_SHARED=gl.NVMMASharedLayout.get_default_for([tile_n, head_pad], gl.bfloat16),
+        )
+    )
+
+
+@gluon.jit
+def _softmax_tile(s, m_i, row_sums, qk_scale):
+    """This tile's probabilities (in the log2 domain), the rescale factor of
+    the running output and the new running max, folded into ``row_sums``.
+
+    ``qk_scale`` > 0, so the max of raw scores is taken before scaling: one
+    multiply-add per score instead of a multiply and a subtract. The row sums
+    stay per score position (reduced once, after the loop): a row's sum
+    otherwise costs a dependent chain of adds and shuffles per tile."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet
+    alpha = gl.exp2(m_i - m_ref)
+    p = gl.exp2(s * qk_scale - m_ref[:, None])
+    row_sums = row_sums * alpha[:, None] + p
+    return p, alpha, m_new, row_sums
+
+
+@gluon.jit
+def _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL: gl.constexpr):
+    """-inf where a row may not see a key, on the tiles that need it (the causal
+    diagonal and the ragged end): keys at or past ``full_hi`` may be hidden."""
+    if tile_start + key_offsets.shape[0] > full_hi:
+        key_idx = tile_start + key_offsets
+        visible = key_idx[None, :] < kv_hi
+        if IS_CAUSAL:
+            visible &= key_idx[None, :] <= query_pos[:, None]
+        s = gl.where(visible, s, float("-inf"))
+    return s
+
+
+@gluon.jit
+def _tile_cache_blocks(block_table_row_ptr, tile_start, kv_hi, key_rows, block_of_row,
+                       BLOCK_SIZE: gl.constexpr):  # fmt: skip
+    """Cache block of each key of the tile at ``tile_start`` (0 past ``kv_hi``).
+
+    Block size and tile are powers of two and tiles start at multiples of
+    the tile, so key ``tile_start + r`` is in block ``tile_start // BLOCK_SIZE
+    + r // BLOCK_SIZE`` (``block_of_row``), slot ``tile_start % BLOCK_SIZE +
+    r % BLOCK_SIZE``: per tile, one scalar changes."""
+    return gl.load(block_table_row_ptr + tile_start // BLOCK_SIZE + block_of_row,
+                   mask=tile_start + key_rows < kv_hi, other=0)  # fmt: skip
+
+
+@gluon.jit
+def _issue_kv_copies(
+    k_buffer,
+    v_buffer,
+    k_cache_ptr,
+    v_cache_ptr,
+    block,
+    tile_start,
+    kv_hi,
+    key_rows,
+    k_row_offset,
+    v_row_offset,
+    dims,
+    stride_k_block,
+    stride_k_slot,
+    stride_v_block,
+    stride_v_slot,
+    BLOCK_SIZE: gl.constexpr,
+):
+    """Start copying the K and V rows of the tile at ``tile_start`` (cache blocks
+    ``block``) into the given buffers, as one commit group. Keys past ``kv_hi``
+    are not read; their rows become zeros. ``*_row_offset``: each row's slot
+    and head offset within its block, for a tile starting at a block's start."""
+    slot = tile_start % BLOCK_SIZE
+    block = block.to(gl.int64)
+    valid = (tile_start + key_rows < kv_hi)[:, None]
+    k_rows = block * stride_k_block + (k_row_offset + slot * stride_k_slot)
+    v_rows = block * stride_v_block + (v_row_offset + slot * stride_v_slot)
+    async_copy.async_copy_global_to_shared(k_buffer, k_cache_ptr + k_rows[:, None] + dims[None, :],
+                                           mask=valid)  # fmt: skip
+    async_copy.async_copy_global_to_shared(v_buffer, v_cache_ptr + v_rows[:, None] + dims[None, :],
+                                           mask=valid)  # fmt: skip
+    async_copy.commit_group()
+
+
+@gluon.jit
+def long_query_pipelined_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_table_ptr,
+    stride_q_token,
+    stride_q_head,
+    stride_out_token,
+    stride_out_head,
+    stride_k_block,
+    stride_k_slot,
+    stride_k_head,
+    stride_v_block,
+    stride_v_slot,
+    stride_v_head,
+    stride_block_table_seq,
+    num_seqs,
+    scale,
+    HEAD_PAD: gl.constexpr,
+    QUERIES_PER_KV: gl.constexpr,
+    BLOCK_SIZE: gl.constexpr,
+    BLOCK_M: gl.constexpr,
+    TILE_N: gl.constexpr,
+    IS_CAUSAL: gl.constexpr,
+    KV_BUFFERS: gl.constexpr,
+    PDL: gl.constexpr,
+    SCORE_LAYOUT: gl.constexpr,
+    OUT_LAYOUT: gl.constexpr,
+    ROW_LAYOUT: gl.constexpr,
+    KV_SHARED: gl.constexpr,
+):
+    gl.static_assert(KV_BUFFERS >= 4, "three tiles in use, at least one in flight")
+    BLOCK_Q: gl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
+    q_block_index = gl.program_id(0)
+    kv_head = gl.program_id(1)
+
+    seq, first_block = find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q)
+    q_start = gl.load(query_start_loc_ptr + seq)
+    q_len = gl.load(query_start_loc_ptr + seq + 1) - q_start
+    first_token = (q_block_index - first_block) * BLOCK_Q
+    if first_token >= q_len:  # the grid is an upper bound; spare programs leave
+        if PDL:
+            gdc_wait()
+        return
+    seq_len = gl.load(seq_lens_ptr + seq)
+    context_len = seq_len - q_len
+
+    # Keys this tile can need: [0, kv_hi); tiles below full_hi need no mask.
+    last_pos = context_len + gl.minimum(first_token + BLOCK_Q, q_len) - 1
+    if IS_CAUSAL:
+        kv_hi = last_pos + 1
+        full_hi = context_len + first_token + 1
+    else:
+        kv_hi = seq_len
+        full_hi = seq_len
+    full_hi = full_hi // TILE_N * TILE_N
+    num_tiles = gl.cdiv(kv_hi, TILE_N)  # >= 1: every row sees key 0
+
+    dtype: gl.constexpr = k_cache_ptr.dtype.element_ty
+    k_buffers = gl.allocate_shared_memory(dtype, [KV_BUFFERS, TILE_N, HEAD_PAD], KV_SHARED)
+    v_buffers = gl.allocate_shared_memory(dtype, [KV_BUFFERS, TILE_N, HEAD_PAD], KV_SHARED)
+    block_table_row_ptr = block_table_ptr + seq.to(gl.int64) * stride_block_table_seq
+    key_rows = gl.arange(0, TILE_N, layout=gl.SliceLayout(1, ROW_LAYOUT))
+    block_of_row = key_rows // BLOCK_SIZE
+    k_row_offset = (key_rows % BLOCK_SIZE) * stride_k_slot + kv_head * stride_k_head
+    v_row_offset = (key_rows % BLOCK_SIZE) * stride_v_slot + kv_head * stride_v_head
+    dims = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
+    # The first KV_BUFFERS - 1 tiles start before the queries load. Tiles past
+    # kv_hi copy nothing but still commit a group, so that every program
+    # counts the same outstanding groups.
+    for i in gl.static_range(KV_BUFFERS - 1):
+        block = _tile_cache_blocks(block_table_row_ptr, i * TILE_N, kv_hi, key_rows,
+                                   block_of_row, BLOCK_SIZE)  # fmt: skip
+        _issue_kv_copies(
+            k_buffers.index(i), v_buffers.index(i), k_cache_ptr, v_cache_ptr, block,
+            i * TILE_N, kv_hi, key_rows, k_row_offset, v_row_offset, dims,
+            stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, BLOCK_SIZE,
+        )  # fmt: skip
+    # The blocks of the next tile to copy are loaded one iteration early.
+    block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, key_rows,
+                               block_of_row, BLOCK_SIZE)  # fmt: skip
+
+    # Rows pack every query head of this KV head for BLOCK_Q consecutive tokens.
+    q_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ROW_LAYOUT))
+    q_token = first_token + q_rows // QUERIES_PER_KV
+    q_head = kv_head * QUERIES_PER_KV + q_rows % QUERIES_PER_KV
+    q_valid = (q_token < q_len) & (q_rows < BLOCK_Q * QUERIES_PER_KV)
+    q_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
+    q_offset = (q_start + q_token).to(gl.int64) * stride_q_token + q_head * stride_q_head
+    q = gl.load(q_ptr + q_offset[:, None] + q_dim[None, :], mask=q_valid[:, None], other=0.0)
+    # Q as the register operand of Q K^T: read from shared memory on every
+    # tile, it and K would need 128 B/clk, all of the SM's bandwidth.
+    q = gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=SCORE_LAYOUT, k_width=2))
+
+    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, SCORE_LAYOUT))
+    query_pos = context_len + first_token + rows // QUERIES_PER_KV
+    key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
+    qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SCORE_LAYOUT))
+    row_sums = gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=SCORE_LAYOUT)
+    no_scores = gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=SCORE_LAYOUT)
+    p_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=OUT_LAYOUT, k_width=2)
+    out_rows: gl.constexpr = gl.SliceLayout(1, OUT_LAYOUT)
+    acc = gl.zeros([BLOCK_M, HEAD_PAD], gl.float32, layout=OUT_LAYOUT)
+
+    # Like Triton's own pipeliner, wgmma reads what cp.async wrote once every
+    # thread's copies have landed (wait_group) and the CTA has met (barrier).
+    async_copy.wait_group(KV_BUFFERS - 3)  # tiles 0 and 1 have landed
+    cta_barrier()
+    s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
+                      is_async=True)  # fmt: skip
+    s = warpgroup_mma_wait(0, deps=[s])
+    for tile in range(num_tiles):
+        # The next tile's scores run on the tensor cores during this tile's
+        # softmax, this tile's P V during the copy work for later tiles.
+        # (After the last tile: the scores of that tile again, unused; its
+        # buffer, unlike the next, is not being written.)
+        next_slot = gl.minimum(tile + 1, num_tiles - 1) % KV_BUFFERS
+        s_next = warpgroup_mma(q, k_buffers.index(next_slot).permute((1, 0)), no_scores,
+                               use_acc=False, is_async=True)  # fmt: skip
+        s = _mask_tile(s, tile * TILE_N, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL)
+        p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale)
+        acc = acc * gl.convert_layout(alpha, out_rows)[:, None]
+        p = gl.convert_layout(p.to(dtype), p_operand)
+        acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc, is_async=True)
+        if tile + 2 < num_tiles:
+            # Tile + 2, which the next iteration's Q K^T reads, has landed in
+            # every thread; every warpgroup is done with tile - 1 (it waited for
+            # that P V before this iteration), whose buffer is refilled. Copies
+            # issued right after the barrier need no other one before them.
+            async_copy.wait_group(KV_BUFFERS - 4)
+            cta_barrier()
+            ahead = tile + KV_BUFFERS - 1
+            _issue_kv_copies(
+                k_buffers.index(ahead % KV_BUFFERS), v_buffers.index(ahead % KV_BUFFERS),
+                k_cache_ptr, v_cache_ptr, block, ahead * TILE_N, kv_hi, key_rows,
+                k_row_offset, v_row_offset, dims,
+                stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, BLOCK_SIZE,
+            )  # fmt: skip
+            block = _tile_cache_blocks(block_table_row_ptr, (ahead + 1) * TILE_N, kv_hi,
+                                       key_rows, block_of_row, BLOCK_SIZE)  # fmt: skip
+        acc, s = warpgroup_mma_wait(0, deps=[acc, s_next])
+    async_copy.wait_group(0)  # the copies issued past the last tile
+
+    l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
+    l_out = gl.where(l_out == 0.0, 1.0, l_out)
+    result = (acc / l_out[:, None]).to(out_ptr.dtype.element_ty)
+    o_rows = gl.arange(0, BLOCK_M, layout=out_rows)
+    o_token = first_token + o_rows // QUERIES_PER_KV
+    o_head = kv_head * QUERIES_PER_KV + o_rows % QUERIES_PER_KV
+    o_valid = (o_token < q_len) & (o_rows < BLOCK_Q * QUERIES_PER_KV)
+    o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
+    o_offset = (q_start + o_token).to(gl.int64) * stride_out_token + o_head * stride_out_head
+    gl.store(out_ptr + o_offset[:, None] + o_dim[None, :], result, mask=o_valid[:, None])
+    if PDL:  # see long_query_attention_kernel: completion implies the decode's
+        gdc_wait()
