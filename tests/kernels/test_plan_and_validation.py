@@ -104,7 +104,7 @@ def test_long_query_grid_bound_covers_every_sequence(tokens_per_block):
         q_lens = torch.randint(0, 70, (int(torch.randint(1, 9, (1,), generator=gen)),),
                                generator=gen).tolist()  # fmt: skip
         needed = sum(-(-q // tokens_per_block) for q in q_lens)
-        # the same first-program rule as the kernel's find_sequence
+        # the same first-program rule as the kernel's find_q_tile
         starts = [0]
         for q in q_lens:
             starts.append(starts[-1] + q)

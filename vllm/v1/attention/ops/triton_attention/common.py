@@ -14,29 +14,33 @@ LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads only constexpr global
 
 
 @triton.jit
-def find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q: tl.constexpr):
-    """The sequence that owns program ``q_block_index`` of the long-query grid.
+def find_q_tile(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q: tl.constexpr):
+    """The Q tile of program ``q_block_index`` of the long-query grid: (its
+    sequence, the sequence's first query row, its query length, the tile's
+    first token within it). Past the sequence's last tile that token is at
+    least the query length: the program has nothing to do.
 
     Sequence ``b`` owns programs ``(query_start_loc[b] - query_start_loc[0]) //
     BLOCK_Q + b`` onwards: an upper bound on the Q blocks before it that needs no
     device-to-host sync (see ``plan.long_query_grid_size``). ``query_start_loc[0]``
     may be non-zero (the long queries of a mixed batch start after its decodes).
     Binary search for the last ``b`` whose first program is at most
-    ``q_block_index``; returns ``(b, b's first program)``.
+    ``q_block_index``. Layout-free, so that Gluon kernels can call it too.
     """
-    first_token = tl.load(query_start_loc_ptr)
-    # A tensor even when num_seqs == 1 is specialised; no tl.zeros, so that
-    # Gluon kernels can call this too.
-    lo = q_block_index * 0
+    first_row = tl.load(query_start_loc_ptr)
+    lo = q_block_index * 0  # a tensor even when num_seqs == 1 is specialised
     hi = lo + num_seqs - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        first_block = (tl.load(query_start_loc_ptr + mid) - first_token) // BLOCK_Q + mid
+        first_block = (tl.load(query_start_loc_ptr + mid) - first_row) // BLOCK_Q + mid
         if first_block <= q_block_index:
             lo = mid
         else:
             hi = mid - 1
-    return lo, (tl.load(query_start_loc_ptr + lo) - first_token) // BLOCK_Q + lo
+    q_start = tl.load(query_start_loc_ptr + lo)
+    q_len = tl.load(query_start_loc_ptr + lo + 1) - q_start
+    first_block = (q_start - first_row) // BLOCK_Q + lo
+    return lo, q_start, q_len, (q_block_index - first_block) * BLOCK_Q
 
 
 @triton.jit

@@ -17,7 +17,7 @@ from triton.language.extra.cuda import gdc_wait
 
 from .common import (
     attend_key_tiles,
-    find_sequence,
+    find_q_tile,
     init_softmax_state,
     load_qk_scale,
     load_v_scale,
@@ -80,10 +80,8 @@ def long_query_attention_kernel(
     q_block_index = tl.program_id(0)
     kv_head = tl.program_id(1)
 
-    seq, first_block = find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q)
-    q_start = tl.load(query_start_loc_ptr + seq)
-    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    first_token = (q_block_index - first_block) * BLOCK_Q
+    seq, q_start, q_len, first_token = find_q_tile(query_start_loc_ptr, num_seqs, q_block_index,
+                                                   BLOCK_Q)  # fmt: skip
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         if PDL:
             gdc_wait()

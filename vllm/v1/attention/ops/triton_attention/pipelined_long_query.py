@@ -33,7 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_wait
 
-from .common import find_sequence
+from .common import find_q_tile
 from .pipelined_decode import cta_barrier
 
 
@@ -59,6 +59,19 @@ def pipelined_long_query_layouts(head_pad: int, tile_n: int, num_warps: int) -> 
             KV_SHARED=gl.NVMMASharedLayout.get_default_for([tile_n, head_pad], gl.bfloat16),
         )
     )
+
+
+@gluon.jit
+def _tile_rows(first_token, q_len, kv_head, BLOCK_M: gl.constexpr, QUERIES_PER_KV: gl.constexpr,
+               layout: gl.constexpr):  # fmt: skip
+    """(token, query head, valid) of each row of a Q tile, in ``layout``: rows
+    pack every query head of this KV head for consecutive tokens (as
+    ``common.query_rows``, whose ``tl.arange`` has no layout for Gluon)."""
+    rows = gl.arange(0, BLOCK_M, layout=layout)
+    token = first_token + rows // QUERIES_PER_KV
+    head = kv_head * QUERIES_PER_KV + rows % QUERIES_PER_KV
+    valid = (token < q_len) & (rows < (BLOCK_M // QUERIES_PER_KV) * QUERIES_PER_KV)
+    return token, head, valid
 
 
 @gluon.jit
@@ -179,10 +192,8 @@ def long_query_pipelined_kernel(
     q_block_index = gl.program_id(0)
     kv_head = gl.program_id(1)
 
-    seq, first_block = find_sequence(query_start_loc_ptr, num_seqs, q_block_index, BLOCK_Q)
-    q_start = gl.load(query_start_loc_ptr + seq)
-    q_len = gl.load(query_start_loc_ptr + seq + 1) - q_start
-    first_token = (q_block_index - first_block) * BLOCK_Q
+    seq, q_start, q_len, first_token = find_q_tile(query_start_loc_ptr, num_seqs, q_block_index,
+                                                   BLOCK_Q)  # fmt: skip
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         if PDL:
             gdc_wait()
@@ -225,11 +236,8 @@ def long_query_pipelined_kernel(
     block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, key_rows,
                                block_of_row, BLOCK_SIZE)  # fmt: skip
 
-    # Rows pack every query head of this KV head for BLOCK_Q consecutive tokens.
-    q_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ROW_LAYOUT))
-    q_token = first_token + q_rows // QUERIES_PER_KV
-    q_head = kv_head * QUERIES_PER_KV + q_rows % QUERIES_PER_KV
-    q_valid = (q_token < q_len) & (q_rows < BLOCK_Q * QUERIES_PER_KV)
+    q_token, q_head, q_valid = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
+                                          gl.SliceLayout(1, ROW_LAYOUT))  # fmt: skip
     q_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
     q_offset = (q_start + q_token).to(gl.int64) * stride_q_token + q_head * stride_q_head
     q = gl.load(q_ptr + q_offset[:, None] + q_dim[None, :], mask=q_valid[:, None], other=0.0)
@@ -237,8 +245,9 @@ def long_query_pipelined_kernel(
     # tile, it and K would need 128 B/clk, all of the SM's bandwidth.
     q = gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=SCORE_LAYOUT, k_width=2))
 
-    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, SCORE_LAYOUT))
-    query_pos = context_len + first_token + rows // QUERIES_PER_KV
+    score_token, _, _ = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
+                                   gl.SliceLayout(1, SCORE_LAYOUT))  # fmt: skip
+    query_pos = context_len + score_token
     key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
     qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SCORE_LAYOUT))
@@ -290,10 +299,8 @@ def long_query_pipelined_kernel(
     l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
     l_out = gl.where(l_out == 0.0, 1.0, l_out)
     result = (acc / l_out[:, None]).to(out_ptr.dtype.element_ty)
-    o_rows = gl.arange(0, BLOCK_M, layout=out_rows)
-    o_token = first_token + o_rows // QUERIES_PER_KV
-    o_head = kv_head * QUERIES_PER_KV + o_rows % QUERIES_PER_KV
-    o_valid = (o_token < q_len) & (o_rows < BLOCK_Q * QUERIES_PER_KV)
+    o_token, o_head, o_valid = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
+                                          out_rows)  # fmt: skip
     o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
     o_offset = (q_start + o_token).to(gl.int64) * stride_out_token + o_head * stride_out_head
     gl.store(out_ptr + o_offset[:, None] + o_dim[None, :], result, mask=o_valid[:, None])

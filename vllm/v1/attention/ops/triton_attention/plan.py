@@ -458,7 +458,7 @@ def long_query_grid_size(num_tokens: int, num_seqs: int, tokens_per_q_block: int
 
     Sequence b needs ceil(q_len_b / T) tiles <= q_len_b // T + 1; summed over the
     batch that is at most num_tokens // T + num_seqs. The kernel maps program
-    ids to sequences with the same bound (``common.find_sequence``); programs
+    ids to sequences with the same bound (``common.find_q_tile``); programs
     past a sequence's last tile return at once.
     """
     return num_tokens // tokens_per_q_block + num_seqs
