@@ -201,6 +201,9 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     assert (p.block_m, p.num_warps) == (128, 8)
     assert plan(**prefill, head_size=64).pipelined_long_query is None
     assert plan(**prefill, dtype=torch.float32).pipelined_long_query is None
+    # A GQA group wider than its 128 rows takes the portable kernel's larger Q tile.
+    wide = plan(**prefill, num_q_heads=256, num_kv_heads=1)
+    assert wide.pipelined_long_query is None and wide.block_m == 256
     for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("cuda", "sm_100", 148),
                  GpuArch("hip", "gfx942", 304)):  # fmt: skip
         assert plan(**prefill, arch=arch).pipelined_long_query is None

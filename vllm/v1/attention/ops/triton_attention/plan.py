@@ -372,12 +372,12 @@ def plan_attention(
             max(block_m // 2, MIN_DOT_SIZE),
             max(kv_tile_size // 2, MIN_DOT_SIZE),
         )
-    block_m = max(block_m, next_power_of_2(queries_per_kv))
     pipelined = None
     if (arch.vendor == "cuda" and arch.sm == 90 and not wide
-            and head_pad in PIPELINED_LONG_QUERY_TILES):  # fmt: skip
+            and head_pad in PIPELINED_LONG_QUERY_TILES and queries_per_kv <= 128):  # fmt: skip
         pipelined = PIPELINED_LONG_QUERY_TILES[head_pad]
         block_m, num_warps = 128, 8  # two warpgroups of 64 rows
+    block_m = max(block_m, next_power_of_2(queries_per_kv))
     tokens_per_q_block = block_m // queries_per_kv
     return AttentionPlan(
         "long_query", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
