@@ -220,6 +220,26 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
 
 
+def _check_forced_kernel(batch, plan, causal, kernel_name):
+    """``plan`` runs ``kernel_name`` first, and its output matches the reference
+    on every valid row (NaN-filled beforehand: a row never written fails)."""
+    launch, *merge = kernel_launches(
+        batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc, batch.seq_lens,
+        batch.block_table, 0.1, causal, None, None, None, None, None, None, plan, None,
+    )  # fmt: skip
+    assert launch.kernel.__name__ == kernel_name
+    assert all(m.kernel.__name__ == "merge_kv_splits_kernel" for m in merge)
+    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
+                                         causal=causal, **batch.kernel_args())  # fmt: skip
+    rows = batch.num_actual_tokens
+    out = torch.full_like(batch.q, float("nan"))
+    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
+                    plan=plan, **batch.kernel_args())  # fmt: skip
+    assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
+    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
+                               **TOLERANCES[batch.q.dtype])  # fmt: skip
+
+
 NVIDIA_SM80 = (HAS_GPU and torch.version.hip is None
                and torch.cuda.get_device_capability() >= (8, 0))  # fmt: skip
 
@@ -243,9 +263,6 @@ def test_pipelined_decode_matches_reference(
     batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
                        head_size=head_size, block_size=block_size, dtype=dtype, device=device,
                        padding_tokens=3)  # fmt: skip
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
-                                         causal=causal, **batch.kernel_args())  # fmt: skip
-    rows = batch.num_actual_tokens
     for units in (1, 132):
         plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
                               max_query_len=max(q_lens), num_q_heads=num_q_heads,
@@ -253,18 +270,7 @@ def test_pipelined_decode_matches_reference(
                               arch=GpuArch("cuda", GpuArch.of_device(device).name, units),
                               dtype=dtype)  # fmt: skip
         plan = dataclasses.replace(plan, pipelined_decode=tiles)
-        (launch, *_) = kernel_launches(
-            batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc,
-            batch.seq_lens, batch.block_table, 0.1, causal, None, None, None, None, None, None,
-            plan, None,
-        )  # fmt: skip
-        assert launch.kernel.__name__ == "split_kv_decode_pipelined_kernel"
-        out = torch.full_like(batch.q, float("nan"))
-        paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
-                        plan=plan, **batch.kernel_args())  # fmt: skip
-        assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
-        torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                                   **TOLERANCES[dtype])  # fmt: skip
+        _check_forced_kernel(batch, plan, causal, "split_kv_decode_pipelined_kernel")
 
 
 NVIDIA_SM90 = (HAS_GPU and torch.version.hip is None
@@ -291,26 +297,13 @@ def test_pipelined_long_query_matches_reference(
     batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
                        head_size=head_size, block_size=block_size, dtype=dtype, device=device,
                        padding_tokens=3)  # fmt: skip
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
-                                         causal=causal, **batch.kernel_args())  # fmt: skip
     plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
                           max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=2,
                           head_size=head_size, arch=GpuArch.of_device(device),
                           dtype=dtype)  # fmt: skip
     plan = dataclasses.replace(plan, pipelined_long_query=tiles, block_m=128, num_warps=8)
     plan = dataclasses.replace(plan, grid=(plan.grid[0] + 2, *plan.grid[1:]))  # spare programs
-    (launch,) = kernel_launches(
-        batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc, batch.seq_lens,
-        batch.block_table, 0.1, causal, None, None, None, None, None, None, plan, None,
-    )  # fmt: skip
-    assert launch.kernel.__name__ == "long_query_pipelined_kernel"
-    rows = batch.num_actual_tokens
-    out = torch.full_like(batch.q, float("nan"))
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
-                    plan=plan, **batch.kernel_args())  # fmt: skip
-    assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
-    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                               **TOLERANCES[dtype])  # fmt: skip
+    _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel")
 
 
 def test_long_query_kernel_handles_decode_rows(device):
