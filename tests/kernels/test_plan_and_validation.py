@@ -193,13 +193,14 @@ def test_pipelined_decode_only_where_measured_and_covered():
 
 
 def test_pipelined_long_query_only_where_measured_and_covered():
-    # Planned on sm_90 at head 128 (2-byte queries), with 128-row programs of
-    # 8 warps; head 64 measured slower, other GPUs were not measured.
+    # Planned on sm_90 at heads 64 and 128 (2-byte queries), with 128-row
+    # programs of 8 warps; head 256 is not covered, other GPUs were not measured.
     prefill = dict(num_tokens=512, num_seqs=1, max_query_len=512)
-    p = plan(**prefill)
-    assert p.pipelined_long_query == PIPELINED_LONG_QUERY_TILES[128]
-    assert (p.block_m, p.num_warps) == (128, 8)
-    assert plan(**prefill, head_size=64).pipelined_long_query is None
+    for head_size in (64, 128):
+        p = plan(**prefill, head_size=head_size)
+        assert p.pipelined_long_query == PIPELINED_LONG_QUERY_TILES[head_size]
+        assert (p.block_m, p.num_warps) == (128, 8)
+    assert plan(**prefill, head_size=256).pipelined_long_query is None
     assert plan(**prefill, dtype=torch.float32).pipelined_long_query is None
     # A GQA group wider than its 128 rows takes the portable kernel's larger Q tile.
     wide = plan(**prefill, num_q_heads=256, num_kv_heads=1)
@@ -212,12 +213,16 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     ((name, switches),) = _launch_switches(H100, [64])
     assert name == "long_query_pipelined_kernel"
     assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_LONG_QUERY_TILES[128]
-    for block_size, window, softcap in ((16, 16, None), (16, None, 30.0), (24, None, None)):
+    # So do K and V caches of different strides (V's rows padded here).
+    cases = ((16, 16, None, 0), (16, None, 30.0, 0), (24, None, None, 0), (16, None, None, 16))
+    for block_size, window, softcap, v_padding in cases:
         batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
                            block_size=block_size, dtype=torch.bfloat16, device="cpu")  # fmt: skip
+        v_cache = batch.v_cache.new_zeros(*batch.v_cache.shape[:-1], 128 + v_padding)[..., :128]
+        v_cache.copy_(batch.v_cache)
         p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
         (launch,) = kernel_launches(
-            batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q),
+            batch.q, batch.k_cache, v_cache, torch.empty_like(batch.q),
             batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
             softcap, None, None, None, None, p, None,
         )  # fmt: skip

@@ -408,15 +408,16 @@ def kernel_launches(
         beside = dict(PDL=True, launch_pdl=True) if pdl and after_split_kv else dict(PDL=False)
         block_size = k_cache.shape[1]
         if (plan.pipelined_long_query and block_size & (block_size - 1) == 0
+                and k_cache.stride() == v_cache.stride()
                 and _pipelined_covers(q, k_cache, v_cache, out, sliding_window,
                                       logits_soft_cap, alibi_slopes, sinks, plan)):  # fmt: skip
             tile, buffers = plan.pipelined_long_query
-            gluon_args = (*pointers[:7], *strides, num_seqs, scale)
+            gluon_args = (*pointers[:7], *strides[:7], strides[-1], num_seqs, scale)
             gluon_switches = dict(
                 HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
                 BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,
                 IS_CAUSAL=causal, KV_BUFFERS=buffers, num_warps=plan.num_warps, **beside,
-                **pipelined_long_query_layouts(plan.head_pad, tile, plan.num_warps),
+                **pipelined_long_query_layouts(plan.head_pad, tile, plan.num_warps, block_size),
             )  # fmt: skip
             return [KernelLaunch(long_query_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip

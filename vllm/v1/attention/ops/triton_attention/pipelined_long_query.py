@@ -5,20 +5,23 @@
 The same work as ``long_query_attention_kernel`` (one program per Q tile of
 one KV head, online softmax over key tiles), written in Gluon for what Triton
 does not do there: it waits for each ``tl.dot`` right after issuing it, so
-the tensor cores idle while the softmax runs. Here each iteration issues the
-next tile's Q K^T as an asynchronous ``wgmma`` before this tile's softmax,
-and this tile's P V before the copy work for later tiles, and waits for both
-only at its end. (Waiting for P V in the next iteration instead makes ptxas
-serialise every ``wgmma``: its accumulator is live across the loop's back
-edge.) Q is the register operand of Q K^T: with Q in shared memory, 64-key
-tiles would read it and K at the SM's whole shared-memory bandwidth.
+the tensor cores idle while the softmax runs. Here the loop takes two key
+tiles per iteration, with asynchronous ``wgmma``: the second tile's Q K^T
+runs during the first tile's softmax, the first tile's P V during the second
+tile's softmax, and the second P V with the next iteration's Q K^T during the
+copy work for later tiles. Q is the register operand of Q K^T: with Q in
+shared memory, 64-key tiles would read it and K at the SM's whole
+shared-memory bandwidth. Row maxima and sums are reduced within each thread
+first (``_per_thread``).
 
 Key and value tiles arrive through a ring of ``KV_BUFFERS`` shared-memory
 buffers filled by ``cp.async`` (a paged cache is a gather; Hopper's TMA has
-no row gather), ``KV_BUFFERS - 2`` tiles ahead of the one in the softmax. It
-covers 2-byte queries and cache, power-of-two head and block sizes, causal or
-not, and none of sliding window, softcap, ALiBi or sinks; the plan picks it
-(``AttentionPlan.pipelined_long_query``) where it was measured faster.
+no row gather), ``KV_BUFFERS - 2`` tiles ahead of the one in the softmax, one
+block-table load per group of rows in one cache block. It covers 2-byte
+queries and cache, power-of-two head and block sizes, K and V caches of the
+same strides, causal or not, and none of sliding window, softcap, ALiBi or
+sinks; the plan picks it (``AttentionPlan.pipelined_long_query``) where it
+was measured faster.
 """
 
 import functools
@@ -38,12 +41,18 @@ from .pipelined_decode import cta_barrier
 
 
 @functools.cache  # per launch on the host path: building layouts costs ~20 us
-def pipelined_long_query_layouts(head_pad: int, tile_n: int, num_warps: int) -> MappingProxyType:
+def pipelined_long_query_layouts(
+    head_pad: int, tile_n: int, num_warps: int, block_size: int
+) -> MappingProxyType:
     """Layouts of ``long_query_pipelined_kernel``: wgmma accumulators with warps
-    stacked along the rows (16 each), 16-byte copies along the head dimension
-    into the swizzled layout wgmma reads (for 2-byte elements: fp16 and bf16
-    share it)."""
+    stacked along the rows (16 each); 16-byte loads along the head dimension
+    (Q, and K/V copies into the swizzled layout wgmma reads: for 2-byte
+    elements, fp16 and bf16 share it). The copies see a key tile as groups of
+    consecutive rows in one cache block, each group in one thread: one block
+    number and one block address per group."""
     threads_d = min(32, head_pad // 8)
+    rows_per_pass = 32 // threads_d * num_warps
+    group = max(1, min(tile_n // rows_per_pass, block_size))
 
     def wgmma(n):
         return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -55,6 +64,14 @@ def pipelined_long_query_layouts(head_pad: int, tile_n: int, num_warps: int) -> 
             OUT_LAYOUT=wgmma(head_pad),
             ROW_LAYOUT=gl.BlockedLayout(
                 [1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]
+            ),
+            COPY_GROUP=group,
+            COPY_LAYOUT=gl.BlockedLayout(
+                [group, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]
+            ),
+            # The same threads and rows as [groups, rows per group, dims].
+            GROUP_LAYOUT=gl.BlockedLayout(
+                [1, group, 8], [32 // threads_d, 1, threads_d], [num_warps, 1, 1], [2, 1, 0]
             ),
             KV_SHARED=gl.NVMMASharedLayout.get_default_for([tile_n, head_pad], gl.bfloat16),
         )
@@ -75,19 +92,37 @@ def _tile_rows(first_token, q_len, kv_head, BLOCK_M: gl.constexpr, QUERIES_PER_K
 
 
 @gluon.jit
+def _per_thread(x):
+    """[M, N] wgmma scores as [M, N // 8, 8]: the middle axis (the 8-column
+    groups) lies within each thread, so reducing it needs no shuffles."""
+    return gl.reshape(x, [x.shape[0], x.shape[1] // 8, 8])
+
+
+@gluon.jit
+def _row_max(s):
+    """Row maxima of ``s`` as a tree: within each thread first (a per-row
+    chain of max instructions is latency ``gl.max`` would pay), then across
+    the row's four lanes."""
+    m = gl.max(gl.max(_per_thread(s), 1), 1)
+    return gl.convert_layout(m, gl.SliceLayout(1, s.type.layout))
+
+
+@gluon.jit
 def _softmax_tile(s, m_i, row_sums, qk_scale):
     """This tile's probabilities (in the log2 domain), the rescale factor of
     the running output and the new running max, folded into ``row_sums``.
 
     ``qk_scale`` > 0, so the max of raw scores is taken before scaling: one
-    multiply-add per score instead of a multiply and a subtract. The row sums
-    stay per score position (reduced once, after the loop): a row's sum
-    otherwise costs a dependent chain of adds and shuffles per tile."""
-    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    multiply-add per score instead of a multiply and a subtract. ``row_sums``
+    holds each thread's partial sums (``_per_thread``): the four lanes of a
+    row share its rescale factor, so their sums are combined once, after the
+    loop."""
+    m_new = gl.maximum(m_i, _row_max(s) * qk_scale)
     m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet
     alpha = gl.exp2(m_i - m_ref)
     p = gl.exp2(s * qk_scale - m_ref[:, None])
-    row_sums = row_sums * alpha[:, None] + p
+    alpha_sums = gl.convert_layout(alpha, gl.SliceLayout(1, row_sums.type.layout))
+    row_sums = row_sums * alpha_sums[:, None] + gl.sum(_per_thread(p), 1)
     return p, alpha, m_new, row_sums
 
 
@@ -105,16 +140,43 @@ def _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL:
 
 
 @gluon.jit
-def _tile_cache_blocks(block_table_row_ptr, tile_start, kv_hi, key_rows, block_of_row,
+def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
+                   IS_CAUSAL: gl.constexpr, dtype: gl.constexpr, p_operand: gl.constexpr,
+                   out_rows: gl.constexpr):  # fmt: skip
+    """One key tile's softmax step (``_mask_tile``, ``_softmax_tile``): P as the
+    register operand of P V, the output's rescale factor in the output's rows."""
+    s = _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL)
+    p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale)
+    return (
+        gl.convert_layout(p.to(dtype), p_operand),
+        gl.convert_layout(alpha, out_rows),
+        m_i,
+        row_sums,
+    )
+
+
+@gluon.jit
+def _tile_cache_blocks(block_table_row_ptr, tile_start, kv_hi, group_rows,
                        BLOCK_SIZE: gl.constexpr):  # fmt: skip
-    """Cache block of each key of the tile at ``tile_start`` (0 past ``kv_hi``).
+    """Cache block of each row group of the tile at ``tile_start`` (0 past
+    ``kv_hi``); ``group_rows``: each group's first row within the tile.
 
     Block size and tile are powers of two and tiles start at multiples of
-    the tile, so key ``tile_start + r`` is in block ``tile_start // BLOCK_SIZE
-    + r // BLOCK_SIZE`` (``block_of_row``), slot ``tile_start % BLOCK_SIZE +
-    r % BLOCK_SIZE``: per tile, one scalar changes."""
-    return gl.load(block_table_row_ptr + tile_start // BLOCK_SIZE + block_of_row,
-                   mask=tile_start + key_rows < kv_hi, other=0)  # fmt: skip
+    the tile, so the group at row ``r`` is in block ``tile_start // BLOCK_SIZE
+    + r // BLOCK_SIZE``, at slot ``tile_start % BLOCK_SIZE + r % BLOCK_SIZE``:
+    per tile, one scalar changes."""
+    return gl.load(block_table_row_ptr + tile_start // BLOCK_SIZE + group_rows // BLOCK_SIZE,
+                   mask=tile_start + group_rows < kv_hi, other=0)  # fmt: skip
+
+
+@gluon.jit
+def _group_to_rows(values, rows_layout: gl.constexpr, GROUP: gl.constexpr):
+    """Per-group ``values`` [groups] repeated for each row of the group, as
+    [rows] in ``rows_layout`` (the same registers: no data moves)."""
+    group_layout: gl.constexpr = values.type.layout.parent
+    repeat = gl.zeros([1, GROUP], values.dtype, layout=group_layout)
+    rows, _ = gl.broadcast(values[:, None], repeat)
+    return gl.convert_layout(gl.reshape(rows, [values.shape[0] * GROUP]), rows_layout)
 
 
 @gluon.jit
@@ -127,29 +189,66 @@ def _issue_kv_copies(
     tile_start,
     kv_hi,
     key_rows,
-    k_row_offset,
-    v_row_offset,
+    row_offset,
     dims,
-    stride_k_block,
-    stride_k_slot,
-    stride_v_block,
-    stride_v_slot,
+    stride_block,
+    stride_slot,
     BLOCK_SIZE: gl.constexpr,
 ):
     """Start copying the K and V rows of the tile at ``tile_start`` (cache blocks
-    ``block``) into the given buffers, as one commit group. Keys past ``kv_hi``
-    are not read; their rows become zeros. ``*_row_offset``: each row's slot
-    and head offset within its block, for a tile starting at a block's start."""
+    ``block``, one per row group) into the given buffers, as one commit group. Keys
+    past ``kv_hi`` are not read; their rows become zeros. ``row_offset``:
+    each row's slot and head offset within its block, for a tile starting at
+    a block's start (the K and V caches share strides)."""
     slot = tile_start % BLOCK_SIZE
-    block = block.to(gl.int64)
+    GROUP: gl.constexpr = key_rows.shape[0] // block.shape[0]
+    rows_layout: gl.constexpr = key_rows.type.layout
+    block = _group_to_rows(block, rows_layout, GROUP).to(gl.int64)
     valid = (tile_start + key_rows < kv_hi)[:, None]
-    k_rows = block * stride_k_block + (k_row_offset + slot * stride_k_slot)
-    v_rows = block * stride_v_block + (v_row_offset + slot * stride_v_slot)
-    async_copy.async_copy_global_to_shared(k_buffer, k_cache_ptr + k_rows[:, None] + dims[None, :],
-                                           mask=valid)  # fmt: skip
-    async_copy.async_copy_global_to_shared(v_buffer, v_cache_ptr + v_rows[:, None] + dims[None, :],
-                                           mask=valid)  # fmt: skip
+    rows = (block * stride_block + (row_offset + slot * stride_slot))[:, None] + dims[None, :]
+    async_copy.async_copy_global_to_shared(k_buffer, k_cache_ptr + rows, mask=valid)
+    async_copy.async_copy_global_to_shared(v_buffer, v_cache_ptr + rows, mask=valid)
     async_copy.commit_group()
+
+
+@gluon.jit
+def _refill(
+    tile,
+    k_buffers,
+    v_buffers,
+    k_cache_ptr,
+    v_cache_ptr,
+    block,
+    block_table_row_ptr,
+    kv_hi,
+    group_rows,
+    key_rows,
+    row_offset,
+    dims,
+    stride_block,
+    stride_slot,
+    BLOCK_SIZE: gl.constexpr,
+    TILE_N: gl.constexpr,
+    KV_BUFFERS: gl.constexpr,
+):
+    """After tile ``tile``'s P V is issued: start copying tile ``tile +
+    KV_BUFFERS - 1`` (cache blocks ``block``) into the buffer of tile ``tile -
+    1``; return the blocks of the tile after it.
+
+    First, tile + 2 (which the next Q K^T reads) has landed in every thread,
+    and every warpgroup is done with tile - 1 (it waited for that P V before
+    this one was issued). Copies issued right after the barrier need no other
+    one before them."""
+    async_copy.wait_group(KV_BUFFERS - 4)
+    cta_barrier()
+    ahead = tile + KV_BUFFERS - 1
+    _issue_kv_copies(
+        k_buffers.index(ahead % KV_BUFFERS), v_buffers.index(ahead % KV_BUFFERS),
+        k_cache_ptr, v_cache_ptr, block, ahead * TILE_N, kv_hi, key_rows,
+        row_offset, dims, stride_block, stride_slot, BLOCK_SIZE,
+    )  # fmt: skip
+    return _tile_cache_blocks(block_table_row_ptr, (ahead + 1) * TILE_N, kv_hi, group_rows,
+                              BLOCK_SIZE)  # fmt: skip
 
 
 @gluon.jit
@@ -165,12 +264,9 @@ def long_query_pipelined_kernel(
     stride_q_head,
     stride_out_token,
     stride_out_head,
-    stride_k_block,
-    stride_k_slot,
-    stride_k_head,
-    stride_v_block,
-    stride_v_slot,
-    stride_v_head,
+    stride_kv_block,
+    stride_kv_slot,
+    stride_kv_head,
     stride_block_table_seq,
     num_seqs,
     scale,
@@ -185,9 +281,11 @@ def long_query_pipelined_kernel(
     SCORE_LAYOUT: gl.constexpr,
     OUT_LAYOUT: gl.constexpr,
     ROW_LAYOUT: gl.constexpr,
+    COPY_GROUP: gl.constexpr,
+    COPY_LAYOUT: gl.constexpr,
+    GROUP_LAYOUT: gl.constexpr,
     KV_SHARED: gl.constexpr,
 ):
-    gl.static_assert(KV_BUFFERS >= 4, "three tiles in use, at least one in flight")
     BLOCK_Q: gl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
     q_block_index = gl.program_id(0)
     kv_head = gl.program_id(1)
@@ -216,26 +314,29 @@ def long_query_pipelined_kernel(
     k_buffers = gl.allocate_shared_memory(dtype, [KV_BUFFERS, TILE_N, HEAD_PAD], KV_SHARED)
     v_buffers = gl.allocate_shared_memory(dtype, [KV_BUFFERS, TILE_N, HEAD_PAD], KV_SHARED)
     block_table_row_ptr = block_table_ptr + seq.to(gl.int64) * stride_block_table_seq
-    key_rows = gl.arange(0, TILE_N, layout=gl.SliceLayout(1, ROW_LAYOUT))
-    block_of_row = key_rows // BLOCK_SIZE
-    k_row_offset = (key_rows % BLOCK_SIZE) * stride_k_slot + kv_head * stride_k_head
-    v_row_offset = (key_rows % BLOCK_SIZE) * stride_v_slot + kv_head * stride_v_head
-    dims = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
+    # Block numbers are loaded once per group of rows (GROUP_LAYOUT), used per
+    # row (COPY_LAYOUT).
+    group_rows = gl.arange(0, TILE_N // COPY_GROUP,
+                           layout=gl.SliceLayout(1, gl.SliceLayout(2, GROUP_LAYOUT)))  # fmt: skip
+    group_rows = group_rows * COPY_GROUP
+    copy_rows: gl.constexpr = gl.SliceLayout(1, COPY_LAYOUT)
+    key_rows = gl.arange(0, TILE_N, layout=copy_rows)
+    row_offset = (key_rows % BLOCK_SIZE) * stride_kv_slot + kv_head * stride_kv_head
+    dims = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, COPY_LAYOUT))
     # The first KV_BUFFERS - 1 tiles start before the queries load. Tiles past
     # kv_hi copy nothing but still commit a group, so that every program
     # counts the same outstanding groups.
     for i in gl.static_range(KV_BUFFERS - 1):
-        block = _tile_cache_blocks(block_table_row_ptr, i * TILE_N, kv_hi, key_rows,
-                                   block_of_row, BLOCK_SIZE)  # fmt: skip
+        block = _tile_cache_blocks(block_table_row_ptr, i * TILE_N, kv_hi, group_rows,
+                                   BLOCK_SIZE)  # fmt: skip
         _issue_kv_copies(
             k_buffers.index(i), v_buffers.index(i), k_cache_ptr, v_cache_ptr, block,
-            i * TILE_N, kv_hi, key_rows, k_row_offset, v_row_offset, dims,
-            stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, BLOCK_SIZE,
+            i * TILE_N, kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
+            BLOCK_SIZE,
         )  # fmt: skip
-    # The blocks of the next tile to copy are loaded one iteration early.
-    block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, key_rows,
-                               block_of_row, BLOCK_SIZE)  # fmt: skip
-
+    # The blocks of the next tiles to copy are loaded a step early.
+    block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, group_rows,
+                               BLOCK_SIZE)  # fmt: skip
     q_token, q_head, q_valid = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
                                           gl.SliceLayout(1, ROW_LAYOUT))  # fmt: skip
     q_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
@@ -251,8 +352,8 @@ def long_query_pipelined_kernel(
     key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
     qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SCORE_LAYOUT))
-    row_sums = gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=SCORE_LAYOUT)
     no_scores = gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=SCORE_LAYOUT)
+    row_sums = gl.sum(_per_thread(no_scores), 1)  # zeros, in the layout of partial sums
     p_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=OUT_LAYOUT, k_width=2)
     out_rows: gl.constexpr = gl.SliceLayout(1, OUT_LAYOUT)
     acc = gl.zeros([BLOCK_M, HEAD_PAD], gl.float32, layout=OUT_LAYOUT)
@@ -264,45 +365,69 @@ def long_query_pipelined_kernel(
     s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
                       is_async=True)  # fmt: skip
     s = warpgroup_mma_wait(0, deps=[s])
-    for tile in range(num_tiles):
-        # The next tile's scores run on the tensor cores during this tile's
-        # softmax, this tile's P V during the copy work for later tiles.
-        # (After the last tile: the scores of that tile again, unused; its
-        # buffer, unlike the next, is not being written.)
-        next_slot = gl.minimum(tile + 1, num_tiles - 1) % KV_BUFFERS
-        s_next = warpgroup_mma(q, k_buffers.index(next_slot).permute((1, 0)), no_scores,
-                               use_acc=False, is_async=True)  # fmt: skip
-        s = _mask_tile(s, tile * TILE_N, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL)
-        p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale)
-        acc = acc * gl.convert_layout(alpha, out_rows)[:, None]
-        p = gl.convert_layout(p.to(dtype), p_operand)
-        acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc, is_async=True)
+    for pair in range(num_tiles // 2):
+        # Two tiles per iteration: the second one's Q K^T runs on the tensor
+        # cores during the first one's softmax, the first one's P V during the
+        # second one's softmax. The next iteration's Q K^T starts with the
+        # second P V, after that softmax: in flight during it, its accumulator
+        # would need registers the softmax uses (ptxas of Triton 3.6 spills).
+        # A wgmma in flight across the loop's back edge would make ptxas
+        # serialise them all.
+        tile = 2 * pair
+        s_odd = warpgroup_mma(q, k_buffers.index((tile + 1) % KV_BUFFERS).permute((1, 0)),
+                              no_scores, use_acc=False, is_async=True)  # fmt: skip
+        p, alpha, m_i, row_sums = _probabilities(
+            s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
+            IS_CAUSAL, dtype, p_operand, out_rows,
+        )  # fmt: skip
+        acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
+                            is_async=True)  # fmt: skip
         if tile + 2 < num_tiles:
-            # Tile + 2, which the next iteration's Q K^T reads, has landed in
-            # every thread; every warpgroup is done with tile - 1 (it waited for
-            # that P V before this iteration), whose buffer is refilled. Copies
-            # issued right after the barrier need no other one before them.
-            async_copy.wait_group(KV_BUFFERS - 4)
-            cta_barrier()
-            ahead = tile + KV_BUFFERS - 1
-            _issue_kv_copies(
-                k_buffers.index(ahead % KV_BUFFERS), v_buffers.index(ahead % KV_BUFFERS),
-                k_cache_ptr, v_cache_ptr, block, ahead * TILE_N, kv_hi, key_rows,
-                k_row_offset, v_row_offset, dims,
-                stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, BLOCK_SIZE,
-            )  # fmt: skip
-            block = _tile_cache_blocks(block_table_row_ptr, (ahead + 1) * TILE_N, kv_hi,
-                                       key_rows, block_of_row, BLOCK_SIZE)  # fmt: skip
-        acc, s = warpgroup_mma_wait(0, deps=[acc, s_next])
+            block = _refill(tile, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
+                            block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
+                            stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
+                            KV_BUFFERS)  # fmt: skip
+        s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
+        p, alpha, m_i, row_sums = _probabilities(
+            s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos,
+            key_offsets, IS_CAUSAL, dtype, p_operand, out_rows,
+        )  # fmt: skip
+        acc = warpgroup_mma_wait(0, deps=[acc])
+        # The next iteration's first scores (after the last tile: the last
+        # tile's again, unused; its buffer is not being written).
+        next_slot = gl.minimum(tile + 2, num_tiles - 1) % KV_BUFFERS
+        s = warpgroup_mma(q, k_buffers.index(next_slot).permute((1, 0)), no_scores,
+                          use_acc=False, is_async=True)  # fmt: skip
+        acc = warpgroup_mma(p, v_buffers.index((tile + 1) % KV_BUFFERS), acc * alpha[:, None],
+                            is_async=True)  # fmt: skip
+        if tile + 3 < num_tiles:
+            block = _refill(tile + 1, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
+                            block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
+                            stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
+                            KV_BUFFERS)  # fmt: skip
+        acc, s = warpgroup_mma_wait(0, deps=[acc, s])
+    if num_tiles % 2 == 1:  # the last tile, its scores in s
+        tile = num_tiles - 1
+        p, alpha, m_i, row_sums = _probabilities(
+            s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
+            IS_CAUSAL, dtype, p_operand, out_rows,
+        )  # fmt: skip
+        acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
+                            is_async=True)  # fmt: skip
+        acc = warpgroup_mma_wait(0, deps=[acc])
     async_copy.wait_group(0)  # the copies issued past the last tile
 
     l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
     l_out = gl.where(l_out == 0.0, 1.0, l_out)
     result = (acc / l_out[:, None]).to(out_ptr.dtype.element_ty)
-    o_token, o_head, o_valid = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
-                                          out_rows)  # fmt: skip
+    # Output rows from the score rows' key positions (live through the loop
+    # anyway): fewer values in registers there.
+    o_pos = gl.convert_layout(query_pos, out_rows)
+    _, o_head, o_valid = _tile_rows(0, BLOCK_Q, kv_head, BLOCK_M, QUERIES_PER_KV, out_rows)
+    o_valid &= o_pos < kv_hi
     o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
-    o_offset = (q_start + o_token).to(gl.int64) * stride_out_token + o_head * stride_out_head
+    o_offset = (q_start - context_len + o_pos).to(gl.int64) * stride_out_token
+    o_offset += o_head * stride_out_head
     gl.store(out_ptr + o_offset[:, None] + o_dim[None, :], result, mask=o_valid[:, None])
     if PDL:  # see long_query_attention_kernel: completion implies the decode's
         gdc_wait()

@@ -79,15 +79,16 @@ MERGE_TILE_ELEMENTS = 4096
 PIPELINED_DECODE_TILES = {16: (32, 2), 32: (64, 2)}
 PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 
-# Long queries through pipelined_long_query.py's Hopper kernel (the next
-# tile's Q K^T on the tensor cores during this tile's softmax): (key tile,
-# buffers) by head size, where it measured faster than the portable kernel
-# with its tuned 128 x 128 tiles on an H200 (benchmarks/results/nvidia-h200/
-# experiments/ab_session6_*.json): head 128, 1.06-1.15x over 14 prefill and 2
-# mixed cells (llama3-8b and qwen shapes). 5 or 6 buffers were even or slower;
-# 128-key tiles do not fit its registers at head 128. Head 64 lost (0.90-0.93x
-# with 64-key tiles; 128-key ones spill): it stays on the portable kernel.
-PIPELINED_LONG_QUERY_TILES = {128: (64, 4)}
+# Long queries through pipelined_long_query.py's Hopper kernel (Q K^T and P V
+# on the tensor cores during the softmax): (key tile, buffers) by head size,
+# where it measured faster than the portable kernel with its tuned tiles on an
+# H200 (benchmarks/results/nvidia-h200/experiments/ab_session7_*.json; the
+# rounds are in experiments/README.md). Head 128: 64-key tiles and 4 buffers
+# (5, 6 or 8 were slower; 128-key tiles do not fit its registers). Head 64,
+# the same: 1.05x prefill and 1.02x mixed over the portable kernel (6 buffers
+# 1.00x, 32-key tiles 0.99x). Head 256 is not covered: its output alone would
+# take 128 registers per thread.
+PIPELINED_LONG_QUERY_TILES = {64: (64, 4), 128: (64, 4)}
 
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
