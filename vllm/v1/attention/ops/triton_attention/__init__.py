@@ -412,7 +412,9 @@ def kernel_launches(
                 and _pipelined_covers(q, k_cache, v_cache, out, sliding_window,
                                       logits_soft_cap, alibi_slopes, sinks, plan)):  # fmt: skip
             tile, buffers = plan.pipelined_long_query
-            gluon_args = (*pointers[:7], *strides[:7], strides[-1], num_seqs, scale)
+            kv_strides = k_cache.stride()[:3]  # V's are the same
+            gluon_args = (*pointers[:7], *strides[:4], *kv_strides, block_table.stride(0),
+                          num_seqs, scale)  # fmt: skip
             gluon_switches = dict(
                 HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
                 BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,

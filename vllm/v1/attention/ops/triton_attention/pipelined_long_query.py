@@ -334,7 +334,7 @@ def long_query_pipelined_kernel(
             i * TILE_N, kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
             BLOCK_SIZE,
         )  # fmt: skip
-    # The blocks of the next tiles to copy are loaded a step early.
+    # The blocks of the next tile to copy are loaded a step early.
     block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, group_rows,
                                BLOCK_SIZE)  # fmt: skip
     q_token, q_head, q_valid = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
@@ -424,7 +424,7 @@ def long_query_pipelined_kernel(
     # anyway): fewer values in registers there.
     o_pos = gl.convert_layout(query_pos, out_rows)
     _, o_head, o_valid = _tile_rows(0, BLOCK_Q, kv_head, BLOCK_M, QUERIES_PER_KV, out_rows)
-    o_valid &= o_pos < kv_hi
+    o_valid &= o_pos < kv_hi  # tokens past the query sit at kv_hi or later
     o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
     o_offset = (q_start - context_len + o_pos).to(gl.int64) * stride_out_token
     o_offset += o_head * stride_out_head
