@@ -492,7 +492,8 @@ def _pipelined_covers(
     16-byte aligned pointers and strides that are multiples of 16 elements
     (what Triton's launcher marks as divisible, without which the copies do
     not compile). The long-query kernel also needs a power-of-two block size
-    (checked at its launch). Runs per layer on the host: ~5 us."""
+    and K and V caches of the same strides (checked at its launch). Runs per
+    layer on the host: ~5 us."""
     if sliding_window is not None or logits_soft_cap is not None:
         return False
     if alibi_slopes is not None or sinks is not None:
