@@ -40,8 +40,11 @@ CELLS = {
                 ("qwen", 1, 4096, 4096), ("gemma", 1, 4096, 4096), ("d64", 1, 4096, 4096),
                 ("llama", 1, 2048, 8192), ("llama", 1, 512, 512), ("llama", 2, 1024, 1024),
                 ("llama", 1, 1536, 1536), ("qwen", 1, 1024, 1024), ("qwen", 1, 2048, 2048),
-                ("llama", 4, 1024, 1024), ("qwen", 4, 1024, 1024)],
+                ("llama", 4, 1024, 1024), ("qwen", 4, 1024, 1024), ("d64", 1, 16384, 16384),
+                ("d64", 4, 4096, 4096), ("d64", 1, 1024, 1024)],
     "mixed": [(m, 65, 2048, 8192) for m in MODELS],
+    "d256": [("gemma", b, s, s) for b, s in ((1, 1024), (1, 4096), (1, 16384), (4, 4096))]
+            + [("gemma", 65, 2048, 8192), ("gemma", 1, 2048, 8192)],
     "decode": [("llama", b, 1, c) for b, c in ((1, 1024), (1, 16384), (4, 4096), (8, 4096),
                                                (16, 1024), (32, 1024), (64, 1024), (128, 1024))]
               + [("qwen", b, 1, c) for b, c in ((1, 1024), (1, 16384), (1, 65536), (4, 16384),
@@ -104,6 +107,10 @@ def _override(mod, plan, override):
     """``plan`` with AttentionPlan fields replaced; ``splits_factor`` scales the split
     count; a changed split count or ``block_m`` resizes the grid."""
     override = dict(override)
+    if plan.pipelined_long_query is None and "block_m" not in override:
+        # a variant of the Hopper kernel applies where the plan runs it; forcing
+        # it elsewhere takes block_m and num_warps too (128, 8)
+        override.pop("pipelined_long_query", None)
     factor = override.pop("splits_factor", None)
     if factor is not None and plan.kernel == "split_kv_decode":
         override["num_kv_splits"] = max(1, round(plan.num_kv_splits * factor))

@@ -37,6 +37,7 @@ CASES = [
     ("decode_one_split", [1] * 300, [50] * 300, 128, 4, None, {}),
     ("decode_d64_gqa7_all", [1, 1], [300, 90], 64, 7, None, ALL_FEATURES),
     ("specdecode", [4, 4, 3], [40, 300, 3], 128, 8, None, {}),
+    # head 256 on sm_90: the Hopper long-query kernel with Q in shared memory
     ("prefill_d256", [130, 64], [130, 200], 256, 2, None, {}),
     ("prefill_all", [90, 33], [200, 33], 80, 4, None, ALL_FEATURES),
     ("non_causal", [50, 1], [50, 70], 64, 4, None, dict(causal=False)),

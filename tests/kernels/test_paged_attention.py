@@ -277,22 +277,36 @@ NVIDIA_SM90 = (HAS_GPU and torch.version.hip is None
                and torch.cuda.get_device_capability() == (9, 0))  # fmt: skip
 
 
+_PIPELINED_LONG_QUERY_CASES = [
+    ([37, 300], [37, 300], 128, 4, 16, torch.bfloat16, True),  # prefill, ragged ends
+    ([48, 16, 200], [450, 97, 1000], 128, 7, 16, torch.bfloat16, True),  # chunks on a prefix
+    ([1, 1, 0, 65, 3], [40, 129, 0, 190, 63], 64, 1, 32, torch.float16, True),  # mixed rows
+    ([130, 9], [130, 9], 64, 4, 16, torch.float16, False),
+    ([70], [2000], 128, 8, 64, torch.float16, False),
+]  # fmt: skip
+# Head 256 keeps Q in shared memory and takes 32-key tiles (64-key ones do not fit).
+_PIPELINED_LONG_QUERY_D256_CASES = [
+    ([37, 300], [37, 300], 256, 2, 16, torch.bfloat16, True),
+    ([48, 16, 0, 200], [450, 97, 0, 1000], 256, 4, 32, torch.float16, True),
+    ([70], [600], 256, 1, 16, torch.bfloat16, False),
+]  # fmt: skip
+
+
 @pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
-@pytest.mark.parametrize("tiles", [(64, 4), (64, 6)])
 @pytest.mark.parametrize(
-    "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal",
-    [([37, 300], [37, 300], 128, 4, 16, torch.bfloat16, True),  # prefill, ragged ends
-     ([48, 16, 200], [450, 97, 1000], 128, 7, 16, torch.bfloat16, True),  # chunks on a prefix
-     ([1, 1, 0, 65, 3], [40, 129, 0, 190, 63], 64, 1, 32, torch.float16, True),  # mixed rows
-     ([130, 9], [130, 9], 64, 4, 16, torch.float16, False),
-     ([70], [2000], 128, 8, 64, torch.float16, False)],
+    "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,tiles",
+    [(*case, tiles) for case in _PIPELINED_LONG_QUERY_CASES
+     for tiles in ((64, 4, 0), (64, 6, 4), (64, 4, 2))]
+    + [(*case, tiles) for case in _PIPELINED_LONG_QUERY_D256_CASES
+       for tiles in ((32, 4, 0), (32, 5, 4))],
 )  # fmt: skip
 def test_pipelined_long_query_matches_reference(
     q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, tiles, device
 ):
     """The Gluon long-query kernel on shapes it covers: several key tiles per
     program, the causal diagonal, spare Q tiles, empty rows, one to many tiles
-    in flight (the plan sets it only where it measured faster on sm_90)."""
+    in flight, exp2 on the FMA units or not (the plan sets it only where it
+    measured faster on sm_90)."""
     num_q_heads = 2 * queries_per_kv
     batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
                        head_size=head_size, block_size=block_size, dtype=dtype, device=device,

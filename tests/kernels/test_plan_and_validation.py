@@ -193,14 +193,14 @@ def test_pipelined_decode_only_where_measured_and_covered():
 
 
 def test_pipelined_long_query_only_where_measured_and_covered():
-    # Planned on sm_90 at heads 64 and 128 (2-byte queries), with 128-row
-    # programs of 8 warps; head 256 is not covered, other GPUs were not measured.
+    # Planned on sm_90 at heads 64, 128 and 256 (2-byte queries), with 128-row
+    # programs of 8 warps; other head sizes and GPUs were not measured.
     prefill = dict(num_tokens=512, num_seqs=1, max_query_len=512)
-    for head_size in (64, 128):
+    for head_size in (64, 128, 256):
         p = plan(**prefill, head_size=head_size)
         assert p.pipelined_long_query == PIPELINED_LONG_QUERY_TILES[head_size]
         assert (p.block_m, p.num_warps) == (128, 8)
-    assert plan(**prefill, head_size=256).pipelined_long_query is None
+    assert plan(**prefill, head_size=32).pipelined_long_query is None
     assert plan(**prefill, dtype=torch.float32).pipelined_long_query is None
     # A GQA group wider than its 128 rows takes the portable kernel's larger Q tile.
     wide = plan(**prefill, num_q_heads=256, num_kv_heads=1)
@@ -212,7 +212,9 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     # that are not powers of two take the portable kernel.
     ((name, switches),) = _launch_switches(H100, [64])
     assert name == "long_query_pipelined_kernel"
-    assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_LONG_QUERY_TILES[128]
+    assert (switches["TILE_N"], switches["KV_BUFFERS"], switches["FMA_EXP2_EVERY"]) == (
+        PIPELINED_LONG_QUERY_TILES[128]
+    )
     # So do K and V caches of different strides (V's rows padded here).
     cases = ((16, 16, None, 0), (16, None, 30.0, 0), (24, None, None, 0), (16, None, None, 16))
     for block_size, window, softcap, v_padding in cases:

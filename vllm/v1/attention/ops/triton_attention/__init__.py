@@ -411,14 +411,15 @@ def kernel_launches(
                 and k_cache.stride() == v_cache.stride()
                 and _pipelined_covers(q, k_cache, v_cache, out, sliding_window,
                                       logits_soft_cap, alibi_slopes, sinks, plan)):  # fmt: skip
-            tile, buffers = plan.pipelined_long_query
+            tile, buffers, fma_exp2_every = plan.pipelined_long_query
             kv_strides = k_cache.stride()[:3]  # V's are the same
             gluon_args = (*pointers[:7], *strides[:4], *kv_strides, block_table.stride(0),
                           num_seqs, scale)  # fmt: skip
             gluon_switches = dict(
                 HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
                 BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,
-                IS_CAUSAL=causal, KV_BUFFERS=buffers, num_warps=plan.num_warps, **beside,
+                IS_CAUSAL=causal, KV_BUFFERS=buffers, FMA_EXP2_EVERY=fma_exp2_every,
+                num_warps=plan.num_warps, **beside,
                 **pipelined_long_query_layouts(plan.head_pad, tile, plan.num_warps, block_size),
             )  # fmt: skip
             return [KernelLaunch(long_query_pipelined_kernel, plan.grid, gluon_args,
@@ -451,15 +452,17 @@ def kernel_launches(
             HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
             BLOCK_SIZE=k_cache.shape[1], BLOCK_M=plan.block_m, TILE_N=tile,
             NUM_KV_SPLITS=plan.num_kv_splits, IS_CAUSAL=causal, KV_BUFFERS=buffers,
-            EARLY_DEPENDENTS=early, num_warps=plan.num_warps,
+            EARLY_DEPENDENTS=early, PDL=pdl, num_warps=plan.num_warps,
             **pipelined_decode_layouts(plan.head_pad, plan.num_warps),
         )  # fmt: skip
         launches = [KernelLaunch(split_kv_decode_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip
     else:
         switches.update(NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=prefetch,
-                        EARLY_DEPENDENTS=early)  # fmt: skip
+                        EARLY_DEPENDENTS=early, PDL=pdl)  # fmt: skip
         launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args, switches)]
+    if pdl:  # may start while the kernel before it finishes; waits in-kernel
+        launches[0].constexprs["launch_pdl"] = True
     if plan.num_kv_splits > 1:
         args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
                 out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip

@@ -77,11 +77,8 @@ def long_query_attention_kernel(
     PDL: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
-    q_block_index = tl.program_id(0)
-    kv_head = tl.program_id(1)
-
-    seq, q_start, q_len, first_token = find_q_tile(query_start_loc_ptr, num_seqs, q_block_index,
-                                                   BLOCK_Q)  # fmt: skip
+    seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs,
+                                                            BLOCK_Q)  # fmt: skip
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         if PDL:
             gdc_wait()

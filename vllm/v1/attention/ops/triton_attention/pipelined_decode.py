@@ -25,7 +25,7 @@ from types import MappingProxyType
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
-from triton.language.extra.cuda import gdc_launch_dependents
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .split_kv_decode import split_key_range, store_split_result
 
@@ -157,6 +157,7 @@ def split_kv_decode_pipelined_kernel(
     IS_CAUSAL: gl.constexpr,
     KV_BUFFERS: gl.constexpr,
     EARLY_DEPENDENTS: gl.constexpr,
+    PDL: gl.constexpr,
     MMA_LAYOUT: gl.constexpr,
     KT_LAYOUT: gl.constexpr,
     V_LAYOUT: gl.constexpr,
@@ -169,6 +170,8 @@ def split_kv_decode_pipelined_kernel(
     kv_head = gl.program_id(1)
     split = gl.program_id(2)
 
+    if PDL:  # see split_kv_decode_kernel
+        gdc_wait()
     q_start = gl.load(query_start_loc_ptr + seq)
     q_len = gl.load(query_start_loc_ptr + seq + 1) - q_start
     if q_len == 0:  # a padding row of the batch

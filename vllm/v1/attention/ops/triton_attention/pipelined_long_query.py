@@ -9,10 +9,12 @@ the tensor cores idle while the softmax runs. Here the loop takes two key
 tiles per iteration, with asynchronous ``wgmma``: the second tile's Q K^T
 runs during the first tile's softmax, the first tile's P V during the second
 tile's softmax, and the second P V with the next iteration's Q K^T during the
-copy work for later tiles. Q is the register operand of Q K^T: with Q in
-shared memory, 64-key tiles would read it and K at the SM's whole
-shared-memory bandwidth. Row maxima and sums are reduced within each thread
-first (``_per_thread``).
+copy work for later tiles. Up to head 128 Q is the register operand of
+Q K^T: with Q in shared memory, 64-key tiles would read it and K at the SM's
+whole shared-memory bandwidth. At head 256 the output alone takes 128
+registers per thread, and Q stays in shared memory. Row maxima and sums are
+reduced within each thread first (``_per_thread``); part of the exponentials
+may run on the FMA units (``_exp2``).
 
 Key and value tiles arrive through a ring of ``KV_BUFFERS`` shared-memory
 buffers filled by ``cp.async`` (a paged cache is a gather; Hopper's TMA has
@@ -31,6 +33,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -108,7 +111,47 @@ def _row_max(s):
 
 
 @gluon.jit
-def _softmax_tile(s, m_i, row_sums, qk_scale):
+def _exp2_on_fma(x):
+    """2^x for x <= 0 without the MUFU unit: x = j + f with integer j and f in
+    [-0.5, 0.5]; 2^f by a degree-3 polynomial (relative error 7.5e-5, far
+    below bf16's 3.9e-3), 2^j added to its exponent bits. Below -126 (a
+    masked score is -inf) it returns at most 2^-126, about 1e-38, not 0."""
+    x = gl.maximum(x, -126.0)  # so that 2^j stays a valid exponent
+    rounded = x + 12582912.0  # 1.5 * 2^23: x rounded to an integer, in the low bits
+    f = x - (rounded - 12582912.0)
+    p = gl.fma(gl.fma(gl.fma(f, 0.05517167, 0.24261114), f, 0.69326099), f, 0.99992807)
+    bits = p.to(gl.int32, bitcast=True) + (rounded.to(gl.int32, bitcast=True) << 23)
+    return bits.to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _exp2(x, FMA_EXP2_EVERY: gl.constexpr):
+    """2^x, with every ``FMA_EXP2_EVERY``-th 8-column group (0: none) on the FMA
+    units (``_exp2_on_fma``): at head 64 a tile's exponentials take the MUFU
+    unit (16 per SM and cycle) as long as its two wgmmas take the tensor cores."""
+    gl.static_assert(FMA_EXP2_EVERY == 0 or FMA_EXP2_EVERY == 2 or FMA_EXP2_EVERY == 4)
+    if FMA_EXP2_EVERY == 0:
+        p = gl.exp2(x)
+    else:
+        M: gl.constexpr = x.shape[0]
+        N: gl.constexpr = x.shape[1]
+        # [M, 8, N // 8]: the column groups on the last axis, within each thread.
+        g = gl.permute(_per_thread(x), (0, 2, 1))
+        if FMA_EXP2_EVERY == 2:
+            a, b = gl.split(gl.reshape(g, [M, 8, N // 16, 2]))
+            g = gl.join(gl.exp2(a), _exp2_on_fma(b))
+        else:
+            a, b = gl.split(gl.reshape(g, [M, 8, N // 32, 2, 2]))
+            b0, b1 = gl.split(b)
+            g = gl.join(gl.exp2(a), gl.join(gl.exp2(b0), _exp2_on_fma(b1)))
+        g = gl.permute(gl.reshape(g, [M, 8, N // 8]), (0, 2, 1))
+        layout: gl.constexpr = x.type.layout
+        p = gl.convert_layout(gl.reshape(g, [M, N]), layout)
+    return p
+
+
+@gluon.jit
+def _softmax_tile(s, m_i, row_sums, qk_scale, FMA_EXP2_EVERY: gl.constexpr):
     """This tile's probabilities (in the log2 domain), the rescale factor of
     the running output and the new running max, folded into ``row_sums``.
 
@@ -120,7 +163,7 @@ def _softmax_tile(s, m_i, row_sums, qk_scale):
     m_new = gl.maximum(m_i, _row_max(s) * qk_scale)
     m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet
     alpha = gl.exp2(m_i - m_ref)
-    p = gl.exp2(s * qk_scale - m_ref[:, None])
+    p = _exp2(s * qk_scale - m_ref[:, None], FMA_EXP2_EVERY)
     alpha_sums = gl.convert_layout(alpha, gl.SliceLayout(1, row_sums.type.layout))
     row_sums = row_sums * alpha_sums[:, None] + gl.sum(_per_thread(p), 1)
     return p, alpha, m_new, row_sums
@@ -142,11 +185,11 @@ def _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL:
 @gluon.jit
 def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
                    IS_CAUSAL: gl.constexpr, dtype: gl.constexpr, p_operand: gl.constexpr,
-                   out_rows: gl.constexpr):  # fmt: skip
+                   out_rows: gl.constexpr, FMA_EXP2_EVERY: gl.constexpr):  # fmt: skip
     """One key tile's softmax step (``_mask_tile``, ``_softmax_tile``): P as the
     register operand of P V, the output's rescale factor in the output's rows."""
     s = _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL)
-    p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale)
+    p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale, FMA_EXP2_EVERY)
     return (
         gl.convert_layout(p.to(dtype), p_operand),
         gl.convert_layout(alpha, out_rows),
@@ -277,6 +320,7 @@ def long_query_pipelined_kernel(
     TILE_N: gl.constexpr,
     IS_CAUSAL: gl.constexpr,
     KV_BUFFERS: gl.constexpr,
+    FMA_EXP2_EVERY: gl.constexpr,
     PDL: gl.constexpr,
     SCORE_LAYOUT: gl.constexpr,
     OUT_LAYOUT: gl.constexpr,
@@ -287,11 +331,8 @@ def long_query_pipelined_kernel(
     KV_SHARED: gl.constexpr,
 ):
     BLOCK_Q: gl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
-    q_block_index = gl.program_id(0)
-    kv_head = gl.program_id(1)
-
-    seq, q_start, q_len, first_token = find_q_tile(query_start_loc_ptr, num_seqs, q_block_index,
-                                                   BLOCK_Q)  # fmt: skip
+    seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs,
+                                                            BLOCK_Q)  # fmt: skip
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         if PDL:
             gdc_wait()
@@ -342,9 +383,17 @@ def long_query_pipelined_kernel(
     q_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
     q_offset = (q_start + q_token).to(gl.int64) * stride_q_token + q_head * stride_q_head
     q = gl.load(q_ptr + q_offset[:, None] + q_dim[None, :], mask=q_valid[:, None], other=0.0)
-    # Q as the register operand of Q K^T: read from shared memory on every
-    # tile, it and K would need 128 B/clk, all of the SM's bandwidth.
-    q = gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=SCORE_LAYOUT, k_width=2))
+    if HEAD_PAD <= 128:
+        # Q as the register operand of Q K^T: read from shared memory on every
+        # tile, it and K would need 128 B/clk, all of the SM's bandwidth.
+        q = gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=SCORE_LAYOUT,
+                                                     k_width=2))  # fmt: skip
+    else:
+        # Above head 128 Q would take 64 registers per thread beside the
+        # 128 of the output: it stays in shared memory (swizzled as K, whose
+        # rows are as long).
+        q = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_PAD], KV_SHARED, q)
+        fence_async_shared()  # for wgmma, after the barrier below
 
     score_token, _, _ = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
                                    gl.SliceLayout(1, SCORE_LAYOUT))  # fmt: skip
@@ -378,7 +427,7 @@ def long_query_pipelined_kernel(
                               no_scores, use_acc=False, is_async=True)  # fmt: skip
         p, alpha, m_i, row_sums = _probabilities(
             s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-            IS_CAUSAL, dtype, p_operand, out_rows,
+            IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
         )  # fmt: skip
         acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
                             is_async=True)  # fmt: skip
@@ -390,7 +439,7 @@ def long_query_pipelined_kernel(
         s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
         p, alpha, m_i, row_sums = _probabilities(
             s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos,
-            key_offsets, IS_CAUSAL, dtype, p_operand, out_rows,
+            key_offsets, IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
         )  # fmt: skip
         acc = warpgroup_mma_wait(0, deps=[acc])
         # The next iteration's first scores (after the last tile: the last
@@ -410,7 +459,7 @@ def long_query_pipelined_kernel(
         tile = num_tiles - 1
         p, alpha, m_i, row_sums = _probabilities(
             s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-            IS_CAUSAL, dtype, p_operand, out_rows,
+            IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
         )  # fmt: skip
         acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
                             is_async=True)  # fmt: skip

@@ -80,15 +80,22 @@ PIPELINED_DECODE_TILES = {16: (32, 2), 32: (64, 2)}
 PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 
 # Long queries through pipelined_long_query.py's Hopper kernel (Q K^T and P V
-# on the tensor cores during the softmax): (key tile, buffers) by head size,
-# where it measured faster than the portable kernel with its tuned tiles on an
-# H200 (benchmarks/results/nvidia-h200/experiments/ab_session7_*.json; the
-# rounds are in experiments/README.md). Head 128: 64-key tiles and 4 buffers
-# (5, 6 or 8 were slower; 128-key tiles do not fit its registers). Head 64,
-# the same: 1.05x prefill and 1.02x mixed over the portable kernel (6 buffers
-# 1.00x, 32-key tiles 0.99x). Head 256 is not covered: its output alone would
-# take 128 registers per thread.
-PIPELINED_LONG_QUERY_TILES = {64: (64, 4), 128: (64, 4)}
+# on the tensor cores during the softmax): (key tile, buffers, FMA exp2) by
+# head size, where it measured faster than the portable kernel with its tuned
+# tiles on an H200 (benchmarks/results/nvidia-h200/experiments/
+# ab_session7_*.json; the rounds are in experiments/README.md). Head 128:
+# 64-key tiles and 4 buffers (5, 6 or 8 were slower; 128-key tiles do not fit
+# its registers). Head 64, the same: 1.05x prefill and 1.02x mixed over the
+# portable kernel (6 buffers 1.00x, 32-key tiles 0.99x). Head 256, with Q in
+# shared memory (its output takes 128 registers per thread): 32-key tiles and
+# 4 buffers, 1.00-1.12x prefill and 1.05x mixed (5 buffers 0.97-1.09x; 64-key
+# tiles spill) (experiments/ab_session8_round3_d256.json).
+# FMA exp2: every how many 8-column groups of scores take their exp2 on the
+# FMA units instead of the MUFU (0: none). At head 64 a tile's exponentials
+# keep the MUFU as busy as its wgmmas the tensor cores: a quarter of them on
+# the FMA units gained 1-3% there, half of them 0-1%; at head 128 both lost
+# 0-4% (experiments/ab_session8_round1_fma_exp2.json).
+PIPELINED_LONG_QUERY_TILES = {64: (64, 4, 4), 128: (64, 4, 0), 256: (32, 4, 0)}
 
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
@@ -167,10 +174,11 @@ class AttentionPlan:
     # NVIDIA kernel (pipelined_decode.py), which runs where it covers the
     # launch's features; otherwise, or when None, the portable kernel.
     pipelined_decode: tuple[int, int] | None = None
-    # Long-query only: (key tile, buffers) of pipelined_long_query.py's Hopper
-    # kernel, which runs where it covers the launch (and then takes 128-row
-    # programs of 8 warps); otherwise, or when None, the portable kernel.
-    pipelined_long_query: tuple[int, int] | None = None
+    # Long-query only: (key tile, buffers, FMA exp2) of pipelined_long_query.py's
+    # Hopper kernel (see PIPELINED_LONG_QUERY_TILES), which runs where it covers
+    # the launch (and then takes 128-row programs of 8 warps); otherwise, or
+    # when None, the portable kernel.
+    pipelined_long_query: tuple[int, int, int] | None = None
 
     @property
     def queries_per_kv(self) -> int:
