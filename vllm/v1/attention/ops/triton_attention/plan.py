@@ -92,9 +92,10 @@ PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 # tiles spill) (experiments/ab_session8_round3_d256.json).
 # FMA exp2: every how many 8-column groups of scores take their exp2 on the
 # FMA units instead of the MUFU (0: none). At head 64 a tile's exponentials
-# keep the MUFU as busy as its wgmmas the tensor cores: a quarter of them on
-# the FMA units gained 1-3% there, half of them 0-1%; at head 128 both lost
-# 0-4% (experiments/ab_session8_round1_fma_exp2.json).
+# need as many MUFU cycles as its wgmmas tensor-core cycles: a quarter of them
+# on the FMA units gained 1-3% there, half of them -1% to 0; at head 128 a
+# quarter was even (0.99-1.01x), half lost 0-4% (experiments/
+# ab_session8_round1_fma_exp2.json).
 PIPELINED_LONG_QUERY_TILES = {64: (64, 4, 4), 128: (64, 4, 0), 256: (32, 4, 0)}
 
 # tl.dot needs every dimension to be at least 16.
