@@ -164,14 +164,13 @@ def split_kv_decode_pipelined_kernel(
     KT_SHARED: gl.constexpr,
     V_SHARED: gl.constexpr,
 ):
-    if EARLY_DEPENDENTS:  # the launch after this one may start now (see kernel_launches)
+    if PDL:  # see split_kv_decode_kernel: waits before its dependents may start
+        gdc_wait()
+    if EARLY_DEPENDENTS:
         gdc_launch_dependents()
     seq = gl.program_id(0)
     kv_head = gl.program_id(1)
     split = gl.program_id(2)
-
-    if PDL:  # see split_kv_decode_kernel
-        gdc_wait()
     q_start = gl.load(query_start_loc_ptr + seq)
     q_len = gl.load(query_start_loc_ptr + seq + 1) - q_start
     if q_len == 0:  # a padding row of the batch

@@ -127,8 +127,8 @@ def _exp2_on_fma(x):
 @gluon.jit
 def _exp2(x, FMA_EXP2_EVERY: gl.constexpr):
     """2^x, with every ``FMA_EXP2_EVERY``-th 8-column group (0: none) on the FMA
-    units (``_exp2_on_fma``): at head 64 a tile's exponentials take the MUFU
-    unit (16 per SM and cycle) as long as its two wgmmas take the tensor cores."""
+    units (``_exp2_on_fma``): at head 64 a tile's exponentials need the MUFU
+    unit (16 per SM and cycle) as long as its two wgmmas the tensor cores."""
     gl.static_assert(FMA_EXP2_EVERY == 0 or FMA_EXP2_EVERY == 2 or FMA_EXP2_EVERY == 4)
     if FMA_EXP2_EVERY == 0:
         p = gl.exp2(x)

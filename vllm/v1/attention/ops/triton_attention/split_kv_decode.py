@@ -85,15 +85,17 @@ def split_kv_decode_kernel(
     PREFETCH_BLOCKS: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if EARLY_DEPENDENTS:  # the launch after this one may start now (see kernel_launches)
+    # Launched early (programmatic launch): the programs are in place when
+    # the kernel before finishes (in vLLM the cache write), and read nothing
+    # before it has. Only then may the launch after this one start: a mixed
+    # batch's long queries read what that kernel wrote without waiting.
+    if PDL:
+        gdc_wait()
+    if EARLY_DEPENDENTS:  # see kernel_launches
         gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    # Launched early (programmatic launch): the programs are in place when
-    # the kernel before finishes, and read nothing before it has.
-    if PDL:
-        gdc_wait()
 
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
