@@ -442,6 +442,8 @@ def kernel_launches(
     prefetch = plan.num_kv_splits >= FINE_KV_SPLITS
     merge_per_unit = math.prod(plan.merge_grid or (0,)) / plan.arch.num_compute_units
     early = pdl and (early_dependents or merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT)
+    # The split-KV kernel may start while the kernel before it finishes; it waits in-kernel.
+    launched_early = dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
     if plan.pipelined_decode and _pipelined_covers(
         q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
     ):
@@ -452,17 +454,15 @@ def kernel_launches(
             HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
             BLOCK_SIZE=k_cache.shape[1], BLOCK_M=plan.block_m, TILE_N=tile,
             NUM_KV_SPLITS=plan.num_kv_splits, IS_CAUSAL=causal, KV_BUFFERS=buffers,
-            EARLY_DEPENDENTS=early, PDL=pdl, num_warps=plan.num_warps,
+            EARLY_DEPENDENTS=early, num_warps=plan.num_warps, **launched_early,
             **pipelined_decode_layouts(plan.head_pad, plan.num_warps),
         )  # fmt: skip
         launches = [KernelLaunch(split_kv_decode_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip
     else:
         switches.update(NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=prefetch,
-                        EARLY_DEPENDENTS=early, PDL=pdl)  # fmt: skip
+                        EARLY_DEPENDENTS=early, **launched_early)  # fmt: skip
         launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args, switches)]
-    if pdl:  # may start while the kernel before it finishes; waits in-kernel
-        launches[0].constexprs["launch_pdl"] = True
     if plan.num_kv_splits > 1:
         args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
                 out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip

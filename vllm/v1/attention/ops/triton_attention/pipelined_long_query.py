@@ -126,24 +126,23 @@ def _exp2_on_fma(x):
 
 @gluon.jit
 def _exp2(x, FMA_EXP2_EVERY: gl.constexpr):
-    """2^x, with every ``FMA_EXP2_EVERY``-th 8-column group (0: none) on the FMA
-    units (``_exp2_on_fma``): at head 64 a tile's exponentials need the MUFU
-    unit (16 per SM and cycle) as long as its two wgmmas the tensor cores."""
-    gl.static_assert(FMA_EXP2_EVERY == 0 or FMA_EXP2_EVERY == 2 or FMA_EXP2_EVERY == 4)
+    """2^x, with every ``FMA_EXP2_EVERY``-th 8-column group (0: none, else 4) on
+    the FMA units (``_exp2_on_fma``): at head 64 a tile's exponentials need the
+    MUFU unit (16 per SM and cycle) as long as its two wgmmas the tensor
+    cores. Every 2nd group measured slower (experiments/
+    ab_session8_round1_fma_exp2.json)."""
+    gl.static_assert(FMA_EXP2_EVERY == 0 or FMA_EXP2_EVERY == 4)
     if FMA_EXP2_EVERY == 0:
         p = gl.exp2(x)
     else:
         M: gl.constexpr = x.shape[0]
         N: gl.constexpr = x.shape[1]
-        # [M, 8, N // 8]: the column groups on the last axis, within each thread.
+        # [M, 8, N // 32, 2, 2]: the column groups on the last three axes, within
+        # each thread; groups 4k + 3 go to the FMA units.
         g = gl.permute(_per_thread(x), (0, 2, 1))
-        if FMA_EXP2_EVERY == 2:
-            a, b = gl.split(gl.reshape(g, [M, 8, N // 16, 2]))
-            g = gl.join(gl.exp2(a), _exp2_on_fma(b))
-        else:
-            a, b = gl.split(gl.reshape(g, [M, 8, N // 32, 2, 2]))
-            b0, b1 = gl.split(b)
-            g = gl.join(gl.exp2(a), gl.join(gl.exp2(b0), _exp2_on_fma(b1)))
+        a, b = gl.split(gl.reshape(g, [M, 8, N // 32, 2, 2]))
+        b0, b1 = gl.split(b)
+        g = gl.join(gl.exp2(a), gl.join(gl.exp2(b0), _exp2_on_fma(b1)))
         g = gl.permute(gl.reshape(g, [M, 8, N // 8]), (0, 2, 1))
         layout: gl.constexpr = x.type.layout
         p = gl.convert_layout(gl.reshape(g, [M, N]), layout)
