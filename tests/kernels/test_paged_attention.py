@@ -284,7 +284,8 @@ _PIPELINED_LONG_QUERY_CASES = [
     ([130, 9], [130, 9], 64, 4, 16, torch.float16, False),
     ([70], [2000], 128, 8, 64, torch.float16, False),
 ]  # fmt: skip
-# Head 256 keeps Q in shared memory and takes 32-key tiles (64-key ones do not fit).
+# Head 256 keeps Q in shared memory: 64-key tiles fit with one score tile in
+# registers (two buffers), 32-key tiles with two.
 _PIPELINED_LONG_QUERY_D256_CASES = [
     ([37, 300], [37, 300], 256, 2, 16, torch.bfloat16, True),
     ([48, 16, 0, 200], [450, 97, 0, 1000], 256, 4, 32, torch.float16, True),
@@ -296,17 +297,17 @@ _PIPELINED_LONG_QUERY_D256_CASES = [
 @pytest.mark.parametrize(
     "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,tiles",
     [(*case, tiles) for case in _PIPELINED_LONG_QUERY_CASES
-     for tiles in ((64, 4, 0), (64, 6, 4))]
+     for tiles in ((64, 4, 0), (64, 6, 4), (64, 2, 4))]
     + [(*case, tiles) for case in _PIPELINED_LONG_QUERY_D256_CASES
-       for tiles in ((32, 4, 0), (32, 5, 4))],
+       for tiles in ((64, 2, 0), (64, 2, 4), (32, 4, 0))],
 )  # fmt: skip
 def test_pipelined_long_query_matches_reference(
     q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, tiles, device
 ):
     """The Gluon long-query kernel on shapes it covers: several key tiles per
-    program, the causal diagonal, spare Q tiles, empty rows, one to many tiles
-    in flight, exp2 on the FMA units or not (the plan sets it only where it
-    measured faster on sm_90)."""
+    program, the causal diagonal, spare Q tiles, empty rows, both key loops
+    (two buffers, or four and more), exp2 on the FMA units or not (the plan
+    sets it only where it measured faster on sm_90)."""
     num_q_heads = 2 * queries_per_kv
     batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
                        head_size=head_size, block_size=block_size, dtype=dtype, device=device,

@@ -87,16 +87,19 @@ PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 # 64-key tiles and 4 buffers (5, 6 or 8 were slower; 128-key tiles do not fit
 # its registers). Head 64, the same: 1.05x prefill and 1.02x mixed over the
 # portable kernel (6 buffers 1.00x, 32-key tiles 0.99x). Head 256, with Q in
-# shared memory (its output takes 128 registers per thread): 32-key tiles and
-# 4 buffers, 1.00-1.12x prefill and 1.05x mixed (5 buffers 0.97-1.09x; 64-key
-# tiles spill) (experiments/ab_session8_round3_d256.json).
+# shared memory (its output takes 128 registers per thread): 64-key tiles in
+# two buffers, the loop with one score tile in registers, 1.07-1.09x prefill
+# and 1.03x mixed over 32-key tiles in 4 buffers (experiments/
+# ab_session9_round2_one_score_tile.json), which were 1.00-1.12x over the
+# portable kernel (ab_session8_round3_d256.json). That loop at heads 64 and
+# 128 (64-key tiles): 0.83-1.03x; 128-key tiles there: 0.93-1.02x.
 # FMA exp2: every how many 8-column groups of scores take their exp2 on the
 # FMA units instead of the MUFU (0: none). At head 64 a tile's exponentials
 # need as many MUFU cycles as its wgmmas tensor-core cycles: a quarter of them
 # on the FMA units gained 1-3% there, half of them -1% to 0; at head 128 a
 # quarter was even (0.99-1.01x), half lost 0-4% (experiments/
 # ab_session8_round1_fma_exp2.json).
-PIPELINED_LONG_QUERY_TILES = {64: (64, 4, 4), 128: (64, 4, 0), 256: (32, 4, 0)}
+PIPELINED_LONG_QUERY_TILES = {64: (64, 4, 4), 128: (64, 4, 0), 256: (64, 2, 0)}
 
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
