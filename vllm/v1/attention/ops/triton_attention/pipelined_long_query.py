@@ -6,15 +6,15 @@ The same work as ``long_query_attention_kernel`` (one program per Q tile of
 one KV head, online softmax over key tiles), written in Gluon for what Triton
 does not do there: it waits for each ``tl.dot`` right after issuing it, so
 the tensor cores idle while the softmax runs. Here ``wgmma`` runs
-asynchronously, in one of two key loops:
+asynchronously, in one of two key loops (``_key_loop``):
 
-- ``_two_score_tiles_loop`` (four or more K/V buffers) takes two key tiles per
-  iteration: the second tile's Q K^T runs during the first tile's softmax,
-  the first tile's P V during the second tile's softmax, and the second P V
-  with the next iteration's Q K^T during the copy work for later tiles.
-- ``_one_score_tile_loop`` (two buffers) keeps one score tile in registers:
-  tile t's Q K^T and tile t - 1's P V are issued together, and tile t's
-  softmax runs during that P V.
+- With four or more K/V buffers it takes two key tiles per iteration: the
+  second tile's Q K^T runs during the first tile's softmax, the first tile's
+  P V during the second tile's softmax, and the second P V with the next
+  iteration's Q K^T during the copy work for later tiles.
+- With two buffers it keeps one score tile in registers: tile t's Q K^T and
+  tile t - 1's P V are issued together, and tile t's softmax runs during
+  that P V.
 
 Up to head 128 Q is the register operand of Q K^T: with Q in shared memory,
 64-key tiles would read it and K at the SM's whole shared-memory bandwidth.
@@ -313,140 +313,132 @@ def _refill(
 
 
 @gluon.jit
-def _one_score_tile_loop(
-    q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
-    full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc, no_scores, group_rows,
-    key_rows, row_offset, dims, stride_kv_block, stride_kv_slot, IS_CAUSAL: gl.constexpr,
-    BLOCK_SIZE: gl.constexpr, TILE_N: gl.constexpr, FMA_EXP2_EVERY: gl.constexpr,
-    p_operand: gl.constexpr, out_rows: gl.constexpr,
-):  # fmt: skip
-    """The key loop with one score tile in registers at a time (two buffers, K
-    and V rings apart): tile t's Q K^T and tile t - 1's P V are issued
-    together, and tile t's softmax runs while that P V does. At head 256 the
-    output takes 128 registers per thread; this leaves room for 64-key tiles.
-
-    On entry tile 0's K and V copies are in flight (one commit group) and
-    ``block`` holds tile 1's blocks. A buffer is refilled only after the
-    barrier that follows every warpgroup's last read of it: K(t + 1) goes
-    where K(t - 1) was, V(t) where V(t - 2) was."""
-    dtype: gl.constexpr = k_cache_ptr.dtype.element_ty
-    _issue_copy(k_buffers.index(1), k_cache_ptr, block, TILE_N, kv_hi, key_rows, row_offset, dims,
-                stride_kv_block, stride_kv_slot, BLOCK_SIZE)  # fmt: skip
-    async_copy.commit_group()
-    block_v = block  # tile 1's blocks, for V(1)
-    block = _tile_cache_blocks(block_table_row_ptr, 2 * TILE_N, kv_hi, group_rows, BLOCK_SIZE)
-    async_copy.wait_group(1)  # K(0) and V(0) have landed
-    cta_barrier()
-    s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
-                      is_async=True)  # fmt: skip
-    s = warpgroup_mma_wait(0, deps=[s])
-    p, alpha, m_i, row_sums = _probabilities(
-        s, 0, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL, dtype,
-        p_operand, out_rows, FMA_EXP2_EVERY,
-    )  # fmt: skip
-    for tile in range(1, num_tiles):
-        async_copy.wait_group(0)  # K(tile) and V(tile - 1)
-        cta_barrier()
-        _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,
-                    kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-                    BLOCK_SIZE)  # fmt: skip
-        _issue_copy(v_buffers.index(tile % 2), v_cache_ptr, block_v, tile * TILE_N, kv_hi,
-                    key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-                    BLOCK_SIZE)  # fmt: skip
-        async_copy.commit_group()
-        block_v = block
-        block = _tile_cache_blocks(block_table_row_ptr, (tile + 2) * TILE_N, kv_hi, group_rows,
-                                   BLOCK_SIZE)  # fmt: skip
-        s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores, use_acc=False,
-                          is_async=True)  # fmt: skip
-        acc = warpgroup_mma(p, v_buffers.index((tile - 1) % 2), acc * alpha[:, None],
-                            is_async=True)  # fmt: skip
-        s = warpgroup_mma_wait(1, deps=[s])
-        p, alpha, m_i, row_sums = _probabilities(
-            s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-            IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-        )  # fmt: skip
-        acc = warpgroup_mma_wait(0, deps=[acc])
-    async_copy.wait_group(0)  # V of the last tile
-    cta_barrier()
-    acc = warpgroup_mma(p, v_buffers.index((num_tiles - 1) % 2), acc * alpha[:, None],
-                        is_async=True)  # fmt: skip
-    acc = warpgroup_mma_wait(0, deps=[acc])
-    return acc, row_sums
-
-
-@gluon.jit
-def _two_score_tiles_loop(
+def _key_loop(
     q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
     full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc, no_scores, group_rows,
     key_rows, row_offset, dims, stride_kv_block, stride_kv_slot, IS_CAUSAL: gl.constexpr,
     BLOCK_SIZE: gl.constexpr, TILE_N: gl.constexpr, KV_BUFFERS: gl.constexpr,
     FMA_EXP2_EVERY: gl.constexpr, p_operand: gl.constexpr, out_rows: gl.constexpr,
 ):  # fmt: skip
-    """The key loop with two tiles per iteration (``KV_BUFFERS`` >= 4, copies
-    ``KV_BUFFERS - 2`` tiles ahead in one ring): the second tile's Q K^T runs
-    during the first one's softmax, the first one's P V during the second
-    one's. On entry tiles 0 to ``KV_BUFFERS - 2`` are in flight, one commit
-    group each, and ``block`` holds the blocks of the next tile to copy."""
+    """The loop over key tiles; returns the output and the row sums.
+
+    With two buffers, one score tile is in registers at a time (K and V in
+    rings of two): tile t's Q K^T and tile t - 1's P V are issued together,
+    and tile t's softmax runs while that P V does. At head 256, where the
+    output takes 128 registers per thread, this leaves room for 64-key
+    tiles. On entry tile 0's K and V copies are in flight (one commit group)
+    and ``block`` holds tile 1's blocks. A buffer is refilled only after the
+    barrier that follows every warpgroup's last read of it: K(t + 1) goes
+    where K(t - 1) was, V(t) where V(t - 2) was.
+
+    With four or more buffers (one ring, copies ``KV_BUFFERS - 2`` tiles
+    ahead), two tiles per iteration: the second tile's Q K^T runs during the
+    first one's softmax, the first one's P V during the second one's. On
+    entry tiles 0 to ``KV_BUFFERS - 2`` are in flight, one commit group each,
+    and ``block`` holds the blocks of the next tile to copy."""
     dtype: gl.constexpr = k_cache_ptr.dtype.element_ty
-    # Like Triton's own pipeliner, wgmma reads what cp.async wrote once every
-    # thread's copies have landed (wait_group) and the CTA has met (barrier).
-    async_copy.wait_group(KV_BUFFERS - 3)  # tiles 0 and 1 have landed
-    cta_barrier()
-    s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
-                      is_async=True)  # fmt: skip
-    s = warpgroup_mma_wait(0, deps=[s])
-    for pair in range(num_tiles // 2):
-        # Two tiles per iteration: the second one's Q K^T runs on the tensor
-        # cores during the first one's softmax, the first one's P V during the
-        # second one's softmax. The next iteration's Q K^T starts with the
-        # second P V, after that softmax: in flight during it, its accumulator
-        # would need registers the softmax uses (ptxas of Triton 3.6 spills).
-        # A wgmma in flight across the loop's back edge would make ptxas
-        # serialise them all.
-        tile = 2 * pair
-        s_odd = warpgroup_mma(q, k_buffers.index((tile + 1) % KV_BUFFERS).permute((1, 0)),
-                              no_scores, use_acc=False, is_async=True)  # fmt: skip
+    if KV_BUFFERS == 2:
+        _issue_copy(k_buffers.index(1), k_cache_ptr, block, TILE_N, kv_hi, key_rows, row_offset,
+                    dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE)  # fmt: skip
+        async_copy.commit_group()
+        block_v = block  # tile 1's blocks, for V(1)
+        block = _tile_cache_blocks(block_table_row_ptr, 2 * TILE_N, kv_hi, group_rows, BLOCK_SIZE)
+        async_copy.wait_group(1)  # K(0) and V(0) have landed
+        cta_barrier()
+        s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
+                          is_async=True)  # fmt: skip
+        s = warpgroup_mma_wait(0, deps=[s])
         p, alpha, m_i, row_sums = _probabilities(
-            s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-            IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+            s, 0, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL, dtype,
+            p_operand, out_rows, FMA_EXP2_EVERY,
         )  # fmt: skip
-        acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
-                            is_async=True)  # fmt: skip
-        if tile + 2 < num_tiles:
-            block = _refill(tile, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
-                            block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
-                            stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
-                            KV_BUFFERS)  # fmt: skip
-        s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
-        p, alpha, m_i, row_sums = _probabilities(
-            s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos,
-            key_offsets, IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-        )  # fmt: skip
-        acc = warpgroup_mma_wait(0, deps=[acc])
-        # The next iteration's first scores (after the last tile: the last
-        # tile's again, unused; its buffer is not being written).
-        next_slot = gl.minimum(tile + 2, num_tiles - 1) % KV_BUFFERS
-        s = warpgroup_mma(q, k_buffers.index(next_slot).permute((1, 0)), no_scores,
-                          use_acc=False, is_async=True)  # fmt: skip
-        acc = warpgroup_mma(p, v_buffers.index((tile + 1) % KV_BUFFERS), acc * alpha[:, None],
-                            is_async=True)  # fmt: skip
-        if tile + 3 < num_tiles:
-            block = _refill(tile + 1, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
-                            block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
-                            stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
-                            KV_BUFFERS)  # fmt: skip
-        acc, s = warpgroup_mma_wait(0, deps=[acc, s])
-    if num_tiles % 2 == 1:  # the last tile, its scores in s
-        tile = num_tiles - 1
-        p, alpha, m_i, row_sums = _probabilities(
-            s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-            IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-        )  # fmt: skip
-        acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
+        for tile in range(1, num_tiles):
+            async_copy.wait_group(0)  # K(tile) and V(tile - 1)
+            cta_barrier()
+            _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,
+                        kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
+                        BLOCK_SIZE)  # fmt: skip
+            _issue_copy(v_buffers.index(tile % 2), v_cache_ptr, block_v, tile * TILE_N, kv_hi,
+                        key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
+                        BLOCK_SIZE)  # fmt: skip
+            async_copy.commit_group()
+            block_v = block
+            block = _tile_cache_blocks(block_table_row_ptr, (tile + 2) * TILE_N, kv_hi, group_rows,
+                                       BLOCK_SIZE)  # fmt: skip
+            s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
+                              use_acc=False, is_async=True)  # fmt: skip
+            acc = warpgroup_mma(p, v_buffers.index((tile - 1) % 2), acc * alpha[:, None],
+                                is_async=True)  # fmt: skip
+            s = warpgroup_mma_wait(1, deps=[s])
+            p, alpha, m_i, row_sums = _probabilities(
+                s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
+                IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+            )  # fmt: skip
+            acc = warpgroup_mma_wait(0, deps=[acc])
+        async_copy.wait_group(0)  # V of the last tile
+        cta_barrier()
+        acc = warpgroup_mma(p, v_buffers.index((num_tiles - 1) % 2), acc * alpha[:, None],
                             is_async=True)  # fmt: skip
         acc = warpgroup_mma_wait(0, deps=[acc])
-    async_copy.wait_group(0)  # the copies issued past the last tile
+    else:
+        # Like Triton's own pipeliner, wgmma reads what cp.async wrote once every
+        # thread's copies have landed (wait_group) and the CTA has met (barrier).
+        async_copy.wait_group(KV_BUFFERS - 3)  # tiles 0 and 1 have landed
+        cta_barrier()
+        s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
+                          is_async=True)  # fmt: skip
+        s = warpgroup_mma_wait(0, deps=[s])
+        for pair in range(num_tiles // 2):
+            # Two tiles per iteration: the second one's Q K^T runs on the tensor
+            # cores during the first one's softmax, the first one's P V during the
+            # second one's softmax. The next iteration's Q K^T starts with the
+            # second P V, after that softmax: in flight during it, its accumulator
+            # would need registers the softmax uses (ptxas of Triton 3.6 spills).
+            # A wgmma in flight across the loop's back edge would make ptxas
+            # serialise them all.
+            tile = 2 * pair
+            s_odd = warpgroup_mma(q, k_buffers.index((tile + 1) % KV_BUFFERS).permute((1, 0)),
+                                  no_scores, use_acc=False, is_async=True)  # fmt: skip
+            p, alpha, m_i, row_sums = _probabilities(
+                s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
+                IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+            )  # fmt: skip
+            acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
+                                is_async=True)  # fmt: skip
+            if tile + 2 < num_tiles:
+                block = _refill(tile, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
+                                block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
+                                stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
+                                KV_BUFFERS)  # fmt: skip
+            s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
+            p, alpha, m_i, row_sums = _probabilities(
+                s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos,
+                key_offsets, IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+            )  # fmt: skip
+            acc = warpgroup_mma_wait(0, deps=[acc])
+            # The next iteration's first scores (after the last tile: the last
+            # tile's again, unused; its buffer is not being written).
+            next_slot = gl.minimum(tile + 2, num_tiles - 1) % KV_BUFFERS
+            s = warpgroup_mma(q, k_buffers.index(next_slot).permute((1, 0)), no_scores,
+                              use_acc=False, is_async=True)  # fmt: skip
+            acc = warpgroup_mma(p, v_buffers.index((tile + 1) % KV_BUFFERS), acc * alpha[:, None],
+                                is_async=True)  # fmt: skip
+            if tile + 3 < num_tiles:
+                block = _refill(tile + 1, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
+                                block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
+                                stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
+                                KV_BUFFERS)  # fmt: skip
+            acc, s = warpgroup_mma_wait(0, deps=[acc, s])
+        if num_tiles % 2 == 1:  # the last tile, its scores in s
+            tile = num_tiles - 1
+            p, alpha, m_i, row_sums = _probabilities(
+                s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
+                IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+            )  # fmt: skip
+            acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
+                                is_async=True)  # fmt: skip
+            acc = warpgroup_mma_wait(0, deps=[acc])
+        async_copy.wait_group(0)  # the copies issued past the last tile
     return acc, row_sums
 
 
@@ -564,20 +556,12 @@ def long_query_pipelined_kernel(
     out_rows: gl.constexpr = gl.SliceLayout(1, OUT_LAYOUT)
     acc = gl.zeros([BLOCK_M, HEAD_PAD], gl.float32, layout=OUT_LAYOUT)
 
-    if KV_BUFFERS == 2:
-        acc, row_sums = _one_score_tile_loop(
-            q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr,
-            num_tiles, full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc,
-            no_scores, group_rows, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-            IS_CAUSAL, BLOCK_SIZE, TILE_N, FMA_EXP2_EVERY, p_operand, out_rows,
-        )  # fmt: skip
-    else:
-        acc, row_sums = _two_score_tiles_loop(
-            q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr,
-            num_tiles, full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc,
-            no_scores, group_rows, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-            IS_CAUSAL, BLOCK_SIZE, TILE_N, KV_BUFFERS, FMA_EXP2_EVERY, p_operand, out_rows,
-        )  # fmt: skip
+    acc, row_sums = _key_loop(
+        q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
+        full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc, no_scores,
+        group_rows, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot, IS_CAUSAL,
+        BLOCK_SIZE, TILE_N, KV_BUFFERS, FMA_EXP2_EVERY, p_operand, out_rows,
+    )  # fmt: skip
 
     l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
     l_out = gl.where(l_out == 0.0, 1.0, l_out)
