@@ -355,6 +355,11 @@ def _key_loop(
         for tile in range(1, num_tiles):
             async_copy.wait_group(0)  # K(tile) and V(tile - 1)
             cta_barrier()
+            # Q K^T first, so that the tensor cores start right after the
+            # barrier; the copies are issued while it runs (Gemma-2 shapes,
+            # H200: 0.98-1.04x against copies first, the gains at batch 4).
+            s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
+                              use_acc=False, is_async=True)  # fmt: skip
             _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,
                         kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
                         BLOCK_SIZE)  # fmt: skip
@@ -365,8 +370,6 @@ def _key_loop(
             block_v = block
             block = _tile_cache_blocks(block_table_row_ptr, (tile + 2) * TILE_N, kv_hi, group_rows,
                                        BLOCK_SIZE)  # fmt: skip
-            s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
-                              use_acc=False, is_async=True)  # fmt: skip
             acc = warpgroup_mma(p, v_buffers.index((tile - 1) % 2), acc * alpha[:, None],
                                 is_async=True)  # fmt: skip
             s = warpgroup_mma_wait(1, deps=[s])
