@@ -357,7 +357,8 @@ def _key_loop(
             cta_barrier()
             # Q K^T first, so that the tensor cores start right after the
             # barrier; the copies are issued while it runs (Gemma-2 shapes,
-            # H200: 0.98-1.04x against copies first, the gains at batch 4).
+            # H200: 0.98-1.04x against copies first, the gains at batch 4;
+            # experiments/ab_session9_round4_copy_order_*.json).
             s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
                               use_acc=False, is_async=True)  # fmt: skip
             _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,

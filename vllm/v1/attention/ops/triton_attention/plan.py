@@ -89,7 +89,7 @@ PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 # portable kernel (6 buffers 1.00x, 32-key tiles 0.99x). Head 256, with Q in
 # shared memory (its output takes 128 registers per thread): 64-key tiles in
 # two buffers, the loop with one score tile in registers, 1.07-1.09x prefill
-# and 1.03x mixed over 32-key tiles in 4 buffers (experiments/
+# and 1.03-1.04x mixed over 32-key tiles in 4 buffers (experiments/
 # ab_session9_round2_one_score_tile.json), which were 1.00-1.12x over the
 # portable kernel (ab_session8_round3_d256.json). That loop at heads 64 and
 # 128 (64-key tiles): 0.83-1.03x; 128-key tiles there: 0.93-1.02x.
