@@ -12,6 +12,7 @@ device call (``carry``), then time on the GPU box:
         --out $OUT/ab.json
 
 Every variant's output is compared with the base's (max abs difference, ``err``).
+``--features`` passes keyword arguments (sliding window, softcap) to every call.
 Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
 resize the grid), ``splits_factor`` (scales the plan's split count), or ``no_pdl``
 (the plan's GPU without programmatic launch). In a mixed batch, field overrides go
@@ -136,7 +137,7 @@ def _without_pdl(mod, plan):
                                                     arch.num_compute_units))  # fmt: skip
 
 
-def run_cell(bench, name, cell, variants, records):
+def run_cell(bench, name, cell, variants, records, features=None):
     import torch
 
     model = MODELS[cell[0]]
@@ -153,7 +154,7 @@ def run_cell(bench, name, cell, variants, records):
             mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
                                 block_table=block_table, max_query_len=max(q_lens),
                                 max_seq_len=max(seq_lens), scale=model[2] ** -0.5, plan=plan,
-                                workspace=workspace)  # fmt: skip
+                                workspace=workspace, **(features or {}))  # fmt: skip
 
         try:
             run()
@@ -182,6 +183,9 @@ def main():
     parser.add_argument("--cells", nargs="+", choices=CELLS, default=["decode"])
     parser.add_argument("--variant", action="append", default=[],
                         help='NAME=JSON plan overrides on the working tree\'s kernels')  # fmt: skip
+    parser.add_argument("--features", type=json.loads, default={},
+                        help='JSON keyword arguments for every call, e.g. '
+                             '\'{"sliding_window": 4096, "logits_soft_cap": 50.0}\'')  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("ab.json"))
     args = parser.parse_args()
     if args.extract:
@@ -207,10 +211,11 @@ def main():
     for preset in args.cells:
         for cell in CELLS[preset]:
             run_cell(bench, f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}", cell,
-                     variants, records)  # fmt: skip
+                     variants, records, args.features)  # fmt: skip
             # after every cell: a run cut short by the device's time limit keeps its data
             args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(),
-                                                records=records), indent=1))  # fmt: skip
+                                                features=args.features, records=records),
+                                           indent=1))  # fmt: skip
     print(f"wrote {args.out}")
 
 

@@ -21,10 +21,11 @@ status=0
 # racecheck tracks every shared-memory access and is far slower: it runs the
 # cases that cover each kernel once (split-KV + merge, the pipelined decode of
 # one split per sequence on sm_90, long-query, the Hopper long-query kernel
-# with Q in registers and in shared memory (head 256), both, fp8).
+# with Q in registers and in shared memory (head 256) and with sliding window
+# and softcap, both, fp8).
 for tool in memcheck racecheck; do
     cases=()
-    [ "$tool" = racecheck ] && cases=(decode decode_one_split prefill_all prefill_d128 prefill_d256 mixed fp8_decode)
+    [ "$tool" = racecheck ] && cases=(decode decode_one_split prefill_all prefill_d128 prefill_d128_window prefill_d256 mixed fp8_decode)
     compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 50 \
         python3 "$here/sanitize_kernels.py" "${cases[@]}" > "$out/$tool.log" 2>&1
     rc=$?

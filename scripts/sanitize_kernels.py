@@ -32,6 +32,7 @@ from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
 
 # (name, q_lens, seq_lens, head_size, group, kv_dtype, features)
 ALL_FEATURES = dict(sliding_window=40, logits_soft_cap=5.0, alibi=True, sinks=True)
+WINDOW_SOFTCAP = dict(sliding_window=100, logits_soft_cap=30.0)  # Gemma-2's features
 CASES = [
     ("decode", [1, 1, 0, 1], [300, 17, 0, 1000], 128, 4, None, {}),
     ("decode_one_split", [1] * 300, [50] * 300, 128, 4, None, {}),
@@ -44,6 +45,8 @@ CASES = [
     ("mixed", [1, 1, 70, 3], [90, 300, 200, 40], 128, 4, None, {}),
     # head 128 on sm_90: the Hopper long-query kernel, its buffer ring wrapping
     ("prefill_d128", [300, 40], [700, 40], 128, 4, None, {}),
+    # ... with sliding window and softcap: key tiles before the window skipped
+    ("prefill_d128_window", [300, 40], [700, 40], 128, 4, None, WINDOW_SOFTCAP),
     ("fp8_decode", [1, 1], [300, 17], 128, 4, torch.float8_e4m3fn, {}),
     ("fp8_prefill", [60], [100], 128, 4, torch.float8_e4m3fn, {}),
 ]

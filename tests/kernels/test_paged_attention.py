@@ -220,21 +220,25 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
 
 
-def _check_forced_kernel(batch, plan, causal, kernel_name):
+def _check_forced_kernel(batch, plan, causal, kernel_name, sliding_window=None,
+                         logits_soft_cap=None):  # fmt: skip
     """``plan`` runs ``kernel_name`` first, and its output matches the reference
     on every valid row (NaN-filled beforehand: a row never written fails)."""
+    features = dict(sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
     launch, *merge = kernel_launches(
         batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc, batch.seq_lens,
-        batch.block_table, 0.1, causal, None, None, None, None, None, None, plan, None,
+        batch.block_table, 0.1, causal, sliding_window, logits_soft_cap, None, None, None, None,
+        plan, None,
     )  # fmt: skip
     assert launch.kernel.__name__ == kernel_name
     assert all(m.kernel.__name__ == "merge_kv_splits_kernel" for m in merge)
     expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
-                                         causal=causal, **batch.kernel_args())  # fmt: skip
+                                         causal=causal, **features,
+                                         **batch.kernel_args())  # fmt: skip
     rows = batch.num_actual_tokens
     out = torch.full_like(batch.q, float("nan"))
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
-                    plan=plan, **batch.kernel_args())  # fmt: skip
+                    plan=plan, **features, **batch.kernel_args())  # fmt: skip
     assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
                                **TOLERANCES[batch.q.dtype])  # fmt: skip
@@ -319,6 +323,47 @@ def test_pipelined_long_query_matches_reference(
     plan = dataclasses.replace(plan, pipelined_long_query=tiles, block_m=128, num_warps=8)
     plan = dataclasses.replace(plan, grid=(plan.grid[0] + 2, *plan.grid[1:]))  # spare programs
     _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel")
+
+
+# (q_lens, seq_lens, head, queries per KV head, block, dtype, causal, window,
+# softcap, tiles): windows narrower than a key tile and wider, cache blocks
+# larger than a key tile (the first tile starts a block), both key loops.
+_PIPELINED_LONG_QUERY_FEATURE_CASES = [
+    ([300, 37], [700, 37], 128, 4, 16, torch.bfloat16, True, 19, None, (64, 4, 0)),
+    ([300, 37], [700, 37], 128, 4, 128, torch.bfloat16, True, 200, 30.0, (64, 4, 0)),
+    ([130, 9], [1000, 9], 64, 4, 16, torch.float16, False, 77, None, (64, 4, 4)),
+    ([37, 300], [37, 300], 64, 8, 16, torch.bfloat16, True, None, 4.0, (64, 4, 4)),
+    ([200, 16], [1000, 97], 256, 2, 16, torch.bfloat16, True, 150, 50.0, (64, 2, 0)),
+    ([70], [600], 256, 1, 32, torch.float16, False, None, 20.0, (64, 2, 0)),
+    ([64, 1], [4000, 300], 256, 2, 128, torch.bfloat16, True, 1000, None, (64, 2, 0)),
+]  # fmt: skip
+
+
+@pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
+@pytest.mark.parametrize(
+    "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,window,soft_cap,tiles",
+    _PIPELINED_LONG_QUERY_FEATURE_CASES,
+)
+def test_pipelined_long_query_features_match_reference(
+    q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, window, soft_cap,
+    tiles, device,
+):  # fmt: skip
+    """The Gluon long-query kernel with sliding window and softcap (Gemma-2's
+    layers have both): key tiles wholly before the window skipped, its edge
+    masked, softcap on every score."""
+    num_q_heads = 2 * queries_per_kv
+    # Blocks out of every query's window are NaN, as a reused freed block
+    # might hold: the kernel must not read them.
+    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
+                       head_size=head_size, block_size=block_size, dtype=dtype, device=device,
+                       sliding_window=window, padding_tokens=3)  # fmt: skip
+    plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
+                          max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=2,
+                          head_size=head_size, arch=GpuArch.of_device(device),
+                          dtype=dtype)  # fmt: skip
+    plan = dataclasses.replace(plan, pipelined_long_query=tiles, block_m=128, num_warps=8)
+    plan = dataclasses.replace(plan, grid=(plan.grid[0] + 2, *plan.grid[1:]))  # spare programs
+    _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel", window, soft_cap)
 
 
 def test_long_query_kernel_handles_decode_rows(device):

@@ -208,16 +208,18 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("cuda", "sm_100", 148),
                  GpuArch("hip", "gfx942", 304)):  # fmt: skip
         assert plan(**prefill, arch=arch).pipelined_long_query is None
-    # It runs when it covers the launch; features it lacks and block sizes
-    # that are not powers of two take the portable kernel.
+    # It runs when it covers the launch; ALiBi, sinks and block sizes that
+    # are not powers of two take the portable kernel.
     ((name, switches),) = _launch_switches(H100, [64])
     assert name == "long_query_pipelined_kernel"
     assert (switches["TILE_N"], switches["KV_BUFFERS"], switches["FMA_EXP2_EVERY"]) == (
         PIPELINED_LONG_QUERY_TILES[128]
     )
     # So do K and V caches of different strides (V's rows padded here).
-    cases = ((16, 16, None, 0), (16, None, 30.0, 0), (24, None, None, 0), (16, None, None, 16))
-    for block_size, window, softcap, v_padding in cases:
+    # Sliding window and softcap it covers.
+    cases = ((16, 16, None, 0, True), (16, None, 30.0, 0, True), (16, 16, 30.0, 0, True),
+             (24, None, None, 0, False), (16, None, None, 16, False))  # fmt: skip
+    for block_size, window, softcap, v_padding, pipelined in cases:
         batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
                            block_size=block_size, dtype=torch.bfloat16, device="cpu")  # fmt: skip
         v_cache = batch.v_cache.new_zeros(*batch.v_cache.shape[:-1], 128 + v_padding)[..., :128]
@@ -228,7 +230,11 @@ def test_pipelined_long_query_only_where_measured_and_covered():
             batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
             softcap, None, None, None, None, p, None,
         )  # fmt: skip
-        assert launch.kernel.__name__ == "long_query_attention_kernel"
+        expected = "long_query_pipelined_kernel" if pipelined else "long_query_attention_kernel"
+        assert launch.kernel.__name__ == expected
+        if pipelined:
+            assert launch.constexprs["HAS_SLIDING_WINDOW"] == (window is not None)
+            assert launch.constexprs["HAS_SOFTCAP"] == (softcap is not None)
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():

@@ -407,18 +407,22 @@ def kernel_launches(
         args = (*pointers, *strides, num_seqs, *scalars)
         beside = dict(PDL=True, launch_pdl=True) if pdl and after_split_kv else dict(PDL=False)
         block_size = k_cache.shape[1]
-        if (plan.pipelined_long_query and block_size & (block_size - 1) == 0
-                and k_cache.stride() == v_cache.stride()
-                and _pipelined_covers(q, k_cache, v_cache, out, sliding_window,
-                                      logits_soft_cap, alibi_slopes, sinks, plan)):  # fmt: skip
+        if (
+            plan.pipelined_long_query
+            and block_size & (block_size - 1) == 0
+            and k_cache.stride() == v_cache.stride()
+            and _pipelined_covers(q, k_cache, v_cache, out, plan, alibi_slopes, sinks)
+        ):
             tile, buffers, fma_exp2_every = plan.pipelined_long_query
             kv_strides = k_cache.stride()[:3]  # V's are the same
             gluon_args = (*pointers[:7], *strides[:4], *kv_strides, block_table.stride(0),
-                          num_seqs, scale)  # fmt: skip
+                          num_seqs, *scalars)  # fmt: skip
             gluon_switches = dict(
                 HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
-                BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,
-                IS_CAUSAL=causal, KV_BUFFERS=buffers, FMA_EXP2_EVERY=fma_exp2_every,
+                BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile, IS_CAUSAL=causal,
+                HAS_SLIDING_WINDOW=sliding_window is not None,
+                HAS_SOFTCAP=logits_soft_cap is not None, KV_BUFFERS=buffers,
+                FMA_EXP2_EVERY=fma_exp2_every,
                 num_warps=plan.num_warps, **beside,
                 **pipelined_long_query_layouts(plan.head_pad, tile, plan.num_warps, block_size),
             )  # fmt: skip
@@ -445,7 +449,7 @@ def kernel_launches(
     # The split-KV kernel may start while the kernel before it finishes; it waits in-kernel.
     launched_early = dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
     if plan.pipelined_decode and _pipelined_covers(
-        q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
+        q, k_cache, v_cache, out, plan, sliding_window, logits_soft_cap, alibi_slopes, sinks
     ):
         tile, buffers = plan.pipelined_decode
         gluon_args = (*pointers[:4], partial_out, partial_lse, *pointers[4:7], *strides,
@@ -485,21 +489,18 @@ def kernel_launches(
     return launches
 
 
-def _pipelined_covers(
-    q, k_cache, v_cache, out, sliding_window, logits_soft_cap, alibi_slopes, sinks, plan
-) -> bool:
+def _pipelined_covers(q, k_cache, v_cache, out, plan, *features) -> bool:
     """Whether the Gluon kernels (``split_kv_decode_pipelined_kernel``,
     ``long_query_pipelined_kernel``) handle this launch: 2-byte queries and
-    cache, a power-of-two head size, none of the features they lack,
-    contiguous head dimensions, and caches their 16-byte copies can move:
-    16-byte aligned pointers and strides that are multiples of 16 elements
-    (what Triton's launcher marks as divisible, without which the copies do
-    not compile). The long-query kernel also needs a power-of-two block size
-    and K and V caches of the same strides (checked at its launch). Runs per
-    layer on the host: ~5 us."""
-    if sliding_window is not None or logits_soft_cap is not None:
-        return False
-    if alibi_slopes is not None or sinks is not None:
+    cache, a power-of-two head size, none of ``features`` (those the kernel
+    lacks: ALiBi and sinks for both, sliding window and softcap for the
+    decode one), contiguous head dimensions, and caches their 16-byte copies
+    can move: 16-byte aligned pointers and strides that are multiples of 16
+    elements (what Triton's launcher marks as divisible, without which the
+    copies do not compile). The long-query kernel also needs a power-of-two
+    block size and K and V caches of the same strides (checked at its
+    launch). Runs per layer on the host: ~5 us."""
+    if any(feature is not None for feature in features):
         return False
     if q.dtype.itemsize != 2 or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         return False

@@ -30,8 +30,8 @@ buffers filled by ``cp.async`` (a paged cache is a gather; Hopper's TMA has
 no row gather), ``KV_BUFFERS - 2`` tiles ahead of the one in the softmax
 (with two buffers, one tile ahead), one block-table load per group of rows in
 one cache block. It covers 2-byte queries and cache, power-of-two head and
-block sizes, K and V caches of the same strides, causal or not, and none of
-sliding window, softcap, ALiBi or sinks; the plan picks it
+block sizes, K and V caches of the same strides, causal or not, sliding
+window and softcap, and neither ALiBi nor sinks; the plan picks it
 (``AttentionPlan.pipelined_long_query``) where it was measured faster.
 """
 
@@ -178,25 +178,52 @@ def _softmax_tile(s, m_i, row_sums, qk_scale, FMA_EXP2_EVERY: gl.constexpr):
 
 
 @gluon.jit
-def _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL: gl.constexpr):
+def _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, sliding_window,
+               IS_CAUSAL: gl.constexpr, HAS_SLIDING_WINDOW: gl.constexpr):  # fmt: skip
     """-inf where a row may not see a key, on the tiles that need it (the causal
-    diagonal and the ragged end): keys at or past ``full_hi`` may be hidden."""
-    if tile_start + key_offsets.shape[0] > full_hi:
+    diagonal, the ragged end, the sliding window's edges): keys before
+    ``full_lo`` or at or past ``full_hi`` may be hidden. Positions may be
+    relative to any key (masks depend on differences)."""
+    TILE_N: gl.constexpr = key_offsets.shape[0]
+    needs_mask = tile_start + TILE_N > full_hi
+    if HAS_SLIDING_WINDOW:
+        needs_mask |= tile_start < full_lo
+    if needs_mask:
         key_idx = tile_start + key_offsets
         visible = key_idx[None, :] < kv_hi
         if IS_CAUSAL:
             visible &= key_idx[None, :] <= query_pos[:, None]
+        if HAS_SLIDING_WINDOW:
+            offset = key_idx[None, :] - query_pos[:, None]
+            visible &= offset > -sliding_window
+            if not IS_CAUSAL:
+                visible &= offset < sliding_window
         s = gl.where(visible, s, float("-inf"))
     return s
 
 
 @gluon.jit
-def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-                   IS_CAUSAL: gl.constexpr, dtype: gl.constexpr, p_operand: gl.constexpr,
-                   out_rows: gl.constexpr, FMA_EXP2_EVERY: gl.constexpr):  # fmt: skip
-    """One key tile's softmax step (``_mask_tile``, ``_softmax_tile``): P as the
-    register operand of P V, the output's rescale factor in the output's rows."""
-    s = _mask_tile(s, tile_start, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL)
+def _tanh(x):
+    """tanh from exp2, accurate to fp32 rounding (``tanh.approx`` is off by up
+    to 2^-11 relative, 0.025 on a logit capped at 50); saturates to +-1."""
+    return 1.0 - 2.0 / (gl.exp2(x * 2.885390081777927) + 1.0)
+
+
+@gluon.jit
+def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
+                   key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL: gl.constexpr,
+                   HAS_SLIDING_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+                   dtype: gl.constexpr, p_operand: gl.constexpr, out_rows: gl.constexpr,
+                   FMA_EXP2_EVERY: gl.constexpr):  # fmt: skip
+    """One key tile's softmax step (softcap, ``_mask_tile``, ``_softmax_tile``):
+    P as the register operand of P V, the output's rescale factor in the
+    output's rows. With softcap, ``qk_scale`` is scale / softcap and the
+    scores become softcap * tanh(scale * q.k / softcap) in the log2 domain."""
+    if HAS_SOFTCAP:
+        s = _tanh(s * qk_scale) * soft_cap_log2
+        qk_scale = 1.0
+    s = _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, sliding_window,
+                   IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
     p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale, FMA_EXP2_EVERY)
     return (
         gl.convert_layout(p.to(dtype), p_operand),
@@ -238,6 +265,7 @@ def _issue_kv_copies(
     v_cache_ptr,
     block,
     tile_start,
+    kv_lo,
     kv_hi,
     key_rows,
     row_offset,
@@ -251,23 +279,29 @@ def _issue_kv_copies(
     past ``kv_hi`` are not read; their rows become zeros. ``row_offset``:
     each row's slot and head offset within its block, for a tile starting at
     a block's start (the K and V caches share strides)."""
-    _issue_copy(k_buffer, k_cache_ptr, block, tile_start, kv_hi, key_rows, row_offset, dims,
-                stride_block, stride_slot, BLOCK_SIZE)  # fmt: skip
-    _issue_copy(v_buffer, v_cache_ptr, block, tile_start, kv_hi, key_rows, row_offset, dims,
-                stride_block, stride_slot, BLOCK_SIZE)  # fmt: skip
+    _issue_copy(k_buffer, k_cache_ptr, block, tile_start, kv_lo, kv_hi, key_rows, row_offset,
+                dims, stride_block, stride_slot, BLOCK_SIZE)  # fmt: skip
+    _issue_copy(v_buffer, v_cache_ptr, block, tile_start, kv_lo, kv_hi, key_rows, row_offset,
+                dims, stride_block, stride_slot, BLOCK_SIZE)  # fmt: skip
     async_copy.commit_group()
 
 
 @gluon.jit
-def _issue_copy(buffer, cache_ptr, block, tile_start, kv_hi, key_rows, row_offset, dims,
+def _issue_copy(buffer, cache_ptr, block, tile_start, kv_lo, kv_hi, key_rows, row_offset, dims,
                 stride_block, stride_slot, BLOCK_SIZE: gl.constexpr):  # fmt: skip
     """Start copying the rows of one cache (K or V) of the tile at
-    ``tile_start`` into ``buffer``, in the open commit group."""
+    ``tile_start`` into ``buffer``, in the open commit group: keys in [kv_lo,
+    kv_hi) (``kv_lo`` None: from 0), zeros elsewhere. Blocks before a sliding
+    window may have been freed and reused: their keys are not read."""
     slot = tile_start % BLOCK_SIZE
     GROUP: gl.constexpr = key_rows.shape[0] // block.shape[0]
     rows_layout: gl.constexpr = key_rows.type.layout
     block = _group_to_rows(block, rows_layout, GROUP).to(gl.int64)
-    valid = (tile_start + key_rows < kv_hi)[:, None]
+    key = tile_start + key_rows
+    valid = key < kv_hi
+    if kv_lo is not None:
+        valid &= key >= kv_lo
+    valid = valid[:, None]
     rows = (block * stride_block + (row_offset + slot * stride_slot))[:, None] + dims[None, :]
     async_copy.async_copy_global_to_shared(buffer, cache_ptr + rows, mask=valid)
 
@@ -281,6 +315,7 @@ def _refill(
     v_cache_ptr,
     block,
     block_table_row_ptr,
+    kv_lo,
     kv_hi,
     group_rows,
     key_rows,
@@ -305,7 +340,7 @@ def _refill(
     ahead = tile + KV_BUFFERS - 1
     _issue_kv_copies(
         k_buffers.index(ahead % KV_BUFFERS), v_buffers.index(ahead % KV_BUFFERS),
-        k_cache_ptr, v_cache_ptr, block, ahead * TILE_N, kv_hi, key_rows,
+        k_cache_ptr, v_cache_ptr, block, ahead * TILE_N, kv_lo, kv_hi, key_rows,
         row_offset, dims, stride_block, stride_slot, BLOCK_SIZE,
     )  # fmt: skip
     return _tile_cache_blocks(block_table_row_ptr, (ahead + 1) * TILE_N, kv_hi, group_rows,
@@ -315,10 +350,12 @@ def _refill(
 @gluon.jit
 def _key_loop(
     q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
-    full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc, no_scores, group_rows,
-    key_rows, row_offset, dims, stride_kv_block, stride_kv_slot, IS_CAUSAL: gl.constexpr,
-    BLOCK_SIZE: gl.constexpr, TILE_N: gl.constexpr, KV_BUFFERS: gl.constexpr,
-    FMA_EXP2_EVERY: gl.constexpr, p_operand: gl.constexpr, out_rows: gl.constexpr,
+    full_lo, full_hi, kv_lo, kv_hi, query_pos, key_offsets, sliding_window, qk_scale,
+    soft_cap_log2, m_i, row_sums, acc, no_scores, group_rows, key_rows, row_offset, dims,
+    stride_kv_block, stride_kv_slot, IS_CAUSAL: gl.constexpr, HAS_SLIDING_WINDOW: gl.constexpr,
+    HAS_SOFTCAP: gl.constexpr, BLOCK_SIZE: gl.constexpr, TILE_N: gl.constexpr,
+    KV_BUFFERS: gl.constexpr, FMA_EXP2_EVERY: gl.constexpr, p_operand: gl.constexpr,
+    out_rows: gl.constexpr,
 ):  # fmt: skip
     """The loop over key tiles; returns the output and the row sums.
 
@@ -338,8 +375,8 @@ def _key_loop(
     and ``block`` holds the blocks of the next tile to copy."""
     dtype: gl.constexpr = k_cache_ptr.dtype.element_ty
     if KV_BUFFERS == 2:
-        _issue_copy(k_buffers.index(1), k_cache_ptr, block, TILE_N, kv_hi, key_rows, row_offset,
-                    dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE)  # fmt: skip
+        _issue_copy(k_buffers.index(1), k_cache_ptr, block, TILE_N, kv_lo, kv_hi, key_rows,
+                    row_offset, dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE)  # fmt: skip
         async_copy.commit_group()
         block_v = block  # tile 1's blocks, for V(1)
         block = _tile_cache_blocks(block_table_row_ptr, 2 * TILE_N, kv_hi, group_rows, BLOCK_SIZE)
@@ -349,7 +386,8 @@ def _key_loop(
                           is_async=True)  # fmt: skip
         s = warpgroup_mma_wait(0, deps=[s])
         p, alpha, m_i, row_sums = _probabilities(
-            s, 0, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets, IS_CAUSAL, dtype,
+            s, 0, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos, key_offsets,
+            sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, dtype,
             p_operand, out_rows, FMA_EXP2_EVERY,
         )  # fmt: skip
         for tile in range(1, num_tiles):
@@ -362,10 +400,10 @@ def _key_loop(
             s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
                               use_acc=False, is_async=True)  # fmt: skip
             _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,
-                        kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
+                        kv_lo, kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
                         BLOCK_SIZE)  # fmt: skip
-            _issue_copy(v_buffers.index(tile % 2), v_cache_ptr, block_v, tile * TILE_N, kv_hi,
-                        key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
+            _issue_copy(v_buffers.index(tile % 2), v_cache_ptr, block_v, tile * TILE_N, kv_lo,
+                        kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
                         BLOCK_SIZE)  # fmt: skip
             async_copy.commit_group()
             block_v = block
@@ -375,8 +413,9 @@ def _key_loop(
                                 is_async=True)  # fmt: skip
             s = warpgroup_mma_wait(1, deps=[s])
             p, alpha, m_i, row_sums = _probabilities(
-                s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-                IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+                s, tile * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
+                key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
             )  # fmt: skip
             acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)  # V of the last tile
@@ -404,20 +443,23 @@ def _key_loop(
             s_odd = warpgroup_mma(q, k_buffers.index((tile + 1) % KV_BUFFERS).permute((1, 0)),
                                   no_scores, use_acc=False, is_async=True)  # fmt: skip
             p, alpha, m_i, row_sums = _probabilities(
-                s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-                IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+                s, tile * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
+                key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
             )  # fmt: skip
             acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
                                 is_async=True)  # fmt: skip
             if tile + 2 < num_tiles:
                 block = _refill(tile, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
-                                block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
+                                block_table_row_ptr, kv_lo, kv_hi, group_rows, key_rows, row_offset,
+                                dims,
                                 stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
                                 KV_BUFFERS)  # fmt: skip
             s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
             p, alpha, m_i, row_sums = _probabilities(
-                s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos,
-                key_offsets, IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+                s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi,
+                query_pos, key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL,
+                HAS_SLIDING_WINDOW, HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
             )  # fmt: skip
             acc = warpgroup_mma_wait(0, deps=[acc])
             # The next iteration's first scores (after the last tile: the last
@@ -429,15 +471,17 @@ def _key_loop(
                                 is_async=True)  # fmt: skip
             if tile + 3 < num_tiles:
                 block = _refill(tile + 1, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
-                                block_table_row_ptr, kv_hi, group_rows, key_rows, row_offset, dims,
+                                block_table_row_ptr, kv_lo, kv_hi, group_rows, key_rows, row_offset,
+                                dims,
                                 stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
                                 KV_BUFFERS)  # fmt: skip
             acc, s = warpgroup_mma_wait(0, deps=[acc, s])
         if num_tiles % 2 == 1:  # the last tile, its scores in s
             tile = num_tiles - 1
             p, alpha, m_i, row_sums = _probabilities(
-                s, tile * TILE_N, m_i, row_sums, qk_scale, full_hi, kv_hi, query_pos, key_offsets,
-                IS_CAUSAL, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
+                s, tile * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
+                key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
             )  # fmt: skip
             acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
                                 is_async=True)  # fmt: skip
@@ -465,12 +509,16 @@ def long_query_pipelined_kernel(
     stride_block_table_seq,
     num_seqs,
     scale,
+    soft_cap,
+    sliding_window,
     HEAD_PAD: gl.constexpr,
     QUERIES_PER_KV: gl.constexpr,
     BLOCK_SIZE: gl.constexpr,
     BLOCK_M: gl.constexpr,
     TILE_N: gl.constexpr,
     IS_CAUSAL: gl.constexpr,
+    HAS_SLIDING_WINDOW: gl.constexpr,
+    HAS_SOFTCAP: gl.constexpr,
     KV_BUFFERS: gl.constexpr,
     FMA_EXP2_EVERY: gl.constexpr,
     PDL: gl.constexpr,
@@ -493,21 +541,44 @@ def long_query_pipelined_kernel(
     seq_len = gl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
 
-    # Keys this tile can need: [0, kv_hi); tiles below full_hi need no mask.
+    # Keys this tile can need: [kv_lo, kv_hi); keys every row sees: [full_lo,
+    # full_hi), both rounded inwards to whole key tiles (as the portable kernel).
+    first_pos = context_len + first_token
     last_pos = context_len + gl.minimum(first_token + BLOCK_Q, q_len) - 1
+    kv_lo = None  # with a sliding window: the first key any row sees
+    full_lo = 0
     if IS_CAUSAL:
         kv_hi = last_pos + 1
-        full_hi = context_len + first_token + 1
+        full_hi = first_pos + 1
     else:
         kv_hi = seq_len
         full_hi = seq_len
-    full_hi = full_hi // TILE_N * TILE_N
-    num_tiles = gl.cdiv(kv_hi, TILE_N)  # >= 1: every row sees key 0
+    if HAS_SLIDING_WINDOW:
+        kv_lo = gl.maximum(first_pos - sliding_window + 1, 0)
+        full_lo = gl.maximum(last_pos - sliding_window + 1, 0)
+        if not IS_CAUSAL:
+            kv_hi = gl.minimum(last_pos + sliding_window, seq_len)
+            full_hi = gl.minimum(first_pos + sliding_window, seq_len)
+    # Key positions from here on count from key_base, the first key of the
+    # first tile, which starts a cache block: the key loop walks tiles 0 to
+    # num_tiles - 1 of the sequence's keys from there.
+    key_base = 0
+    if HAS_SLIDING_WINDOW:
+        BASE_ALIGN: gl.constexpr = TILE_N if TILE_N > BLOCK_SIZE else BLOCK_SIZE
+        key_base = kv_lo // BASE_ALIGN * BASE_ALIGN
+        full_lo = gl.cdiv(full_lo - key_base, TILE_N) * TILE_N
+        full_hi = gl.maximum((full_hi - key_base) // TILE_N * TILE_N, full_lo)
+        kv_lo -= key_base
+        kv_hi -= key_base
+    else:
+        full_hi = full_hi // TILE_N * TILE_N
+    num_tiles = gl.cdiv(kv_hi, TILE_N)  # >= 1: every row sees a key
 
     dtype: gl.constexpr = k_cache_ptr.dtype.element_ty
     k_buffers = gl.allocate_shared_memory(dtype, [KV_BUFFERS, TILE_N, HEAD_PAD], KV_SHARED)
     v_buffers = gl.allocate_shared_memory(dtype, [KV_BUFFERS, TILE_N, HEAD_PAD], KV_SHARED)
     block_table_row_ptr = block_table_ptr + seq.to(gl.int64) * stride_block_table_seq
+    block_table_row_ptr += key_base // BLOCK_SIZE
     # Block numbers are loaded once per group of rows (GROUP_LAYOUT), used per
     # row (COPY_LAYOUT).
     group_rows = gl.arange(0, TILE_N // COPY_GROUP,
@@ -525,8 +596,8 @@ def long_query_pipelined_kernel(
                                    BLOCK_SIZE)  # fmt: skip
         _issue_kv_copies(
             k_buffers.index(i), v_buffers.index(i), k_cache_ptr, v_cache_ptr, block,
-            i * TILE_N, kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-            BLOCK_SIZE,
+            i * TILE_N, kv_lo, kv_hi, key_rows, row_offset, dims, stride_kv_block,
+            stride_kv_slot, BLOCK_SIZE,
         )  # fmt: skip
     # The blocks of the next tile to copy are loaded a step early.
     block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, group_rows,
@@ -550,9 +621,14 @@ def long_query_pipelined_kernel(
 
     score_token, _, _ = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
                                    gl.SliceLayout(1, SCORE_LAYOUT))  # fmt: skip
-    query_pos = context_len + score_token
+    query_pos = context_len - key_base + score_token
     key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
-    qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
+    if HAS_SOFTCAP:  # see _probabilities
+        qk_scale = scale / soft_cap
+        soft_cap_log2 = soft_cap * 1.4426950408889634
+    else:
+        qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
+        soft_cap_log2 = 1.0
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SCORE_LAYOUT))
     no_scores = gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=SCORE_LAYOUT)
     row_sums = gl.sum(_per_thread(no_scores), 1)  # zeros, in the layout of partial sums
@@ -562,9 +638,11 @@ def long_query_pipelined_kernel(
 
     acc, row_sums = _key_loop(
         q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
-        full_hi, kv_hi, query_pos, key_offsets, qk_scale, m_i, row_sums, acc, no_scores,
-        group_rows, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot, IS_CAUSAL,
-        BLOCK_SIZE, TILE_N, KV_BUFFERS, FMA_EXP2_EVERY, p_operand, out_rows,
+        full_lo, full_hi, kv_lo, kv_hi, query_pos, key_offsets, sliding_window, qk_scale,
+        soft_cap_log2,
+        m_i, row_sums, acc, no_scores, group_rows, key_rows, row_offset, dims, stride_kv_block,
+        stride_kv_slot, IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, BLOCK_SIZE, TILE_N,
+        KV_BUFFERS, FMA_EXP2_EVERY, p_operand, out_rows,
     )  # fmt: skip
 
     l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
@@ -576,7 +654,7 @@ def long_query_pipelined_kernel(
     _, o_head, o_valid = _tile_rows(0, BLOCK_Q, kv_head, BLOCK_M, QUERIES_PER_KV, out_rows)
     o_valid &= o_pos < kv_hi  # tokens past the query sit at kv_hi or later
     o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
-    o_offset = (q_start - context_len + o_pos).to(gl.int64) * stride_out_token
+    o_offset = (q_start - context_len + key_base + o_pos).to(gl.int64) * stride_out_token
     o_offset += o_head * stride_out_head
     gl.store(out_ptr + o_offset[:, None] + o_dim[None, :], result, mask=o_valid[:, None])
     if PDL:  # see long_query_attention_kernel: completion implies the decode's

@@ -92,7 +92,10 @@ PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 # and 1.03-1.04x mixed over 32-key tiles in 4 buffers (experiments/
 # ab_session9_round2_one_score_tile.json), which were 1.00-1.12x over the
 # portable kernel (ab_session8_round3_d256.json). That loop at heads 64 and
-# 128 (64-key tiles): 0.83-1.03x; 128-key tiles there: 0.93-1.02x.
+# 128 (64-key tiles): 0.83-1.03x; 128-key tiles there: 0.93-1.02x. With
+# sliding window and softcap (Gemma-2's layers) the kernel measured
+# 1.25-1.91x over the portable one at all three heads, softcap alone
+# 1.24-1.62x (ab_session9_round7_features_*.json).
 # FMA exp2: every how many 8-column groups of scores take their exp2 on the
 # FMA units instead of the MUFU (0: none). At head 64 a tile's exponentials
 # need as many MUFU cycles as its wgmmas tensor-core cycles: a quarter of them
