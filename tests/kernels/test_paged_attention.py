@@ -297,34 +297,6 @@ _PIPELINED_LONG_QUERY_D256_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
-@pytest.mark.parametrize(
-    "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,tiles",
-    [(*case, tiles) for case in _PIPELINED_LONG_QUERY_CASES
-     for tiles in ((64, 4, 0), (64, 6, 4), (64, 2, 4))]
-    + [(*case, tiles) for case in _PIPELINED_LONG_QUERY_D256_CASES
-       for tiles in ((64, 2, 0), (64, 2, 4), (32, 4, 0))],
-)  # fmt: skip
-def test_pipelined_long_query_matches_reference(
-    q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, tiles, device
-):
-    """The Gluon long-query kernel on shapes it covers: several key tiles per
-    program, the causal diagonal, spare Q tiles, empty rows, both key loops
-    (two buffers, or four and more), exp2 on the FMA units or not (the plan
-    sets it only where it measured faster on sm_90)."""
-    num_q_heads = 2 * queries_per_kv
-    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
-                       head_size=head_size, block_size=block_size, dtype=dtype, device=device,
-                       padding_tokens=3)  # fmt: skip
-    plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                          max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=2,
-                          head_size=head_size, arch=GpuArch.of_device(device),
-                          dtype=dtype)  # fmt: skip
-    plan = dataclasses.replace(plan, pipelined_long_query=tiles, block_m=128, num_warps=8)
-    plan = dataclasses.replace(plan, grid=(plan.grid[0] + 2, *plan.grid[1:]))  # spare programs
-    _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel")
-
-
 # (q_lens, seq_lens, head, queries per KV head, block, dtype, causal, window,
 # softcap, tiles): windows narrower than a key tile and wider, cache blocks
 # larger than a key tile (the first tile starts a block), both key loops.
@@ -342,18 +314,25 @@ _PIPELINED_LONG_QUERY_FEATURE_CASES = [
 @pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
 @pytest.mark.parametrize(
     "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,window,soft_cap,tiles",
-    _PIPELINED_LONG_QUERY_FEATURE_CASES,
-)
-def test_pipelined_long_query_features_match_reference(
+    [(*case, None, None, tiles) for case in _PIPELINED_LONG_QUERY_CASES
+     for tiles in ((64, 4, 0), (64, 6, 4), (64, 2, 4))]
+    + [(*case, None, None, tiles) for case in _PIPELINED_LONG_QUERY_D256_CASES
+       for tiles in ((64, 2, 0), (64, 2, 4), (32, 4, 0))]
+    + _PIPELINED_LONG_QUERY_FEATURE_CASES,
+)  # fmt: skip
+def test_pipelined_long_query_matches_reference(
     q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, window, soft_cap,
     tiles, device,
 ):  # fmt: skip
-    """The Gluon long-query kernel with sliding window and softcap (Gemma-2's
-    layers have both): key tiles wholly before the window skipped, its edge
-    masked, softcap on every score."""
+    """The Gluon long-query kernel on shapes it covers: several key tiles per
+    program, the causal diagonal, spare Q tiles, empty rows, both key loops
+    (two buffers, or four and more), exp2 on the FMA units or not (the plan
+    sets it only where it measured faster on sm_90); sliding window (tiles
+    wholly before it skipped, its edge masked) and softcap, which Gemma-2's
+    layers have."""
     num_q_heads = 2 * queries_per_kv
-    # Blocks out of every query's window are NaN, as a reused freed block
-    # might hold: the kernel must not read them.
+    # With a window, blocks out of every query's window are NaN, as a reused
+    # freed block might hold: the kernel must not read them.
     batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
                        head_size=head_size, block_size=block_size, dtype=dtype, device=device,
                        sliding_window=window, padding_tokens=3)  # fmt: skip

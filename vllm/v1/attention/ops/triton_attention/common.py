@@ -14,6 +14,30 @@ LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads only constexpr global
 
 
 @triton.jit
+def key_range(first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL: tl.constexpr,
+              HAS_SLIDING_WINDOW: tl.constexpr):  # fmt: skip
+    """Keys a Q tile of query positions ``first_pos`` to ``last_pos`` can need,
+    ``[kv_lo, kv_hi)``, and the keys every one of its rows sees, ``[full_lo,
+    full_hi)`` (not rounded to key tiles). Layout-free, so that Gluon kernels
+    can call it too."""
+    kv_lo = 0
+    full_lo = 0
+    if IS_CAUSAL:
+        kv_hi = last_pos + 1
+        full_hi = first_pos + 1
+    else:
+        kv_hi = seq_len
+        full_hi = seq_len
+    if HAS_SLIDING_WINDOW:
+        kv_lo = tl.maximum(first_pos - sliding_window + 1, 0)
+        full_lo = tl.maximum(last_pos - sliding_window + 1, 0)
+        if not IS_CAUSAL:
+            kv_hi = tl.minimum(last_pos + sliding_window, seq_len)
+            full_hi = tl.minimum(first_pos + sliding_window, seq_len)
+    return kv_lo, kv_hi, full_lo, full_hi
+
+
+@triton.jit
 def find_q_tile(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr):
     """The Q tile and KV head of this program of the long-query grid (Q tiles
     x KV heads): (its sequence, the sequence's first query row, its query

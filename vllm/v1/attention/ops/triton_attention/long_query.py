@@ -19,6 +19,7 @@ from .common import (
     attend_key_tiles,
     find_q_tile,
     init_softmax_state,
+    key_range,
     load_qk_scale,
     load_v_scale,
     query_rows,
@@ -109,20 +110,8 @@ def long_query_attention_kernel(
     # [full_lo, full_hi); both ends rounded inwards to whole key tiles.
     first_pos = context_len + first_token
     last_pos = context_len + tl.minimum(first_token + BLOCK_Q, q_len) - 1
-    kv_lo = 0
-    full_lo = 0
-    if IS_CAUSAL:
-        kv_hi = last_pos + 1
-        full_hi = first_pos + 1
-    else:
-        kv_hi = seq_len
-        full_hi = seq_len
-    if HAS_SLIDING_WINDOW:
-        kv_lo = tl.maximum(first_pos - sliding_window + 1, 0)
-        full_lo = tl.maximum(last_pos - sliding_window + 1, 0)
-        if not IS_CAUSAL:
-            kv_hi = tl.minimum(last_pos + sliding_window, seq_len)
-            full_hi = tl.minimum(first_pos + sliding_window, seq_len)
+    kv_lo, kv_hi, full_lo, full_hi = key_range(first_pos, last_pos, seq_len, sliding_window,
+                                               IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
     full_lo = tl.cdiv(full_lo, TILE_N) * TILE_N
     full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
     tile_lo = kv_lo // TILE_N * TILE_N

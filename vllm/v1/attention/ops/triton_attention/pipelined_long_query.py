@@ -48,7 +48,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_wait
 
-from .common import find_q_tile
+from .common import find_q_tile, key_range
 from .pipelined_decode import cta_barrier
 
 
@@ -542,33 +542,23 @@ def long_query_pipelined_kernel(
     context_len = seq_len - q_len
 
     # Keys this tile can need: [kv_lo, kv_hi); keys every row sees: [full_lo,
-    # full_hi), both rounded inwards to whole key tiles (as the portable kernel).
+    # full_hi), rounded inwards to whole key tiles below.
     first_pos = context_len + first_token
     last_pos = context_len + gl.minimum(first_token + BLOCK_Q, q_len) - 1
-    kv_lo = None  # with a sliding window: the first key any row sees
-    full_lo = 0
-    if IS_CAUSAL:
-        kv_hi = last_pos + 1
-        full_hi = first_pos + 1
-    else:
-        kv_hi = seq_len
-        full_hi = seq_len
-    if HAS_SLIDING_WINDOW:
-        kv_lo = gl.maximum(first_pos - sliding_window + 1, 0)
-        full_lo = gl.maximum(last_pos - sliding_window + 1, 0)
-        if not IS_CAUSAL:
-            kv_hi = gl.minimum(last_pos + sliding_window, seq_len)
-            full_hi = gl.minimum(first_pos + sliding_window, seq_len)
+    kv_lo, kv_hi, full_lo, full_hi = key_range(first_pos, last_pos, seq_len, sliding_window,
+                                               IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
     # Key positions from here on count from key_base, the first key of the
     # first tile, which starts a cache block: the key loop walks tiles 0 to
-    # num_tiles - 1 of the sequence's keys from there.
+    # num_tiles - 1 of the sequence's keys from there. The copies skip keys
+    # before copy_lo (None: none).
     key_base = 0
+    copy_lo = None
     if HAS_SLIDING_WINDOW:
         BASE_ALIGN: gl.constexpr = TILE_N if TILE_N > BLOCK_SIZE else BLOCK_SIZE
         key_base = kv_lo // BASE_ALIGN * BASE_ALIGN
         full_lo = gl.cdiv(full_lo - key_base, TILE_N) * TILE_N
         full_hi = gl.maximum((full_hi - key_base) // TILE_N * TILE_N, full_lo)
-        kv_lo -= key_base
+        copy_lo = kv_lo - key_base
         kv_hi -= key_base
     else:
         full_hi = full_hi // TILE_N * TILE_N
@@ -596,7 +586,7 @@ def long_query_pipelined_kernel(
                                    BLOCK_SIZE)  # fmt: skip
         _issue_kv_copies(
             k_buffers.index(i), v_buffers.index(i), k_cache_ptr, v_cache_ptr, block,
-            i * TILE_N, kv_lo, kv_hi, key_rows, row_offset, dims, stride_kv_block,
+            i * TILE_N, copy_lo, kv_hi, key_rows, row_offset, dims, stride_kv_block,
             stride_kv_slot, BLOCK_SIZE,
         )  # fmt: skip
     # The blocks of the next tile to copy are loaded a step early.
@@ -638,7 +628,7 @@ def long_query_pipelined_kernel(
 
     acc, row_sums = _key_loop(
         q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
-        full_lo, full_hi, kv_lo, kv_hi, query_pos, key_offsets, sliding_window, qk_scale,
+        full_lo, full_hi, copy_lo, kv_hi, query_pos, key_offsets, sliding_window, qk_scale,
         soft_cap_log2,
         m_i, row_sums, acc, no_scores, group_rows, key_rows, row_offset, dims, stride_kv_block,
         stride_kv_slot, IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, BLOCK_SIZE, TILE_N,
