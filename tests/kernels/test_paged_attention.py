@@ -248,14 +248,20 @@ NVIDIA_SM80 = (HAS_GPU and torch.version.hip is None
                and torch.cuda.get_device_capability() >= (8, 0))  # fmt: skip
 
 
+_PIPELINED_DECODE_CASES = [
+    ("decode", 128, 4, 16, torch.bfloat16, True), ("decode", 64, 1, 32, torch.float16, True),
+    ("decode", 256, 8, 64, torch.bfloat16, True), ("specdecode4", 128, 7, 16, torch.bfloat16,
+    True), ("specdecode7", 32, 2, 16, torch.float16, True),
+    ("decode", 128, 4, 16, torch.bfloat16, False),
+]  # fmt: skip
+
+
 @pytest.mark.skipif(not NVIDIA_SM80, reason="pipelined_decode.py targets NVIDIA sm_80+")
-@pytest.mark.parametrize("tiles", [(32, 2), (64, 3)])
 @pytest.mark.parametrize(
-    "pattern,head_size,queries_per_kv,block_size,dtype,causal",
-    [("decode", 128, 4, 16, torch.bfloat16, True), ("decode", 64, 1, 32, torch.float16, True),
-     ("decode", 256, 8, 64, torch.bfloat16, True), ("specdecode4", 128, 7, 16, torch.bfloat16,
-     True), ("specdecode7", 32, 2, 16, torch.float16, True),
-     ("decode", 128, 4, 16, torch.bfloat16, False)],
+    "pattern,head_size,queries_per_kv,block_size,dtype,causal,tiles",
+    [(*case, tiles) for case in _PIPELINED_DECODE_CASES
+     for tiles in ((32, 2), (64, 3), (32, 4), (64, 4))
+     if case[1] * tiles[0] * tiles[1] <= 256 * 64 * 3],  # (64, 4) at head 256 needs 256 KB
 )  # fmt: skip
 def test_pipelined_decode_matches_reference(
     pattern, head_size, queries_per_kv, block_size, dtype, causal, tiles, device

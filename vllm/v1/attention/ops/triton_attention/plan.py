@@ -78,6 +78,16 @@ MERGE_TILE_ELEMENTS = 4096
 # programs per SM).
 PIPELINED_DECODE_TILES = {16: (32, 2), 32: (64, 2)}
 PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
+# 32-row programs split 2-3 ways (batch 32 at 28/4 heads) do better with
+# 32-key tiles in rings of 4 (64 KB, three programs fit an SM) and as many
+# splits as fit one wave at 2 programs per SM: (largest plan split count,
+# tiles, programs per SM). Against (64, 2) at the plan's 3 splits (H200,
+# experiments/ab_session10_round{3_one_wave_rule,4_spec_rule}.json): 1.12-1.16x
+# at batch 32 x 1k and 4k, 0.92x at 32 x 64k. 64-key tiles in rings of 4 (one
+# program per SM) at half the splits of batch 8-16 gained 1.07-1.10x at 8 x 16k,
+# 8 x 64k and 16 x 4k but lost 0.84-0.96x at 8 x 4k, 16 x 1k and 16 x 64k
+# (round 4), so those batches keep (64, 2).
+PIPELINED_DECODE_FEW_SPLITS = {32: (3, (32, 4), 2)}
 
 # Long queries through pipelined_long_query.py's Hopper kernel (Q K^T and P V
 # on the tensor cores during the softmax): (key tile, buffers, FMA exp2) by
@@ -376,6 +386,11 @@ def plan_attention(
         if (arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128
                 and splits <= PIPELINED_DECODE_MAX_SPLITS.get(block_m, 0)):  # fmt: skip
             pipelined = PIPELINED_DECODE_TILES[block_m]  # where it was measured faster
+            few = PIPELINED_DECODE_FEW_SPLITS.get(block_m)
+            if few and 2 <= splits <= few[0] and not beside_long_query:
+                _, pipelined, per_unit = few
+                one_wave = arch.num_compute_units * per_unit // (num_seqs * num_kv_heads)
+                splits = max(1, min(splits, one_wave))
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
