@@ -452,8 +452,7 @@ def _key_loop(
             if tile + 2 < num_tiles:
                 block = _refill(tile, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
                                 block_table_row_ptr, kv_lo, kv_hi, group_rows, key_rows, row_offset,
-                                dims,
-                                stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
+                                dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
                                 KV_BUFFERS)  # fmt: skip
             s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
             p, alpha, m_i, row_sums = _probabilities(
@@ -472,8 +471,7 @@ def _key_loop(
             if tile + 3 < num_tiles:
                 block = _refill(tile + 1, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
                                 block_table_row_ptr, kv_lo, kv_hi, group_rows, key_rows, row_offset,
-                                dims,
-                                stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
+                                dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
                                 KV_BUFFERS)  # fmt: skip
             acc, s = warpgroup_mma_wait(0, deps=[acc, s])
         if num_tiles % 2 == 1:  # the last tile, its scores in s

@@ -386,9 +386,9 @@ def plan_attention(
         if (arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128
                 and splits <= PIPELINED_DECODE_MAX_SPLITS.get(block_m, 0)):  # fmt: skip
             pipelined = PIPELINED_DECODE_TILES[block_m]  # where it was measured faster
-            few = PIPELINED_DECODE_FEW_SPLITS.get(block_m)
-            if few and 2 <= splits <= few[0] and not beside_long_query:
-                _, pipelined, per_unit = few
+            max_splits, tiles, per_unit = PIPELINED_DECODE_FEW_SPLITS.get(block_m, (0, None, 0))
+            if 2 <= splits <= max_splits and not beside_long_query:
+                pipelined = tiles
                 one_wave = arch.num_compute_units * per_unit // (num_seqs * num_kv_heads)
                 splits = max(1, min(splits, one_wave))
         return AttentionPlan(
