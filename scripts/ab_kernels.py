@@ -14,8 +14,9 @@ device call (``carry``), then time on the GPU box:
 Every variant's output is compared with the base's (max abs difference, ``err``).
 ``--features`` passes keyword arguments (sliding window, softcap) to every call.
 Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
-resize the grid), ``splits_factor`` (scales the plan's split count), or ``no_pdl``
-(the plan's GPU without programmatic launch). In a mixed batch, field overrides go
+resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave``
+(N: as many splits as fit one wave at N programs per SM/CU, at most the plan's),
+or ``no_pdl`` (the plan's GPU without programmatic launch). In a mixed batch, field overrides go
 under ``"decode"`` or ``"prefill"`` (``{"prefill": {"num_stages": 2}}``), which a
 plain batch applies when they name its kernel (split-KV decode or long-query).
 """
@@ -56,6 +57,12 @@ CELLS = {
                                             (8, 16384), (8, 65536), (16, 1024), (16, 4096),
                                             (16, 65536), (32, 1024), (32, 4096), (32, 65536))]
             + [("llama", b, 4, 1024) for b in (8, 64)],
+    # 16-row decodes the plan splits 2-9 ways, over context (graphs fix the
+    # split count per batch size, so a rule must hold at every context)
+    "few": [(m, b, q, c) for m, b, q in (("llama", 32, 1), ("qwen", 64, 1), ("llama", 32, 4),
+                                          ("llama", 16, 1), ("qwen", 32, 1), ("llama", 8, 1),
+                                          ("qwen", 16, 1))
+            for c in (1024, 4096, 16384)],
 }  # fmt: skip
 
 
@@ -117,6 +124,10 @@ def _override(mod, plan, override):
     factor = override.pop("splits_factor", None)
     if factor is not None and plan.kernel == "split_kv_decode":
         override["num_kv_splits"] = max(1, round(plan.num_kv_splits * factor))
+    per_unit = override.pop("one_wave", None)
+    if per_unit is not None and plan.kernel == "split_kv_decode":
+        fit = plan.arch.num_compute_units * per_unit // (plan.num_seqs * plan.num_kv_heads)
+        override["num_kv_splits"] = max(1, min(plan.num_kv_splits, fit))
     plan = dataclasses.replace(plan, **override)
     if plan.kernel == "split_kv_decode":
         return dataclasses.replace(plan, grid=(*plan.grid[:2], plan.num_kv_splits))
