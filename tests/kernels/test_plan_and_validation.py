@@ -3,6 +3,7 @@
 """The plan's decisions, the layering rule, and clear errors for bad input."""
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def test_kernel_choice_by_query_length():
 
 
 def test_split_count_fills_the_gpu_and_never_grows_with_batch():
+    # Head 64: the split count itself. At head 128 on sm_90 the pipelined kernel
+    # takes as many as fit one wave (test_pipelined_decode_only_where_measured_and_covered).
+    plan = functools.partial(globals()["plan"], head_size=64)
     splits = [plan(num_seqs=b, num_tokens=b).num_kv_splits for b in (1, 2, 4, 8, 16, 32, 64, 256)]
     assert splits[0] == 66  # 4 programs per SM: ceil(528 / 8 KV heads)
     one_seq = dict(num_seqs=1, num_tokens=1, num_kv_heads=2, num_q_heads=8)
@@ -74,9 +78,9 @@ def test_merge_programs_cover_every_head_and_dimension_once():
             assert tokens == batch and dim_blocks * dims == p.head_pad
             assert head_blocks * per_head >= heads > (head_blocks - 1) * per_head
             assert per_head * next_power_of_2(p.num_kv_splits) * dims <= MERGE_TILE_ELEMENTS
-    # batch 1 (66 splits): parts of one head; batch 16 (5 splits): 4 whole heads
+    # batch 1 (66 splits): parts of one head; batch 16 (4 splits): 8 whole heads
     assert plan(num_seqs=1, num_tokens=1).merge_tile == (1, 32)
-    assert plan(num_seqs=16, num_tokens=16).merge_grid == (16, 8, 1)
+    assert plan(num_seqs=16, num_tokens=16).merge_grid == (16, 4, 1)
 
 
 def test_four_byte_queries_get_tiles_of_the_same_shared_memory():
@@ -144,7 +148,7 @@ def test_programmatic_launch_only_on_hopper_and_later():
     (_, split), (merge_name, merge) = _launch_switches(H100, [1])
     assert merge_name == "merge_kv_splits_kernel"
     assert merge["PDL"] and merge["launch_pdl"] and split["EARLY_DEPENDENTS"]
-    (_, split), _ = _launch_switches(H100, [4] * 16)  # 512 merge programs
+    (_, split), _ = _launch_switches(H100, [4] * 2)  # 33 splits: 512 merge programs
     assert not split["EARLY_DEPENDENTS"]
     # A mixed batch's long queries start beside the decodes and wait at exit.
     ((_, long_query),) = _launch_switches(H100, [64], after_split_kv=True)
@@ -161,12 +165,19 @@ def test_programmatic_launch_only_on_hopper_and_later():
 
 def test_pipelined_decode_only_where_measured_and_covered():
     # Planned where it was measured faster on sm_90 at head 128: 16-row
-    # programs with one split per sequence (a large batch), 32-row programs
-    # (GQA 7 x 4 spec tokens) unless split as finely as at batch 1.
+    # programs unsplit or split 2-9 ways (then into as many ranges as fit one
+    # wave at 4 programs per SM, with 64-key tiles for the portable fallback);
+    # 32-row programs (GQA 7 x 4 spec tokens) unless split as finely as at batch 1.
     assert plan(num_tokens=128, num_seqs=128).pipelined_decode == PIPELINED_DECODE_TILES[16]
-    assert plan(num_tokens=32, num_seqs=32).num_kv_splits == 3
-    assert plan(num_tokens=32, num_seqs=32).pipelined_decode is None
+    for batch, splits in ((8, 8), (16, 4), (32, 2), (64, 1)):
+        p = plan(num_tokens=batch, num_seqs=batch)  # 8 KV heads, 132 SMs
+        assert (p.pipelined_decode, p.num_kv_splits, p.grid[2]) == ((32, 2), splits, splits)
+        assert p.kv_tile_size == (64 if splits > 1 else 128)
+    assert plan(num_tokens=4, num_seqs=4).pipelined_decode is None  # 17 splits
     assert plan(num_tokens=1, num_seqs=1).pipelined_decode is None  # finely split
+    # Beside a long query the decodes keep the portable kernel and the plan's splits.
+    beside = plan(num_tokens=32, num_seqs=32, beside_long_query=True)
+    assert (beside.pipelined_decode, beside.num_kv_splits) == (None, 3)
     spec = dict(max_query_len=4, num_q_heads=28, num_kv_heads=4)
     assert plan(num_tokens=16, num_seqs=4, **spec).pipelined_decode == PIPELINED_DECODE_TILES[32]
     assert plan(num_tokens=4, num_seqs=1, **spec).pipelined_decode is None

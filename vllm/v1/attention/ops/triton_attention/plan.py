@@ -78,16 +78,29 @@ MERGE_TILE_ELEMENTS = 4096
 # programs per SM).
 PIPELINED_DECODE_TILES = {16: (32, 2), 32: (64, 2)}
 PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
-# 32-row programs split 2-3 ways (batch 32 at 28/4 heads) do better with
-# 32-key tiles in rings of 4 (64 KB, three programs fit an SM) and as many
-# splits as fit one wave at 2 programs per SM: (largest plan split count,
-# tiles, programs per SM). Against (64, 2) at the plan's 3 splits (H200,
-# experiments/ab_session10_round{3_one_wave_rule,4_spec_rule}.json): 1.12-1.16x
-# at batch 32 x 1k and 4k, 0.92x at 32 x 64k. 64-key tiles in rings of 4 (one
-# program per SM) at half the splits of batch 8-16 gained 1.07-1.10x at 8 x 16k,
-# 8 x 64k and 16 x 4k but lost 0.84-0.96x at 8 x 4k, 16 x 1k and 16 x 64k
-# (round 4), so those batches keep (64, 2).
-PIPELINED_DECODE_FEW_SPLITS = {32: (3, (32, 4), 2)}
+# Split launches that do better with the pipelined kernel and as many splits
+# as fit one wave: (largest plan split count, tiles, programs per SM).
+# - 16 rows split 2-9 ways: (32, 2) at 4 programs per SM. The plan's own
+#   count rounds up, so its grid spilled into a second, partial wave (H100,
+#   batch 32 x 1k: 768 programs in 1.94 waves under ncu). Against the portable
+#   kernel at the plan's count (H100, benchmarks/results/nvidia-h100/
+#   experiments/ab_session11_round2_few_splits.json):
+#   3 -> 2 splits (llama batch 32, qwen batch 64) 1.09-1.11x at 1k, 1.04-1.05x
+#   at 4k, 1.01-1.02x at 16k; 5 -> 4 and 9 -> 8 splits 1.02-1.10x. The same
+#   kernel at the plan's 5 or 9 splits lost up to 16% at 16k. Finer splits
+#   (batch 1-4) were not measured this way. Where the launch falls back to the
+#   portable kernel (FP8 cache, sliding window, ...), that kernel takes its
+#   64-key tiles: at 2 splits they measured 1.00-1.07x the plan's 3-split
+#   launch, its 128-key tiles 0.88-0.95x.
+# - 32 rows split 2-3 ways (batch 32 at 28/4 heads): 32-key tiles in rings of
+#   4 (64 KB, three programs fit an SM) at 2 programs per SM. Against (64, 2)
+#   at the plan's 3 splits (H200, experiments/ab_session10_round{3_one_wave_
+#   rule,4_spec_rule}.json): 1.12-1.16x at batch 32 x 1k and 4k, 0.92x at
+#   32 x 64k. 64-key tiles in rings of 4 (one program per SM) at half the
+#   splits of batch 8-16 gained 1.07-1.10x at 8 x 16k, 8 x 64k and 16 x 4k but
+#   lost 0.84-0.96x at 8 x 4k, 16 x 1k and 16 x 64k (round 4), so those
+#   batches keep (64, 2).
+PIPELINED_DECODE_FEW_SPLITS = {16: (9, (32, 2), 4), 32: (3, (32, 4), 2)}
 
 # Long queries through pipelined_long_query.py's Hopper kernel (Q K^T and P V
 # on the tensor cores during the softmax): (key tile, buffers, FMA exp2) by
@@ -383,14 +396,18 @@ def plan_attention(
         if wide:
             kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
         pipelined = None
-        if (arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128
-                and splits <= PIPELINED_DECODE_MAX_SPLITS.get(block_m, 0)):  # fmt: skip
-            pipelined = PIPELINED_DECODE_TILES[block_m]  # where it was measured faster
+        if arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128:
             max_splits, tiles, per_unit = PIPELINED_DECODE_FEW_SPLITS.get(block_m, (0, None, 0))
             if 2 <= splits <= max_splits and not beside_long_query:
                 pipelined = tiles
                 one_wave = arch.num_compute_units * per_unit // (num_seqs * num_kv_heads)
                 splits = max(1, min(splits, one_wave))
+                if block_m == MIN_DOT_SIZE:  # the portable fallback's tiles, see above
+                    kv_tile_size, num_warps, num_stages = _split_kv_tiles(
+                        head_pad, block_m, FINE_KV_SPLITS, arch
+                    )
+            elif splits <= PIPELINED_DECODE_MAX_SPLITS.get(block_m, 0):
+                pipelined = PIPELINED_DECODE_TILES[block_m]  # where it was measured faster
         return AttentionPlan(
             "split_kv_decode", num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size,
             head_pad, block_m, kv_tile_size, splits, num_warps, num_stages,
