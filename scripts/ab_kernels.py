@@ -15,10 +15,11 @@ Every variant's output is compared with the base's (max abs difference, ``err``)
 ``--features`` passes keyword arguments (sliding window, softcap) to every call.
 Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
 resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave``
-(N: as many splits as fit one wave at N programs per SM/CU, at most the plan's),
-or ``no_pdl`` (the plan's GPU without programmatic launch). In a mixed batch, field overrides go
-under ``"decode"`` or ``"prefill"`` (``{"prefill": {"num_stages": 2}}``), which a
-plain batch applies when they name its kernel (split-KV decode or long-query).
+(N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
+the working tree's kernels only), or ``no_pdl`` (the plan's GPU without
+programmatic launch). In a mixed batch, field overrides go under ``"decode"``
+or ``"prefill"`` (``{"prefill": {"num_stages": 2}}``), which a plain batch
+applies when they name its kernel (split-KV decode or long-query).
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ def _override(mod, plan, override):
         override["num_kv_splits"] = max(1, round(plan.num_kv_splits * factor))
     per_unit = override.pop("one_wave", None)
     if per_unit is not None and plan.kernel == "split_kv_decode":
-        fit = plan.arch.num_compute_units * per_unit // (plan.num_seqs * plan.num_kv_heads)
-        override["num_kv_splits"] = max(1, min(plan.num_kv_splits, fit))
+        override["num_kv_splits"] = mod.plan.one_wave_splits(
+            plan.num_kv_splits, plan.num_seqs * plan.num_kv_heads, per_unit, plan.arch
+        )
     plan = dataclasses.replace(plan, **override)
     if plan.kernel == "split_kv_decode":
         return dataclasses.replace(plan, grid=(*plan.grid[:2], plan.num_kv_splits))

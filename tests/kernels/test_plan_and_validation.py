@@ -3,7 +3,6 @@
 """The plan's decisions, the layering rule, and clear errors for bad input."""
 
 import ast
-import functools
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,12 @@ def plan(**overrides):
     return plan_attention(**args)
 
 
+def plan_d64(**overrides):
+    """The split count as ``num_kv_splits_for`` makes it: at head 128 on sm_90 the
+    pipelined kernel may take fewer (test_pipelined_decode_only_where_measured_and_covered)."""
+    return plan(**{"head_size": 64, **overrides})
+
+
 def test_kernel_choice_by_query_length():
     assert plan(max_query_len=1).kernel == "split_kv_decode"
     assert plan(max_query_len=8, num_tokens=64).kernel == "split_kv_decode"
@@ -43,26 +48,27 @@ def test_kernel_choice_by_query_length():
 
 
 def test_split_count_fills_the_gpu_and_never_grows_with_batch():
-    # Head 64: the split count itself. At head 128 on sm_90 the pipelined kernel
-    # takes as many as fit one wave (test_pipelined_decode_only_where_measured_and_covered).
-    plan = functools.partial(globals()["plan"], head_size=64)
-    splits = [plan(num_seqs=b, num_tokens=b).num_kv_splits for b in (1, 2, 4, 8, 16, 32, 64, 256)]
+    splits = [
+        plan_d64(num_seqs=b, num_tokens=b).num_kv_splits for b in (1, 2, 4, 8, 16, 32, 64, 256)
+    ]
     assert splits[0] == 66  # 4 programs per SM: ceil(528 / 8 KV heads)
     one_seq = dict(num_seqs=1, num_tokens=1, num_kv_heads=2, num_q_heads=8)
-    assert plan(**one_seq).num_kv_splits == MAX_KV_SPLITS  # ceil(528 / 2) = 264, capped
+    assert plan_d64(**one_seq).num_kv_splits == MAX_KV_SPLITS  # ceil(528 / 2) = 264, capped
     assert splits == sorted(splits, reverse=True) and splits[-1] == 1
-    assert plan(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
+    assert plan_d64(num_seqs=4, num_tokens=4).num_kv_splits == 17  # ceil(528 / 32)
     # 512 programs unsplit are within 2/3 of the 528 aimed at: no 2-way split.
-    assert splits[-2] == 1 and plan(num_seqs=32, num_tokens=32).num_kv_splits == 3
+    assert splits[-2] == 1 and plan_d64(num_seqs=32, num_tokens=32).num_kv_splits == 3
     # Bigger GPUs get more splits; the plan reads the SM count, not a constant.
-    assert plan(num_seqs=4, num_tokens=4, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
+    assert (
+        plan_d64(num_seqs=4, num_tokens=4, arch=GpuArch("cuda", "sm_90", 200)).num_kv_splits == 25
+    )
     # Programs with more rows (spec decode x GQA group) aim at 2 per SM (on
     # sm_90 some then take fewer: test_pipelined_decode_only_where_measured_and_covered).
     spec = dict(num_seqs=4, num_tokens=16, max_query_len=4, num_q_heads=64)
-    assert plan(**spec, arch=GpuArch("cuda", "sm_80", 132)).num_kv_splits == 9
+    assert plan_d64(**spec, arch=GpuArch("cuda", "sm_80", 132)).num_kv_splits == 9
     # The merge reads splits x rows partials: 32-row programs stop at half the splits.
     spec_one_seq = dict(one_seq, num_tokens=4, max_query_len=4, num_q_heads=16)  # 32 rows
-    assert plan(**spec_one_seq).num_kv_splits == MAX_KV_SPLITS // 2
+    assert plan_d64(**spec_one_seq).num_kv_splits == MAX_KV_SPLITS // 2
 
 
 def test_merge_programs_cover_every_head_and_dimension_once():

@@ -91,7 +91,7 @@ PIPELINED_DECODE_MAX_SPLITS = {16: 1, 32: 31}
 #   (batch 1-4) were not measured this way. Where the launch falls back to the
 #   portable kernel (FP8 cache, sliding window, ...), that kernel takes its
 #   64-key tiles: at 2 splits they measured 1.00-1.07x the plan's 3-split
-#   launch, its 128-key tiles 0.88-0.95x.
+#   launch, its 128-key tiles 0.88-0.98x.
 # - 32 rows split 2-3 ways (batch 32 at 28/4 heads): 32-key tiles in rings of
 #   4 (64 KB, three programs fit an SM) at 2 programs per SM. Against (64, 2)
 #   at the plan's 3 splits (H200, experiments/ab_session10_round{3_one_wave_
@@ -274,6 +274,11 @@ def num_kv_splits_for(
     return splits
 
 
+def one_wave_splits(splits: int, programs_per_split: int, per_unit: int, arch: GpuArch) -> int:
+    """At most ``splits``, and no more than fit one wave at ``per_unit`` programs per SM/CU."""
+    return max(1, min(splits, arch.num_compute_units * per_unit // programs_per_split))
+
+
 def split_kv_block_m(max_query_len: int, queries_per_kv: int) -> int:
     """Rows of a split-KV program: every query token of a sequence x its GQA group."""
     tokens = next_power_of_2(max(max_query_len, 1))
@@ -400,8 +405,7 @@ def plan_attention(
             max_splits, tiles, per_unit = PIPELINED_DECODE_FEW_SPLITS.get(block_m, (0, None, 0))
             if 2 <= splits <= max_splits and not beside_long_query:
                 pipelined = tiles
-                one_wave = arch.num_compute_units * per_unit // (num_seqs * num_kv_heads)
-                splits = max(1, min(splits, one_wave))
+                splits = one_wave_splits(splits, num_seqs * num_kv_heads, per_unit, arch)
                 if block_m == MIN_DOT_SIZE:  # the portable fallback's tiles, see above
                     kv_tile_size, num_warps, num_stages = _split_kv_tiles(
                         head_pad, block_m, FINE_KV_SPLITS, arch
