@@ -64,6 +64,8 @@ CELLS = {
                                           ("llama", 16, 1), ("qwen", 32, 1), ("llama", 8, 1),
                                           ("qwen", 16, 1))
             for c in (1024, 4096, 16384)],
+    # 32-row spec-decodes (qwen's 28 heads x 4 tokens) split 5-64 ways, over context
+    "spec32": [("qwen", b, 4, c) for b in (1, 4, 8, 16) for c in (1024, 4096, 16384, 65536)],
 }  # fmt: skip
 
 
