@@ -1,77 +1,232 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Host-side cost of one paged_attention call (what piecewise CUDA graphs pay per layer)."""
+"""Host time of one attention call: what eager mode and piecewise CUDA graphs pay
+per layer, ours against vLLM 0.33.0's Triton launcher on the same batches.
 
+On a GPU box the calls launch for real: the GPU is first kept busy (a sleep
+kernel), so the loop times the host alone, never the kernels. On a CPU-only
+box each launch stops where Triton would call the driver: our checks and
+launch building plus Triton's argument binding and cache lookup (for sm_90
+with 132 SMs), the part of a launch that grows with a kernel's arguments.
+
+    python3 scripts/fetch_upstream_kernel.py    # for --upstream
+    python3 scripts/host_overhead.py --upstream --out host.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
+import triton
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
-sys.path.append(str(REPO / "tests"))
-
-from batches import make_batch  # noqa: E402
 
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
     SplitKVWorkspace,
-    check_paged_attention_inputs,  # noqa: E402
     paged_attention,
     plan_attention,
 )
 
+MODELS = {"llama3-8b": (32, 8, 128), "qwen-7to1": (28, 4, 128)}  # as in bench_attention.py
+UPSTREAM = REPO / "benchmarks" / "upstream"  # scripts/fetch_upstream_kernel.py fills it
+CPU_ARCH = GpuArch("cuda", "sm_90", 132)  # what a CPU-only run plans for (H100/H200)
 
-def per_call_us(fn, n=2000):
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = (time.perf_counter() - start) / n * 1e6
-    torch.cuda.synchronize()
-    return host
+
+def stop_launches_before_the_driver() -> None:
+    """Make every ``kernel[grid](...)`` do Triton's host work up to the driver
+    call (binding and specialising the arguments, the compiled-kernel lookup)
+    and return: what a launch costs on the host, less the driver's part."""
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    caches = {}
+
+    def run(self, *args, grid, warmup, **kwargs):
+        kwargs["debug"] = kwargs.get("debug", self.debug) or knobs.runtime.debug
+        kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+        if self not in caches:
+            binder = create_function_from_signature(self.signature, self.params, backend)
+            caches[self] = ({}, {}, binder)
+        kernels, keys, binder = caches[self]
+        bound_args, specialization, options = binder(*args, **kwargs)
+        kernels.get(compute_cache_key(keys, specialization, options))
+        if callable(grid):
+            grid(bound_args)
+
+    JITFunction.run = run
+
+
+def load_upstream(on_gpu: bool):
+    """vLLM 0.33.0's ``triton_unified_attention`` module, from the folder the fetch
+    script fills, even where a vLLM package is installed (it is set aside while
+    the module imports)."""
+    ours = {name: sys.modules.pop(name) for name in list(sys.modules)
+            if name == "vllm" or name.startswith("vllm.")}  # fmt: skip
+    package = types.ModuleType("vllm")
+    package.__path__ = [str(UPSTREAM / "vllm")]
+    sys.modules["vllm"] = package
+    try:
+        module = importlib.import_module("vllm.v1.attention.ops.triton_unified_attention")
+    finally:
+        for name in [name for name in sys.modules if name == "vllm" or name.startswith("vllm.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+    if not on_gpu:  # its launcher asks the GPU for Blackwell; answer as sm_90 would
+        module.current_platform.is_device_capability_family = lambda family: False
+    return module
+
+
+def batch_inputs(model, batch_size, q_len, context, device, block_size=16, used_blocks=4):
+    """A decode batch whose block table has the context's real width (the host
+    path never reads the cache, so few blocks are allocated)."""
+    hq, hkv, d = model
+    k_cache = torch.randn(batch_size * used_blocks, block_size, hkv, d, device=device,
+                          dtype=torch.bfloat16)  # fmt: skip
+    v_cache = torch.randn_like(k_cache)
+    width = context // block_size
+    blocks = torch.arange(batch_size * used_blocks, device=device, dtype=torch.int32)
+    block_table = blocks.view(batch_size, used_blocks).repeat(1, width // used_blocks)
+    q = torch.randn(batch_size * q_len, hq, d, device=device, dtype=torch.bfloat16)
+    query_start_loc = torch.arange(0, batch_size * q_len + 1, q_len, device=device,
+                                   dtype=torch.int32)  # fmt: skip
+    seq_lens = torch.full((batch_size,), context, device=device, dtype=torch.int32)
+    return q, k_cache, v_cache, query_start_loc, seq_lens, block_table
+
+
+def ours(model, inputs, q_len, context, arch):
+    """The call vLLM's backend makes: plan and workspace come from the builder."""
+    hq, hkv, d = model
+    q, k_cache, v_cache, query_start_loc, seq_lens, block_table = inputs
+    plan = plan_attention(num_tokens=q.shape[0], num_seqs=seq_lens.shape[0], max_query_len=q_len,
+                          num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch)  # fmt: skip
+    workspace = SplitKVWorkspace.allocate(plan, q.device)
+    out = torch.empty_like(q)
+
+    def call():
+        paged_attention(q, k_cache, v_cache, out, query_start_loc=query_start_loc,
+                        seq_lens=seq_lens, block_table=block_table, max_query_len=q_len,
+                        max_seq_len=context, scale=d**-0.5, plan=plan,
+                        workspace=workspace)  # fmt: skip
+
+    launches = 1 + (plan.num_kv_splits > 1)
+    kernel = "pipelined" if plan.pipelined_decode else "portable"
+    return call, f"{launches} ({kernel}, {plan.num_kv_splits} splits)"
+
+
+def upstream(module, model, inputs, q_len, context):
+    """The call upstream's backend makes (16 segments; its 3D kernel and a reduction
+    below 128 // num_kv_heads sequences, else its 2D kernel)."""
+    hq, hkv, d = model
+    q, k_cache, v_cache, query_start_loc, seq_lens, block_table = inputs
+    threshold = 128 // hkv
+    rows = min(threshold, seq_lens.shape[0]) * q_len
+    scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device=q.device)
+    segment_max = torch.empty(rows, hq, 16, device=q.device)
+    segment_sum = torch.empty(rows, hq, 16, device=q.device)
+    out = torch.empty_like(q)
+
+    def call():
+        module.unified_attention(q, k_cache, v_cache, out, query_start_loc, q_len, seq_lens,
+                                 context, d**-0.5, True, (-1, -1), block_table, 0, None, None,
+                                 None, seq_threshold_3D=threshold, num_par_softmax_segments=16,
+                                 softmax_segm_output=scratch, softmax_segm_max=segment_max,
+                                 softmax_segm_expsum=segment_sum)  # fmt: skip
+
+    launches = 2 if seq_lens.shape[0] < threshold else 1
+    return call, f"{launches} ({'3D + reduce' if launches == 2 else '2D'})"
+
+
+def host_us(call, on_gpu: bool, calls: int, repeats: int = 7) -> float:
+    """The least over ``repeats`` of the mean host time of ``calls`` back-to-back
+    calls: other work on the machine only ever adds time."""
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(repeats):
+        if on_gpu:  # keep the GPU busy for longer than the loop: the queue never drains
+            torch.cuda.synchronize()
+            torch.cuda._sleep(200_000_000)
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+        if on_gpu:
+            torch.cuda.synchronize()
+    return min(times)
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} x {len(names)}" if names else platform.machine()
 
 
 def main():
-    # 8 sequences: split-KV + merge; 128: one split (the Gluon kernel on sm_90)
-    for num_seqs in (8, 128):
-        measure(num_seqs)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
+    parser.add_argument("--q-lens", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--upstream", action="store_true", help="also time vLLM 0.33.0's")
+    parser.add_argument("--out", type=Path, help="JSON records")
+    args = parser.parse_args()
 
-
-def measure(num_seqs):
-    batch = make_batch([1] * num_seqs, [1000] * num_seqs, num_q_heads=32, num_kv_heads=8,
-                       head_size=128, block_size=16, dtype=torch.bfloat16,
-                       device="cuda")  # fmt: skip
-    arch = GpuArch.of_device("cuda")
-    plan = plan_attention(num_tokens=num_seqs, num_seqs=num_seqs, max_query_len=1,
-                          num_q_heads=32, num_kv_heads=8, head_size=128, arch=arch)  # fmt: skip
-    workspace = SplitKVWorkspace.allocate(plan, "cuda")
-    out = torch.empty_like(batch.q)
-    args = batch.kernel_args()
-    full = lambda: paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1,  # noqa: E731
-                                   plan=plan, workspace=workspace, **args)  # fmt: skip
-    no_plan = lambda: paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1,  # noqa: E731
-                                      **args)  # fmt: skip
-    check = lambda: check_paged_attention_inputs(  # noqa: E731
-        batch.q, batch.k_cache, batch.v_cache, out, args["query_start_loc"], args["seq_lens"],
-        args["block_table"], 1, None, None, None, None, None, None, plan, arch)  # fmt: skip
-    planning = lambda: plan_attention(
-        num_tokens=num_seqs,
-        num_seqs=num_seqs,
-        max_query_len=1,  # noqa: E731
-        num_q_heads=32,
-        num_kv_heads=8,
-        head_size=128,
-        arch=arch,
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        arch = GpuArch.of_device("cuda")
+        machine = torch.cuda.get_device_name()
+        launch = "real launches, GPU kept busy"
+    else:
+        stop_launches_before_the_driver()
+        arch = CPU_ARCH
+        machine = f"{cpu_model()}, no GPU"
+        launch = f"stopped before the driver call, planned for {arch.name}"
+    device = "cuda" if on_gpu else "cpu"
+    module = load_upstream(on_gpu) if args.upstream else None
+    print(f"# host us per call: {machine}; torch {torch.__version__}, triton "
+          f"{triton.__version__}; launches {launch}")  # fmt: skip
+    print(
+        "| model | kind | batch | ours us | launches | upstream us | launches | upstream / ours |"
     )
-    kernel = "pipelined" if plan.pipelined_decode else "portable"
-    print(f"{num_seqs} sequences ({plan.num_kv_splits} splits, {kernel} decode): "
-          f"host us per call: with plan {per_call_us(full):.1f}, without plan "
-          f"{per_call_us(no_plan):.1f}, checks {per_call_us(check):.1f}, "
-          f"plan {per_call_us(planning):.1f}")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    records = []
+    for name in args.models:
+        model = MODELS[name]
+        for q_len in args.q_lens:
+            kind = "decode" if q_len == 1 else "specdecode"
+            for batch_size in args.batches:
+                inputs = batch_inputs(model, batch_size, q_len, args.context, device)
+                call, launches = ours(model, inputs, q_len, args.context, arch)
+                record = dict(machine=machine, launch=launch, torch=torch.__version__,
+                              triton=triton.__version__, model=name, kind=kind,
+                              batch=batch_size, q_len=q_len, context=args.context,
+                              us=host_us(call, on_gpu, args.calls), launches=launches)  # fmt: skip
+                if module is not None:
+                    call, launches = upstream(module, model, inputs, q_len, args.context)
+                    record.update(upstream_us=host_us(call, on_gpu, args.calls),
+                                  upstream_launches=launches)  # fmt: skip
+                records.append(record)
+                theirs = record.get("upstream_us", float("nan"))
+                print(f"| {name} | {kind} | {batch_size} | {record['us']:.1f} | "
+                      f"{record['launches']} | {theirs:.1f} | "
+                      f"{record.get('upstream_launches', '')} | {theirs / record['us']:.2f} |",
+                      flush=True)  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(records, indent=1))
 
 
 if __name__ == "__main__":

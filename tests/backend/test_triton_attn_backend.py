@@ -167,6 +167,21 @@ def test_features_through_the_impl(vllm_config):
     run_step(builder, impl, packed_cache(), [1, 1], [80, 37])
 
 
+def test_cache_views_are_made_once_per_cache_tensor():
+    """The views are kept per cache tensor (made per layer and step they cost
+    host time); a new cache tensor, e.g. after a KV-cache re-allocation, gets
+    its own."""
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None,
+                               "auto")  # fmt: skip
+    kv_cache, other = packed_cache(), packed_cache()
+    key_cache, value_cache = impl._cache_views(kv_cache)
+    again = impl._cache_views(kv_cache)
+    assert again[0] is key_cache and again[1] is value_cache
+    other_key, other_value = impl._cache_views(other)
+    assert other_key.data_ptr() == other.data_ptr() != key_cache.data_ptr()
+    assert torch.equal(other_value, other.transpose(1, 2)[..., HEAD_SIZE:])
+
+
 def test_spec_decode_verification_goes_to_split_kv(model_dir):
     speculative = SpeculativeConfig(method="ngram", num_speculative_tokens=3,
                                     prompt_lookup_max=3, prompt_lookup_min=1)  # fmt: skip

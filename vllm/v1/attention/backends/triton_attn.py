@@ -412,6 +412,7 @@ class TritonAttentionImpl(AttentionImpl):
         self.supports_quant_query_input = False
         self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype)
         self._set_kv_ptr_range = current_platform.is_rocm()
+        self._kv_views: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def fused_output_quant_supported(self, quant_key: QuantKey):
         return False
@@ -421,13 +422,19 @@ class TritonAttentionImpl(AttentionImpl):
 
         vLLM hands every layer a logical ``[num_blocks, H, block_size, 2*D]``
         tensor whose strides follow the model-wide layout; views keep them.
+        They are made once per cache tensor (a layer's stays the same object
+        across steps): the cache write and ``forward`` run per layer and step,
+        and making them costs ~5 us on the host each time.
         """
+        if self._kv_views is not None and self._kv_views[0] is kv_cache:
+            return self._kv_views[1]
         key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
         if self._is_fp8:
             key_cache = key_cache.view(self.fp8_dtype)
             value_cache = value_cache.view(self.fp8_dtype)
         if self._set_kv_ptr_range:  # keeps AMD's 32-bit buffer addressing
             set_triton_ptr_range(kv_cache, key_cache, value_cache)
+        self._kv_views = (kv_cache, (key_cache, value_cache))
         return key_cache, value_cache
 
     def do_kv_cache_update(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -79,12 +80,16 @@ ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_SIZE = 16
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SplitKVWorkspace:
     """Scratch for split-KV partial results; allocate once and reuse (graph-safe)."""
 
     partial_out: torch.Tensor  # flat float32
     partial_lse: torch.Tensor  # flat float32
+    # The views of each plan shape asked for so far (at most one per batch shape
+    # the builder plans for): every layer of a batch asks for the same ones, and
+    # making them costs ~6 us per call on the host.
+    _views: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def allocate(cls, plan: AttentionPlan | MixedBatchPlan, device: torch.device
@@ -103,6 +108,13 @@ class SplitKVWorkspace:
         )
 
     def views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (plan.num_tokens, plan.num_q_heads, plan.num_kv_splits, plan.head_pad)
+        views = self._views.get(shape)
+        if views is None:
+            views = self._views[shape] = self._make_views(plan)
+        return views
+
+    def _make_views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
         out_elements, lse_elements = plan.workspace_elements()
         if out_elements > self.partial_out.numel() or lse_elements > self.partial_lse.numel():
             raise ValueError(
@@ -332,8 +344,7 @@ def _mixed_batch_attention(
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelLaunch:
+class KernelLaunch(NamedTuple):  # made per layer: builds in half a frozen dataclass's time
     """One kernel launch of a plan: what ``kernel[grid](*args, **constexprs)`` runs."""
 
     kernel: object  # a @triton.jit function
@@ -369,54 +380,67 @@ def kernel_launches(
         k_scale if kv_is_fp8 else dummy,
         v_scale if kv_is_fp8 else dummy,
     )  # fmt: skip
-    strides = (
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_table.stride(0),
-    )  # fmt: skip
+    # This runs per layer: every tensor's strides are read once.
+    q_strides, out_strides = q.stride(), out.stride()
+    k_strides, v_strides = k_cache.stride(), v_cache.stride()
+    strides = (*q_strides[:2], *out_strides[:2], *k_strides[:3], *v_strides[:3],
+               block_table.stride(0))  # fmt: skip
     scalars = (
         scale,
         logits_soft_cap if logits_soft_cap is not None else 0.0,
         sliding_window if sliding_window is not None else 0,
     )
-    switches = dict(
-        STRIDE_Q_DIM=q.stride(2),
-        STRIDE_OUT_DIM=out.stride(2),
-        STRIDE_K_DIM=k_cache.stride(3),
-        STRIDE_V_DIM=v_cache.stride(3),
-        HEAD_SIZE=head_size,
-        HEAD_PAD=plan.head_pad,
-        QUERIES_PER_KV=plan.queries_per_kv,
-        BLOCK_SIZE=k_cache.shape[1],
-        BLOCK_M=plan.block_m,
-        TILE_N=plan.kv_tile_size,
-        IS_CAUSAL=causal,
-        HAS_SLIDING_WINDOW=sliding_window is not None,
-        HAS_SOFTCAP=logits_soft_cap is not None,
-        HAS_ALIBI=alibi_slopes is not None,
-        HAS_SINKS=sinks is not None,
-        KV_IS_FP8=kv_is_fp8,
-        DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
-    )
+    block_size = k_cache.shape[1]
     pdl = plan.arch.programmatic_launch
+    # The split-KV kernel may start while the kernel before it finishes; it waits in-kernel.
+    launched_early = dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
+
+    def portable_constexprs(**launch):
+        return dict(
+            STRIDE_Q_DIM=q_strides[2],
+            STRIDE_OUT_DIM=out_strides[2],
+            STRIDE_K_DIM=k_strides[3],
+            STRIDE_V_DIM=v_strides[3],
+            HEAD_SIZE=head_size,
+            HEAD_PAD=plan.head_pad,
+            QUERIES_PER_KV=plan.queries_per_kv,
+            BLOCK_SIZE=block_size,
+            BLOCK_M=plan.block_m,
+            TILE_N=plan.kv_tile_size,
+            IS_CAUSAL=causal,
+            HAS_SLIDING_WINDOW=sliding_window is not None,
+            HAS_SOFTCAP=logits_soft_cap is not None,
+            HAS_ALIBI=alibi_slopes is not None,
+            HAS_SINKS=sinks is not None,
+            KV_IS_FP8=kv_is_fp8,
+            DOT_PRECISION=_dot_precision(q.dtype),
+            num_warps=plan.num_warps,
+            num_stages=plan.num_stages,
+            **launch,
+        )
 
     if plan.kernel == "long_query":
-        args = (*pointers, *strides, num_seqs, *scalars)
-        beside = dict(PDL=True, launch_pdl=True) if pdl and after_split_kv else dict(PDL=False)
-        block_size = k_cache.shape[1]
+        beside = launched_early if after_split_kv else dict(PDL=False)
         if (
             plan.pipelined_long_query
             and block_size & (block_size - 1) == 0
-            and k_cache.stride() == v_cache.stride()
-            and _pipelined_covers(q, k_cache, v_cache, out, plan, alibi_slopes, sinks)
+            and k_strides == v_strides
+            and _pipelined_covers(
+                q,
+                k_cache,
+                v_cache,
+                plan,
+                q_strides,
+                out_strides,
+                k_strides,
+                v_strides,
+                alibi_slopes,
+                sinks,
+            )  # fmt: skip
         ):
             tile, buffers, fma_exp2_every = plan.pipelined_long_query
-            kv_strides = k_cache.stride()[:3]  # V's are the same
-            gluon_args = (*pointers[:7], *strides[:4], *kv_strides, block_table.stride(0),
-                          num_seqs, *scalars)  # fmt: skip
+            gluon_args = (*pointers[:7], *strides[:4], *k_strides[:3], strides[-1], num_seqs,
+                          *scalars)  # fmt: skip
             gluon_switches = dict(
                 HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
                 BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile, IS_CAUSAL=causal,
@@ -428,8 +452,9 @@ def kernel_launches(
             )  # fmt: skip
             return [KernelLaunch(long_query_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip
+        args = (*pointers, *strides, num_seqs, *scalars)
         return [KernelLaunch(long_query_attention_kernel, plan.grid, args,
-                             dict(switches, **beside))]  # fmt: skip
+                             portable_constexprs(**beside))]  # fmt: skip
 
     if plan.num_kv_splits == 1:
         partial_out = partial_lse = dummy
@@ -437,26 +462,19 @@ def kernel_launches(
     else:
         workspace = workspace or SplitKVWorkspace.allocate(plan, q.device)
         partial_out, partial_lse = workspace.views(plan)
-        partial_strides = (partial_out.stride(0), partial_out.stride(1))
-    args = (*pointers[:4], partial_out, partial_lse, *pointers[4:], *strides, *partial_strides,
-            *scalars)  # fmt: skip
-    # Finely split programs stream a few tiles each: fetching the next tile's
-    # block numbers early pays there (H200: 2-7% at batch 1-16) and not for
-    # long ranges (1 split at batch 128: 2% slower).
-    prefetch = plan.num_kv_splits >= FINE_KV_SPLITS
+        partial_strides = partial_out.stride()[:2]
     merge_per_unit = math.prod(plan.merge_grid or (0,)) / plan.arch.num_compute_units
     early = pdl and (early_dependents or merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT)
-    # The split-KV kernel may start while the kernel before it finishes; it waits in-kernel.
-    launched_early = dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
     if plan.pipelined_decode and _pipelined_covers(
-        q, k_cache, v_cache, out, plan, sliding_window, logits_soft_cap, alibi_slopes, sinks
-    ):
+        q, k_cache, v_cache, plan, q_strides, out_strides, k_strides, v_strides, sliding_window,
+        logits_soft_cap, alibi_slopes, sinks,
+    ):  # fmt: skip
         tile, buffers = plan.pipelined_decode
         gluon_args = (*pointers[:4], partial_out, partial_lse, *pointers[4:7], *strides,
                       *partial_strides, scale)  # fmt: skip
         gluon_switches = dict(
             HEAD_PAD=plan.head_pad, QUERIES_PER_KV=plan.queries_per_kv,
-            BLOCK_SIZE=k_cache.shape[1], BLOCK_M=plan.block_m, TILE_N=tile,
+            BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,
             NUM_KV_SPLITS=plan.num_kv_splits, IS_CAUSAL=causal, KV_BUFFERS=buffers,
             EARLY_DEPENDENTS=early, num_warps=plan.num_warps, **launched_early,
             **pipelined_decode_layouts(plan.head_pad, plan.num_warps),
@@ -464,19 +482,27 @@ def kernel_launches(
         launches = [KernelLaunch(split_kv_decode_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip
     else:
-        switches.update(NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=prefetch,
-                        EARLY_DEPENDENTS=early, **launched_early)  # fmt: skip
+        args = (*pointers[:4], partial_out, partial_lse, *pointers[4:], *strides,
+                *partial_strides, *scalars)  # fmt: skip
+        # Finely split programs stream a few tiles each: fetching the next tile's
+        # block numbers early pays there (H200: 2-7% at batch 1-16) and not for
+        # long ranges (1 split at batch 128: 2% slower).
+        switches = portable_constexprs(
+            NUM_KV_SPLITS=plan.num_kv_splits, PREFETCH_BLOCKS=plan.num_kv_splits >= FINE_KV_SPLITS,
+            EARLY_DEPENDENTS=early, **launched_early,
+        )  # fmt: skip
         launches = [KernelLaunch(split_kv_decode_kernel, plan.grid, args, switches)]
     if plan.num_kv_splits > 1:
-        args = (out, partial_out, partial_lse, query_start_loc, pointers[10],
-                out.stride(0), out.stride(1), *partial_strides, num_seqs)  # fmt: skip
+        args = (out, partial_out, partial_lse, query_start_loc, pointers[10], *out_strides[:2],
+                *partial_strides, num_seqs)  # fmt: skip
+        heads_per_program, dims_per_program = plan.merge_tile
         constexprs = dict(
-            STRIDE_OUT_DIM=out.stride(2),
+            STRIDE_OUT_DIM=out_strides[2],
             NUM_Q_HEADS=plan.num_q_heads,
             HEAD_SIZE=head_size,
             HEAD_PAD=plan.head_pad,
-            HEADS_PER_PROGRAM=plan.merge_tile[0],
-            DIMS_PER_PROGRAM=plan.merge_tile[1],
+            HEADS_PER_PROGRAM=heads_per_program,
+            DIMS_PER_PROGRAM=dims_per_program,
             NUM_KV_SPLITS=plan.num_kv_splits,
             SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
             KV_IS_FP8=kv_is_fp8,
@@ -489,7 +515,9 @@ def kernel_launches(
     return launches
 
 
-def _pipelined_covers(q, k_cache, v_cache, out, plan, *features) -> bool:
+def _pipelined_covers(
+    q, k_cache, v_cache, plan, q_strides, out_strides, k_strides, v_strides, *features
+) -> bool:
     """Whether the Gluon kernels (``split_kv_decode_pipelined_kernel``,
     ``long_query_pipelined_kernel``) handle this launch: 2-byte queries and
     cache, a power-of-two head size, none of ``features`` (those the kernel
@@ -499,18 +527,16 @@ def _pipelined_covers(q, k_cache, v_cache, out, plan, *features) -> bool:
     elements (what Triton's launcher marks as divisible, without which the
     copies do not compile). The long-query kernel also needs a power-of-two
     block size and K and V caches of the same strides (checked at its
-    launch). Runs per layer on the host: ~5 us."""
-    if any(feature is not None for feature in features):
+    launch). The strides are those of q, out and the caches, read once by
+    the caller (this runs per layer on the host)."""
+    if features.count(None) != len(features):
         return False
     if q.dtype.itemsize != 2 or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         return False
-    if q.shape[2] != plan.head_pad:
+    if q.shape[2] != plan.head_pad or q_strides[2] != 1 or out_strides[2] != 1:
         return False
-    if q.stride(-1) != 1 or out.stride(-1) != 1:
-        return False
-    for cache in (k_cache, v_cache):
-        *rows, last = cache.stride()
-        if last != 1 or cache.data_ptr() % 16 or any(s % 16 for s in rows):
+    for cache, (block, slot, head, dim) in ((k_cache, k_strides), (v_cache, v_strides)):
+        if dim != 1 or block % 16 or slot % 16 or head % 16 or cache.data_ptr() % 16:
             return False
     return True
 

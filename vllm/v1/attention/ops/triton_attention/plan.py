@@ -161,7 +161,7 @@ class GpuArch:
             raise ValueError(f"{self.vendor} {self.name} has no NVIDIA compute capability")
         return int(self.name[3:])
 
-    @property
+    @functools.cached_property  # read per launch
     def programmatic_launch(self) -> bool:
         """Programmatic dependent launch (Hopper+): a kernel may start while the
         one before it finishes, and waits for its results only where it says so
@@ -218,7 +218,7 @@ class AttentionPlan:
     def tokens_per_q_block(self) -> int:
         return self.block_m // self.queries_per_kv
 
-    @property
+    @functools.cached_property  # read per launch, so derived once per plan
     def merge_tile(self) -> tuple[int, int]:
         """(heads, dims) one merge program combines, every split of each: at most
         ``MERGE_TILE_ELEMENTS`` partial values. Few splits: whole heads, several
@@ -230,7 +230,7 @@ class AttentionPlan:
         )
         return heads, dims
 
-    @property
+    @functools.cached_property
     def merge_grid(self) -> tuple[int, int, int] | None:
         if self.num_kv_splits == 1:
             return None
