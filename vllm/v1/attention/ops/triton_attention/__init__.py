@@ -381,8 +381,8 @@ def kernel_launches(
         v_scale if kv_is_fp8 else dummy,
     )  # fmt: skip
     # This runs per layer: every tensor's strides are read once.
-    q_strides, out_strides = q.stride(), out.stride()
-    k_strides, v_strides = k_cache.stride(), v_cache.stride()
+    tensor_strides = q.stride(), out.stride(), k_cache.stride(), v_cache.stride()
+    q_strides, out_strides, k_strides, v_strides = tensor_strides
     strides = (*q_strides[:2], *out_strides[:2], *k_strides[:3], *v_strides[:3],
                block_table.stride(0))  # fmt: skip
     scalars = (
@@ -425,18 +425,7 @@ def kernel_launches(
             plan.pipelined_long_query
             and block_size & (block_size - 1) == 0
             and k_strides == v_strides
-            and _pipelined_covers(
-                q,
-                k_cache,
-                v_cache,
-                plan,
-                q_strides,
-                out_strides,
-                k_strides,
-                v_strides,
-                alibi_slopes,
-                sinks,
-            )  # fmt: skip
+            and _pipelined_covers(q, k_cache, v_cache, plan, tensor_strides, alibi_slopes, sinks)
         ):
             tile, buffers, fma_exp2_every = plan.pipelined_long_query
             gluon_args = (*pointers[:7], *strides[:4], *k_strides[:3], strides[-1], num_seqs,
@@ -466,8 +455,8 @@ def kernel_launches(
     merge_per_unit = math.prod(plan.merge_grid or (0,)) / plan.arch.num_compute_units
     early = pdl and (early_dependents or merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT)
     if plan.pipelined_decode and _pipelined_covers(
-        q, k_cache, v_cache, plan, q_strides, out_strides, k_strides, v_strides, sliding_window,
-        logits_soft_cap, alibi_slopes, sinks,
+        q, k_cache, v_cache, plan, tensor_strides, sliding_window, logits_soft_cap, alibi_slopes,
+        sinks,
     ):  # fmt: skip
         tile, buffers = plan.pipelined_decode
         gluon_args = (*pointers[:4], partial_out, partial_lse, *pointers[4:7], *strides,
@@ -515,9 +504,7 @@ def kernel_launches(
     return launches
 
 
-def _pipelined_covers(
-    q, k_cache, v_cache, plan, q_strides, out_strides, k_strides, v_strides, *features
-) -> bool:
+def _pipelined_covers(q, k_cache, v_cache, plan, tensor_strides, *features) -> bool:
     """Whether the Gluon kernels (``split_kv_decode_pipelined_kernel``,
     ``long_query_pipelined_kernel``) handle this launch: 2-byte queries and
     cache, a power-of-two head size, none of ``features`` (those the kernel
@@ -527,12 +514,13 @@ def _pipelined_covers(
     elements (what Triton's launcher marks as divisible, without which the
     copies do not compile). The long-query kernel also needs a power-of-two
     block size and K and V caches of the same strides (checked at its
-    launch). The strides are those of q, out and the caches, read once by
-    the caller (this runs per layer on the host)."""
+    launch). ``tensor_strides``: those of q, out, k_cache and v_cache, read
+    once by the caller (this runs per layer on the host)."""
     if features.count(None) != len(features):
         return False
     if q.dtype.itemsize != 2 or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         return False
+    q_strides, out_strides, k_strides, v_strides = tensor_strides
     if q.shape[2] != plan.head_pad or q_strides[2] != 1 or out_strides[2] != 1:
         return False
     for cache, (block, slot, head, dim) in ((k_cache, k_strides), (v_cache, v_strides)):
