@@ -46,8 +46,8 @@ import torch
 
 from .cache_write import write_kv_cache_kernel
 from .long_query import long_query_attention_kernel
-from .pipelined_decode import pipelined_decode_layouts, split_kv_decode_pipelined_kernel
-from .pipelined_long_query import long_query_pipelined_kernel, pipelined_long_query_layouts
+from .pipelined_decode import split_kv_decode_pipelined_kernel
+from .pipelined_long_query import long_query_pipelined_kernel
 from .plan import (
     EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT,
     FINE_KV_SPLITS,
@@ -437,7 +437,6 @@ def kernel_launches(
                 HAS_SOFTCAP=logits_soft_cap is not None, KV_BUFFERS=buffers,
                 FMA_EXP2_EVERY=fma_exp2_every,
                 num_warps=plan.num_warps, **beside,
-                **pipelined_long_query_layouts(plan.head_pad, tile, plan.num_warps, block_size),
             )  # fmt: skip
             return [KernelLaunch(long_query_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip
@@ -466,7 +465,6 @@ def kernel_launches(
             BLOCK_SIZE=block_size, BLOCK_M=plan.block_m, TILE_N=tile,
             NUM_KV_SPLITS=plan.num_kv_splits, IS_CAUSAL=causal, KV_BUFFERS=buffers,
             EARLY_DEPENDENTS=early, num_warps=plan.num_warps, **launched_early,
-            **pipelined_decode_layouts(plan.head_pad, plan.num_warps),
         )  # fmt: skip
         launches = [KernelLaunch(split_kv_decode_pipelined_kernel, plan.grid, gluon_args,
                                  gluon_switches)]  # fmt: skip

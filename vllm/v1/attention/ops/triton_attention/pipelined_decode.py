@@ -19,9 +19,6 @@ pipelined_decode``) only where it measured faster than the portable kernel
 (``plan.PIPELINED_DECODE_TILES``).
 """
 
-import functools
-from types import MappingProxyType
-
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -33,27 +30,26 @@ from .split_kv_decode import split_key_range, store_split_result
 cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
-@functools.cache  # per launch on the host path: building layouts costs ~20 us
-def pipelined_decode_layouts(head_pad: int, num_warps: int) -> MappingProxyType:
-    """The register and shared-memory layouts of ``split_kv_decode_pipelined_kernel``:
-    the ones Triton itself picks for the portable kernel on sm_90 (16-byte
-    copies along the head dimension, mma.sync with warps side by side along N)."""
+@gluon.constexpr_function
+def decode_layout(name: str, head_pad: int, num_warps: int):
+    """Layout ``name`` of ``split_kv_decode_pipelined_kernel``, which builds its
+    layouts while it compiles: the ones Triton itself picks for the portable
+    kernel on sm_90 (16-byte copies along the head dimension, mma.sync with
+    warps side by side along N). Passed in as arguments instead, they cost
+    Triton's launcher ~4 us per launch on the host (dev box), most of it
+    hashing them into its kernel-cache key."""
     threads_d = min(32, head_pad // 8)
-    mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
-                                    instr_shape=[16, 8])  # fmt: skip
-    return MappingProxyType(
-        dict(
-            MMA_LAYOUT=mma,
-            # K^T [head, keys], head dimension contiguous
-            KT_LAYOUT=gl.BlockedLayout(
-                [8, 1], [threads_d, 32 // threads_d], [1, num_warps], [0, 1]
-            ),
-            # V [keys, head] and Q [rows, head]
-            V_LAYOUT=gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]),
-            KT_SHARED=gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[0, 1]),
-            V_SHARED=gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0]),
-        )
-    )
+    return {
+        "MMA": gl.NVMMADistributedLayout(
+            version=[2, 0], warps_per_cta=[1, num_warps], instr_shape=[16, 8]
+        ),  # fmt: skip
+        # K^T [head, keys], head dimension contiguous
+        "KT": gl.BlockedLayout([8, 1], [threads_d, 32 // threads_d], [1, num_warps], [0, 1]),
+        # V [keys, head] and Q [rows, head]
+        "V": gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]),
+        "KT_SHARED": gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[0, 1]),
+        "V_SHARED": gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0]),
+    }[name]
 
 
 @gluon.jit
@@ -158,12 +154,13 @@ def split_kv_decode_pipelined_kernel(
     KV_BUFFERS: gl.constexpr,
     EARLY_DEPENDENTS: gl.constexpr,
     PDL: gl.constexpr,
-    MMA_LAYOUT: gl.constexpr,
-    KT_LAYOUT: gl.constexpr,
-    V_LAYOUT: gl.constexpr,
-    KT_SHARED: gl.constexpr,
-    V_SHARED: gl.constexpr,
 ):
+    NUM_WARPS: gl.constexpr = gl.num_warps()
+    MMA_LAYOUT: gl.constexpr = decode_layout("MMA", HEAD_PAD, NUM_WARPS)
+    KT_LAYOUT: gl.constexpr = decode_layout("KT", HEAD_PAD, NUM_WARPS)
+    V_LAYOUT: gl.constexpr = decode_layout("V", HEAD_PAD, NUM_WARPS)
+    KT_SHARED: gl.constexpr = decode_layout("KT_SHARED", HEAD_PAD, NUM_WARPS)
+    V_SHARED: gl.constexpr = decode_layout("V_SHARED", HEAD_PAD, NUM_WARPS)
     if PDL:  # see split_kv_decode_kernel: waits before its dependents may start
         gdc_wait()
     if EARLY_DEPENDENTS:

@@ -35,9 +35,6 @@ window and softcap, and neither ALiBi nor sinks; the plan picks it
 (``AttentionPlan.pipelined_long_query``) where it was measured faster.
 """
 
-import functools
-from types import MappingProxyType
-
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
@@ -52,16 +49,16 @@ from .common import find_q_tile, key_range
 from .pipelined_decode import cta_barrier
 
 
-@functools.cache  # per launch on the host path: building layouts costs ~20 us
-def pipelined_long_query_layouts(
-    head_pad: int, tile_n: int, num_warps: int, block_size: int
-) -> MappingProxyType:
-    """Layouts of ``long_query_pipelined_kernel``: wgmma accumulators with warps
-    stacked along the rows (16 each); 16-byte loads along the head dimension
-    (Q, and K/V copies into the swizzled layout wgmma reads: for 2-byte
-    elements, fp16 and bf16 share it). The copies see a key tile as groups of
-    consecutive rows in one cache block, each group in one thread: one block
-    number and one block address per group."""
+@gluon.constexpr_function
+def long_query_layout(name: str, head_pad: int, tile_n: int, num_warps: int, block_size: int):
+    """Layout ``name`` of ``long_query_pipelined_kernel``, which builds its layouts
+    while it compiles (see ``pipelined_decode.decode_layout`` for why): wgmma
+    accumulators with warps stacked along the rows (16 each); 16-byte loads
+    along the head dimension (Q, and K/V copies into the swizzled layout wgmma
+    reads: for 2-byte elements, fp16 and bf16 share it). The copies see a key
+    tile as groups of consecutive rows in one cache block, each group in one
+    thread: one block number and one block address per group ("COPY_GROUP":
+    the rows of a group)."""
     threads_d = min(32, head_pad // 8)
     rows_per_pass = 32 // threads_d * num_warps
     group = max(1, min(tile_n // rows_per_pass, block_size))
@@ -70,24 +67,18 @@ def pipelined_long_query_layouts(
         return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                          instr_shape=[16, n, 16])  # fmt: skip
 
-    return MappingProxyType(
-        dict(
-            SCORE_LAYOUT=wgmma(tile_n),
-            OUT_LAYOUT=wgmma(head_pad),
-            ROW_LAYOUT=gl.BlockedLayout(
-                [1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]
-            ),
-            COPY_GROUP=group,
-            COPY_LAYOUT=gl.BlockedLayout(
-                [group, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]
-            ),
-            # The same threads and rows as [groups, rows per group, dims].
-            GROUP_LAYOUT=gl.BlockedLayout(
-                [1, group, 8], [32 // threads_d, 1, threads_d], [num_warps, 1, 1], [2, 1, 0]
-            ),
-            KV_SHARED=gl.NVMMASharedLayout.get_default_for([tile_n, head_pad], gl.bfloat16),
-        )
-    )
+    return {
+        "SCORE": wgmma(tile_n),
+        "OUT": wgmma(head_pad),
+        "ROW": gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]),
+        "COPY_GROUP": group,
+        "COPY": gl.BlockedLayout([group, 8], [32 // threads_d, threads_d], [num_warps, 1], [1, 0]),
+        # The same threads and rows as [groups, rows per group, dims].
+        "GROUP": gl.BlockedLayout(
+            [1, group, 8], [32 // threads_d, 1, threads_d], [num_warps, 1, 1], [2, 1, 0]
+        ),
+        "KV_SHARED": gl.NVMMASharedLayout.get_default_for([tile_n, head_pad], gl.bfloat16),
+    }[name]
 
 
 @gluon.jit
@@ -520,14 +511,20 @@ def long_query_pipelined_kernel(
     KV_BUFFERS: gl.constexpr,
     FMA_EXP2_EVERY: gl.constexpr,
     PDL: gl.constexpr,
-    SCORE_LAYOUT: gl.constexpr,
-    OUT_LAYOUT: gl.constexpr,
-    ROW_LAYOUT: gl.constexpr,
-    COPY_GROUP: gl.constexpr,
-    COPY_LAYOUT: gl.constexpr,
-    GROUP_LAYOUT: gl.constexpr,
-    KV_SHARED: gl.constexpr,
 ):
+    NUM_WARPS: gl.constexpr = gl.num_warps()
+    SCORE_LAYOUT: gl.constexpr = long_query_layout("SCORE", HEAD_PAD, TILE_N, NUM_WARPS,
+                                                   BLOCK_SIZE)  # fmt: skip
+    OUT_LAYOUT: gl.constexpr = long_query_layout("OUT", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
+    ROW_LAYOUT: gl.constexpr = long_query_layout("ROW", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
+    COPY_GROUP: gl.constexpr = long_query_layout("COPY_GROUP", HEAD_PAD, TILE_N, NUM_WARPS,
+                                                 BLOCK_SIZE)  # fmt: skip
+    COPY_LAYOUT: gl.constexpr = long_query_layout("COPY", HEAD_PAD, TILE_N, NUM_WARPS,
+                                                  BLOCK_SIZE)  # fmt: skip
+    GROUP_LAYOUT: gl.constexpr = long_query_layout("GROUP", HEAD_PAD, TILE_N, NUM_WARPS,
+                                                   BLOCK_SIZE)  # fmt: skip
+    KV_SHARED: gl.constexpr = long_query_layout("KV_SHARED", HEAD_PAD, TILE_N, NUM_WARPS,
+                                                BLOCK_SIZE)  # fmt: skip
     gl.static_assert(KV_BUFFERS == 2 or KV_BUFFERS >= 4)  # the two key loops
     BLOCK_Q: gl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
     seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs,
