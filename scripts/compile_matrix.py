@@ -11,6 +11,10 @@ memory / LDS, warps, stages and the matrix-instruction family.
 
     python3 scripts/compile_matrix.py --out benchmarks/results/compile_matrix.json
     python3 scripts/compile_matrix.py --subset hot --targets sm_90 gfx942   # quick
+
+``--ptx DIR`` also writes each NVIDIA kernel's PTX there, without its debug
+lines: two runs (two commits, or two Triton versions) can then be compared with
+``diff -r``, e.g. to show that a host-side refactor leaves the kernels as they were.
 """
 
 from __future__ import annotations
@@ -195,8 +199,14 @@ def _resources(kernel, backend: str, arch) -> dict:
     return dict(registers=field("vgpr_count"), spills=spills, mma=mma)
 
 
-def compile_variant(job: tuple[Variant, str]) -> list[dict]:
-    variant, target = job
+def _write_ptx(ptx: str, path: Path) -> None:
+    lines = [line for line in ptx.splitlines() if not line.lstrip().startswith((".loc", ".file"))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(re.sub(r"\.section\s+\.debug.*", "", "\n".join(lines), flags=re.S))
+
+
+def compile_variant(job: tuple[Variant, str, Path | None]) -> list[dict]:
+    variant, target, ptx_dir = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -226,6 +236,10 @@ def compile_variant(job: tuple[Variant, str]) -> list[dict]:
             kernel = triton.compile(source, target=target_spec, options=options)
             record.update(compiled=True, shared_bytes=kernel.metadata.shared,
                           **_resources(kernel, backend, arch))  # fmt: skip
+            if ptx_dir is not None and backend == "cuda":
+                name = "_".join(str(value) for value in dataclasses.astuple(variant))
+                path = ptx_dir / target / f"{launch.kernel.__name__}_{name}.ptx"
+                _write_ptx(kernel.asm["ptx"], path)
         except Exception as error:
             record.update(compiled=False, error=str(error).splitlines()[-1][:300],
                           registers=None, spills=None, shared_bytes=None, mma=None)  # fmt: skip
@@ -248,8 +262,8 @@ def gate_failures(records: list[dict]) -> list[str]:
     return failures
 
 
-def run(subset: str, targets: list[str], workers: int) -> list[dict]:
-    jobs = [(v, t) for t in targets for v in variants(subset)]
+def run(subset: str, targets: list[str], workers: int, ptx_dir: Path | None = None) -> list[dict]:
+    jobs = [(v, t, ptx_dir) for t in targets for v in variants(subset)]
     records = []
     with ProcessPoolExecutor(workers) as pool:
         for done, result in enumerate(pool.map(compile_variant, jobs), 1):
@@ -278,8 +292,9 @@ def main():
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--out", default="compile_matrix.json")
+    parser.add_argument("--ptx", type=Path, help="also write each NVIDIA kernel's PTX here")
     args = parser.parse_args()
-    records = run(args.subset, args.targets, args.workers)
+    records = run(args.subset, args.targets, args.workers, args.ptx)
     out = Path(args.out)
     out.write_text(json.dumps(records, indent=1))
     out.with_suffix(".md").write_text(markdown(records))

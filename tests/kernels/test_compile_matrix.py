@@ -31,7 +31,7 @@ def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
     out = tmp_path / "matrix.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "compile_matrix.py"), "--subset", "hot",
-         "--workers", "2", "--out", str(out)],
+         "--workers", "2", "--out", str(out), "--ptx", str(tmp_path / "ptx")],
         capture_output=True, text=True, env=env, timeout=1200,
     )  # fmt: skip
     assert out.exists(), result.stderr[-3000:]
@@ -43,6 +43,13 @@ def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
         "long_query_pipelined_kernel",  # sm_90, heads 64 and 128
     }  # fmt: skip
     assert gate_failures(records) == []
+    # --ptx: one file per NVIDIA kernel, without debug lines, for diffing two runs.
+    ptx_files = sorted((tmp_path / "ptx").rglob("*.ptx"))
+    nvidia = [r for r in records if TARGETS[r["target"]][0] == "cuda"]
+    assert len(ptx_files) == len({(r["target"], r["kernel"], str(r["variant"])) for r in nvidia})
+    for path in ptx_files:
+        lines = [line.lstrip() for line in path.read_text().splitlines()]
+        assert not any(line.startswith((".loc", ".file")) for line in lines), path
     for r in records:
         if r["kernel"] != "merge_kv_splits_kernel":  # the attention kernels use the MMA units
             assert r["mma"] in ("wgmma", "mma.sync", "tcgen05", "mfma", "wmma"), r
