@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Markdown summary of a bench_attention.py JSON: ratios against the copy
-roofline, upstream 0.33.0 and torch SDPA, per cell (CUDA-graph timings).
+roofline, upstream 0.33.0 and torch SDPA, per cell (CUDA-graph timings; for
+decode and spec-decode also the ratio to upstream timed eagerly, where the
+host's launch cost shows).
 
     python3 scripts/summarize_bench.py benchmarks/results/nvidia-h200/bench_full.json \
         benchmarks/results/nvidia-h200/bench_prefill_models.json
@@ -27,13 +29,14 @@ def main():
     models = sorted({r.get("model") for r in records if r["kind"] != "roofline"})
     source = ", ".join(f"`{Path(path).name}`" for path in args.json)
     lines = [f"# {records[0]['card']}: copy {copy:.0f} GB/s, bf16 GEMM {gemm:.0f} TFLOP/s", "",
-             f"Source: {source} (CUDA-graph timings, medians).", ""]  # fmt: skip
+             f"Source: {source} (CUDA-graph timings, medians; the eager column times both "
+             "without graphs).", ""]  # fmt: skip
     for model in models:
         has_decode = any(key[0] == "decode" and key[2] == model for key in cells)
         lines += [f"## {model}: decode and spec-decode (q_len 4)", "",
                   "| kind | batch | context | ours us | x copy | upstream / ours | "
-                  "best SDPA / ours | spec / decode |",
-                  "|---|---|---|---|---|---|---|---|"] if has_decode else []  # fmt: skip
+                  "eager: upstream / ours | best SDPA / ours | spec / decode |",
+                  "|---|---|---|---|---|---|---|---|---|"] if has_decode else []  # fmt: skip
         for kind in ("decode", "specdecode"):
             for key, ours in sorted(cells.items(), key=lambda kv: (kv[0][3], kv[0][4])):
                 if key[:3] != (kind, "ours", model) or not key[5]:
@@ -44,9 +47,12 @@ def main():
                         for b in ("flash", "cudnn")]  # fmt: skip
                 sdpa = min((s["us"] for s in sdpa if s), default=None)
                 decode = cells.get(("decode", "ours", model, batch, context, True))
+                eager = [cells.get((kind, impl, model, batch, context, False))
+                         for impl in ("upstream", "ours")]  # fmt: skip
                 lines.append(
                     f"| {kind} | {batch} | {context} | {ours['us']:.1f} | {ours['ratio_copy']:.2f} "
                     f"| {upstream['us'] / ours['us'] if upstream else float('nan'):.2f} "
+                    f"| {eager[0]['us'] / eager[1]['us'] if all(eager) else float('nan'):.2f} "
                     f"| {sdpa / ours['us'] if sdpa and kind == 'decode' else float('nan'):.2f} "
                     f"| {ours['us'] / decode['us'] if kind == 'specdecode' else float('nan'):.2f} |"
                 )
