@@ -12,11 +12,14 @@ records (see ``--out``) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import itertools
 import json
 import math
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -155,12 +158,23 @@ def bench_ours(model, q_lens, seq_lens, dtype, graphs):
 UPSTREAM = REPO / "benchmarks" / "upstream"  # scripts/fetch_upstream_kernel.py fills it
 
 
-def upstream_attention():
-    """vLLM 0.33.0's own Triton launcher (with stand-ins for its vLLM imports)."""
-    sys.path.insert(0, str(UPSTREAM))
-    from vllm.v1.attention.ops.triton_unified_attention import unified_attention
-
-    return unified_attention
+@functools.cache
+def upstream_module():
+    """vLLM 0.33.0's ``triton_unified_attention`` module (its own Triton launcher),
+    with stand-ins for its vLLM imports, from the folder the fetch script fills;
+    also where a vLLM package is installed: the imported ``vllm`` modules are set
+    aside while it imports."""
+    ours = {name: sys.modules.pop(name) for name in list(sys.modules)
+            if name == "vllm" or name.startswith("vllm.")}  # fmt: skip
+    package = types.ModuleType("vllm")
+    package.__path__ = [str(UPSTREAM / "vllm")]
+    sys.modules["vllm"] = package
+    try:
+        return importlib.import_module("vllm.v1.attention.ops.triton_unified_attention")
+    finally:
+        for name in [name for name in sys.modules if name == "vllm" or name.startswith("vllm.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
 
 
 def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_len, context):
@@ -169,10 +183,10 @@ def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_
     hq, hkv, d = model
     threshold = 128 // hkv
     rows = min(threshold, seq_lens.shape[0]) * q_len
-    scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device="cuda")
-    segm_max = torch.empty(rows, hq, 16, device="cuda")
-    segm_sum = torch.empty(rows, hq, 16, device="cuda")
-    unified_attention = upstream_attention()
+    scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device=q.device)
+    segm_max = torch.empty(rows, hq, 16, device=q.device)
+    segm_sum = torch.empty(rows, hq, 16, device=q.device)
+    unified_attention = upstream_module().unified_attention
 
     def run():
         unified_attention(q, k_cache, v_cache, out, qsl, q_len, seq_lens, context, d**-0.5, True,

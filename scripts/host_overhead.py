@@ -16,12 +16,10 @@ with 132 SMs), the part of a launch that grows with a kernel's arguments.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import platform
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -33,6 +31,9 @@ from triton.runtime.jit import JITFunction, compute_cache_key, create_function_f
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
+sys.path.append(str(REPO / "scripts"))
+
+from bench_attention import MODELS, run_upstream, upstream_module  # noqa: E402
 
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
@@ -41,8 +42,6 @@ from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     plan_attention,
 )
 
-MODELS = {"llama3-8b": (32, 8, 128), "qwen-7to1": (28, 4, 128)}  # as in bench_attention.py
-UPSTREAM = REPO / "benchmarks" / "upstream"  # scripts/fetch_upstream_kernel.py fills it
 CPU_ARCH = GpuArch("cuda", "sm_90", 132)  # what a CPU-only run plans for (H100/H200)
 
 
@@ -66,26 +65,6 @@ def stop_launches_before_the_driver() -> None:
             grid(bound_args)
 
     JITFunction.run = run
-
-
-def load_upstream(on_gpu: bool):
-    """vLLM 0.33.0's ``triton_unified_attention`` module, from the folder the fetch
-    script fills, even where a vLLM package is installed (it is set aside while
-    the module imports)."""
-    ours = {name: sys.modules.pop(name) for name in list(sys.modules)
-            if name == "vllm" or name.startswith("vllm.")}  # fmt: skip
-    package = types.ModuleType("vllm")
-    package.__path__ = [str(UPSTREAM / "vllm")]
-    sys.modules["vllm"] = package
-    try:
-        module = importlib.import_module("vllm.v1.attention.ops.triton_unified_attention")
-    finally:
-        for name in [name for name in sys.modules if name == "vllm" or name.startswith("vllm.")]:
-            del sys.modules[name]
-        sys.modules.update(ours)
-    if not on_gpu:  # its launcher asks the GPU for Blackwell; answer as sm_90 would
-        module.current_platform.is_device_capability_family = lambda family: False
-    return module
 
 
 def batch_inputs(model, batch_size, q_len, context, device, block_size=16, used_blocks=4):
@@ -125,26 +104,11 @@ def ours(model, inputs, q_len, context, arch):
     return call, f"{launches} ({kernel}, {plan.num_kv_splits} splits)"
 
 
-def upstream(module, model, inputs, q_len, context):
-    """The call upstream's backend makes (16 segments; its 3D kernel and a reduction
-    below 128 // num_kv_heads sequences, else its 2D kernel)."""
-    hq, hkv, d = model
-    q, k_cache, v_cache, query_start_loc, seq_lens, block_table = inputs
-    threshold = 128 // hkv
-    rows = min(threshold, seq_lens.shape[0]) * q_len
-    scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device=q.device)
-    segment_max = torch.empty(rows, hq, 16, device=q.device)
-    segment_sum = torch.empty(rows, hq, 16, device=q.device)
-    out = torch.empty_like(q)
-
-    def call():
-        module.unified_attention(q, k_cache, v_cache, out, query_start_loc, q_len, seq_lens,
-                                 context, d**-0.5, True, (-1, -1), block_table, 0, None, None,
-                                 None, seq_threshold_3D=threshold, num_par_softmax_segments=16,
-                                 softmax_segm_output=scratch, softmax_segm_max=segment_max,
-                                 softmax_segm_expsum=segment_sum)  # fmt: skip
-
-    launches = 2 if seq_lens.shape[0] < threshold else 1
+def upstream(model, inputs, q_len, context):
+    """The call upstream's backend makes (see ``bench_attention.run_upstream``)."""
+    q = inputs[0]
+    call = run_upstream(model, q, *inputs[1:3], torch.empty_like(q), *inputs[3:], q_len, context)
+    launches = 2 if inputs[4].shape[0] < 128 // model[1] else 1  # its 3D kernel and a reduction
     return call, f"{launches} ({'3D + reduce' if launches == 2 else '2D'})"
 
 
@@ -176,7 +140,9 @@ def cpu_model() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=["llama3-8b", "qwen-7to1"], choices=list(MODELS)
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
     parser.add_argument("--q-lens", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--context", type=int, default=4096)
@@ -196,7 +162,8 @@ def main():
         machine = f"{cpu_model()}, no GPU"
         launch = f"stopped before the driver call, planned for {arch.name}"
     device = "cuda" if on_gpu else "cpu"
-    module = load_upstream(on_gpu) if args.upstream else None
+    if args.upstream and not on_gpu:  # its launcher asks the GPU for Blackwell: answer as sm_90
+        upstream_module().current_platform.is_device_capability_family = lambda family: False
     print(f"# host us per call: {machine}; torch {torch.__version__}, triton "
           f"{triton.__version__}; launches {launch}")  # fmt: skip
     print(
@@ -215,8 +182,8 @@ def main():
                               triton=triton.__version__, model=name, kind=kind,
                               batch=batch_size, q_len=q_len, context=args.context,
                               us=host_us(call, on_gpu, args.calls), launches=launches)  # fmt: skip
-                if module is not None:
-                    call, launches = upstream(module, model, inputs, q_len, args.context)
+                if args.upstream:
+                    call, launches = upstream(model, inputs, q_len, args.context)
                     record.update(upstream_us=host_us(call, on_gpu, args.calls),
                                   upstream_launches=launches)  # fmt: skip
                 records.append(record)
