@@ -42,7 +42,7 @@ def decode_layout(name: str, head_pad: int, num_warps: int):
     return {
         "MMA": gl.NVMMADistributedLayout(
             version=[2, 0], warps_per_cta=[1, num_warps], instr_shape=[16, 8]
-        ),  # fmt: skip
+        ),
         # K^T [head, keys], head dimension contiguous
         "KT": gl.BlockedLayout([8, 1], [threads_d, 32 // threads_d], [1, num_warps], [0, 1]),
         # V [keys, head] and Q [rows, head]
