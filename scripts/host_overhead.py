@@ -16,6 +16,7 @@ with 132 SMs), the part of a launch that grows with a kernel's arguments.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -33,14 +34,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 sys.path.append(str(REPO / "scripts"))
 
-from bench_attention import MODELS, run_upstream, upstream_module  # noqa: E402
+from bench_attention import (  # noqa: E402
+    MIXED_DECODES,
+    MODELS,
+    PREFIX_CHUNK,
+    run_upstream,
+    upstream_module,
+)
 
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
     SplitKVWorkspace,
     paged_attention,
-    plan_attention,
+    plan_mixed_attention,
 )
+from vllm.v1.attention.ops.triton_attention.plan import SPLIT_KV_MAX_QUERY_LEN  # noqa: E402
 
 CPU_ARCH = GpuArch("cuda", "sm_90", 132)  # what a CPU-only run plans for (H100/H200)
 
@@ -67,49 +75,82 @@ def stop_launches_before_the_driver() -> None:
     JITFunction.run = run
 
 
-def batch_inputs(model, batch_size, q_len, context, device, block_size=16, used_blocks=4):
-    """A decode batch whose block table has the context's real width (the host
-    path never reads the cache, so few blocks are allocated)."""
+def batch_inputs(model, q_lens, seq_lens, device, block_size=16, used_blocks=4):
+    """A paged batch whose block table has the longest sequence's real width (the
+    host path never reads the cache, so few blocks are allocated)."""
     hq, hkv, d = model
-    k_cache = torch.randn(batch_size * used_blocks, block_size, hkv, d, device=device,
+    num_seqs = len(q_lens)
+    k_cache = torch.randn(num_seqs * used_blocks, block_size, hkv, d, device=device,
                           dtype=torch.bfloat16)  # fmt: skip
     v_cache = torch.randn_like(k_cache)
-    width = context // block_size
-    blocks = torch.arange(batch_size * used_blocks, device=device, dtype=torch.int32)
-    block_table = blocks.view(batch_size, used_blocks).repeat(1, width // used_blocks)
-    q = torch.randn(batch_size * q_len, hq, d, device=device, dtype=torch.bfloat16)
-    query_start_loc = torch.arange(0, batch_size * q_len + 1, q_len, device=device,
+    width = max(seq_lens) // block_size
+    blocks = torch.arange(num_seqs * used_blocks, device=device, dtype=torch.int32)
+    block_table = blocks.view(num_seqs, used_blocks).repeat(1, width // used_blocks)
+    q = torch.randn(sum(q_lens), hq, d, device=device, dtype=torch.bfloat16)
+    query_start_loc = torch.tensor([0, *itertools.accumulate(q_lens)], device=device,
                                    dtype=torch.int32)  # fmt: skip
-    seq_lens = torch.full((batch_size,), context, device=device, dtype=torch.int32)
+    seq_lens = torch.tensor(seq_lens, device=device, dtype=torch.int32)
     return q, k_cache, v_cache, query_start_loc, seq_lens, block_table
 
 
-def ours(model, inputs, q_len, context, arch):
-    """The call vLLM's backend makes: plan and workspace come from the builder."""
+def ours(model, inputs, q_lens, max_seq_len, arch):
+    """The call vLLM's backend makes: plan and workspace come from the builder,
+    the decodes (the leading short queries) planned for their longest query."""
     hq, hkv, d = model
     q, k_cache, v_cache, query_start_loc, seq_lens, block_table = inputs
-    plan = plan_attention(num_tokens=q.shape[0], num_seqs=seq_lens.shape[0], max_query_len=q_len,
-                          num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch)  # fmt: skip
+    num_decodes = next((i for i, n in enumerate(q_lens) if n > SPLIT_KV_MAX_QUERY_LEN),
+                       len(q_lens))  # fmt: skip
+    decode_len = max(q_lens[:num_decodes], default=1)
+    plan = plan_mixed_attention(
+        num_tokens=q.shape[0], num_seqs=len(q_lens), num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=decode_len,
+        max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch,
+    )  # fmt: skip
     workspace = SplitKVWorkspace.allocate(plan, q.device)
     out = torch.empty_like(q)
 
     def call():
         paged_attention(q, k_cache, v_cache, out, query_start_loc=query_start_loc,
-                        seq_lens=seq_lens, block_table=block_table, max_query_len=q_len,
-                        max_seq_len=context, scale=d**-0.5, plan=plan,
+                        seq_lens=seq_lens, block_table=block_table, max_query_len=max(q_lens),
+                        max_seq_len=max_seq_len, scale=d**-0.5, plan=plan,
                         workspace=workspace)  # fmt: skip
 
-    launches = 1 + (plan.num_kv_splits > 1)
-    kernel = "pipelined" if plan.pipelined_decode else "portable"
-    return call, f"{launches} ({kernel}, {plan.num_kv_splits} splits)"
+    return call
 
 
-def upstream(model, inputs, q_len, context):
+def upstream(model, inputs, q_lens, max_seq_len):
     """The call upstream's backend makes (see ``bench_attention.run_upstream``)."""
     q = inputs[0]
-    call = run_upstream(model, q, *inputs[1:3], torch.empty_like(q), *inputs[3:], q_len, context)
-    launches = 2 if inputs[4].shape[0] < 128 // model[1] else 1  # its 3D kernel and a reduction
-    return call, f"{launches} ({'3D + reduce' if launches == 2 else '2D'})"
+    return run_upstream(model, q, *inputs[1:3], torch.empty_like(q), *inputs[3:], max(q_lens),
+                        max_seq_len)  # fmt: skip
+
+
+def launched(call) -> str:
+    """The kernels one call launches, in order (watched, not inferred)."""
+    names = []
+    run = JITFunction.run
+
+    def watched(self, *args, **kwargs):
+        names.append(self.__name__.removesuffix("_kernel"))
+        return run(self, *args, **kwargs)
+
+    JITFunction.run = watched
+    try:
+        call()
+    finally:
+        JITFunction.run = run
+    return " + ".join(names)
+
+
+def cells(context: int, batches: list[int], q_lens: list[int]):
+    """(kind, query lengths, sequence lengths): uniform decode and spec-decode
+    batches, and bench_attention's mixed batch (decodes, then a prefix-cached chunk)."""
+    for q_len in q_lens:
+        for batch_size in batches:
+            kind = "decode" if q_len == 1 else "specdecode"
+            yield kind, [q_len] * batch_size, [context] * batch_size
+    (decodes, decode_context), (chunk, cached) = MIXED_DECODES, PREFIX_CHUNK
+    yield "mixed", [1] * decodes + [chunk], [decode_context] * decodes + [cached + chunk]
 
 
 def host_us(call, on_gpu: bool, calls: int, repeats: int = 7) -> float:
@@ -145,7 +186,7 @@ def main():
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
     parser.add_argument("--q-lens", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--context", type=int, default=4096, help="of the decode batches")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--upstream", action="store_true", help="also time vLLM 0.33.0's")
     parser.add_argument("--out", type=Path, help="JSON records")
@@ -173,25 +214,23 @@ def main():
     records = []
     for name in args.models:
         model = MODELS[name]
-        for q_len in args.q_lens:
-            kind = "decode" if q_len == 1 else "specdecode"
-            for batch_size in args.batches:
-                inputs = batch_inputs(model, batch_size, q_len, args.context, device)
-                call, launches = ours(model, inputs, q_len, args.context, arch)
-                record = dict(machine=machine, launch=launch, torch=torch.__version__,
-                              triton=triton.__version__, model=name, kind=kind,
-                              batch=batch_size, q_len=q_len, context=args.context,
-                              us=host_us(call, on_gpu, args.calls), launches=launches)  # fmt: skip
-                if args.upstream:
-                    call, launches = upstream(model, inputs, q_len, args.context)
-                    record.update(upstream_us=host_us(call, on_gpu, args.calls),
-                                  upstream_launches=launches)  # fmt: skip
-                records.append(record)
-                theirs = record.get("upstream_us", float("nan"))
-                print(f"| {name} | {kind} | {batch_size} | {record['us']:.1f} | "
-                      f"{record['launches']} | {theirs:.1f} | "
-                      f"{record.get('upstream_launches', '')} | {theirs / record['us']:.2f} |",
-                      flush=True)  # fmt: skip
+        for kind, q_lens, seq_lens in cells(args.context, args.batches, args.q_lens):
+            inputs = batch_inputs(model, q_lens, seq_lens, device)
+            call = ours(model, inputs, q_lens, max(seq_lens), arch)
+            record = dict(machine=machine, launch=launch, torch=torch.__version__,
+                          triton=triton.__version__, model=name, kind=kind, batch=len(q_lens),
+                          q_len=max(q_lens), context=max(seq_lens), launches=launched(call),
+                          us=host_us(call, on_gpu, args.calls))  # fmt: skip
+            if args.upstream:
+                call = upstream(model, inputs, q_lens, max(seq_lens))
+                record.update(upstream_us=host_us(call, on_gpu, args.calls),
+                              upstream_launches=launched(call))  # fmt: skip
+            records.append(record)
+            theirs = record.get("upstream_us", float("nan"))
+            print(f"| {name} | {kind} | {len(q_lens)} | {record['us']:.1f} | "
+                  f"{record['launches']} | {theirs:.1f} | "
+                  f"{record.get('upstream_launches', '')} | {theirs / record['us']:.2f} |",
+                  flush=True)  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(records, indent=1))
 
