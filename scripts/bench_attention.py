@@ -67,6 +67,12 @@ PREFIX_CHUNK = (2048, 8192)
 MIXED_DECODES = (64, 4096)
 
 
+def mixed_batch_lengths() -> tuple[list[int], list[int]]:
+    """(query lengths, sequence lengths) of the mixed batch: the decodes, then the chunk."""
+    (chunk, cached), (decodes, decode_context) = PREFIX_CHUNK, MIXED_DECODES
+    return [1] * decodes + [chunk], [decode_context] * decodes + [cached + chunk]
+
+
 def time_us(fn, graphs: bool) -> float:
     # do_bench_cudagraph runs fn on a side stream: inputs made on the default
     # stream must be complete first.
@@ -90,13 +96,14 @@ def gemm_tflops() -> float:
     return 2 * 8192**3 / us / 1e6
 
 
-def _plan(model, q_lens, num_tokens=None):
+def backend_plan(model, q_lens, num_tokens=None, arch=None):
     """Our plan for a batch, as the backend makes it: mixed when decodes (q_len 1)
-    precede long queries; spec-decode cells (q_len <= 8) take split-KV."""
+    precede long queries; spec-decode cells (q_len <= 8) take split-KV. ``arch``:
+    the GPU to plan for, when not this machine's."""
     hq, hkv, d = model
     longest = max(q_lens)
     return plan_for_batch(q_lens, num_tokens=num_tokens or sum(q_lens), num_q_heads=hq,
-                          num_kv_heads=hkv, head_size=d, device="cuda",
+                          num_kv_heads=hkv, head_size=d, device="cuda", arch=arch,
                           max_decode_query_len=longest if longest <= 8 else 1)  # fmt: skip
 
 
@@ -106,7 +113,8 @@ def check_small(model, q_lens, seq_lens, dtype):
                        head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
     out = torch.empty_like(batch.q)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=d**-0.5,
-                    plan=_plan(model, q_lens, batch.q.shape[0]), **batch.kernel_args())  # fmt: skip
+                    plan=backend_plan(model, q_lens, batch.q.shape[0]),
+                    **batch.kernel_args())  # fmt: skip
     ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
                                     **batch.kernel_args())  # fmt: skip
     rows = batch.num_actual_tokens
@@ -142,7 +150,7 @@ def paged_inputs(model, batch_size, q_len, context, dtype, block_size=16):
 def bench_ours(model, q_lens, seq_lens, dtype, graphs):
     hq, hkv, d = model
     q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens, dtype)
-    plan = _plan(model, q_lens)
+    plan = backend_plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
 
@@ -352,7 +360,7 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
     chunk_flops = 4 * hq * d * (chunk * cached + chunk * (chunk + 1) / 2)
     for kind, q_lens, seq_lens in (
         ("prefill", [chunk], [cached + chunk]),
-        ("mixed", [1] * decodes + [chunk], [decode_context] * decodes + [cached + chunk]),
+        ("mixed", *mixed_batch_lengths()),
     ):
         us, _ = bench_ours(model, q_lens, seq_lens, dtype, True)
         rec = dict(base, kind=kind, impl="ours", model=name, batch=len(q_lens),

@@ -35,9 +35,9 @@ sys.path.append(str(REPO))
 sys.path.append(str(REPO / "scripts"))
 
 from bench_attention import (  # noqa: E402
-    MIXED_DECODES,
     MODELS,
-    PREFIX_CHUNK,
+    backend_plan,
+    mixed_batch_lengths,
     run_upstream,
     upstream_module,
 )
@@ -46,9 +46,7 @@ from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     GpuArch,
     SplitKVWorkspace,
     paged_attention,
-    plan_mixed_attention,
 )
-from vllm.v1.attention.ops.triton_attention.plan import SPLIT_KV_MAX_QUERY_LEN  # noqa: E402
 
 CPU_ARCH = GpuArch("cuda", "sm_90", 132)  # what a CPU-only run plans for (H100/H200)
 
@@ -94,18 +92,10 @@ def batch_inputs(model, q_lens, seq_lens, device, block_size=16, used_blocks=4):
 
 
 def ours(model, inputs, q_lens, max_seq_len, arch):
-    """The call vLLM's backend makes: plan and workspace come from the builder,
-    the decodes (the leading short queries) planned for their longest query."""
-    hq, hkv, d = model
+    """The call vLLM's backend makes: plan and workspace come from the builder."""
+    d = model[2]
     q, k_cache, v_cache, query_start_loc, seq_lens, block_table = inputs
-    num_decodes = next((i for i, n in enumerate(q_lens) if n > SPLIT_KV_MAX_QUERY_LEN),
-                       len(q_lens))  # fmt: skip
-    decode_len = max(q_lens[:num_decodes], default=1)
-    plan = plan_mixed_attention(
-        num_tokens=q.shape[0], num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=decode_len,
-        max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv, head_size=d, arch=arch,
-    )  # fmt: skip
+    plan = backend_plan(model, q_lens, arch=arch)
     workspace = SplitKVWorkspace.allocate(plan, q.device)
     out = torch.empty_like(q)
 
@@ -149,8 +139,7 @@ def cells(context: int, batches: list[int], q_lens: list[int]):
         for batch_size in batches:
             kind = "decode" if q_len == 1 else "specdecode"
             yield kind, [q_len] * batch_size, [context] * batch_size
-    (decodes, decode_context), (chunk, cached) = MIXED_DECODES, PREFIX_CHUNK
-    yield "mixed", [1] * decodes + [chunk], [decode_context] * decodes + [cached + chunk]
+    yield "mixed", *mixed_batch_lengths()
 
 
 def host_us(call, on_gpu: bool, calls: int, repeats: int = 7) -> float:

@@ -192,15 +192,16 @@ def make_batch(
 
 
 def plan_for_batch(q_lens, *, num_tokens, num_q_heads, num_kv_heads, head_size, device,
-                   max_decode_query_len=2, dtype=torch.bfloat16):  # fmt: skip
+                   max_decode_query_len=2, dtype=torch.bfloat16, arch=None):  # fmt: skip
     """The plan vLLM's builder makes for a reordered batch: the leading queries of
     at most ``max_decode_query_len`` tokens on split-KV, the rest on long-query
-    (a ``MixedBatchPlan`` when both kinds are present)."""
+    (a ``MixedBatchPlan`` when both kinds are present). ``arch``: the GPU to plan
+    for, when not ``device``'s."""
     num_decodes = next((i for i, q in enumerate(q_lens) if q > max_decode_query_len),
                        len(q_lens))  # fmt: skip
     return plan_mixed_attention(
         num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
         num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=max_decode_query_len,
         max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-        head_size=head_size, arch=GpuArch.of_device(device), dtype=dtype,
+        head_size=head_size, arch=arch or GpuArch.of_device(device), dtype=dtype,
     )  # fmt: skip
