@@ -16,7 +16,8 @@ Every variant's output is compared with the base's (max abs difference, ``err``)
 Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
 resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave``
 (N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
-the working tree's kernels only), or ``no_pdl`` (the plan's GPU without
+the working tree's kernels only), ``wave_splits`` (the same, up to the plan's
+cap on splits instead of its count), or ``no_pdl`` (the plan's GPU without
 programmatic launch). In a mixed batch, field overrides go under ``"decode"``
 or ``"prefill"`` (``{"prefill": {"num_stages": 2}}``), which a plain batch
 applies when they name its kernel (split-KV decode or long-query).
@@ -131,6 +132,12 @@ def _override(mod, plan, override):
     if per_unit is not None and plan.kernel == "split_kv_decode":
         override["num_kv_splits"] = mod.plan.one_wave_splits(
             plan.num_kv_splits, plan.num_seqs * plan.num_kv_heads, per_unit, plan.arch
+        )
+    per_unit = override.pop("wave_splits", None)
+    if per_unit is not None and plan.kernel == "split_kv_decode":
+        cap = min(mod.plan.MAX_KV_SPLITS, mod.plan.MAX_KV_SPLIT_ROWS // plan.block_m)
+        override["num_kv_splits"] = mod.plan.one_wave_splits(
+            cap, plan.num_seqs * plan.num_kv_heads, per_unit, plan.arch
         )
     plan = dataclasses.replace(plan, **override)
     if plan.kernel == "split_kv_decode":
