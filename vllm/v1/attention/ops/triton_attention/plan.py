@@ -262,7 +262,18 @@ def num_kv_splits_for(
     )
     target = arch.num_compute_units * per_unit
     cap = max(1, min(MAX_KV_SPLITS, MAX_KV_SPLIT_ROWS // block_m))
-    splits = max(1, min(cap, math.ceil(target / programs_per_split)))
+    if block_m > MIN_DOT_SIZE:
+        # Programs of more rows run at the pace of their SM's issue slots, so
+        # an SM holding one program more than the others sets the launch's
+        # time: such launches round down, to at most one wave. H100, 28/4
+        # heads x 4 tokens (benchmarks/results/nvidia-h100/experiments/
+        # ab_session14_round1_spec32.json): batch 4, 8, 16 at 16 (not 17), 8
+        # (not 9) and 4 (not 5) splits 1.22-1.41x at 64k, 1.02-1.32x at 16k,
+        # 1.01-1.23x at 4k, 1.05x at 1k; batch 4 lost at 1k and 4k (0.88x,
+        # 0.92x), where the plan's 17 splits left one empty.
+        splits = one_wave_splits(cap, programs_per_split, per_unit, arch)
+    else:
+        splits = max(1, min(cap, math.ceil(target / programs_per_split)))
     if splits == 2 and 3 * programs_per_split >= 2 * target and not beside_long_query:
         # Unsplit, the batch already fills 2/3 of the target: a second split
         # would not pay for its merge (H200, llama3-8b and qwen shapes, batch
