@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """A/B timing of kernel changes: an earlier commit's kernels against the working
-tree's, with optional plan overrides, on the same inputs in one run (CUDA graphs).
+tree's, with optional plan overrides, on the same inputs in one run (CUDA graphs,
+or eagerly with ``--eager``).
 
 On the dev box, extract the base into an ignored folder that travels with the
 device call (``carry``), then time on the GPU box:
@@ -160,7 +161,7 @@ def _without_pdl(mod, plan):
                                                     arch.num_compute_units))  # fmt: skip
 
 
-def run_cell(bench, name, cell, variants, records, features=None):
+def run_cell(bench, name, cell, variants, records, features=None, graphs=True):
     import torch
 
     model = MODELS[cell[0]]
@@ -184,7 +185,7 @@ def run_cell(bench, name, cell, variants, records, features=None):
             torch.cuda.synchronize()
             reference = out.clone() if reference is None else reference
             err = (out.float() - reference.float()).abs().max().item()
-            us = bench.time_us(run, graphs=True)
+            us = bench.time_us(run, graphs=graphs)
             base_us = us if base_us is None else base_us
         except Exception as error:  # a variant may not fit (shared memory): record why
             us, err = float("nan"), str(error).splitlines()[-1][:200]
@@ -209,6 +210,8 @@ def main():
     parser.add_argument("--features", type=json.loads, default={},
                         help='JSON keyword arguments for every call, e.g. '
                              '\'{"sliding_window": 4096, "logits_soft_cap": 50.0}\'')  # fmt: skip
+    parser.add_argument("--eager", action="store_true",
+                        help="time without CUDA graphs (host and launch costs show)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("ab.json"))
     args = parser.parse_args()
     if args.extract:
@@ -234,10 +237,11 @@ def main():
     for preset in args.cells:
         for cell in CELLS[preset]:
             run_cell(bench, f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}", cell,
-                     variants, records, args.features)  # fmt: skip
+                     variants, records, args.features, not args.eager)  # fmt: skip
             # after every cell: a run cut short by the device's time limit keeps its data
             args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(),
-                                                features=args.features, records=records),
+                                                features=args.features, graphs=not args.eager,
+                                                records=records),
                                            indent=1))  # fmt: skip
     print(f"wrote {args.out}")
 
