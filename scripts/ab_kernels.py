@@ -68,6 +68,10 @@ CELLS = {
             for c in (1024, 4096, 16384)],
     # 32-row spec-decodes (qwen's 28 heads x 4 tokens) split 5-64 ways, over context
     "spec32": [("qwen", b, 4, c) for b in (1, 4, 8, 16) for c in (1024, 4096, 16384, 65536)],
+    # caches of 4-17 GB, one split per sequence: timed eagerly our call took 1.18x its
+    # CUDA-graph time and upstream's 1.00x (H100, session 14's bench_full.json)
+    "large": [("llama", 128, 1, 16384), ("llama", 64, 1, 65536), ("qwen", 128, 1, 16384),
+              ("qwen", 128, 1, 65536), ("qwen", 64, 1, 16384)],
 }  # fmt: skip
 
 
