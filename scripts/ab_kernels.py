@@ -18,15 +18,18 @@ Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
 resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave``
 (N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
 the working tree's kernels only), ``wave_splits`` (the same, up to the plan's
-cap on splits instead of its count), or ``no_pdl`` (the plan's GPU without
-programmatic launch). In a mixed batch, field overrides go under ``"decode"``
-or ``"prefill"`` (``{"prefill": {"num_stages": 2}}``), which a plain batch
-applies when they name its kernel (split-KV decode or long-query).
+cap on splits instead of its count), ``early_merge`` (N: the split-KV merge is
+launched early when it has at most N programs per SM/CU; 0: never), or
+``no_pdl`` (the plan's GPU without programmatic launch). In a mixed batch,
+field overrides go under ``"decode"`` or ``"prefill"`` (``{"prefill":
+{"num_stages": 2}}``), which a plain batch applies when they name its kernel
+(split-KV decode or long-query).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -35,6 +38,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "vllm/v1/attention/ops/triton_attention"
@@ -174,15 +178,22 @@ def run_cell(bench, name, cell, variants, records, features=None, graphs=True):
         model, q_lens, seq_lens, torch.bfloat16)  # fmt: skip
     reference = base_us = None
     for variant, mod, override in variants:
+        override = dict(override)
+        early_merge = override.pop("early_merge", None)
         plan = make_plan(mod, model, q_lens, override)
         workspace = mod.SplitKVWorkspace.allocate(plan, q.device)
         out = torch.empty_like(q)
 
-        def run(mod=mod, plan=plan, workspace=workspace, out=out):
-            mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
-                                block_table=block_table, max_query_len=max(q_lens),
-                                max_seq_len=max(seq_lens), scale=model[2] ** -0.5, plan=plan,
-                                workspace=workspace, **(features or {}))  # fmt: skip
+        def run(mod=mod, plan=plan, workspace=workspace, out=out, early_merge=early_merge):
+            # the launcher reads this threshold from its module as it builds a
+            # launch (which graphs capture): a variant sets it around its calls
+            with (contextlib.nullcontext() if early_merge is None else mock.patch.object(
+                    mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)):  # fmt: skip
+                mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl,
+                                    seq_lens=lens, block_table=block_table,
+                                    max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+                                    scale=model[2] ** -0.5, plan=plan, workspace=workspace,
+                                    **(features or {}))  # fmt: skip
 
         try:
             run()
