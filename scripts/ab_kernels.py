@@ -144,10 +144,10 @@ def _override(mod, plan, override):
         )
     per_unit = override.pop("wave_splits", None)
     if per_unit is not None and plan.kernel == "split_kv_decode":
-        cap = min(mod.plan.MAX_KV_SPLITS, mod.plan.MAX_KV_SPLIT_ROWS // plan.block_m)
         override["num_kv_splits"] = mod.plan.one_wave_splits(
-            cap, plan.num_seqs * plan.num_kv_heads, per_unit, plan.arch
-        )
+            mod.plan.max_kv_splits(plan.block_m), plan.num_seqs * plan.num_kv_heads, per_unit,
+            plan.arch,
+        )  # fmt: skip
     plan = dataclasses.replace(plan, **override)
     if plan.kernel == "split_kv_decode":
         return dataclasses.replace(plan, grid=(*plan.grid[:2], plan.num_kv_splits))

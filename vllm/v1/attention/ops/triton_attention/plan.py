@@ -261,16 +261,16 @@ def num_kv_splits_for(
         block_m, SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT
     )
     target = arch.num_compute_units * per_unit
-    cap = max(1, min(MAX_KV_SPLITS, MAX_KV_SPLIT_ROWS // block_m))
+    cap = max_kv_splits(block_m)
     if block_m > MIN_DOT_SIZE:
         # Programs of more rows run at the pace of their SM's issue slots, so
         # an SM holding one program more than the others sets the launch's
         # time: such launches round down, to at most one wave. H100, 28/4
         # heads x 4 tokens (benchmarks/results/nvidia-h100/experiments/
-        # ab_session14_round1_spec32.json): batch 4, 8, 16 at 16 (not 17), 8
-        # (not 9) and 4 (not 5) splits 1.22-1.41x at 64k, 1.02-1.32x at 16k,
-        # 1.01-1.23x at 4k, 1.05x at 1k; batch 4 lost at 1k and 4k (0.88x,
-        # 0.92x), where the plan's 17 splits left one empty.
+        # ab_session14_round1_spec32.json): batch 8 and 16 at 8 and 4 splits
+        # (not 9 and 5) 1.29-1.41x at 16k-64k, 1.01-1.23x at 4k, 1.05x at 1k;
+        # batch 4 at 16 (not 17) 1.22x at 64k, 1.02x at 16k, but 0.92x at 4k
+        # and 0.88x at 1k, where the 17th split was empty (same key work).
         splits = one_wave_splits(cap, programs_per_split, per_unit, arch)
     else:
         splits = max(1, min(cap, math.ceil(target / programs_per_split)))
@@ -283,6 +283,11 @@ def num_kv_splits_for(
         # experiments/ab_session4_round{2_merge,4,5}.json
         return 1
     return splits
+
+
+def max_kv_splits(block_m: int) -> int:
+    """Most splits per sequence for programs of ``block_m`` rows."""
+    return max(1, min(MAX_KV_SPLITS, MAX_KV_SPLIT_ROWS // block_m))
 
 
 def one_wave_splits(splits: int, programs_per_split: int, per_unit: int, arch: GpuArch) -> int:
