@@ -184,26 +184,25 @@ def run_cell(bench, name, cell, variants, records, features=None, graphs=True):
         workspace = mod.SplitKVWorkspace.allocate(plan, q.device)
         out = torch.empty_like(q)
 
-        def run(mod=mod, plan=plan, workspace=workspace, out=out, early_merge=early_merge):
-            # the launcher reads this threshold from its module as it builds a
-            # launch (which graphs capture): a variant sets it around its calls
-            with (contextlib.nullcontext() if early_merge is None else mock.patch.object(
-                    mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)):  # fmt: skip
-                mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl,
-                                    seq_lens=lens, block_table=block_table,
-                                    max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-                                    scale=model[2] ** -0.5, plan=plan, workspace=workspace,
-                                    **(features or {}))  # fmt: skip
+        def run(mod=mod, plan=plan, workspace=workspace, out=out):
+            mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
+                                block_table=block_table, max_query_len=max(q_lens),
+                                max_seq_len=max(seq_lens), scale=model[2] ** -0.5, plan=plan,
+                                workspace=workspace, **(features or {}))  # fmt: skip
 
-        try:
-            run()
-            torch.cuda.synchronize()
-            reference = out.clone() if reference is None else reference
-            err = (out.float() - reference.float()).abs().max().item()
-            us = bench.time_us(run, graphs=graphs)
-            base_us = us if base_us is None else base_us
-        except Exception as error:  # a variant may not fit (shared memory): record why
-            us, err = float("nan"), str(error).splitlines()[-1][:200]
+        # the launcher reads this threshold from its module as it builds each launch:
+        # set for the variant's whole measurement, outside the timed calls
+        with (contextlib.nullcontext() if early_merge is None else mock.patch.object(
+                mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)):  # fmt: skip
+            try:
+                run()
+                torch.cuda.synchronize()
+                reference = out.clone() if reference is None else reference
+                err = (out.float() - reference.float()).abs().max().item()
+                us = bench.time_us(run, graphs=graphs)
+                base_us = us if base_us is None else base_us
+            except Exception as error:  # a variant may not fit (shared memory): record why
+                us, err = float("nan"), str(error).splitlines()[-1][:200]
         parts = [plan.decode, plan.prefill] if hasattr(plan, "decode") else [plan]
         records.append(dict(cell=name, variant=variant, us=us, err=err, plan=[dict(
             kernel=part.kernel, tile=part.kv_tile_size, warps=part.num_warps,
