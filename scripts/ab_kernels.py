@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """A/B timing of kernel changes: an earlier commit's kernels against the working
-tree's, with optional plan overrides, on the same inputs in one run (CUDA graphs,
-or eagerly with ``--eager``).
+tree's, with optional plan overrides, on the same inputs in one run; timed with CUDA
+graphs or eagerly (``--timing``), optionally against vLLM 0.33.0's kernel (``--upstream``;
+scripts/fetch_upstream_kernel.py fetches it).
 
 On the dev box, extract the base into an ignored folder that travels with the
 device call (``carry``), then time on the GPU box:
@@ -13,6 +14,12 @@ device call (``carry``), then time on the GPU box:
         --out $OUT/ab.json
 
 Every variant's output is compared with the base's (max abs difference, ``err``).
+``--timing`` takes one or more of: ``graphs`` (``do_bench_cudagraph``), ``eager``
+(``do_bench``: each call follows a 256 MB cache-clearing memset), ``steady`` (eager
+calls back to back, no memset: launches overlap the GPU's work), ``kernel`` (the
+profiler's kernel durations in an eager loop like ``do_bench``'s; also records
+``span``, from the memset's end to the call's last kernel end, so span - kernel is
+the GPU's idle time inside the call).
 ``--features`` passes keyword arguments (sliding window, softcap) to every call.
 Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
 resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave``
@@ -72,10 +79,14 @@ CELLS = {
             for c in (1024, 4096, 16384)],
     # 32-row spec-decodes (qwen's 28 heads x 4 tokens) split 5-64 ways, over context
     "spec32": [("qwen", b, 4, c) for b in (1, 4, 8, 16) for c in (1024, 4096, 16384, 65536)],
-    # caches of 4-17 GB, one split per sequence: timed eagerly our call took 1.18x its
-    # CUDA-graph time and upstream's 1.00x (H100, session 14's bench_full.json)
-    "large": [("llama", 128, 1, 16384), ("llama", 64, 1, 65536), ("qwen", 128, 1, 16384),
-              ("qwen", 128, 1, 65536), ("qwen", 64, 1, 16384)],
+    # where our eager time fell below upstream's (H100, session 14's bench_full.json):
+    # batches of 2M+ tokens, where our eager call took 1.14-1.19x its CUDA-graph time
+    # (H100 and H200) and upstream's 1.00x, while at 1M tokens ours took 1.00-1.02x
+    # (llama b64 x 16k: the same grid and work per program as qwen b128 x 16k); and
+    # host-bound calls, where eager minus graph time was 74-107 us for ours, 23-79 upstream
+    "eager": [("llama", 128, 1, 16384), ("llama", 64, 1, 65536), ("qwen", 128, 1, 16384),
+              ("qwen", 128, 1, 65536), ("llama", 64, 1, 16384), ("llama", 8, 1, 4096),
+              ("llama", 4, 1, 16384), ("llama", 32, 4, 1024)],
 }  # fmt: skip
 
 
@@ -169,7 +180,61 @@ def _without_pdl(mod, plan):
                                                     arch.num_compute_units))  # fmt: skip
 
 
-def run_cell(bench, name, cell, variants, records, features=None, graphs=True):
+TIMINGS = ("graphs", "eager", "steady", "kernel")
+
+
+def steady_us(run) -> float:
+    """Eager calls back to back with no memset between them, per call."""
+    import torch
+
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    calls = 5
+    while True:
+        events[0].record()
+        for _ in range(calls):
+            run()
+        events[1].record()
+        torch.cuda.synchronize()
+        elapsed_ms = events[0].elapsed_time(events[1])
+        if elapsed_ms >= 50 or calls >= 5000:
+            return elapsed_ms * 1e3 / calls
+        calls *= 4
+
+
+def kernel_us(run, calls: int = 10) -> tuple[float, float]:
+    """Per call, as the profiler sees it in ``do_bench``'s eager loop (a 256 MB
+    memset before each call): the call's kernel durations summed, and its span,
+    from the memset's end to the call's last kernel end."""
+    import torch
+
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    for _ in range(3):
+        flush.zero_()
+        run()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            flush.zero_()
+            run()
+        torch.cuda.synchronize()
+    device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    per_call = {}  # memset end -> the following kernels' (start, end)
+    for event in sorted(device, key=lambda e: e.time_range.start):
+        if any(word in event.name for word in ("Memset", "memset", "Fill", "elementwise")):
+            flush_end = event.time_range.end
+            per_call[flush_end] = []
+        elif per_call:
+            per_call[flush_end].append((event.time_range.start, event.time_range.end))
+    if len(per_call) != calls or not all(per_call.values()):
+        raise RuntimeError(f"the profiler saw {len(per_call)} memsets for {calls} calls")
+    busy = sum(end - start for kernels in per_call.values() for start, end in kernels)
+    span = sum(max(end for _, end in kernels) - flush_end
+               for flush_end, kernels in per_call.items())  # fmt: skip
+    return busy / calls, span / calls
+
+
+def run_cell(bench, name, cell, variants, records, features=None, timings=("graphs",),
+             upstream=False):  # fmt: skip
     import torch
 
     model = MODELS[cell[0]]
@@ -177,39 +242,59 @@ def run_cell(bench, name, cell, variants, records, features=None, graphs=True):
     q, k_cache, v_cache, qsl, lens, block_table = bench.ragged_inputs(
         model, q_lens, seq_lens, torch.bfloat16)  # fmt: skip
     reference = base_us = None
-    for variant, mod, override in variants:
+    for variant, mod, override in variants + ([("upstream", None, {})] if upstream else []):
         override = dict(override)
         early_merge = override.pop("early_merge", None)
-        plan = make_plan(mod, model, q_lens, override)
-        workspace = mod.SplitKVWorkspace.allocate(plan, q.device)
         out = torch.empty_like(q)
+        if mod is None:
+            run = bench.run_upstream(model, q, k_cache, v_cache, out, qsl, lens, block_table,
+                                     max(q_lens), max(seq_lens))  # fmt: skip
+            parts = []
+        else:
+            plan = make_plan(mod, model, q_lens, override)
+            workspace = mod.SplitKVWorkspace.allocate(plan, q.device)
+            parts = [plan.decode, plan.prefill] if hasattr(plan, "decode") else [plan]
 
-        def run(mod=mod, plan=plan, workspace=workspace, out=out):
-            mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
-                                block_table=block_table, max_query_len=max(q_lens),
-                                max_seq_len=max(seq_lens), scale=model[2] ** -0.5, plan=plan,
-                                workspace=workspace, **(features or {}))  # fmt: skip
+            def run(mod=mod, plan=plan, workspace=workspace, out=out):
+                mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl,
+                                    seq_lens=lens, block_table=block_table,
+                                    max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+                                    scale=model[2] ** -0.5, plan=plan, workspace=workspace,
+                                    **(features or {}))  # fmt: skip
 
+        times = {}
         # the launcher reads this threshold from its module as it builds each launch:
         # set for the variant's whole measurement, outside the timed calls
         with (contextlib.nullcontext() if early_merge is None else mock.patch.object(
                 mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)):  # fmt: skip
+            todo = timings
             try:
                 run()
                 torch.cuda.synchronize()
                 reference = out.clone() if reference is None else reference
                 err = (out.float() - reference.float()).abs().max().item()
-                us = bench.time_us(run, graphs=graphs)
-                base_us = us if base_us is None else base_us
             except Exception as error:  # a variant may not fit (shared memory): record why
-                us, err = float("nan"), str(error).splitlines()[-1][:200]
-        parts = [plan.decode, plan.prefill] if hasattr(plan, "decode") else [plan]
-        records.append(dict(cell=name, variant=variant, us=us, err=err, plan=[dict(
-            kernel=part.kernel, tile=part.kv_tile_size, warps=part.num_warps,
-            stages=part.num_stages, splits=part.num_kv_splits, block_m=part.block_m)
-            for part in parts]))  # fmt: skip
+                err, todo = str(error).splitlines()[-1][:200], ()
+            for timing in todo:
+                try:
+                    if timing == "kernel":
+                        times["kernel"], times["span"] = kernel_us(run)
+                    elif timing == "steady":
+                        times["steady"] = steady_us(run)
+                    else:
+                        times[timing] = bench.time_us(run, graphs=timing == "graphs")
+                except Exception as error:  # e.g. no profiler on this machine: the others stand
+                    print(f"{name} {variant}: {timing} failed: {error}", flush=True)
+        us = times.get(timings[0], float("nan"))
+        base_us = us if base_us is None else base_us
+        records.append(dict(cell=name, variant=variant, us=us, timings=times, err=err,
+                            plan=[dict(kernel=part.kernel, tile=part.kv_tile_size,
+                                       warps=part.num_warps, stages=part.num_stages,
+                                       splits=part.num_kv_splits, block_m=part.block_m)
+                                  for part in parts]))  # fmt: skip
         ratio = base_us / us if base_us else float("nan")
-        print(f"{name:28s} {variant:16s} {us:10.1f} us  x base {ratio:5.2f}  err={err}",
+        others = "  ".join(f"{key} {value:.1f}" for key, value in times.items())
+        print(f"{name:28s} {variant:16s} {us:10.1f} us  x base {ratio:5.2f}  err={err}  {others}",
               flush=True)  # fmt: skip
 
 
@@ -224,8 +309,10 @@ def main():
     parser.add_argument("--features", type=json.loads, default={},
                         help='JSON keyword arguments for every call, e.g. '
                              '\'{"sliding_window": 4096, "logits_soft_cap": 50.0}\'')  # fmt: skip
-    parser.add_argument("--eager", action="store_true",
-                        help="time without CUDA graphs (host and launch costs show)")  # fmt: skip
+    parser.add_argument("--timing", nargs="+", choices=TIMINGS, default=["graphs"],
+                        help="how to time each variant (the first gives 'x base')")  # fmt: skip
+    parser.add_argument("--upstream", action="store_true",
+                        help="also time vLLM 0.33.0's own kernel")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("ab.json"))
     args = parser.parse_args()
     if args.extract:
@@ -251,10 +338,10 @@ def main():
     for preset in args.cells:
         for cell in CELLS[preset]:
             run_cell(bench, f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}", cell,
-                     variants, records, args.features, not args.eager)  # fmt: skip
+                     variants, records, args.features, args.timing, args.upstream)  # fmt: skip
             # after every cell: a run cut short by the device's time limit keeps its data
             args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(),
-                                                features=args.features, graphs=not args.eager,
+                                                features=args.features, timing=args.timing,
                                                 records=records),
                                            indent=1))  # fmt: skip
     print(f"wrote {args.out}")
