@@ -147,10 +147,16 @@ def paged_inputs(model, batch_size, q_len, context, dtype, block_size=16):
     return ragged_inputs(model, [q_len] * batch_size, [context] * batch_size, dtype, block_size)
 
 
-def bench_ours(model, q_lens, seq_lens, dtype, graphs):
+def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
+    """Our call on ``inputs`` (``ragged_inputs``), planned as the backend plans it
+    unless ``plan`` is given. Every implementation in a cell reads the same inputs:
+    timed on separately allocated multi-GB caches, our eager calls at 2M+ tokens took
+    1.14-1.19x their graph time (H100 and H200 bench_full.json of sessions 10-14),
+    and on shared ones 0.99-1.01x (H100, nvidia-h100/experiments/
+    ab_session15_eager.json)."""
     hq, hkv, d = model
-    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens, dtype)
-    plan = backend_plan(model, q_lens)
+    q, k_cache, v_cache, qsl, lens, block_table = inputs
+    plan = plan or backend_plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
 
@@ -205,8 +211,7 @@ def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_
     return run
 
 
-def bench_upstream(model, q_lens, seq_lens, dtype, graphs):
-    inputs = ragged_inputs(model, q_lens, seq_lens, dtype)
+def bench_upstream(model, q_lens, seq_lens, inputs, graphs):
     out = torch.empty_like(inputs[0])
     return time_us(run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens),
                                 max(seq_lens)), graphs)  # fmt: skip
@@ -302,10 +307,11 @@ def main():
                 kv_bytes = 2 * batch_size * context * hkv * d * 2
                 if kv_bytes > 24e9:  # SDPA's contiguous copies must fit beside ours
                     continue
+                torch.cuda.empty_cache()  # the last cell's inputs are garbage now
+                cell = ([q_len] * batch_size, [context] * batch_size)
+                inputs = ragged_inputs(model, *cell, dtype)
                 for graphs in (True, False):
-                    torch.cuda.empty_cache()  # the last cell's inputs are garbage now
-                    cell = ([q_len] * batch_size, [context] * batch_size)
-                    us, plan = bench_ours(model, *cell, dtype, graphs)
+                    us, plan = bench_ours(model, *cell, inputs, graphs)
                     rec = dict(base, kind=kind, impl="ours", model=name, batch=batch_size,
                                context=context, q_len=q_len, head_size=d, num_q_heads=hq,
                                num_kv_heads=hkv, graphs=graphs, us=us, gbps=kv_bytes / us / 1e3,
@@ -313,7 +319,7 @@ def main():
                     rec["ratio_copy"] = rec["gbps"] / copy
                     emit(rec)
                     if args.upstream:
-                        uus = bench_upstream(model, *cell, dtype, graphs)
+                        uus = bench_upstream(model, *cell, inputs, graphs)
                         rec["ratio_upstream"] = uus / us
                         ugbps = kv_bytes / uus / 1e3
                         emit(dict(rec, impl="upstream", us=uus, gbps=ugbps,
@@ -332,13 +338,15 @@ def main():
                             rec[f"ratio_sdpa_{backend}"] = (sus / us) if sus else None
         for batch_size, seq in sweep["prefill"]:
             flops = 4 * batch_size * hq * d * seq * seq / 2  # causal
-            us, plan = bench_ours(model, [seq] * batch_size, [seq] * batch_size, dtype, True)
+            cell = ([seq] * batch_size, [seq] * batch_size)
+            inputs = ragged_inputs(model, *cell, dtype)
+            us, plan = bench_ours(model, *cell, inputs, True)
             rec = dict(base, kind="prefill", impl="ours", model=name, batch=batch_size,
                        context=seq, q_len=seq, head_size=d, num_q_heads=hq, num_kv_heads=hkv,
                        graphs=True, us=us, tflops=flops / us / 1e6)  # fmt: skip
             emit(rec)
             if args.upstream:
-                uus = bench_upstream(model, [seq] * batch_size, [seq] * batch_size, dtype, True)
+                uus = bench_upstream(model, *cell, inputs, True)
                 rec["ratio_upstream"] = uus / us
                 emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
             for backend in ("flash", "cudnn"):
@@ -362,7 +370,8 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
         ("prefill", [chunk], [cached + chunk]),
         ("mixed", *mixed_batch_lengths()),
     ):
-        us, _ = bench_ours(model, q_lens, seq_lens, dtype, True)
+        inputs = ragged_inputs(model, q_lens, seq_lens, dtype)
+        us, _ = bench_ours(model, q_lens, seq_lens, inputs, True)
         rec = dict(base, kind=kind, impl="ours", model=name, batch=len(q_lens),
                    context=max(seq_lens), q_len=chunk, head_size=d, num_q_heads=hq,
                    num_kv_heads=hkv, graphs=True, us=us, cached_prefix=cached,
@@ -373,26 +382,13 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
             hq_plan = plan_attention(num_tokens=sum(q_lens), num_seqs=len(q_lens),
                                      max_query_len=chunk, num_q_heads=hq, num_kv_heads=hkv,
                                      head_size=d, arch=GpuArch.of_device("cuda"))  # fmt: skip
-            rec["one_launch_us"] = bench_one_plan(model, q_lens, seq_lens, dtype, hq_plan)
+            rec["one_launch_us"] = bench_ours(model, q_lens, seq_lens, inputs, True, hq_plan)[0]
         if upstream:
-            uus = bench_upstream(model, q_lens, seq_lens, dtype, True)
+            uus = bench_upstream(model, q_lens, seq_lens, inputs, True)
             rec["ratio_upstream"] = uus / us
         emit(rec)
         if upstream:
             emit(dict(rec, impl="upstream", us=uus, tflops=chunk_flops / uus / 1e6))
-
-
-def bench_one_plan(model, q_lens, seq_lens, dtype, plan):
-    hq, hkv, d = model
-    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens, dtype)
-    out = torch.empty_like(q)
-
-    def run():
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
-                        block_table=block_table, max_query_len=max(q_lens),
-                        max_seq_len=max(seq_lens), scale=d**-0.5, plan=plan)  # fmt: skip
-
-    return time_us(run, True)
 
 
 if __name__ == "__main__":
