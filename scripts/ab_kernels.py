@@ -26,7 +26,8 @@ resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave`
 (N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
 the working tree's kernels only), ``wave_splits`` (the same, up to the plan's
 cap on splits instead of its count), ``early_merge`` (N: the split-KV merge is
-launched early when it has at most N programs per SM/CU; 0: never), or
+launched early when it has at most N programs per SM/CU, whatever the rows per
+program; 0: never), or
 ``no_pdl`` (the plan's GPU without programmatic launch). In a mixed batch,
 field overrides go under ``"decode"`` or ``"prefill"`` (``{"prefill":
 {"num_stages": 2}}``), which a plain batch applies when they name its kernel
@@ -263,10 +264,15 @@ def run_cell(bench, name, cell, variants, records, features=None, timings=("grap
                                     **(features or {}))  # fmt: skip
 
         times = {}
-        # the launcher reads this threshold from its module as it builds each launch:
+        # the launcher reads these thresholds from its module as it builds each launch:
         # set for the variant's whole measurement, outside the timed calls
-        with (contextlib.nullcontext() if early_merge is None else mock.patch.object(
-                mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)):  # fmt: skip
+        with contextlib.ExitStack() as patches:
+            if early_merge is not None:  # (create: a base may predate the row limit)
+                patches.enter_context(
+                    mock.patch.object(mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)
+                )
+                patches.enter_context(mock.patch.object(
+                    mod, "EARLY_MERGE_MAX_ROWS", 1 << 30, create=True))  # fmt: skip
             todo = timings
             try:
                 run()

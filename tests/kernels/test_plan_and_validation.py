@@ -133,14 +133,14 @@ def test_plan_ignores_lengths():
     assert "max_seq_len" not in plan_attention.__code__.co_varnames
 
 
-def _launch_switches(arch, q_lens, context=64, **kwargs):
+def _launch_switches(arch, q_lens, context=64, heads=(32, 8), **kwargs):
     """(kernel name, constexprs) of each launch ``paged_attention`` would make."""
-    batch = make_batch(q_lens, [context] * len(q_lens), num_q_heads=32, num_kv_heads=8,
-                       head_size=128, block_size=16, dtype=torch.bfloat16,
-                       device="cpu")  # fmt: skip
+    batch = make_batch(q_lens, [context] * len(q_lens), num_q_heads=heads[0],
+                       num_kv_heads=heads[1], head_size=128, block_size=16,
+                       dtype=torch.bfloat16, device="cpu")  # fmt: skip
     p = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                       max_query_len=max(q_lens), num_q_heads=32, num_kv_heads=8, head_size=128,
-                       arch=arch)  # fmt: skip
+                       max_query_len=max(q_lens), num_q_heads=heads[0], num_kv_heads=heads[1],
+                       head_size=128, arch=arch)  # fmt: skip
     launches = kernel_launches(
         batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q), batch.query_start_loc,
         batch.seq_lens, batch.block_table, 0.1, True, None, None, None, None, None, None, p,
@@ -157,6 +157,12 @@ def test_programmatic_launch_only_on_hopper_and_later():
     assert merge["PDL"] and merge["launch_pdl"] and split["EARLY_DEPENDENTS"]
     (_, split), _ = _launch_switches(H100, [4] * 2)  # 33 splits: 512 merge programs
     assert not split["EARLY_DEPENDENTS"]
+    # 32-row programs (28/4 heads x 4 tokens) never release their merge early,
+    # small as it is (batch 4: 16 splits, 224 programs).
+    (_, split), (_, merge) = _launch_switches(H100, [4] * 4, heads=(28, 4))
+    assert not split["EARLY_DEPENDENTS"] and merge["PDL"] and merge["launch_pdl"]
+    (_, split), _ = _launch_switches(H100, [1] * 4, heads=(28, 4))  # the same batch decoding
+    assert split["EARLY_DEPENDENTS"]
     # A mixed batch's long queries start beside the decodes and wait at exit.
     ((_, long_query),) = _launch_switches(H100, [64], after_split_kv=True)
     assert long_query["PDL"] and long_query["launch_pdl"]

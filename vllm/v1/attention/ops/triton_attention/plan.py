@@ -55,6 +55,13 @@ FINE_KV_SPLITS = 4
 # those of 448 or more -11% to +2%; with the tiled merge, 4 per SM instead of 2
 # was even: ab_session4_round4_early4.json).
 EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
+# ... and only for programs of at most this many rows. The 32-row programs
+# (qwen's 28/4 heads x 4 spec tokens) run at most one wave of 2 per SM, and
+# their early merge (224-256 programs) cost up to a sixth of the call: launched
+# after them it was 1.21 / 1.14x faster at batch 4 x 1k / 4k, 1.10-1.13x at
+# batch 8 and 16 x 1k, 0.99-1.04x elsewhere (H100, benchmarks/results/
+# nvidia-h100/experiments/ab_session15_spec32_early_merge.json).
+EARLY_MERGE_MAX_ROWS = 16
 
 # Partial values (heads x splits x dims) one merge program combines. One merge
 # program per token and head spent 3.8 us of a 26.5 us decode at batch 16 x 1k
