@@ -151,9 +151,9 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
     """Our call on ``inputs`` (``ragged_inputs``), planned as the backend plans it
     unless ``plan`` is given. Every implementation in a cell reads the same inputs:
     timed on separately allocated multi-GB caches, our eager calls at 2M+ tokens took
-    1.14-1.19x their graph time (H100 and H200 bench_full.json of sessions 10-14),
-    and on shared ones 0.99-1.01x (H100, nvidia-h100/experiments/
-    ab_session15_eager.json)."""
+    1.14-1.19x their graph time (H100 and H200, sessions 10 and 14), on shared ones
+    0.99-1.02x (H100: nvidia-h100/experiments/ab_session15_eager.json, and session
+    15's nvidia-h100/bench_full.json)."""
     hq, hkv, d = model
     q, k_cache, v_cache, qsl, lens, block_table = inputs
     plan = plan or backend_plan(model, q_lens)

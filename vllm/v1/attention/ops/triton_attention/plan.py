@@ -60,7 +60,8 @@ EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 # their early merge (224-256 programs) cost up to a sixth of the call: launched
 # after them it was 1.21 / 1.14x faster at batch 4 x 1k / 4k, 1.10-1.13x at
 # batch 8 and 16 x 1k, 0.99-1.04x elsewhere (H100, benchmarks/results/
-# nvidia-h100/experiments/ab_session15_spec32_early_merge.json).
+# nvidia-h100/experiments/ab_session15_spec32_early_merge.json; this rule:
+# ab_session15_early_merge_rule.json). 16-row launches lose up to 8% without it.
 EARLY_MERGE_MAX_ROWS = 16
 
 # Partial values (heads x splits x dims) one merge program combines. One merge
