@@ -264,15 +264,13 @@ def run_cell(bench, name, cell, variants, records, features=None, timings=("grap
                                     **(features or {}))  # fmt: skip
 
         times = {}
-        # the launcher reads these thresholds from its module as it builds each launch:
+        # the plan reads these thresholds at its first launch (releases_merge_early):
         # set for the variant's whole measurement, outside the timed calls
         with contextlib.ExitStack() as patches:
-            if early_merge is not None:  # (create: a base may predate the row limit)
-                patches.enter_context(
-                    mock.patch.object(mod, "EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT", early_merge)
-                )
-                patches.enter_context(mock.patch.object(
-                    mod, "EARLY_MERGE_MAX_ROWS", 1 << 30, create=True))  # fmt: skip
+            if early_merge is not None:
+                patches.enter_context(mock.patch.multiple(
+                    mod.plan, EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT=early_merge,
+                    EARLY_MERGE_MAX_ROWS=1 << 30))  # fmt: skip
             todo = timings
             try:
                 run()

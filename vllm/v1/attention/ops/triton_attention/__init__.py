@@ -39,7 +39,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import torch
@@ -49,8 +48,6 @@ from .long_query import long_query_attention_kernel
 from .pipelined_decode import split_kv_decode_pipelined_kernel
 from .pipelined_long_query import long_query_pipelined_kernel
 from .plan import (
-    EARLY_MERGE_MAX_ROWS,
-    EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT,
     FINE_KV_SPLITS,
     FP8_DTYPES,
     FP8_MAX,
@@ -366,7 +363,7 @@ def kernel_launches(
     On GPUs with programmatic dependent launch, the merge is launched before
     its split-KV launch completes and waits in-kernel for the partials. The
     split-KV programs release the next launch as soon as they start when the
-    merge is small and they have few rows (``plan.EARLY_MERGE_*``) or with
+    plan says so (``AttentionPlan.releases_merge_early``) or with
     ``early_dependents``: a mixed batch puts its long queries there
     (``after_split_kv``), which then run alongside the decodes."""
     num_seqs = seq_lens.shape[0]
@@ -452,10 +449,7 @@ def kernel_launches(
         workspace = workspace or SplitKVWorkspace.allocate(plan, q.device)
         partial_out, partial_lse = workspace.views(plan)
         partial_strides = partial_out.stride()[:2]
-    merge_per_unit = math.prod(plan.merge_grid or (0,)) / plan.arch.num_compute_units
-    small_merge = (merge_per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT
-                   and plan.block_m <= EARLY_MERGE_MAX_ROWS)  # fmt: skip
-    early = pdl and (early_dependents or small_merge)
+    early = pdl and (early_dependents or plan.releases_merge_early)
     if plan.pipelined_decode and _pipelined_covers(
         q, k_cache, v_cache, plan, tensor_strides, sliding_window, logits_soft_cap, alibi_slopes,
         sinks,

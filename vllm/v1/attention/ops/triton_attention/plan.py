@@ -245,6 +245,17 @@ class AttentionPlan:
         heads, dims = self.merge_tile
         return (self.num_tokens, math.ceil(self.num_q_heads / heads), self.head_pad // dims)
 
+    @functools.cached_property
+    def releases_merge_early(self) -> bool:
+        """Whether split-KV programs let their merge launch start as they start
+        (with programmatic launch): a small merge after programs of few rows
+        (``EARLY_MERGE_*``), or no merge at all."""
+        per_unit = math.prod(self.merge_grid or (0,)) / self.arch.num_compute_units
+        return (
+            per_unit <= EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT
+            and self.block_m <= EARLY_MERGE_MAX_ROWS
+        )
+
     def workspace_elements(self) -> tuple[int, int]:
         """float32 elements of (partial outputs, partial log-sum-exps) the plan needs."""
         if self.num_kv_splits == 1:
@@ -278,7 +289,9 @@ def num_kv_splits_for(
         # ab_session14_round1_spec32.json): batch 8 and 16 at 8 and 4 splits
         # (not 9 and 5) 1.29-1.41x at 16k-64k, 1.01-1.23x at 4k, 1.05x at 1k;
         # batch 4 at 16 (not 17) 1.22x at 64k, 1.02x at 16k, but 0.92x at 4k
-        # and 0.88x at 1k, where the 17th split was empty (same key work).
+        # and 0.88x at 1k, where the 17th split was empty (same key work): its
+        # merge had halved to 224 programs and launched early, which
+        # EARLY_MERGE_MAX_ROWS now prevents.
         splits = one_wave_splits(cap, programs_per_split, per_unit, arch)
     else:
         splits = max(1, min(cap, math.ceil(target / programs_per_split)))
