@@ -2,7 +2,6 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Test-wide setup: without a GPU, Triton kernels run in its interpreter."""
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,10 +21,10 @@ if not HAS_GPU:
     # Must be set before triton is imported anywhere.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# On the GPU box there is no vLLM: the kernel package resolves from the repo
-# as a namespace package. Where vLLM is installed, tests use the installed copy.
-if importlib.util.find_spec("vllm") is None:
-    sys.path.append(str(REPO))
+# The repo root, last on the path: ``devtools`` imports from it, and on the
+# GPU box (no vLLM) so does the kernel package, as a namespace package. Where
+# vLLM is installed, its regular package comes first and tests use it.
+sys.path.append(str(REPO))
 
 
 def pytest_report_header(config):

@@ -19,9 +19,9 @@ import torch
 
 pytest.importorskip("vllm.config", reason="needs the installed vLLM (make test installs it)")
 
-from batches import TOLERANCES  # noqa: E402
 from transformers import LlamaConfig  # noqa: E402
 
+from devtools.batches import TOLERANCES  # noqa: E402
 from vllm.config import (  # noqa: E402
     CUDAGraphMode,
     DeviceConfig,
@@ -29,6 +29,7 @@ from vllm.config import (  # noqa: E402
     SpeculativeConfig,
     VllmConfig,
 )
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase  # noqa: E402
 from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata  # noqa: E402
 from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
     TritonAttentionBackend,
@@ -36,8 +37,10 @@ from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
     TritonAttentionMetadataBuilder,
 )
 from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+    AttentionFeatures,
     GpuArch,
     MixedBatchPlan,
+    TensorLayout,
     reference_paged_attention,
 )
 from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
@@ -260,6 +263,42 @@ def test_profiling_run_and_refusals(vllm_config):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", chunk_lookback=4)
 
 
+class RegisteredLayer(AttentionLayerBase, torch.nn.Module):
+    """An attention layer as the model registers it (what the builder reads)."""
+
+    def __init__(self, impl):
+        torch.nn.Module.__init__(self)
+        self.impl = impl
+
+    def get_attn_backend(self):
+        return TritonAttentionBackend
+
+    def get_kv_cache_spec(self, vllm_config):
+        return None
+
+
+def test_builder_plans_for_its_layers_features(model_dir):
+    """The plan's features are those of the layers the builder serves (any of
+    them); without registered layers, every feature (kernels that run any call)."""
+    config = _vllm_config(model_dir)
+    assert make_builder(config).features == AttentionFeatures(True, True, True, True)
+    layers = config.compilation_config.static_forward_context
+    layers["layer.0"] = RegisteredLayer(
+        TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 64, "auto",
+                            logits_soft_cap=30.0)  # fmt: skip
+    )
+    builder = make_builder(config)
+    assert builder.features == AttentionFeatures(sliding_window=True, softcap=True)
+    assert builder.layout == TensorLayout(torch.float32, BLOCK_SIZE)
+    layers["layer.0"] = RegisteredLayer(
+        TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto",
+                            attn_type=AttentionType.ENCODER_ONLY)  # fmt: skip
+    )
+    builder = make_builder(config)
+    assert builder.features == AttentionFeatures()
+    assert not builder.layout.vector_copies and builder.layout.block_size == 1
+
+
 def test_validate_configuration_gives_reasons(monkeypatch):
     from vllm.platforms.interface import DeviceCapability
     from vllm.v1.attention.backends import triton_attn
@@ -288,11 +327,16 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: True)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 9)) == []
     refused = reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 0))
-    assert any("fp8 KV cache needs native fp8" in r and "8.0" in r for r in refused)
+    assert any("needs native fp8 conversions, which cuda sm_80 lacks" in r for r in refused)
+    # ROCm: vLLM's fp8 is e4m3fnuz on MI300 (gfx942), e4m3fn on MI350 (gfx950).
     monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: False)
     monkeypatch.setattr(triton_attn.current_platform, "is_rocm", lambda: True)
+    fnuz, fn = torch.float8_e4m3fnuz, torch.float8_e4m3fn
+    monkeypatch.setattr(triton_attn.current_platform, "fp8_dtype", lambda: fnuz)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 4)) == []
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 0))  # MI200
+    monkeypatch.setattr(triton_attn.current_platform, "fp8_dtype", lambda: fn)
+    assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 5)) == []
 
 
 _SELECT = """

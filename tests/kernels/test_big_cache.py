@@ -7,9 +7,9 @@ arithmetic would wrap and read (or write) the wrong place. GPU only (two
 
 import pytest
 import torch
-from batches import TOLERANCES, plan_for_batch
 from conftest import HAS_GPU
 
+from devtools.batches import TOLERANCES, plan_for_batch
 from vllm.v1.attention.ops.triton_attention import (
     paged_attention,
     reference_paged_attention,

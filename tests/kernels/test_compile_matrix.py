@@ -5,10 +5,10 @@ batches, and prefill; head sizes 64 and 128), chosen by the runtime's own plan
 and specialised as Triton's launcher would, compile for all seven NVIDIA and
 AMD targets, use the matrix units, fit shared memory/LDS, and do not spill
 registers on sm_80, sm_90, gfx942 and gfx950 (the gate of
-``scripts/compile_matrix.py``).
+``python -m devtools.compile_matrix``).
 
 The full matrix (every head size, GQA ratio, dtype, fp8 KV and feature switch)
-is ``scripts/compile_matrix.py --subset full``; its report, with registers and
+is ``python -m devtools.compile_matrix --subset full``; its report, with registers and
 spills, is committed under ``benchmarks/results/portability/``.
 """
 
@@ -18,10 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.append(str(REPO / "scripts"))
+from devtools.compile_matrix import TARGETS, gate_failures
 
-from compile_matrix import TARGETS, gate_failures  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
@@ -30,9 +29,9 @@ def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "matrix.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compile_matrix.py"), "--subset", "hot",
+        [sys.executable, "-m", "devtools.compile_matrix", "--subset", "hot",
          "--workers", "2", "--out", str(out), "--ptx", str(tmp_path / "ptx")],
-        capture_output=True, text=True, env=env, timeout=1200,
+        capture_output=True, text=True, env=env, timeout=1200, cwd=REPO,
     )  # fmt: skip
     assert out.exists(), result.stderr[-3000:]
     records = json.loads(out.read_text())

@@ -15,11 +15,11 @@ each) so that ``pytest -n`` compiles and runs them in parallel:
 import os
 
 import torch
-from batches import TOLERANCES, make_batch, plan_for_batch
 from conftest import HAS_GPU
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch
 from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
@@ -82,7 +82,8 @@ def check_against_reference(case):
     if features["mixed_plan"]:
         plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
                               num_kv_heads=shape["num_kv_heads"], head_size=shape["head_size"],
-                              device=device, dtype=shape["dtype"])  # fmt: skip
+                              device=device, dtype=shape["dtype"],
+                              **batch.plan_facts(**extra))  # fmt: skip
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **extra)  # fmt: skip
     expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=scale,

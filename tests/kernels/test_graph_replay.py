@@ -6,9 +6,9 @@ contexts, compare with the reference every time. GPU only."""
 
 import pytest
 import torch
-from batches import TOLERANCES, make_batch
 from conftest import HAS_GPU
 
+from devtools.batches import TOLERANCES, make_batch
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,

@@ -17,19 +17,25 @@ import random
 
 import pytest
 import torch
-from batches import TOLERANCES, make_batch, plan_for_batch
 from conftest import HAS_GPU
 
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     MixedBatchPlan,
     SplitKVWorkspace,
-    kernel_launches,
     paged_attention,
     plan_attention,
     reference_paged_attention,
 )
-from vllm.v1.attention.ops.triton_attention.plan import MAX_KV_SPLITS
+from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
+from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
+from vllm.v1.attention.ops.triton_attention.plan import (
+    LONG_QUERY,
+    LONG_QUERY_PIPELINED,
+    MAX_KV_SPLITS,
+    SPLIT_KV_DECODE_PIPELINED,
+)
 
 # (name, q_lens, seq_lens): every query pattern the backend produces.
 QUERY_PATTERNS = {
@@ -157,7 +163,8 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
     if mixed_plan:
         plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
                               num_kv_heads=case.num_kv_heads, head_size=case.head_size,
-                              device=device, dtype=case.dtype)  # fmt: skip
+                              device=device, dtype=case.dtype,
+                              **batch.plan_facts(**features))  # fmt: skip
         assert isinstance(plan, MixedBatchPlan)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
                     **batch.kernel_args(), **features)  # fmt: skip
@@ -225,11 +232,19 @@ def _check_forced_kernel(batch, plan, causal, kernel_name, sliding_window=None,
     """``plan`` runs ``kernel_name`` first, and its output matches the reference
     on every valid row (NaN-filled beforehand: a row never written fails)."""
     features = dict(sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
-    launch, *merge = kernel_launches(
-        batch.q, batch.k_cache, batch.v_cache, batch.q, batch.query_start_loc, batch.seq_lens,
-        batch.block_table, 0.1, causal, sliding_window, logits_soft_cap, None, None, None, None,
-        plan, None,
-    )  # fmt: skip
+    call = AttentionCall(
+        q=batch.q,
+        k_cache=batch.k_cache,
+        v_cache=batch.v_cache,
+        out=batch.q,
+        query_start_loc=batch.query_start_loc,
+        seq_lens=batch.seq_lens,
+        block_table=batch.block_table,
+        scale=0.1,
+        causal=causal,
+        **features,
+    )
+    launch, *merge = kernel_launches(call, plan)
     assert launch.kernel.__name__ == kernel_name
     assert all(m.kernel.__name__ == "merge_kv_splits_kernel" for m in merge)
     expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
@@ -279,7 +294,9 @@ def test_pipelined_decode_matches_reference(
                               num_kv_heads=2, head_size=head_size,
                               arch=GpuArch("cuda", GpuArch.of_device(device).name, units),
                               dtype=dtype)  # fmt: skip
-        plan = dataclasses.replace(plan, pipelined_decode=tiles)
+        plan = dataclasses.replace(
+            plan, kernel=SPLIT_KV_DECODE_PIPELINED, kv_tile_size=tiles[0], kv_buffers=tiles[1]
+        )
         _check_forced_kernel(batch, plan, causal, "split_kv_decode_pipelined_kernel")
 
 
@@ -346,8 +363,10 @@ def test_pipelined_long_query_matches_reference(
                           max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=2,
                           head_size=head_size, arch=GpuArch.of_device(device),
                           dtype=dtype)  # fmt: skip
-    plan = dataclasses.replace(plan, pipelined_long_query=tiles, block_m=128, num_warps=8)
-    plan = dataclasses.replace(plan, grid=(plan.grid[0] + 2, *plan.grid[1:]))  # spare programs
+    tile, buffers, fma_exp2_every = tiles
+    plan = dataclasses.replace(plan, kernel=LONG_QUERY_PIPELINED, kv_tile_size=tile,
+                               kv_buffers=buffers, fma_exp2_every=fma_exp2_every, block_m=128,
+                               num_warps=8)  # fmt: skip
     _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel", window, soft_cap)
 
 
@@ -360,7 +379,7 @@ def test_long_query_kernel_handles_decode_rows(device):
     plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=3, max_query_len=9,
                           num_q_heads=4, num_kv_heads=1, head_size=64, arch=arch,
                           dtype=batch.q.dtype)  # fmt: skip
-    assert plan.kernel == "long_query"
+    assert plan.kernel == LONG_QUERY
     out = torch.empty_like(batch.q)
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
                     **batch.kernel_args())  # fmt: skip

@@ -7,24 +7,33 @@ from pathlib import Path
 
 import pytest
 import torch
-from batches import make_batch
 
+from devtools.batches import make_batch
 from vllm.v1.attention.ops.triton_attention import (
+    AttentionFeatures,
     GpuArch,
-    kernel_launches,
+    TensorLayout,
     paged_attention,
     plan_attention,
 )
+from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
+from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
 from vllm.v1.attention.ops.triton_attention.plan import (
+    LONG_QUERY,
+    LONG_QUERY_PIPELINED,
     MAX_KV_SPLITS,
     MERGE_TILE_ELEMENTS,
     PIPELINED_DECODE_TILES,
     PIPELINED_LONG_QUERY_TILES,
+    SPLIT_KV_DECODE,
+    SPLIT_KV_DECODE_PIPELINED,
     long_query_grid_size,
     next_power_of_2,
 )
 
 H100 = GpuArch("cuda", "sm_90", 132)
+# Features no pipelined kernel covers: the portable kernels' plan.
+PORTABLE_ONLY = AttentionFeatures(alibi=True)
 PACKAGE = Path(__file__).resolve().parents[2] / "vllm/v1/attention/ops/triton_attention"
 
 
@@ -42,9 +51,11 @@ def plan_d64(**overrides):
 
 
 def test_kernel_choice_by_query_length():
-    assert plan(max_query_len=1).kernel == "split_kv_decode"
-    assert plan(max_query_len=8, num_tokens=64).kernel == "split_kv_decode"
-    assert plan(max_query_len=9, num_tokens=72).kernel == "long_query"
+    assert plan(max_query_len=1).kernel == SPLIT_KV_DECODE_PIPELINED  # 8 splits on sm_90
+    assert plan(max_query_len=1, features=PORTABLE_ONLY).kernel == SPLIT_KV_DECODE
+    assert plan(max_query_len=8, num_tokens=64, features=PORTABLE_ONLY).kernel == SPLIT_KV_DECODE
+    assert plan(max_query_len=9, num_tokens=72).kernel == LONG_QUERY_PIPELINED
+    assert plan(max_query_len=9, num_tokens=72, features=PORTABLE_ONLY).kernel == LONG_QUERY
 
 
 def test_split_count_fills_the_gpu_and_never_grows_with_batch():
@@ -95,10 +106,11 @@ def test_four_byte_queries_get_tiles_of_the_same_shared_memory():
         for max_query_len in (1, 64):
             args = dict(max_query_len=max_query_len, num_tokens=8 * max_query_len,
                         head_size=head_size)  # fmt: skip
-            half, full = plan(**args), plan(**args, dtype=torch.float32)
+            half = plan(**args, features=PORTABLE_ONLY)
+            full = plan(**args, dtype=torch.float32)
             assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
             assert full.kv_tile_size == max(half.kv_tile_size // 2, 16)
-            if full.kernel == "long_query":  # its Q tile lives in shared memory too
+            if full.kernel == LONG_QUERY:  # its Q tile lives in shared memory too
                 assert full.block_m == half.block_m // 2
 
 
@@ -133,20 +145,31 @@ def test_plan_ignores_lengths():
     assert "max_seq_len" not in plan_attention.__code__.co_varnames
 
 
+def _call(batch, **overrides) -> AttentionCall:
+    args = dict(
+        q=batch.q,
+        k_cache=batch.k_cache,
+        v_cache=batch.v_cache,
+        out=torch.empty_like(batch.q),
+        query_start_loc=batch.query_start_loc,
+        seq_lens=batch.seq_lens,
+        block_table=batch.block_table,
+        scale=0.1,
+    )
+    return AttentionCall(**{**args, **overrides})
+
+
 def _launch_switches(arch, q_lens, context=64, heads=(32, 8), **kwargs):
-    """(kernel name, constexprs) of each launch ``paged_attention`` would make."""
+    """(kernel name, constexprs and options) of each launch ``paged_attention``
+    would make."""
     batch = make_batch(q_lens, [context] * len(q_lens), num_q_heads=heads[0],
                        num_kv_heads=heads[1], head_size=128, block_size=16,
                        dtype=torch.bfloat16, device="cpu")  # fmt: skip
     p = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
                        max_query_len=max(q_lens), num_q_heads=heads[0], num_kv_heads=heads[1],
                        head_size=128, arch=arch)  # fmt: skip
-    launches = kernel_launches(
-        batch.q, batch.k_cache, batch.v_cache, torch.empty_like(batch.q), batch.query_start_loc,
-        batch.seq_lens, batch.block_table, 0.1, True, None, None, None, None, None, None, p,
-        None, **kwargs,
-    )  # fmt: skip
-    return [(launch.kernel.__name__, launch.constexprs) for launch in launches]
+    launches = kernel_launches(_call(batch), p, **kwargs)
+    return [(launch.kernel.__name__, {**launch.args, **launch.options}) for launch in launches]
 
 
 def test_programmatic_launch_only_on_hopper_and_later():
@@ -164,7 +187,7 @@ def test_programmatic_launch_only_on_hopper_and_later():
     (_, split), _ = _launch_switches(H100, [1] * 4, heads=(28, 4))  # the same batch decoding
     assert split["EARLY_DEPENDENTS"]
     # A mixed batch's long queries start beside the decodes and wait at exit.
-    ((_, long_query),) = _launch_switches(H100, [64], after_split_kv=True)
+    ((_, long_query),) = _launch_switches(H100, [64], beside_split_kv=True)
     assert long_query["PDL"] and long_query["launch_pdl"]
     ((_, long_query),) = _launch_switches(H100, [64])
     assert not long_query["PDL"] and "launch_pdl" not in long_query
@@ -179,48 +202,78 @@ def test_programmatic_launch_only_on_hopper_and_later():
 def test_pipelined_decode_only_where_measured_and_covered():
     # Planned where it was measured faster on sm_90 at head 128: 16-row
     # programs unsplit or split 2-9 ways (then into as many ranges as fit one
-    # wave at 4 programs per SM, with 64-key tiles for the portable fallback);
-    # 32-row programs (GQA 7 x 4 spec tokens) unless split as finely as at batch 1.
-    assert plan(num_tokens=128, num_seqs=128).pipelined_decode == PIPELINED_DECODE_TILES[16]
+    # wave at 4 programs per SM); 32-row programs (GQA 7 x 4 spec tokens)
+    # unless split as finely as at batch 1.
+    def pipelined(p):
+        return (p.kv_tile_size, p.kv_buffers) if p.kernel == SPLIT_KV_DECODE_PIPELINED else None
+
+    assert pipelined(plan(num_tokens=128, num_seqs=128)) == PIPELINED_DECODE_TILES[16]
     for batch, splits in ((8, 8), (16, 4), (32, 2), (64, 1)):
         p = plan(num_tokens=batch, num_seqs=batch)  # 8 KV heads, 132 SMs
-        assert (p.pipelined_decode, p.num_kv_splits, p.grid[2]) == ((32, 2), splits, splits)
-        assert p.kv_tile_size == (64 if splits > 1 else 128)
-    assert plan(num_tokens=4, num_seqs=4).pipelined_decode is None  # 17 splits
-    assert plan(num_tokens=1, num_seqs=1).pipelined_decode is None  # finely split
+        assert (pipelined(p), p.num_kv_splits, p.grid[2]) == ((32, 2), splits, splits)
+        # Where it cannot run the call, the portable kernel keeps the split
+        # count, with its fine-split tiles.
+        portable = plan(num_tokens=batch, num_seqs=batch, features=PORTABLE_ONLY)
+        assert (portable.kernel, portable.num_kv_splits) == (SPLIT_KV_DECODE, splits)
+        assert portable.kv_tile_size == (64 if splits > 1 else 128)
+    assert pipelined(plan(num_tokens=4, num_seqs=4)) is None  # 17 splits
+    assert pipelined(plan(num_tokens=1, num_seqs=1)) is None  # finely split
     # Beside a long query the decodes keep the portable kernel and the plan's splits.
     beside = plan(num_tokens=32, num_seqs=32, beside_long_query=True)
-    assert (beside.pipelined_decode, beside.num_kv_splits) == (None, 3)
+    assert (pipelined(beside), beside.num_kv_splits) == (None, 3)
     spec = dict(max_query_len=4, num_q_heads=28, num_kv_heads=4)
-    assert plan(num_tokens=16, num_seqs=4, **spec).pipelined_decode == PIPELINED_DECODE_TILES[32]
-    assert plan(num_tokens=4, num_seqs=1, **spec).pipelined_decode is None
+    assert pipelined(plan(num_tokens=16, num_seqs=4, **spec)) == PIPELINED_DECODE_TILES[32]
+    assert pipelined(plan(num_tokens=4, num_seqs=1, **spec)) is None
     # Split 2-3 ways, 32-row programs take 4-buffer rings in one wave of fewer
     # splits; every 32-row launch is at most one wave at 2 programs per SM.
     for batch, tiles, splits in ((8, (64, 2), 8), (16, (64, 2), 4), (32, (32, 4), 2)):
         p = plan(num_tokens=4 * batch, num_seqs=batch, **spec)
-        assert (p.pipelined_decode, p.num_kv_splits, p.grid[2]) == (tiles, splits, splits)
-    assert plan(num_tokens=128, num_seqs=128, head_size=64).pipelined_decode is None
-    assert plan(num_tokens=128, num_seqs=128, dtype=torch.float32).pipelined_decode is None
+        assert (pipelined(p), p.num_kv_splits, p.grid[2]) == (tiles, splits, splits)
+    assert pipelined(plan(num_tokens=128, num_seqs=128, head_size=64)) is None
+    assert pipelined(plan(num_tokens=128, num_seqs=128, dtype=torch.float32)) is None
     for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("hip", "gfx942", 304)):
-        assert plan(num_tokens=128, num_seqs=128, arch=arch).pipelined_decode is None
-    # It runs when it covers the launch; other features take the portable kernel.
+        assert pipelined(plan(num_tokens=128, num_seqs=128, arch=arch)) is None
+    # Features and layouts it does not cover take the portable kernel: sliding
+    # window, softcap, ALiBi, sinks, an fp8 cache, and a cache whose copies
+    # cannot be 16-byte vectors.
+    uncovered = [dict(features=AttentionFeatures(**{name: True}))
+                 for name in ("sliding_window", "softcap", "alibi", "sinks")]  # fmt: skip
+    uncovered += [dict(layout=TensorLayout(kv_dtype=torch.float8_e4m3fn)),
+                  dict(layout=TensorLayout(vector_copies=False))]  # fmt: skip
+    for facts in uncovered:
+        assert plan(num_tokens=128, num_seqs=128, **facts).kernel == SPLIT_KV_DECODE
     ((name, switches),) = _launch_switches(H100, [1] * 128)
     assert name == "split_kv_decode_pipelined_kernel"
     assert (switches["TILE_N"], switches["KV_BUFFERS"]) == PIPELINED_DECODE_TILES[16]
-    batch = make_batch([1] * 128, [64] * 128, num_q_heads=32, num_kv_heads=8, head_size=128,
-                       block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
-    p = plan(num_tokens=128, num_seqs=128)
-    # A cache whose slot stride (8 heads x 136) is not a multiple of 16
-    # elements: the pipelined kernel's 16-byte copies would not compile.
+
+
+def test_layout_of_tensors():
+    batch = make_batch([1], [64], num_q_heads=8, num_kv_heads=2, head_size=128, block_size=16,
+                       dtype=torch.bfloat16, device="cpu", layout="packed_hnd")  # fmt: skip
+    out = torch.empty_like(batch.q)
+    assert TensorLayout.of(batch.q, batch.k_cache, batch.v_cache, out) == TensorLayout(
+        torch.bfloat16, 16, kv_same_strides=True, vector_copies=True
+    )
+    assert TensorLayout.of_packed_kv_cache(128, torch.bfloat16, 16) == TensorLayout(
+        torch.bfloat16
+    )
+    # A cache whose slot stride (2 heads x 136) is not a multiple of 16
+    # elements: the pipelined kernels' 16-byte copies would not compile.
     odd = torch.zeros(*batch.k_cache.shape[:3], 136, dtype=torch.bfloat16)[..., :128]
-    for window, softcap, k_cache in ((16, None, batch.k_cache), (None, 30.0, batch.k_cache),
-                                     (None, None, odd)):  # fmt: skip
-        (launch,) = kernel_launches(
-            batch.q, k_cache, batch.v_cache, torch.empty_like(batch.q),
-            batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
-            softcap, None, None, None, None, p, None,
-        )  # fmt: skip
-        assert launch.kernel.__name__ == "split_kv_decode_kernel"
+    assert not TensorLayout.of(batch.q, odd, odd, out).vector_copies
+    assert not TensorLayout.of(batch.q, batch.k_cache, odd, out).kv_same_strides
+    assert not TensorLayout.of_packed_kv_cache(36, torch.float16, 16).vector_copies
+
+
+def test_a_plan_refuses_calls_its_pipelined_kernel_cannot_run():
+    batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
+                       block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
+    p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
+    assert p.kernel == LONG_QUERY_PIPELINED
+    for overrides in (dict(alibi_slopes=torch.zeros(32)), dict(sinks=torch.zeros(32))):
+        with pytest.raises(ValueError, match="long_query_pipelined kernel cannot run this call"):
+            paged_attention(**_call(batch, **overrides)._asdict(), max_query_len=64,
+                            max_seq_len=64, plan=p)  # fmt: skip
 
 
 def test_pipelined_long_query_only_where_measured_and_covered():
@@ -229,43 +282,42 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     prefill = dict(num_tokens=512, num_seqs=1, max_query_len=512)
     for head_size in (64, 128, 256):
         p = plan(**prefill, head_size=head_size)
-        assert p.pipelined_long_query == PIPELINED_LONG_QUERY_TILES[head_size]
+        assert p.kernel == LONG_QUERY_PIPELINED
+        tiles = (p.kv_tile_size, p.kv_buffers, p.fma_exp2_every)
+        assert tiles == PIPELINED_LONG_QUERY_TILES[head_size]
         assert (p.block_m, p.num_warps) == (128, 8)
-    assert plan(**prefill, head_size=32).pipelined_long_query is None
-    assert plan(**prefill, dtype=torch.float32).pipelined_long_query is None
+    assert plan(**prefill, head_size=32).kernel == LONG_QUERY
+    assert plan(**prefill, dtype=torch.float32).kernel == LONG_QUERY
     # A GQA group wider than its 128 rows takes the portable kernel's larger Q tile.
     wide = plan(**prefill, num_q_heads=256, num_kv_heads=1)
-    assert wide.pipelined_long_query is None and wide.block_m == 256
+    assert wide.kernel == LONG_QUERY and wide.block_m == 256
     for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("cuda", "sm_100", 148),
                  GpuArch("hip", "gfx942", 304)):  # fmt: skip
-        assert plan(**prefill, arch=arch).pipelined_long_query is None
-    # It runs when it covers the launch; ALiBi, sinks and block sizes that
-    # are not powers of two take the portable kernel.
+        assert plan(**prefill, arch=arch).kernel == LONG_QUERY
+    # It covers sliding window and softcap (Gemma-2's layers); ALiBi, sinks,
+    # block sizes that are not powers of two and K and V caches of different
+    # strides take the portable kernel.
+    covered = [AttentionFeatures(sliding_window=True), AttentionFeatures(softcap=True),
+               AttentionFeatures(sliding_window=True, softcap=True)]  # fmt: skip
+    for features in covered:
+        assert plan(**prefill, features=features).kernel == LONG_QUERY_PIPELINED
+    for facts in (dict(features=AttentionFeatures(alibi=True)),
+                  dict(features=AttentionFeatures(sinks=True)),
+                  dict(layout=TensorLayout(block_size=24)),
+                  dict(layout=TensorLayout(kv_same_strides=False))):  # fmt: skip
+        assert plan(**prefill, **facts).kernel == LONG_QUERY
     ((name, switches),) = _launch_switches(H100, [64])
     assert name == "long_query_pipelined_kernel"
     assert (switches["TILE_N"], switches["KV_BUFFERS"], switches["FMA_EXP2_EVERY"]) == (
         PIPELINED_LONG_QUERY_TILES[128]
     )
-    # So do K and V caches of different strides (V's rows padded here).
-    # Sliding window and softcap it covers.
-    cases = ((16, 16, None, 0, True), (16, None, 30.0, 0, True), (16, 16, 30.0, 0, True),
-             (24, None, None, 0, False), (16, None, None, 16, False))  # fmt: skip
-    for block_size, window, softcap, v_padding, pipelined in cases:
-        batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
-                           block_size=block_size, dtype=torch.bfloat16, device="cpu")  # fmt: skip
-        v_cache = batch.v_cache.new_zeros(*batch.v_cache.shape[:-1], 128 + v_padding)[..., :128]
-        v_cache.copy_(batch.v_cache)
-        p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
-        (launch,) = kernel_launches(
-            batch.q, batch.k_cache, v_cache, torch.empty_like(batch.q),
-            batch.query_start_loc, batch.seq_lens, batch.block_table, 0.1, True, window,
-            softcap, None, None, None, None, p, None,
-        )  # fmt: skip
-        expected = "long_query_pipelined_kernel" if pipelined else "long_query_attention_kernel"
-        assert launch.kernel.__name__ == expected
-        if pipelined:
-            assert launch.constexprs["HAS_SLIDING_WINDOW"] == (window is not None)
-            assert launch.constexprs["HAS_SOFTCAP"] == (softcap is not None)
+    batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
+                       block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
+    p = plan(**prefill | dict(num_tokens=64, max_query_len=64),
+             features=AttentionFeatures(sliding_window=True, softcap=True))  # fmt: skip
+    (launch,) = kernel_launches(_call(batch, sliding_window=16, logits_soft_cap=30.0), p)
+    assert launch.kernel.__name__ == "long_query_pipelined_kernel"
+    assert launch.args["HAS_SLIDING_WINDOW"] and launch.args["HAS_SOFTCAP"]
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():
@@ -284,6 +336,31 @@ def test_kernel_package_imports_only_torch_triton_stdlib():
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
 
 
+# The package's layers, each importing only those before it.
+LAYERS = [
+    {"arch"},
+    {"jit_helpers", "gluon_helpers"},
+    {"split_kv_decode", "long_query", "pipelined_decode", "pipelined_long_query", "cache_write"},
+    {"plan", "reference"},
+    {"checks"},
+    {"launch"},
+    {"__init__"},
+]
+
+
+def test_kernel_package_imports_only_downward():
+    level = {module: depth for depth, layer in enumerate(LAYERS) for module in layer}
+    assert set(level) == {path.stem for path in PACKAGE.glob("*.py")}
+    kernels = LAYERS[2]
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported = node.module
+                assert level[imported] < level[path.stem], f"{path.name} imports .{imported}"
+                if path.stem in kernels:  # kernel files share helpers, not each other
+                    assert imported not in kernels, f"{path.name} imports .{imported}"
+
+
 @pytest.fixture
 def batch(device):
     return make_batch([1, 3], [20, 40], num_q_heads=8, num_kv_heads=2, head_size=64,
@@ -300,7 +377,7 @@ def call(batch, **overrides):
 
 def test_bad_inputs_get_clear_errors(batch, device):
     q = batch.q
-    with pytest.raises(NotImplementedError, match=r"head_size must be in \[16, 256\], got 512"):
+    with pytest.raises(NotImplementedError, match=r"head_size must be in \[32, 256\], got 512"):
         big = torch.zeros(q.shape[0], 8, 512, dtype=q.dtype, device=device)
         call(batch, q=big, out=big.clone())
     with pytest.raises(TypeError, match="q.dtype must be float16, bfloat16 or float32"):

@@ -4,9 +4,9 @@
 
 import pytest
 import torch
-from batches import kv_cache_views
 from conftest import HAS_GPU
 
+from devtools.batches import kv_cache_views
 from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
 
 FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}

@@ -34,8 +34,9 @@ from typing import ClassVar
 
 import torch
 
-from vllm.config import CUDAGraphMode, VllmConfig
+from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.config.cache import CacheDType
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.model_executor.layers.quantization.utils.quant_utils import QuantKey
 from vllm.platforms import current_platform
 from vllm.platforms.interface import DeviceCapability
@@ -56,23 +57,24 @@ from vllm.v1.attention.backends.utils import (
     split_decodes_and_prefills,
 )
 from vllm.v1.attention.ops.triton_attention import (
+    AttentionFeatures,
     AttentionPlan,
     GpuArch,
     MixedBatchPlan,
     SplitKVWorkspace,
+    TensorLayout,
     paged_attention,
-    plan_attention,
-    plan_mixed_attention,
+    plan_batch,
     write_kv_cache,
 )
 from vllm.v1.attention.ops.triton_attention.plan import (
     MAX_HEAD_SIZE,
+    MIN_HEAD_SIZE,
     SPLIT_KV_MAX_QUERY_LEN,
     next_power_of_2,
 )
 from vllm.v1.kv_cache_interface import AttentionSpec, is_quantized_kv_cache
 
-MIN_HEAD_SIZE = 32  # the smallest head size the kernel test matrix covers
 # Kept for upstream subclasses (triton_attn_diffkv runs upstream's unified
 # kernel on these scratch buffers): its 3D path and its segment count.
 MIN_LAUNCH_GRID_SIZE_2D = 128
@@ -145,6 +147,17 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.headdim = model_config.get_head_size()
         self.dtype = model_config.dtype  # of the queries: the plan's tiles depend on its width
         self.arch = GpuArch.of_device(device)
+        self.features, encoder = _layer_features(vllm_config, layer_names)
+        cache_dtype = vllm_config.cache_config.cache_dtype
+        kv_dtype = (
+            current_platform.fp8_dtype()
+            if is_quantized_kv_cache(cache_dtype)
+            else kv_cache_spec.dtype
+        )
+        if encoder:  # K/V straight from the layer's inputs, see TritonAttentionImpl._encoder_kv
+            self.layout = TensorLayout(kv_dtype, 1, kv_same_strides=True, vector_copies=False)
+        else:
+            self.layout = TensorLayout.of_packed_kv_cache(self.headdim, kv_dtype, self.block_size)
 
         # Decodes and speculative verifications (1 + k tokens) first, so that a
         # batch of them is recognised by its max_query_len alone.
@@ -190,17 +203,22 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     ) -> AttentionPlan | MixedBatchPlan:
         """The plan of a batch whose first ``num_decodes`` sequences are decodes
         (host facts only, see the module docstring)."""
-        heads = dict(num_q_heads=self.num_heads_q, num_kv_heads=self.num_heads_kv,
-                     head_size=self.headdim, arch=self.arch, dtype=self.dtype)  # fmt: skip
-        if self.mixed_batches_in_full_graphs:  # long-query: correct for every query length
-            return plan_attention(num_tokens=num_tokens, num_seqs=num_seqs,
-                                  max_query_len=max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1),
-                                  **heads)  # fmt: skip
-        return plan_mixed_attention(
-            num_tokens=num_tokens, num_seqs=num_seqs, num_decodes=num_decodes,
-            num_decode_tokens=num_decode_tokens, max_decode_query_len=self.max_decode_query_len,
-            max_query_len=max_query_len, **heads,
-        )  # fmt: skip
+        return plan_batch(
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+            num_decodes=num_decodes,
+            num_decode_tokens=num_decode_tokens,
+            max_decode_query_len=self.max_decode_query_len,
+            max_query_len=max_query_len,
+            num_q_heads=self.num_heads_q,
+            num_kv_heads=self.num_heads_kv,
+            head_size=self.headdim,
+            arch=self.arch,
+            dtype=self.dtype,
+            features=self.features,
+            layout=self.layout,
+            long_query_only=self.mixed_batches_in_full_graphs,
+        )
 
     def build_for_cudagraph_capture(
         self, common_attn_metadata: CommonAttentionMetadata
@@ -330,24 +348,51 @@ class TritonAttentionBackend(AttentionBackend):
         use_mm_prefix: bool,
         device_capability: DeviceCapability,
     ) -> str | None:
-        if (
-            kv_cache_dtype is not None
-            and kv_cache_dtype.startswith("fp8")
-            and not _has_native_fp8(device_capability)
-        ):
-            return (
-                f"fp8 KV cache needs native fp8 conversions (NVIDIA compute capability 8.9+, "
-                f"AMD gfx942/gfx950/gfx12); this GPU reports {device_capability.as_version_str()}"
-            )
+        if kv_cache_dtype is not None and kv_cache_dtype.startswith("fp8"):
+            fp8_dtype = current_platform.fp8_dtype()
+            arch = _arch_of(device_capability)
+            if not arch.supports_kv_dtype(fp8_dtype):
+                return (
+                    f"an fp8 KV cache ({fp8_dtype}) needs native fp8 conversions, which "
+                    f"{arch.vendor} {arch.name} lacks (NVIDIA needs compute capability 8.9+, "
+                    "AMD gfx942/gfx950/gfx12)"
+                )
         return None
 
 
-def _has_native_fp8(capability: DeviceCapability) -> bool:
-    if current_platform.is_cuda():
-        return capability.to_int() >= 89
-    if current_platform.is_rocm():  # capability parsed from gfx: 942 -> (9, 4)
-        return (capability.major, capability.minor) in ((9, 4), (9, 5)) or capability.major == 12
-    return True  # the CPU interpreter and other platforms convert in software
+def _arch_of(capability: DeviceCapability) -> GpuArch:
+    vendor = (
+        "cuda"
+        if current_platform.is_cuda()
+        else "hip"
+        if current_platform.is_rocm()
+        else "interpreter"  # the CPU interpreter and other platforms convert in software
+    )
+    return GpuArch.of_capability(vendor, capability.major, capability.minor)
+
+
+def _layer_features(vllm_config: VllmConfig, layer_names: list[str]) -> tuple[AttentionFeatures, bool]:
+    """The features any of these layers uses (one plan serves them all), and
+    whether they are encoder layers (no KV cache). Without the layers (a
+    builder made outside a model), every feature, so that the plan picks
+    kernels that run any call."""
+    layers = get_layers_from_vllm_config(vllm_config, AttentionLayerBase, layer_names)
+    impls = [getattr(layer, "impl", None) for layer in layers.values()]
+    impls = [impl for impl in impls if impl is not None]
+    if not impls:
+        return AttentionFeatures(sliding_window=True, softcap=True, alibi=True, sinks=True), False
+    features = AttentionFeatures(
+        sliding_window=any(tuple(getattr(i, "sliding_window", (-1, -1))) != (-1, -1) for i in impls),
+        softcap=any(bool(getattr(i, "logits_soft_cap", 0)) for i in impls),
+        alibi=any(getattr(i, "alibi_slopes", None) is not None for i in impls),
+        sinks=any(getattr(i, "sinks", None) is not None for i in impls),
+    )
+    encoder = any(
+        getattr(i, "attn_type", AttentionType.DECODER)
+        in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY)
+        for i in impls
+    )
+    return features, encoder
 
 
 class TritonAttentionImpl(AttentionImpl):

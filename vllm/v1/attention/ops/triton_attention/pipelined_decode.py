@@ -8,7 +8,7 @@ in Gluon (``triton.experimental.gluon``) so that the copies of the next
 Triton's pipeliner cannot do that for a paged cache: each tile's addresses
 come from a block-table load, and it waits for every outstanding copy
 (``async_wait {num = 0}``) at the top of each iteration, so within a program
-no copy overlaps compute (see ``common.attend_key_tiles``).
+no copy overlaps compute (see ``jit_helpers.attend_key_tiles``).
 
 Each program issues ``cp.async`` copies of K^T and V tiles into a ring of
 shared-memory buffers, waits only for the oldest (``wait_group``), and loads
@@ -16,7 +16,8 @@ the block numbers of the next tile to issue one iteration early. It covers
 2-byte queries and cache with a power-of-two head size and none of sliding
 window, softcap, ALiBi or sinks; the plan picks it (``AttentionPlan.
 pipelined_decode``) only where it measured faster than the portable kernel
-(``plan.PIPELINED_DECODE_TILES``).
+(``plan.PIPELINED_DECODE_TILES``) and where it covers the call
+(``plan.pipelined_kernel_covers``).
 """
 
 from triton.experimental import gluon
@@ -24,10 +25,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .split_kv_decode import split_key_range, store_split_result
-
-# Triton 3.6 names the CTA-wide barrier thread_barrier, 3.8 barrier.
-cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+from .gluon_helpers import cta_barrier
+from .jit_helpers import LOG2E, split_key_range, store_split_result
 
 
 @gluon.constexpr_function
@@ -218,7 +217,7 @@ def split_kv_decode_pipelined_kernel(
     q_offset = (q_start + q_token).to(gl.int64) * stride_q_token + q_head * stride_q_head
     q = gl.load(q_ptr + q_offset[:, None] + q_dim[None, :], mask=q_valid[:, None], other=0.0)
     q = gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=MMA_LAYOUT, k_width=2))
-    qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
+    qk_scale = scale * LOG2E  # scores in the log2 domain
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_layout)
     l_i = gl.full([BLOCK_M], 0.0, gl.float32, layout=row_layout)
@@ -248,7 +247,7 @@ def split_kv_decode_pipelined_kernel(
         k = k_buffers.index(slot).load(b_operand)
         s = mma_v2(q, k, gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=MMA_LAYOUT))
         key_idx = split_lo + tile * TILE_N + key_offsets
-        # Not common.visible_mask: its offset form takes 12 more registers
+        # Not jit_helpers.visible_mask: its offset form takes 12 more registers
         # here under Triton 3.8 (96 -> 108), a program fewer per SM.
         visible = key_idx[None, :] < split_hi
         if IS_CAUSAL:
@@ -268,8 +267,25 @@ def split_kv_decode_pipelined_kernel(
 
     dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, MMA_LAYOUT))
     store_split_result(
-        out_ptr, partial_out_ptr, partial_lse_ptr, acc, m_i, l_i, q_start, token, head, split,
-        row_valid, dim, dim < HEAD_PAD, 1.0,
-        stride_out_token, stride_out_head, stride_partial_token, stride_partial_head,
-        1, HEAD_PAD, NUM_KV_SPLITS,
-    )  # fmt: skip
+        out_ptr,
+        partial_out_ptr,
+        partial_lse_ptr,
+        acc,
+        m_i,
+        l_i,
+        q_start,
+        token,
+        head,
+        split,
+        row_valid,
+        dim,
+        dim_mask=dim < HEAD_PAD,
+        v_scale=1.0,  # 2-byte caches only
+        stride_out_token=stride_out_token,
+        stride_out_head=stride_out_head,
+        stride_partial_token=stride_partial_token,
+        stride_partial_head=stride_partial_head,
+        STRIDE_OUT_DIM=1,
+        HEAD_PAD=HEAD_PAD,
+        NUM_KV_SPLITS=NUM_KV_SPLITS,
+    )

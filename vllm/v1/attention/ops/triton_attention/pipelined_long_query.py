@@ -45,14 +45,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_wait
 
-from .common import find_q_tile, key_range
-from .pipelined_decode import cta_barrier
+from .gluon_helpers import cta_barrier
+from .jit_helpers import LOG2E, find_q_tile, key_range, tanh
 
 
 @gluon.constexpr_function
 def long_query_layout(name: str, head_pad: int, tile_n: int, num_warps: int, block_size: int):
     """Layout ``name`` of ``long_query_pipelined_kernel``, which builds its layouts
-    while it compiles (see ``pipelined_decode.decode_layout`` for why): wgmma
+    while it compiles (as ``pipelined_decode.decode_layout``, for the same reason): wgmma
     accumulators with warps stacked along the rows (16 each); 16-byte loads
     along the head dimension (Q, and K/V copies into the swizzled layout wgmma
     reads: for 2-byte elements, fp16 and bf16 share it). The copies see a key
@@ -86,7 +86,7 @@ def _tile_rows(first_token, q_len, kv_head, BLOCK_M: gl.constexpr, QUERIES_PER_K
                layout: gl.constexpr):  # fmt: skip
     """(token, query head, valid) of each row of a Q tile, in ``layout``: rows
     pack every query head of this KV head for consecutive tokens (as
-    ``common.query_rows``, whose ``tl.arange`` has no layout for Gluon)."""
+    ``jit_helpers.query_rows``, whose ``tl.arange`` has no layout for Gluon)."""
     rows = gl.arange(0, BLOCK_M, layout=layout)
     token = first_token + rows // QUERIES_PER_KV
     head = kv_head * QUERIES_PER_KV + rows % QUERIES_PER_KV
@@ -129,8 +129,8 @@ def _exp2(x, FMA_EXP2_EVERY: gl.constexpr):
     """2^x, with every ``FMA_EXP2_EVERY``-th 8-column group (0: none, else 4) on
     the FMA units (``_exp2_on_fma``): at head 64 a tile's exponentials need the
     MUFU unit (16 per SM and cycle) as long as its two wgmmas the tensor
-    cores. Every 2nd group measured slower (experiments/
-    ab_session8_round1_fma_exp2.json)."""
+    cores. Every 2nd group measured slower (DECISIONS.md: "Pipelined long
+    query")."""
     gl.static_assert(FMA_EXP2_EVERY == 0 or FMA_EXP2_EVERY == 4)
     if FMA_EXP2_EVERY == 0:
         p = gl.exp2(x)
@@ -194,13 +194,6 @@ def _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, s
 
 
 @gluon.jit
-def _tanh(x):
-    """tanh from exp2, accurate to fp32 rounding (``tanh.approx`` is off by up
-    to 2^-11 relative, 0.025 on a logit capped at 50); saturates to +-1."""
-    return 1.0 - 2.0 / (gl.exp2(x * 2.885390081777927) + 1.0)
-
-
-@gluon.jit
 def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
                    key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL: gl.constexpr,
                    HAS_SLIDING_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
@@ -211,7 +204,7 @@ def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_lo, full_hi, kv_
     output's rows. With softcap, ``qk_scale`` is scale / softcap and the
     scores become softcap * tanh(scale * q.k / softcap) in the log2 domain."""
     if HAS_SOFTCAP:
-        s = _tanh(s * qk_scale) * soft_cap_log2
+        s = tanh(s * qk_scale) * soft_cap_log2
         qk_scale = 1.0
     s = _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, sliding_window,
                    IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
@@ -387,7 +380,7 @@ def _key_loop(
             # Q K^T first, so that the tensor cores start right after the
             # barrier; the copies are issued while it runs (Gemma-2 shapes,
             # H200: 0.98-1.04x against copies first, the gains at batch 4;
-            # experiments/ab_session9_round4_copy_order_*.json).
+            # DECISIONS.md: "Pipelined long query").
             s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
                               use_acc=False, is_async=True)  # fmt: skip
             _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,
@@ -610,9 +603,9 @@ def long_query_pipelined_kernel(
     key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
     if HAS_SOFTCAP:  # see _probabilities
         qk_scale = scale / soft_cap
-        soft_cap_log2 = soft_cap * 1.4426950408889634
+        soft_cap_log2 = soft_cap * LOG2E
     else:
-        qk_scale = scale * 1.4426950408889634  # log2(e): scores in the log2 domain
+        qk_scale = scale * LOG2E  # scores in the log2 domain
         soft_cap_log2 = 1.0
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SCORE_LAYOUT))
     no_scores = gl.zeros([BLOCK_M, TILE_N], gl.float32, layout=SCORE_LAYOUT)
@@ -636,7 +629,10 @@ def long_query_pipelined_kernel(
     # Output rows from the score rows' key positions (live through the loop
     # anyway): fewer values in registers there.
     o_pos = gl.convert_layout(query_pos, out_rows)
-    _, o_head, o_valid = _tile_rows(0, BLOCK_Q, kv_head, BLOCK_M, QUERIES_PER_KV, out_rows)
+    _, o_head, o_valid = _tile_rows(
+        first_token=0, q_len=BLOCK_Q, kv_head=kv_head, BLOCK_M=BLOCK_M,
+        QUERIES_PER_KV=QUERIES_PER_KV, layout=out_rows,
+    )  # fmt: skip
     o_valid &= o_pos < kv_hi  # tokens past the query sit at kv_hi or later
     o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
     o_offset = (q_start - context_len + key_base + o_pos).to(gl.int64) * stride_out_token

@@ -19,12 +19,14 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .common import (
+from .jit_helpers import (
     attend_key_tiles,
     init_softmax_state,
     load_qk_scale,
     load_v_scale,
     query_rows,
+    split_key_range,
+    store_split_result,
 )
 
 
@@ -91,7 +93,7 @@ def split_kv_decode_kernel(
     # batch's long queries read what that kernel wrote without waiting.
     if PDL:
         gdc_wait()
-    if EARLY_DEPENDENTS:  # see kernel_launches
+    if EARLY_DEPENDENTS:  # see launch.py
         gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -106,7 +108,9 @@ def split_kv_decode_kernel(
 
     # Every query token of the sequence (at most BLOCK_M // QUERIES_PER_KV,
     # guaranteed by the plan) times every query head of this KV head.
-    token, head, row_valid = query_rows(0, q_len, kv_head, BLOCK_M, QUERIES_PER_KV)
+    token, head, row_valid = query_rows(
+        first_token=0, q_len=q_len, kv_head=kv_head, BLOCK_M=BLOCK_M, QUERIES_PER_KV=QUERIES_PER_KV
+    )
     query_pos = context_len + token
     dim = tl.arange(0, HEAD_PAD)
     dim_mask = dim < HEAD_SIZE
@@ -133,84 +137,68 @@ def split_kv_decode_kernel(
 
     block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
     acc, m_i, l_i = attend_key_tiles(
-        acc, m_i, l_i, q, split_lo, split_hi, split_lo, split_hi,
-        query_pos, seq_len, sliding_window, qk_scale, soft_cap, alibi_slope,
-        k_cache_ptr, v_cache_ptr, block_table_row_ptr, kv_head, dim, dim_mask,
-        stride_k_block, stride_k_slot, stride_k_head,
-        stride_v_block, stride_v_slot, stride_v_head,
-        STRIDE_K_DIM, STRIDE_V_DIM, BLOCK_SIZE, TILE_N, True,
-        IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION, PREFETCH_BLOCKS,
-    )  # fmt: skip
+        acc,
+        m_i,
+        l_i,
+        q,
+        tile_begin=split_lo,
+        tile_end=split_hi,
+        kv_lo=split_lo,
+        kv_hi=split_hi,
+        query_pos=query_pos,
+        seq_len=seq_len,
+        sliding_window=sliding_window,
+        qk_scale=qk_scale,
+        soft_cap=soft_cap,
+        alibi_slope=alibi_slope,
+        k_cache_ptr=k_cache_ptr,
+        v_cache_ptr=v_cache_ptr,
+        block_table_row_ptr=block_table_row_ptr,
+        kv_head=kv_head,
+        dim=dim,
+        dim_mask=dim_mask,
+        stride_k_block=stride_k_block,
+        stride_k_slot=stride_k_slot,
+        stride_k_head=stride_k_head,
+        stride_v_block=stride_v_block,
+        stride_v_slot=stride_v_slot,
+        stride_v_head=stride_v_head,
+        STRIDE_K_DIM=STRIDE_K_DIM,
+        STRIDE_V_DIM=STRIDE_V_DIM,
+        BLOCK_SIZE=BLOCK_SIZE,
+        TILE_N=TILE_N,
+        MASKED=True,
+        IS_CAUSAL=IS_CAUSAL,
+        HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+        HAS_SOFTCAP=HAS_SOFTCAP,
+        HAS_ALIBI=HAS_ALIBI,
+        DOT_PRECISION=DOT_PRECISION,
+        PREFETCH_BLOCKS=PREFETCH_BLOCKS,
+    )
 
     store_split_result(
-        out_ptr, partial_out_ptr, partial_lse_ptr, acc, m_i, l_i, q_start, token, head, split,
-        row_valid, dim, dim_mask, load_v_scale(v_scale_ptr, KV_IS_FP8),
-        stride_out_token, stride_out_head, stride_partial_token, stride_partial_head,
-        STRIDE_OUT_DIM, HEAD_PAD, NUM_KV_SPLITS,
-    )  # fmt: skip
-
-
-@triton.jit
-def split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS: tl.constexpr, TILE_N: tl.constexpr):
-    """Keys ``[split_lo, split_hi)`` of split ``split``: the sequence's keys from
-    ``kv_lo`` on, cut into ``NUM_KV_SPLITS`` ranges of whole key tiles. The
-    length of a range follows the sequence, so the grid does not."""
-    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_KV_SPLITS), TILE_N) * TILE_N
-    split_lo = kv_lo + split * keys_per_split
-    return split_lo, tl.minimum(split_lo + keys_per_split, seq_len)
-
-
-@triton.jit
-def store_split_result(
-    out_ptr,
-    partial_out_ptr,
-    partial_lse_ptr,
-    acc,
-    m_i,
-    l_i,
-    q_start,
-    token,
-    head,
-    split,
-    row_valid,
-    dim,
-    dim_mask,
-    v_scale,
-    stride_out_token,
-    stride_out_head,
-    stride_partial_token,
-    stride_partial_head,
-    STRIDE_OUT_DIM: tl.constexpr,
-    HEAD_PAD: tl.constexpr,
-    NUM_KV_SPLITS: tl.constexpr,
-):
-    """One split's softmax state for its rows: the output itself when there is
-    one split, else the normalised partial and its log2-sum-exp for the merge.
-    Layout-free, so the Gluon kernel (pipelined_decode.py) shares it."""
-    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
-    has_keys = l_i != 0.0
-    l_safe = tl.where(has_keys, l_i, 1.0)
-    store_mask = row_valid[:, None] & dim_mask[None, :]
-    if NUM_KV_SPLITS == 1:
-        result = acc * (v_scale / l_safe)[:, None]
-        out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
-        tl.store(
-            out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
-            result.to(out_ptr.dtype.element_ty),
-            mask=store_mask,
-        )
-    else:
-        row_offset = (q_start + token).to(tl.int64) * stride_partial_token
-        row_offset += head * stride_partial_head + split * HEAD_PAD
-        tl.store(
-            partial_out_ptr + row_offset[:, None] + dim[None, :],
-            acc / l_safe[:, None],
-            mask=store_mask,
-        )
-        lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
-        lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
-        lse_offset += head * NUM_KV_SPLITS + split
-        tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
+        out_ptr,
+        partial_out_ptr,
+        partial_lse_ptr,
+        acc,
+        m_i,
+        l_i,
+        q_start,
+        token,
+        head,
+        split,
+        row_valid,
+        dim,
+        dim_mask,
+        v_scale=load_v_scale(v_scale_ptr, KV_IS_FP8),
+        stride_out_token=stride_out_token,
+        stride_out_head=stride_out_head,
+        stride_partial_token=stride_partial_token,
+        stride_partial_head=stride_partial_head,
+        STRIDE_OUT_DIM=STRIDE_OUT_DIM,
+        HEAD_PAD=HEAD_PAD,
+        NUM_KV_SPLITS=NUM_KV_SPLITS,
+    )
 
 
 @triton.jit

@@ -1,29 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Every kernel on a small representative matrix, checked against the reference:
-the program that ``scripts/run_sanitizer.sh`` runs under compute-sanitizer.
+the program that ``devtools/run_sanitizer.sh`` runs under compute-sanitizer.
 
 Covers split-KV decode with and without its merge (one split per sequence is
 the Gluon pipelined kernel on sm_90), speculative decode, the
 long-query kernel, a mixed batch (both), fp8 and 16-bit caches, every feature
 switch and the cache write. Exits non-zero on a wrong result.
 
-    python3 scripts/sanitize_kernels.py            # plain run (fills Triton's cache)
-    python3 scripts/sanitize_kernels.py mixed      # named cases only
+    python -m devtools.sanitize_kernels            # plain run (fills Triton's cache)
+    python -m devtools.sanitize_kernels mixed      # named cases only
 """
 
+import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))
-sys.path.append(str(REPO / "tests"))
-
-from batches import TOLERANCES, make_batch, plan_for_batch  # noqa: E402
-
-from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch
+from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     paged_attention,
     reference_paged_attention,
@@ -70,7 +65,7 @@ def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> No
         extra["sinks"] = torch.randn(num_q_heads, generator=gen).cuda()
     plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
                           num_kv_heads=num_kv_heads, head_size=head_size, device="cuda",
-                          max_decode_query_len=4)  # fmt: skip
+                          max_decode_query_len=4, **batch.plan_facts(**extra))  # fmt: skip
     out = torch.full_like(batch.q, float("nan"))
     paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5,
                     plan=plan, **batch.kernel_args(), **extra)  # fmt: skip
@@ -95,10 +90,13 @@ def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> No
 
 
 def main() -> int:
-    names = sys.argv[1:]  # a subset by name (racecheck is slow), or every case
-    unknown = set(names) - {case[0] for case in CASES}
-    if unknown:
-        sys.exit(f"unknown cases {sorted(unknown)}; known: {[case[0] for case in CASES]}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    known = [case[0] for case in CASES]
+    parser.add_argument("cases", nargs="*", metavar="CASE",
+                        help=f"run only these (racecheck is slow); default: all of {known}")  # fmt: skip
+    names = parser.parse_args().cases
+    if set(names) - set(known):
+        parser.error(f"unknown cases {sorted(set(names) - set(known))}")
     for case in CASES:
         if not names or case[0] in names:
             run_case(*case)

@@ -1,26 +1,27 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Plot a bench_attention.py JSON: decode KV-read bandwidth vs context, one line
+"""Plot a bench_attention JSON: decode KV-read bandwidth vs context, one line
 per batch size and implementation, with the card's copy bandwidth as the roofline.
+Needs matplotlib (``pip install matplotlib``).
 
-    python3 scripts/plot_bench.py benchmarks/results/nvidia-h200/bench_full.json
+    python -m devtools.plot_bench benchmarks/results/nvidia-h100/bench_full.json
 """
 
 import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("json")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json", help="a bench_attention --out file; the PNG goes beside it")
     parser.add_argument("--model", default="llama3-8b")
     args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = json.loads(Path(args.json).read_text())
     copy = next(r["gbps"] for r in records if r["impl"] == "copy")
     card = records[0]["card"]

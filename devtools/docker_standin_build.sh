@@ -9,8 +9,12 @@
 # Needs root, Debian's docker.io and debootstrap. The daemon this script starts
 # is stopped again, and its bridge and iptables rules are removed, on exit.
 #
-#   sudo bash scripts/docker_standin_build.sh [cuda|rocm|all]
+#   sudo bash devtools/docker_standin_build.sh [cuda|rocm|all]
 set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 which=${1:-all}
 work=$(mktemp -d /tmp/standin.XXXXXX)

@@ -4,32 +4,25 @@
 
     ncu --clock-control none --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats --launch-skip 10 --launch-count 2 \\
-        python3 scripts/profile_cell.py --batch 1 --context 16384
+        python -m devtools.profile_cell --batch 1 --context 16384
 
-``--plan '{"pipelined_long_query": null}'`` profiles another launch of the
-same cell (here the portable long-query kernel instead of the Hopper one).
+``--plan '{"kernel": "long_query"}'`` profiles another launch of the same
+cell (here the portable long-query kernel instead of the Hopper one, with the
+Hopper plan's tiles unless overridden too).
 """
 
 import argparse
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.append(str(Path(__file__).resolve().parent))
-
-from bench_attention import MODELS, _plan, ragged_inputs  # noqa: E402
-
-from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
-    SplitKVWorkspace,
-    paged_attention,
-)
+from devtools.bench_attention import MODELS, backend_plan, ragged_inputs
+from vllm.v1.attention.ops.triton_attention import SplitKVWorkspace, paged_attention
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama3-8b", choices=MODELS)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--q-len", type=int, default=1)
@@ -42,7 +35,7 @@ def main():
     q_lens, seq_lens = [args.q_len] * args.batch, [args.context] * args.batch
     q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens,
                                                                torch.bfloat16)  # fmt: skip
-    plan = dataclasses.replace(_plan(model, q_lens), **args.plan)
+    plan = dataclasses.replace(backend_plan(model, q_lens), **args.plan)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
     print(plan)

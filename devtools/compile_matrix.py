@@ -4,13 +4,14 @@
 on a machine without a GPU: the portability proof.
 
 Each variant goes through the runtime's own code: ``plan_attention`` with the
-target's ``GpuArch`` and ``kernel_launches`` (the function ``paged_attention``
-launches from), so the compiled constexprs, warps and stages are the ones that
-would run. Per target and kernel it records: compiled, registers, spills, shared
-memory / LDS, warps, stages and the matrix-instruction family.
+target's ``GpuArch`` and the variant's features and tensor layout, then
+``launch.kernel_launches`` (the function ``paged_attention`` launches from),
+so the compiled constexprs, warps and stages are the ones that would run.
+Per target and kernel it records: compiled, registers, spills, shared memory
+/ LDS, warps, stages and the matrix-instruction family.
 
-    python3 scripts/compile_matrix.py --out benchmarks/results/compile_matrix.json
-    python3 scripts/compile_matrix.py --subset hot --targets sm_90 gfx942   # quick
+    python -m devtools.compile_matrix --out benchmarks/results/portability/compile_matrix.json
+    python -m devtools.compile_matrix --subset hot --targets sm_90 gfx942   # quick
 
 ``--ptx DIR`` also writes each NVIDIA kernel's PTX there, without its debug
 lines: two runs (two commits, or two Triton versions) can then be compared with
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -32,10 +32,6 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-if importlib.util.find_spec("vllm") is None:  # GPU box: the kernel package from the repo
-    sys.path.append(str(REPO))
 
 # name: (backend, arch, warp size, SMs/CUs for the plan, shared-memory/LDS bytes per block)
 TARGETS = {
@@ -99,12 +95,9 @@ def _launches(variant: Variant, target: str):
     """The runtime's launches for this variant on this target (tiny CPU tensors)."""
     import torch
 
-    from vllm.v1.attention.ops.triton_attention import (
-        GpuArch,
-        SplitKVWorkspace,
-        kernel_launches,
-        plan_attention,
-    )
+    from vllm.v1.attention.ops.triton_attention import GpuArch, SplitKVWorkspace, plan_attention
+    from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
+    from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
 
     backend, arch_name, _, units, _ = TARGETS[target]
     arch = GpuArch(backend, arch_name if backend == "hip" else f"sm_{arch_name}", units)
@@ -118,27 +111,42 @@ def _launches(variant: Variant, target: str):
     num_q_heads = num_kv_heads * variant.queries_per_kv
     q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
     packed = torch.empty(8, 16, num_kv_heads, 2 * variant.head_size, dtype=kv_dtype)
-    k_cache, v_cache = packed[..., : variant.head_size], packed[..., variant.head_size :]
-    qsl = torch.arange(num_seqs + 1, dtype=torch.int32) * q_len
-    seq_lens = torch.full((num_seqs,), q_len, dtype=torch.int32)
-    block_table = torch.zeros(num_seqs, 4, dtype=torch.int32)
-    plan = plan_attention(num_tokens=q.shape[0], num_seqs=num_seqs, max_query_len=q_len,
-                          num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-                          head_size=variant.head_size, arch=arch, dtype=dtype)  # fmt: skip
 
     def on(switch):
         return variant.features in (switch, "all")
 
     scale = torch.tensor(1.0)
     fp8 = variant.kv_dtype is not None
-    return kernel_launches(
-        q, k_cache, v_cache, torch.empty_like(q), qsl, seq_lens, block_table, 0.1,
-        variant.features != "non_causal", 64 if on("sliding_window") else None,
-        30.0 if on("softcap") else None, torch.empty(num_q_heads) if on("alibi") else None,
-        torch.empty(num_q_heads) if on("sinks") else None,
-        scale if fp8 else None, scale if fp8 else None, plan,
-        SplitKVWorkspace.allocate(plan, "cpu"),
-    )  # fmt: skip
+    call = AttentionCall(
+        q=q,
+        k_cache=packed[..., : variant.head_size],
+        v_cache=packed[..., variant.head_size :],
+        out=torch.empty_like(q),
+        query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32) * q_len,
+        seq_lens=torch.full((num_seqs,), q_len, dtype=torch.int32),
+        block_table=torch.zeros(num_seqs, 4, dtype=torch.int32),
+        scale=0.1,
+        causal=variant.features != "non_causal",
+        sliding_window=64 if on("sliding_window") else None,
+        logits_soft_cap=30.0 if on("softcap") else None,
+        alibi_slopes=torch.empty(num_q_heads) if on("alibi") else None,
+        sinks=torch.empty(num_q_heads) if on("sinks") else None,
+        k_scale=scale if fp8 else None,
+        v_scale=scale if fp8 else None,
+    )
+    plan = plan_attention(
+        num_tokens=q.shape[0],
+        num_seqs=num_seqs,
+        max_query_len=q_len,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=variant.head_size,
+        arch=arch,
+        dtype=dtype,
+        features=call.features(),
+        layout=call.layout(),
+    )
+    return kernel_launches(call, plan, SplitKVWorkspace.allocate(plan, "cpu"))
 
 
 def _specialisation(launch, backend: str):
@@ -154,13 +162,13 @@ def _specialisation(launch, backend: str):
     else:
         from triton.backends.amd.compiler import HIPBackend as Backend
     fn = launch.kernel
-    signature, constexprs, attrs, args = {}, {}, {}, iter(launch.args)
-    for index, name in enumerate(fn.arg_names):
-        if name in launch.constexprs:
+    signature, constexprs, attrs = {}, {}, {}
+    for index, (name, param) in enumerate(zip(fn.arg_names, fn.params, strict=True)):
+        value = launch.args[name]
+        if param.is_constexpr:
             signature[name] = "constexpr"
-            constexprs[(index,)] = launch.constexprs[name]
+            constexprs[(index,)] = value
             continue
-        value = next(args)
         kind, attr = native_specialize_impl(Backend, value, False, True, True)
         signature[name] = kind
         if kind == "constexpr":
@@ -219,11 +227,11 @@ def compile_variant(job: tuple[Variant, str, Path | None]) -> list[dict]:
     records = []
     for launch in launches:
         signature, constexprs, attrs = _specialisation(launch, backend)
-        options = {k: launch.constexprs[k] for k in ("num_warps", "num_stages")
-                   if k in launch.constexprs}  # fmt: skip
+        options = {k: launch.options[k] for k in ("num_warps", "num_stages")
+                   if k in launch.options}  # fmt: skip
         record = dict(target=target, kernel=launch.kernel.__name__, variant=dataclasses.asdict(
-            variant), constexprs={k: str(launch.constexprs[k]) for k in signature
-                                    if signature[k] == "constexpr" and k in launch.constexprs},
+            variant), constexprs={k: str(launch.args[k]) for k in signature
+                                    if signature[k] == "constexpr"},
             num_warps=options.get("num_warps", 4), num_stages=options.get("num_stages", 3),
             hot=variant.hot, shared_limit=shared_limit)  # fmt: skip
         start = time.time()

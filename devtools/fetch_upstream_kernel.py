@@ -1,21 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Put vLLM 0.33.0's own Triton attention kernel beside ours, for benchmarks only.
+"""Put the pinned vLLM's own Triton attention kernel beside ours, for benchmarks only.
 
-Extracts upstream's two kernel files from the pinned wheel into the ignored
-folder ``benchmarks/upstream/`` (never committed) and writes minimal stand-ins
-for the five vLLM modules they import, so they run on the GPU box (no vLLM).
-Send the folder with the device tool's ``carry`` and run the benchmark with
+Extracts upstream's two kernel files from the pinned wheel (downloaded by the
+patch tool, ``scripts/patchset.py fetch wheel``) into the ignored folder
+``benchmarks/upstream/`` (never committed) and writes minimal stand-ins for the
+five vLLM modules they import, so they run on a GPU machine without vLLM. Take
+the folder there with the working tree and run the benchmarks with
 ``--upstream``.
 """
 
+import argparse
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import patchset  # noqa: E402
 
 OUT = REPO / "benchmarks" / "upstream"
 KERNEL_FILES = [
@@ -54,8 +55,20 @@ STAND_INS = {
 }
 
 
+def pinned_wheel() -> Path:
+    """The pinned upstream wheel, fetched (and sha256-checked) by the patch tool."""
+    fetched = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "patchset.py"), "fetch", "wheel"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(fetched.stdout.strip().splitlines()[-1])
+
+
 def main():
-    with zipfile.ZipFile(patchset.fetch("wheel")) as wheel:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    with zipfile.ZipFile(pinned_wheel()) as wheel:
         for name in KERNEL_FILES:
             target = OUT / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +76,7 @@ def main():
     for name, text in STAND_INS.items():
         target = OUT / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("# stand-in written by scripts/fetch_upstream_kernel.py\n" + text)
+        target.write_text("# stand-in written by devtools/fetch_upstream_kernel.py\n" + text)
     print(OUT)
 
 

@@ -2,6 +2,10 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """``@triton.jit`` helpers shared by the attention kernels.
 
+Every kernel file imports its helpers from here (and the Gluon kernels theirs
+from ``gluon_helpers``), never from another kernel file. Helpers that are
+"layout-free" (no ``tl.arange``) also run inside the Gluon kernels.
+
 Scores live in the log2 domain inside the kernels (``exp2`` is the cheap
 instruction on every GPU), so the softmax scale is folded with ``log2(e)``
 before the loop and sink logits are converted on load.
@@ -51,8 +55,8 @@ def find_q_tile(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr):
     fill in at the end instead of heavy ones running alone there (H200,
     against tiles in order: 1.07-1.40x on causal prefills of 1-4k tokens,
     1.00-1.05x at 8-16k, 1.02-1.06x mixed; 0.96-0.98x on two grids of one
-    wave, where order cannot matter; benchmarks/results/nvidia-h200/
-    experiments/ab_session8_round4_heaviest_tiles_first.json).
+    wave, where order cannot matter; DECISIONS.md: "Heaviest Q tiles
+    first").
 
     Sequence ``b`` owns tiles ``(query_start_loc[b] - query_start_loc[0]) //
     BLOCK_Q + b`` onwards: an upper bound on the Q blocks before it that needs no
@@ -82,8 +86,10 @@ def find_q_tile(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def tanh(x):
-    # Portable across NVIDIA and AMD (no libdevice); saturates cleanly at +-1.
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    """tanh from exp2, portable across NVIDIA and AMD (no libdevice), accurate
+    to fp32 rounding (``tanh.approx`` is off by up to 2^-11 relative, 0.025 on
+    a logit capped at 50); saturates cleanly to +-1. Layout-free."""
+    return 1.0 - 2.0 / (tl.math.exp2(x * (2.0 * LOG2E)) + 1.0)
 
 
 @triton.jit
@@ -306,16 +312,19 @@ def attend_key_tiles(
     """
     if PREFETCH_BLOCKS:
         first_keys = tile_begin + tl.arange(0, TILE_N)
-        block = tile_blocks(block_table_row_ptr, first_keys, first_keys < kv_hi, BLOCK_SIZE)
+        block = tile_blocks(
+            block_table_row_ptr, first_keys, first_keys < kv_hi, BLOCK_SIZE=BLOCK_SIZE
+        )
     for tile_start in range(tile_begin, tile_end, TILE_N):
         key_idx = tile_start + tl.arange(0, TILE_N)
         load_mask = (key_idx >= kv_lo) & (key_idx < kv_hi)
         if PREFETCH_BLOCKS:
             next_keys = key_idx + TILE_N
-            next_block = tile_blocks(block_table_row_ptr, next_keys, next_keys < kv_hi,
-                                     BLOCK_SIZE)  # fmt: skip
+            next_block = tile_blocks(
+                block_table_row_ptr, next_keys, next_keys < kv_hi, BLOCK_SIZE=BLOCK_SIZE
+            )
         else:
-            block = tile_blocks(block_table_row_ptr, key_idx, load_mask, BLOCK_SIZE)
+            block = tile_blocks(block_table_row_ptr, key_idx, load_mask, BLOCK_SIZE=BLOCK_SIZE)
         k, v = load_kv_tile(
             k_cache_ptr,
             v_cache_ptr,
@@ -331,22 +340,98 @@ def attend_key_tiles(
             stride_v_block,
             stride_v_slot,
             stride_v_head,
-            STRIDE_K_DIM,
-            STRIDE_V_DIM,
-            BLOCK_SIZE,
-            q.dtype,
-            MASKED,
+            STRIDE_K_DIM=STRIDE_K_DIM,
+            STRIDE_V_DIM=STRIDE_V_DIM,
+            BLOCK_SIZE=BLOCK_SIZE,
+            COMPUTE_DTYPE=q.dtype,
+            MASKED=MASKED,
         )
         s = attention_scores(
-            q, k, qk_scale, soft_cap, alibi_slope, query_pos, key_idx,
-            HAS_SOFTCAP, HAS_ALIBI, DOT_PRECISION,
-        )  # fmt: skip
+            q,
+            k,
+            qk_scale,
+            soft_cap,
+            alibi_slope,
+            query_pos,
+            key_idx,
+            HAS_SOFTCAP=HAS_SOFTCAP,
+            HAS_ALIBI=HAS_ALIBI,
+            DOT_PRECISION=DOT_PRECISION,
+        )
         if MASKED:
             visible = visible_mask(
-                query_pos, key_idx, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW
+                query_pos,
+                key_idx,
+                seq_len,
+                sliding_window,
+                IS_CAUSAL=IS_CAUSAL,
+                HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             )
             s = tl.where(visible, s, float("-inf"))
-        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION=DOT_PRECISION)
         if PREFETCH_BLOCKS:
             block = next_block
     return acc, m_i, l_i
+
+
+@triton.jit
+def split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS: tl.constexpr, TILE_N: tl.constexpr):
+    """Keys ``[split_lo, split_hi)`` of split ``split``: the sequence's keys from
+    ``kv_lo`` on, cut into ``NUM_KV_SPLITS`` ranges of whole key tiles. The
+    length of a range follows the sequence, so the grid does not."""
+    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_KV_SPLITS), TILE_N) * TILE_N
+    split_lo = kv_lo + split * keys_per_split
+    return split_lo, tl.minimum(split_lo + keys_per_split, seq_len)
+
+
+@triton.jit
+def store_split_result(
+    out_ptr,
+    partial_out_ptr,
+    partial_lse_ptr,
+    acc,
+    m_i,
+    l_i,
+    q_start,
+    token,
+    head,
+    split,
+    row_valid,
+    dim,
+    dim_mask,
+    v_scale,
+    stride_out_token,
+    stride_out_head,
+    stride_partial_token,
+    stride_partial_head,
+    STRIDE_OUT_DIM: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    NUM_KV_SPLITS: tl.constexpr,
+):
+    """One split's softmax state for its rows: the output itself when there is
+    one split, else the normalised partial and its log2-sum-exp for the merge.
+    Layout-free: both split-KV kernels store through it."""
+    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
+    has_keys = l_i != 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    store_mask = row_valid[:, None] & dim_mask[None, :]
+    if NUM_KV_SPLITS == 1:
+        result = acc * (v_scale / l_safe)[:, None]
+        out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
+        tl.store(
+            out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
+            result.to(out_ptr.dtype.element_ty),
+            mask=store_mask,
+        )
+    else:
+        row_offset = (q_start + token).to(tl.int64) * stride_partial_token
+        row_offset += head * stride_partial_head + split * HEAD_PAD
+        tl.store(
+            partial_out_ptr + row_offset[:, None] + dim[None, :],
+            acc / l_safe[:, None],
+            mask=store_mask,
+        )
+        lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
+        lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
+        lse_offset += head * NUM_KV_SPLITS + split
+        tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)

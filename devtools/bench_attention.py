@@ -6,7 +6,7 @@ Runs on the GPU box (torch + triton, no vLLM). Every timed configuration is
 first checked against the reference on a small copy of itself. Writes JSON
 records (see ``--out``) and prints a markdown table.
 
-    python3 scripts/bench_attention.py --sweep quick --out $OUT/bench.json
+    python -m devtools.bench_attention --sweep quick --out $OUT/bench.json
 """
 
 from __future__ import annotations
@@ -26,19 +26,16 @@ import torch
 import triton
 import triton.testing
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))
-sys.path.append(str(REPO / "tests"))
-
-from batches import TOLERANCES, make_batch, plan_for_batch  # noqa: E402
-
-from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch
+from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,
     paged_attention,
     plan_attention,
     reference_paged_attention,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 MODELS = {  # name: (num_q_heads, num_kv_heads, head_size)
     "llama3-8b": (32, 8, 128),
@@ -169,7 +166,7 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
     return time_us(run, graphs), plan
 
 
-UPSTREAM = REPO / "benchmarks" / "upstream"  # scripts/fetch_upstream_kernel.py fills it
+UPSTREAM = REPO / "benchmarks" / "upstream"  # devtools/fetch_upstream_kernel.py fills it
 
 
 @functools.cache
@@ -265,11 +262,11 @@ def main():
     parser.add_argument(
         "--upstream",
         action="store_true",
-        help="also time vLLM 0.33.0's kernel (scripts/fetch_upstream_kernel.py)",
+        help="also time vLLM 0.33.0's kernel (devtools/fetch_upstream_kernel.py)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
-        parser.error(f"{UPSTREAM} is missing: run scripts/fetch_upstream_kernel.py first")
+        parser.error(f"{UPSTREAM} is missing: run devtools/fetch_upstream_kernel.py first")
 
     card = torch.cuda.get_device_name()
     dtype = torch.bfloat16

@@ -2,16 +2,16 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """A/B timing of kernel changes: an earlier commit's kernels against the working
 tree's, with optional plan overrides, on the same inputs in one run; timed with CUDA
-graphs or eagerly (``--timing``), optionally against vLLM 0.33.0's kernel (``--upstream``;
-scripts/fetch_upstream_kernel.py fetches it).
+graphs or eagerly (``--timing``), optionally against upstream vLLM's kernel
+(``--upstream``; ``python -m devtools.fetch_upstream_kernel`` fetches it).
 
-On the dev box, extract the base into an ignored folder that travels with the
-device call (``carry``), then time on the GPU box:
+Extract the base into an ignored folder (where git is), take it to the GPU box
+with the working tree, and time there:
 
-    python3 scripts/ab_kernels.py --extract 12a0c5a .exp/base_ta
-    python3 scripts/ab_kernels.py --base .exp/base_ta --cells decode spec \\
+    python -m devtools.ab_kernels --extract 12a0c5a .exp/base_ta
+    python -m devtools.ab_kernels --base .exp/base_ta --cells decode spec \\
         --variant 'tile128={"kv_tile_size": 128}' --variant 'no_pdl={"no_pdl": true}' \\
-        --out $OUT/ab.json
+        --out ab.json
 
 Every variant's output is compared with the base's (max abs difference, ``err``).
 ``--timing`` takes one or more of: ``graphs`` (``do_bench_cudagraph``), ``eager``
@@ -21,9 +21,8 @@ profiler's kernel durations in an eager loop like ``do_bench``'s; also records
 ``span``, from the memset's end to the call's last kernel end, so span - kernel is
 the GPU's idle time inside the call).
 ``--features`` passes keyword arguments (sliding window, softcap) to every call.
-Overrides are ``AttentionPlan`` fields (``num_kv_splits`` and ``block_m`` also
-resize the grid), ``splits_factor`` (scales the plan's split count), ``one_wave``
-(N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
+Overrides are ``AttentionPlan`` fields, ``splits_factor`` (scales the plan's
+split count), ``one_wave`` (N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
 the working tree's kernels only), ``wave_splits`` (the same, up to the plan's
 cap on splits instead of its count), ``early_merge`` (N: the split-KV merge is
 launched early when it has at most N programs per SM/CU, whatever the rows per
@@ -40,6 +39,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -80,11 +80,10 @@ CELLS = {
             for c in (1024, 4096, 16384)],
     # 32-row spec-decodes (qwen's 28 heads x 4 tokens) split 5-64 ways, over context
     "spec32": [("qwen", b, 4, c) for b in (1, 4, 8, 16) for c in (1024, 4096, 16384, 65536)],
-    # where our eager time fell below upstream's (H100, session 14's bench_full.json):
-    # batches of 2M+ tokens, where our eager call took 1.14-1.19x its CUDA-graph time
-    # (H100 and H200) and upstream's 1.00x, while at 1M tokens ours took 1.00-1.02x
-    # (llama b64 x 16k: the same grid and work per program as qwen b128 x 16k); and
-    # host-bound calls, where eager minus graph time was 74-107 us for ours, 23-79 upstream
+    # eager timing: batches of 2M+ tokens (where per-implementation allocations once
+    # made our eager call 1.14-1.19x its CUDA-graph time, DECISIONS.md: "Shared
+    # bench inputs"), a 1M-token control of the same grid and work per program
+    # (llama b64 x 16k), and host-bound calls
     "eager": [("llama", 128, 1, 16384), ("llama", 64, 1, 65536), ("qwen", 128, 1, 16384),
               ("qwen", 128, 1, 65536), ("llama", 64, 1, 16384), ("llama", 8, 1, 4096),
               ("llama", 4, 1, 16384), ("llama", 32, 4, 1024)],
@@ -105,25 +104,54 @@ def extract(commit: str, dest: Path) -> None:
     print(f"{commit}'s kernels in {dest}")
 
 
+def load_package(name: str, folder: Path):
+    """The kernel package in ``folder`` (from ``--extract``), imported as ``name``."""
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def cell_lengths(batch, q_len, context):
     if batch == 65:  # the mixed cell
         return [1] * 64 + [2048], [4096] * 64 + [8192]
     return [q_len] * batch, [context] * batch
 
 
-def make_plan(mod, model, q_lens, override):
+def make_plan(mod, model, q_lens, override, features=None):
     """``mod``'s plan as the backend makes it: the leading queries of up to 8 tokens
-    on split-KV, the rest on long-query (``plan_mixed_attention`` covers all three
-    kinds of batch); then the overrides."""
+    on split-KV, the rest on long-query (``plan_batch`` covers all three kinds of
+    batch; a package from before it has ``plan_mixed_attention``); then the
+    overrides. ``features``: the calls' keyword arguments."""
     hq, hkv, d = model
     decode_len = max((q for q in q_lens if q <= mod.plan.SPLIT_KV_MAX_QUERY_LEN), default=1)
     num_decodes = next((i for i, q in enumerate(q_lens) if q > decode_len), len(q_lens))
-    plan = mod.plan_mixed_attention(
-        num_tokens=sum(q_lens), num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=decode_len,
-        max_query_len=max(q_lens), num_q_heads=hq, num_kv_heads=hkv, head_size=d,
+    batch = dict(
+        num_tokens=sum(q_lens),
+        num_seqs=len(q_lens),
+        num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]),
+        max_decode_query_len=decode_len,
+        max_query_len=max(q_lens),
+        num_q_heads=hq,
+        num_kv_heads=hkv,
+        head_size=d,
         arch=mod.GpuArch.of_device("cuda"),
-    )  # fmt: skip
+    )
+    if hasattr(mod, "plan_batch"):
+        features = features or {}
+        plan = mod.plan_batch(
+            **batch,
+            features=mod.AttentionFeatures(
+                sliding_window=features.get("sliding_window") is not None,
+                softcap=features.get("logits_soft_cap") is not None,
+            ),
+        )
+    else:
+        plan = mod.plan_mixed_attention(**batch)
     override = dict(override)
     if override.pop("no_pdl", False):
         plan = _without_pdl(mod, plan)
@@ -132,36 +160,38 @@ def make_plan(mod, model, q_lens, override):
                  for part in ("decode", "prefill")}  # fmt: skip
         return dataclasses.replace(plan, **parts)
     # a plain batch is one part: the overrides named for its kernel apply too
-    own = override.pop("decode" if plan.kernel == "split_kv_decode" else "prefill", {})
+    own = override.pop("decode" if _is_split_kv(plan) else "prefill", {})
     override.pop("prefill", None)
     override.pop("decode", None)
     return _override(mod, plan, {**override, **own})
 
 
+def _is_split_kv(plan) -> bool:
+    return plan.kernel.startswith("split_kv_decode")
+
+
 def _override(mod, plan, override):
     """``plan`` with AttentionPlan fields replaced; ``splits_factor`` scales the split
-    count; a changed split count or ``block_m`` resizes the grid."""
+    count. A package whose plans store their grid gets it resized."""
     override = dict(override)
-    if plan.pipelined_long_query is None and "block_m" not in override:
-        # a variant of the Hopper kernel applies where the plan runs it; forcing
-        # it elsewhere takes block_m and num_warps too (128, 8)
-        override.pop("pipelined_long_query", None)
     factor = override.pop("splits_factor", None)
-    if factor is not None and plan.kernel == "split_kv_decode":
+    if factor is not None and _is_split_kv(plan):
         override["num_kv_splits"] = max(1, round(plan.num_kv_splits * factor))
     per_unit = override.pop("one_wave", None)
-    if per_unit is not None and plan.kernel == "split_kv_decode":
+    if per_unit is not None and _is_split_kv(plan):
         override["num_kv_splits"] = mod.plan.one_wave_splits(
             plan.num_kv_splits, plan.num_seqs * plan.num_kv_heads, per_unit, plan.arch
         )
     per_unit = override.pop("wave_splits", None)
-    if per_unit is not None and plan.kernel == "split_kv_decode":
+    if per_unit is not None and _is_split_kv(plan):
         override["num_kv_splits"] = mod.plan.one_wave_splits(
             mod.plan.max_kv_splits(plan.block_m), plan.num_seqs * plan.num_kv_heads, per_unit,
             plan.arch,
         )  # fmt: skip
     plan = dataclasses.replace(plan, **override)
-    if plan.kernel == "split_kv_decode":
+    if "grid" not in {field.name for field in dataclasses.fields(plan)}:
+        return plan  # derived from the fields
+    if _is_split_kv(plan):
         return dataclasses.replace(plan, grid=(*plan.grid[:2], plan.num_kv_splits))
     size = mod.plan.long_query_grid_size(plan.num_tokens, plan.num_seqs, plan.tokens_per_q_block)
     return dataclasses.replace(plan, grid=(size, *plan.grid[1:]))
@@ -252,7 +282,7 @@ def run_cell(bench, name, cell, variants, records, features=None, timings=("grap
                                      max(q_lens), max(seq_lens))  # fmt: skip
             parts = []
         else:
-            plan = make_plan(mod, model, q_lens, override)
+            plan = make_plan(mod, model, q_lens, override, features)
             workspace = mod.SplitKVWorkspace.allocate(plan, q.device)
             parts = [plan.decode, plan.prefill] if hasattr(plan, "decode") else [plan]
 
@@ -305,7 +335,7 @@ def run_cell(bench, name, cell, variants, records, features=None, timings=("grap
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--extract", nargs=2, metavar=("COMMIT", "DIR"),
-                        help="dev box: write COMMIT's kernel package to DIR and exit")  # fmt: skip
+                        help="write COMMIT's kernel package to DIR and exit")  # fmt: skip
     parser.add_argument("--base", type=Path, help="a kernel package made by --extract")
     parser.add_argument("--cells", nargs="+", choices=CELLS, default=["decode"])
     parser.add_argument("--variant", action="append", default=[],
@@ -316,7 +346,7 @@ def main():
     parser.add_argument("--timing", nargs="+", choices=TIMINGS, default=["graphs"],
                         help="how to time each variant (the first gives 'x base')")  # fmt: skip
     parser.add_argument("--upstream", action="store_true",
-                        help="also time vLLM 0.33.0's own kernel")  # fmt: skip
+                        help="also time upstream vLLM's own kernel")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("ab.json"))
     args = parser.parse_args()
     if args.extract:
@@ -327,12 +357,9 @@ def main():
 
     import torch
 
-    sys.path.insert(0, str(args.base.resolve().parent))
-    sys.path.append(str(REPO))
-    sys.path.append(str(REPO / "scripts"))
-    import bench_attention as bench
+    from devtools import bench_attention as bench
 
-    base = importlib.import_module(args.base.name)
+    base = load_package("base_triton_attention", args.base)
     new = importlib.import_module(PACKAGE.replace("/", "."))
     variants = [("base", base, {}), ("new", new, {})]
     for spec in args.variant:

@@ -2,6 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """pre-commit hook: every file given must carry vLLM's SPDX header in its first lines."""
 
+import argparse
 import sys
 
 HEADER = "SPDX-License-Identifier: Apache-2.0"
@@ -20,4 +21,6 @@ def main(paths: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("paths", nargs="*", help="files to check")
+    sys.exit(main(parser.parse_args().paths))

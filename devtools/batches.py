@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Random paged-attention batches for tests and benchmarks: the vLLM layouts,
+"""Random paged-attention batches for the tests and the developer tools: the vLLM layouts,
 shuffled block tables, and NaN poison wherever the kernels must not look."""
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ import dataclasses
 
 import torch
 
-from vllm.v1.attention.ops.triton_attention import GpuArch, plan_mixed_attention
+from vllm.v1.attention.ops.triton_attention import (
+    AttentionFeatures,
+    GpuArch,
+    TensorLayout,
+    plan_batch,
+)
 
 # Tolerances per activation dtype, against a float64 reference on the same
 # (already quantised) inputs. Outputs are convex mixes of N(0, 1) values, so
@@ -40,6 +45,18 @@ class Batch:
     k_scale: torch.Tensor | None = None
     v_scale: torch.Tensor | None = None
 
+    def plan_facts(self, **feature_args) -> dict:
+        """``features`` and ``layout`` for ``plan_for_batch``: those of a call on
+        this batch with ``paged_attention``'s feature arguments ``feature_args``."""
+        features = AttentionFeatures(
+            sliding_window=feature_args.get("sliding_window") is not None,
+            softcap=feature_args.get("logits_soft_cap") is not None,
+            alibi=feature_args.get("alibi_slopes") is not None,
+            sinks=feature_args.get("sinks") is not None,
+        )
+        layout = TensorLayout.of(self.q, self.k_cache, self.v_cache, self.q)
+        return dict(features=features, layout=layout)
+
     def kernel_args(self) -> dict:
         return dict(
             query_start_loc=self.query_start_loc,
@@ -63,7 +80,7 @@ def kv_cache_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V views ``[num_blocks, block_size, num_kv_heads, head_size]``.
 
-    ``packed_nhd`` / ``packed_hnd`` are views of vLLM 0.33's packed
+    ``packed_nhd`` / ``packed_hnd`` are views of vLLM's packed
     ``[num_blocks, H, block_size, 2*head_size]`` cache (K|V in the last dim)
     under its default (token-major) and head-major physical layouts;
     ``separate`` are two contiguous tensors.
@@ -112,7 +129,8 @@ def make_batch(
     ``shared_prefix_blocks``: every sequence's first blocks are the first
     sequence's (prefix caching), where both are long enough.
     """
-    assert len(q_lens) == len(seq_lens)
+    if len(q_lens) != len(seq_lens):
+        raise ValueError(f"{len(q_lens)} query lengths for {len(seq_lens)} sequences")
     kv_dtype = kv_dtype or dtype
     gen = generator or torch.Generator().manual_seed(0)
     blocks_per_seq = [-(-s // block_size) for s in seq_lens]
@@ -191,17 +209,40 @@ def make_batch(
     )
 
 
-def plan_for_batch(q_lens, *, num_tokens, num_q_heads, num_kv_heads, head_size, device,
-                   max_decode_query_len=2, dtype=torch.bfloat16, arch=None):  # fmt: skip
-    """The plan vLLM's builder makes for a reordered batch: the leading queries of
-    at most ``max_decode_query_len`` tokens on split-KV, the rest on long-query
-    (a ``MixedBatchPlan`` when both kinds are present). ``arch``: the GPU to plan
-    for, when not ``device``'s."""
-    num_decodes = next((i for i, q in enumerate(q_lens) if q > max_decode_query_len),
-                       len(q_lens))  # fmt: skip
-    return plan_mixed_attention(
-        num_tokens=num_tokens, num_seqs=len(q_lens), num_decodes=num_decodes,
-        num_decode_tokens=sum(q_lens[:num_decodes]), max_decode_query_len=max_decode_query_len,
-        max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-        head_size=head_size, arch=arch or GpuArch.of_device(device), dtype=dtype,
-    )  # fmt: skip
+def plan_for_batch(
+    q_lens: list[int],
+    *,
+    num_tokens: int,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    device,
+    max_decode_query_len: int = 2,
+    dtype: torch.dtype = torch.bfloat16,
+    arch: GpuArch | None = None,
+    features: AttentionFeatures | None = None,
+    layout: TensorLayout | None = None,
+):
+    """``plan_batch`` for a reordered batch of these query lengths, as vLLM's
+    builder calls it: the leading queries of at most ``max_decode_query_len``
+    tokens are its decodes. ``arch``: the GPU to plan for, when not
+    ``device``'s; ``features``/``layout``: those of the calls (default: none,
+    and vLLM's packed cache of ``dtype``)."""
+    num_decodes = next(
+        (i for i, q_len in enumerate(q_lens) if q_len > max_decode_query_len), len(q_lens)
+    )
+    return plan_batch(
+        num_tokens=num_tokens,
+        num_seqs=len(q_lens),
+        num_decodes=num_decodes,
+        num_decode_tokens=sum(q_lens[:num_decodes]),
+        max_decode_query_len=max_decode_query_len,
+        max_query_len=max(q_lens),
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        arch=arch or GpuArch.of_device(device),
+        dtype=dtype,
+        features=features or AttentionFeatures(),
+        layout=layout or TensorLayout.of_packed_kv_cache(head_size, dtype, block_size=16),
+    )

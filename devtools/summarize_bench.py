@@ -5,7 +5,7 @@ roofline, upstream 0.33.0 and torch SDPA, per cell (CUDA-graph timings; for
 decode and spec-decode also the ratio to upstream timed eagerly, where the
 host's launch cost shows).
 
-    python3 scripts/summarize_bench.py benchmarks/results/nvidia-h200/bench_full.json \
+    python -m devtools.summarize_bench benchmarks/results/nvidia-h200/bench_full.json \
         benchmarks/results/nvidia-h200/bench_prefill_models.json
 
 Writes SUMMARY.md beside the first JSON (rooflines come from the first).

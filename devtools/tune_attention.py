@@ -15,7 +15,7 @@ with the same file skips what is done, so a sweep cut short by a time limit
 resumes where it stopped. Kernels compile in parallel worker processes first
 (into Triton's cache), then time one by one.
 
-    python3 scripts/tune_attention.py --results $OUT/tune.jsonl --budget-s 300
+    python -m devtools.tune_attention --results $OUT/tune.jsonl --budget-s 300
 """
 
 from __future__ import annotations
@@ -35,27 +35,26 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))
-sys.path.append(str(REPO / "scripts"))
-
-from bench_attention import ragged_inputs  # noqa: E402
-
-from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+from devtools.bench_attention import ragged_inputs
+from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,
-    kernel_launches,
     paged_attention,
     plan_attention,
 )
-from vllm.v1.attention.ops.triton_attention.plan import (  # noqa: E402
+from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
+from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
+from vllm.v1.attention.ops.triton_attention.plan import (
+    LONG_QUERY,
     MIN_DOT_SIZE,
+    SPLIT_KV_DECODE,
     TUNED_DIR,
-    long_query_grid_size,
     long_query_table_key,
     next_power_of_2,
     split_kv_table_key,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,21 +106,22 @@ def _candidates(key: str, cells: list[Cell]) -> list[tuple[int, ...]]:
 
 
 def _plan(cell: Cell, arch: GpuArch, config: tuple[int, ...] | None = None):
+    """The plan of ``cell``; with ``config``, the portable kernel's with that
+    configuration (the tables tune the portable kernels)."""
     plan = plan_attention(num_tokens=cell.batch * cell.q_len, num_seqs=cell.batch,
                           max_query_len=cell.q_len, num_q_heads=cell.num_q_heads,
                           num_kv_heads=cell.num_kv_heads, head_size=cell.head_size,
                           arch=arch)  # fmt: skip
     if config is None:
         return plan
-    if plan.kernel == "long_query":
+    if not plan.is_split_kv:
         block_m, tile, warps, stages = config
-        tokens_per_q_block = block_m // plan.queries_per_kv
-        grid = (long_query_grid_size(plan.num_tokens, plan.num_seqs, tokens_per_q_block),
-                plan.num_kv_heads, 1)  # fmt: skip
-        return dataclasses.replace(plan, block_m=block_m, kv_tile_size=tile, num_warps=warps,
-                                   num_stages=stages, grid=grid)  # fmt: skip
+        return dataclasses.replace(plan, kernel=LONG_QUERY, block_m=block_m, kv_tile_size=tile,
+                                   num_warps=warps, num_stages=stages, kv_buffers=0,
+                                   fma_exp2_every=0)  # fmt: skip
     tile, warps, stages = config
-    return dataclasses.replace(plan, kv_tile_size=tile, num_warps=warps, num_stages=stages)
+    return dataclasses.replace(plan, kernel=SPLIT_KV_DECODE, kv_tile_size=tile, num_warps=warps,
+                               num_stages=stages, kv_buffers=0)  # fmt: skip
 
 
 def _inputs(cell: Cell, distinct_blocks: int | None = None):
@@ -134,9 +134,10 @@ def _inputs(cell: Cell, distinct_blocks: int | None = None):
 def _launches(cell: Cell, plan, inputs):
     q, k_cache, v_cache, qsl, seq_lens, block_table = inputs
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
-    return kernel_launches(q, k_cache, v_cache, torch.empty_like(q), qsl, seq_lens, block_table,
-                           cell.head_size**-0.5, True, None, None, None, None, None, None, plan,
-                           workspace)  # fmt: skip
+    call = AttentionCall(q=q, k_cache=k_cache, v_cache=v_cache, out=torch.empty_like(q),
+                         query_start_loc=qsl, seq_lens=seq_lens, block_table=block_table,
+                         scale=cell.head_size**-0.5)  # fmt: skip
+    return kernel_launches(call, plan, workspace)
 
 
 def compile_job(job: tuple[Cell, tuple[int, ...]]) -> int | None:
@@ -147,7 +148,7 @@ def compile_job(job: tuple[Cell, tuple[int, ...]]) -> int | None:
     spills = 0
     try:
         for launch in _launches(cell, plan, _inputs(cell, distinct_blocks=1)):
-            kernel = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.constexprs)
+            kernel = launch.kernel.warmup(grid=launch.grid, **launch.args, **launch.options)
             kernel._init_handles()
             spills += getattr(kernel, "n_spills", 0) or 0
     except Exception:  # e.g. out of shared memory: the timing pass records why
@@ -277,7 +278,7 @@ def write_table(args, arch: GpuArch, groups, done: dict) -> None:
     summary = {}
     # Each entry names the command that measured it: a table is often built by
     # several runs (e.g. --only long_query, then --only split_kv_decode).
-    command = "python3 scripts/tune_attention.py " + shlex.join(sys.argv[1:])
+    command = "python -m devtools.tune_attention " + shlex.join(sys.argv[1:])
     for key, cells in groups.items():
         scores = {}
         for config in _candidates(key, cells):

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Where a decode cell's time goes, on the GPU box (CUDA graphs, one card):
+"""Where a decode cell's time goes, on a GPU (CUDA graphs, one card):
 
-    python3 scripts/decode_breakdown.py --out $OUT/decode_breakdown.json
+    python -m devtools.decode_breakdown --out decode_breakdown.json
 
 Per cell: the whole ``paged_attention`` call, its split-KV launch alone (the
 difference is the merge), an empty kernel on the same grid (launch cost), a
@@ -14,22 +14,16 @@ effects included: small cells fit in the L2 and replays hit it).
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-sys.path.append(str(Path(__file__).resolve().parent))
-
-from bench_attention import MODELS, _plan, ragged_inputs, time_us  # noqa: E402
-
-from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
-    SplitKVWorkspace,
-    kernel_launches,
-    paged_attention,
-)
+from devtools.bench_attention import MODELS, backend_plan, ragged_inputs, time_us
+from vllm.v1.attention.ops.triton_attention import SplitKVWorkspace, paged_attention
+from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
+from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
 
 CELLS = [
     ("llama3-8b", b, c)
@@ -77,11 +71,12 @@ def breakdown(model_name: str, batch: int, context: int) -> dict:
     q_lens, seq_lens = [1] * batch, [context] * batch
     q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens,
                                                                 torch.bfloat16)  # fmt: skip
-    plan = _plan(model, q_lens)
+    plan = backend_plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
-    split_kv = kernel_launches(q, k_cache, v_cache, out, qsl, lens, block_table, d**-0.5, True,
-                               None, None, None, None, None, None, plan, workspace)[0]  # fmt: skip
+    call = AttentionCall(q=q, k_cache=k_cache, v_cache=v_cache, out=out, query_start_loc=qsl,
+                         seq_lens=lens, block_table=block_table, scale=d**-0.5)  # fmt: skip
+    split_kv = kernel_launches(call, plan, workspace)[0]
     kv_bytes = batch * context * hkv * d * 2 * k_cache.element_size()
     x = torch.randn(kv_bytes // 2, device="cuda", dtype=torch.bfloat16)
     half = torch.empty(x.numel() // 2, device="cuda", dtype=torch.bfloat16)
@@ -93,10 +88,10 @@ def breakdown(model_name: str, batch: int, context: int) -> dict:
         max_query_len=1, max_seq_len=context, scale=d**-0.5, plan=plan, workspace=workspace,
     ), graphs=True)  # fmt: skip
     record["split_kv_us"] = time_us(
-        lambda: split_kv.kernel[split_kv.grid](*split_kv.args, **split_kv.constexprs), graphs=True
+        split_kv.run, graphs=True
     )
     record["empty_grid_us"] = time_us(
-        lambda: empty_kernel[split_kv.grid](q, num_warps=split_kv.constexprs["num_warps"]),
+        lambda: empty_kernel[split_kv.grid](q, num_warps=split_kv.options["num_warps"]),
         graphs=True,
     )
     record["copy_half_us"] = time_us(lambda: half.copy_(x[: half.numel()]), graphs=True)

@@ -9,8 +9,8 @@ box each launch stops where Triton would call the driver: our checks and
 launch building plus Triton's argument binding and cache lookup (for sm_90
 with 132 SMs), the part of a launch that grows with a kernel's arguments.
 
-    python3 scripts/fetch_upstream_kernel.py    # for --upstream
-    python3 scripts/host_overhead.py --upstream --out host.json
+    python -m devtools.fetch_upstream_kernel    # for --upstream
+    python -m devtools.host_overhead --upstream --out host.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -30,19 +29,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import make_backend
 from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))
-sys.path.append(str(REPO / "scripts"))
-
-from bench_attention import (  # noqa: E402
+from devtools.bench_attention import (
     MODELS,
     backend_plan,
     mixed_batch_lengths,
     run_upstream,
     upstream_module,
 )
-
-from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
+from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,
     paged_attention,

@@ -1,0 +1,225 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Input checks: a clear error for anything the kernels cannot run.
+
+They read metadata only (shapes, dtypes, strides, devices), never tensor
+contents, so they cost no device sync. Each message names the argument, what
+it must be and what it is.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .arch import ACTIVATION_DTYPES, FP8_DTYPES, GpuArch
+from .plan import (
+    MAX_HEAD_SIZE,
+    MIN_HEAD_SIZE,
+    SPLIT_KV_KERNELS,
+    AttentionFeatures,
+    AttentionPlan,
+    TensorLayout,
+    pipelined_kernel_covers,
+)
+
+
+class AttentionCall(NamedTuple):
+    """The tensors and scalars of one ``paged_attention`` call (its semantics
+    are in the package docstring)."""
+
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    out: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    scale: float
+    causal: bool = True
+    sliding_window: int | None = None
+    logits_soft_cap: float | None = None
+    alibi_slopes: torch.Tensor | None = None
+    sinks: torch.Tensor | None = None
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    @property
+    def kv_is_fp8(self) -> bool:
+        return self.k_cache.dtype in FP8_DTYPES
+
+    def features(self) -> AttentionFeatures:
+        return AttentionFeatures(
+            sliding_window=self.sliding_window is not None,
+            softcap=self.logits_soft_cap is not None,
+            alibi=self.alibi_slopes is not None,
+            sinks=self.sinks is not None,
+        )
+
+    def layout(self) -> TensorLayout:
+        return TensorLayout.of(self.q, self.k_cache, self.v_cache, self.out)
+
+
+def fail(error: type[Exception], fn: str, name: str, expected: str, got) -> None:
+    raise error(f"{fn}: {name} must be {expected}, got {got}")
+
+
+def check_kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, head_size: int, fn: str) -> None:
+    if k_cache.dim() != 4:
+        expected = "[num_blocks, block_size, num_kv_heads, head_size]"
+        fail(ValueError, fn, "k_cache", expected, tuple(k_cache.shape))
+    if v_cache.shape != k_cache.shape:
+        expected = f"k_cache.shape {tuple(k_cache.shape)}"
+        fail(ValueError, fn, "v_cache.shape", expected, tuple(v_cache.shape))
+    if v_cache.dtype != k_cache.dtype:
+        fail(TypeError, fn, "v_cache.dtype", f"k_cache.dtype {k_cache.dtype}", v_cache.dtype)
+    if k_cache.shape[3] != head_size:
+        fail(ValueError, fn, "k_cache.shape[3] (head size)", f"{head_size}", k_cache.shape[3])
+
+
+def check_kv_dtype(kv_dtype: torch.dtype, arch: GpuArch, fn: str) -> None:
+    if not arch.supports_kv_dtype(kv_dtype):
+        raise NotImplementedError(
+            f"{fn}: a {kv_dtype} KV cache is not supported on {arch.vendor} {arch.name}"
+        )
+
+
+def check_scales(kv_dtype: torch.dtype, k_scale, v_scale, fn: str) -> None:
+    if kv_dtype not in FP8_DTYPES:
+        return
+    for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError(
+                f"{fn}: {name} must be a one-element float32 tensor for an fp8 cache "
+                f"({kv_dtype}), got {type(value).__name__}"
+            )
+        if value.dtype != torch.float32:
+            fail(TypeError, fn, f"{name}.dtype", "torch.float32", value.dtype)
+
+
+def check_paged_attention_inputs(
+    call: AttentionCall, max_query_len: int, plan: AttentionPlan | None, arch: GpuArch
+) -> None:
+    """Raise a clear error for anything the kernels (or ``plan``) cannot run."""
+    fn = "paged_attention"
+    q, out, k_cache = call.q, call.out, call.k_cache
+    if q.dim() != 3:
+        fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
+    num_tokens, num_q_heads, head_size = q.shape
+    if q.dtype not in ACTIVATION_DTYPES:
+        fail(TypeError, fn, "q.dtype", "float16, bfloat16 or float32", q.dtype)
+    if out.shape != q.shape:
+        fail(ValueError, fn, "out.shape", f"q.shape {tuple(q.shape)}", tuple(out.shape))
+    if out.dtype not in ACTIVATION_DTYPES:
+        fail(TypeError, fn, "out.dtype", "float16, bfloat16 or float32", out.dtype)
+    if not MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE:
+        expected = f"in [{MIN_HEAD_SIZE}, {MAX_HEAD_SIZE}]"
+        fail(NotImplementedError, fn, "head_size", expected, head_size)
+    check_kv_cache(k_cache, call.v_cache, head_size, fn)
+    num_kv_heads = k_cache.shape[2]
+    if num_kv_heads == 0 or num_q_heads % num_kv_heads:
+        expected = f"a multiple of num_kv_heads ({num_kv_heads})"
+        fail(ValueError, fn, "num_q_heads", expected, num_q_heads)
+    if call.kv_is_fp8:
+        check_kv_dtype(k_cache.dtype, arch, fn)
+        check_scales(k_cache.dtype, call.k_scale, call.v_scale, fn)
+    elif k_cache.dtype != q.dtype:
+        fail(TypeError, fn, "k_cache.dtype", f"q.dtype ({q.dtype}) or an fp8 type", k_cache.dtype)
+
+    query_start_loc, seq_lens, block_table = call.query_start_loc, call.seq_lens, call.block_table
+    if query_start_loc.dim() != 1 or query_start_loc.dtype != torch.int32:
+        got = f"{query_start_loc.dim()}-D {query_start_loc.dtype}"
+        fail(ValueError, fn, "query_start_loc", "a 1-D int32 tensor", got)
+    num_seqs = query_start_loc.shape[0] - 1
+    if seq_lens.shape != (num_seqs,) or seq_lens.dtype != torch.int32:
+        got = f"{seq_lens.dtype} of shape {tuple(seq_lens.shape)}"
+        fail(ValueError, fn, "seq_lens", f"an int32 tensor of shape ({num_seqs},)", got)
+    if block_table.dim() != 2 or block_table.shape[0] < num_seqs:
+        expected = f"2-D with at least {num_seqs} rows"
+        fail(ValueError, fn, "block_table", expected, tuple(block_table.shape))
+    if block_table.dtype not in (torch.int32, torch.int64):
+        fail(TypeError, fn, "block_table.dtype", "int32 or int64", block_table.dtype)
+    if block_table.stride(1) != 1:
+        fail(ValueError, fn, "block_table.stride(1)", "1", block_table.stride(1))
+    tensors = dict(
+        k_cache=k_cache,
+        v_cache=call.v_cache,
+        out=out,
+        query_start_loc=query_start_loc,
+        seq_lens=seq_lens,
+        block_table=block_table,
+    )
+    for name, tensor in tensors.items():
+        if tensor.device != q.device:
+            fail(ValueError, fn, f"{name}.device", f"q.device ({q.device})", tensor.device)
+
+    if call.sliding_window is not None and call.sliding_window <= 0:
+        fail(ValueError, fn, "sliding_window", "None or a positive int", call.sliding_window)
+    if call.logits_soft_cap is not None and call.logits_soft_cap <= 0:
+        fail(ValueError, fn, "logits_soft_cap", "None or positive", call.logits_soft_cap)
+    for name, tensor in (("alibi_slopes", call.alibi_slopes), ("sinks", call.sinks)):
+        if tensor is not None and tensor.shape != (num_q_heads,):
+            fail(ValueError, fn, f"{name}.shape", f"({num_q_heads},)", tuple(tensor.shape))
+    if call.alibi_slopes is not None and call.alibi_slopes.dtype != torch.float32:
+        fail(TypeError, fn, "alibi_slopes.dtype", "torch.float32", call.alibi_slopes.dtype)
+
+    if plan is None:
+        if max_query_len < 0:
+            fail(ValueError, fn, "max_query_len", ">= 0", max_query_len)
+        return
+    expected = (num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size)
+    planned = (plan.num_tokens, plan.num_seqs, plan.num_q_heads, plan.num_kv_heads, plan.head_size)
+    if planned != expected:
+        name = "plan (num_tokens, num_seqs, q heads, kv heads, head size)"
+        fail(ValueError, fn, name, f"{expected} as in the inputs", planned)
+    if plan.dtype.itemsize != q.dtype.itemsize:  # its tiles may not fit shared memory
+        expected = f"as wide as q.dtype ({q.dtype}): plan with dtype=q.dtype"
+        fail(ValueError, fn, "plan.dtype", expected, plan.dtype)
+    if plan.kernel in SPLIT_KV_KERNELS and plan.tokens_per_q_block < max_query_len:
+        expected = f"<= {plan.tokens_per_q_block} for this split-KV plan"
+        fail(ValueError, fn, "max_query_len", expected, max_query_len)
+    check_plan_covers(call, plan)
+
+
+def check_plan_covers(call: AttentionCall, plan: AttentionPlan) -> None:
+    """A plan for a pipelined kernel was made for calls of certain features
+    and tensor layout; refuse one it cannot compute (rather than run it)."""
+    if not plan.kernel.endswith("_pipelined"):
+        return
+    features, layout = call.features(), call.layout()
+    if not pipelined_kernel_covers(
+        plan.kernel, plan.head_size, call.q.dtype, features, layout
+    ):
+        raise ValueError(
+            f"paged_attention: the plan's {plan.kernel} kernel cannot run this call "
+            f"({features}, {layout}): plan with the call's features and layout"
+        )
+
+
+def check_write_kv_cache_inputs(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale,
+    v_scale,
+) -> None:
+    fn = "write_kv_cache"
+    if key.dim() != 3 or value.shape != key.shape:
+        raise ValueError(
+            f"{fn}: key and value must both be [num_tokens, num_kv_heads, head_size], "
+            f"got {tuple(key.shape)} and {tuple(value.shape)}"
+        )
+    check_kv_cache(k_cache, v_cache, key.shape[2], fn)
+    if k_cache.shape[2] != key.shape[1]:
+        raise ValueError(f"{fn}: key has {key.shape[1]} KV heads, the cache {k_cache.shape[2]}")
+    if slot_mapping.dim() != 1 or slot_mapping.shape[0] < key.shape[0]:
+        raise ValueError(
+            f"{fn}: slot_mapping must be 1-D with at least {key.shape[0]} entries, "
+            f"got shape {tuple(slot_mapping.shape)}"
+        )
+    if k_cache.dtype in FP8_DTYPES:
+        check_kv_dtype(k_cache.dtype, GpuArch.of_device(k_cache.device), fn)
+    check_scales(k_cache.dtype, k_scale, v_scale, fn)

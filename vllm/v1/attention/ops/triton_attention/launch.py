@@ -1,0 +1,548 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""The launcher: the public entry points, the split-KV workspace, and one host
+function per kernel that builds its arguments by name from a call and its plan.
+
+It executes the plan and never chooses: which kernel runs, its tiles, warps
+and split count are the plan's (``plan.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+
+from .arch import FP8_DTYPES, FP8_MAX, GpuArch
+from .cache_write import write_kv_cache_kernel
+from .checks import (
+    AttentionCall,
+    check_paged_attention_inputs,
+    check_write_kv_cache_inputs,
+)
+from .long_query import long_query_attention_kernel
+from .pipelined_decode import split_kv_decode_pipelined_kernel
+from .pipelined_long_query import long_query_pipelined_kernel
+from .plan import (
+    LONG_QUERY,
+    LONG_QUERY_PIPELINED,
+    SPLIT_KV_DECODE,
+    SPLIT_KV_DECODE_PIPELINED,
+    AttentionPlan,
+    MixedBatchPlan,
+    next_power_of_2,
+    plan_attention,
+)
+from .split_kv_decode import merge_kv_splits_kernel, split_kv_decode_kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitKVWorkspace:
+    """Scratch for split-KV partial results; allocate once and reuse (graph-safe)."""
+
+    partial_out: torch.Tensor  # flat float32
+    partial_lse: torch.Tensor  # flat float32
+    # The views of each plan shape asked for so far (at most one per batch shape
+    # the builder plans for): every layer of a batch asks for the same ones, and
+    # making them costs ~6 us per call on the host.
+    _views: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def allocate(
+        cls, plan: AttentionPlan | MixedBatchPlan, device: torch.device | str
+    ) -> SplitKVWorkspace:
+        return cls.for_plans([plan], device)
+
+    @classmethod
+    def for_plans(
+        cls, plans: list[AttentionPlan | MixedBatchPlan], device: torch.device | str
+    ) -> SplitKVWorkspace:
+        """One scratch that serves every plan in ``plans`` (each buffer at its largest)."""
+        needs = [plan.workspace_elements() for plan in plans]
+        out_elements, lse_elements = (max(column) for column in zip(*needs, strict=True))
+        return cls(
+            torch.empty(max(out_elements, 1), dtype=torch.float32, device=device),
+            torch.empty(max(lse_elements, 1), dtype=torch.float32, device=device),
+        )
+
+    def views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """(partial outputs ``[tokens, q heads, splits, head_pad]``, their
+        log2-sum-exps ``[tokens, q heads, splits]``) of ``plan``."""
+        shape = (plan.num_tokens, plan.num_q_heads, plan.num_kv_splits, plan.head_pad)
+        views = self._views.get(shape)
+        if views is None:
+            views = self._views[shape] = self._make_views(plan)
+        return views
+
+    def _make_views(self, plan: AttentionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        out_elements, lse_elements = plan.workspace_elements()
+        if out_elements > self.partial_out.numel() or lse_elements > self.partial_lse.numel():
+            raise ValueError(
+                f"workspace holds {self.partial_out.numel()} partial-output elements, "
+                f"the plan needs {out_elements}: size it for the largest batch"
+            )
+        shape = (plan.num_tokens, plan.num_q_heads, plan.num_kv_splits)
+        return (
+            self.partial_out[:out_elements].view(*shape, plan.head_pad),
+            self.partial_lse[:lse_elements].view(shape),
+        )
+
+
+class KernelLaunch(NamedTuple):  # made per layer: builds in half a frozen dataclass's time
+    """One kernel launch: ``kernel[grid](**args, **options)``."""
+
+    kernel: object  # a @triton.jit or @gluon.jit function
+    grid: tuple[int, int, int]
+    args: dict  # every kernel parameter, by name (constexprs included)
+    options: dict  # num_warps, num_stages, launch_pdl
+
+    def run(self) -> None:
+        self.kernel[self.grid](**self.args, **self.options)
+
+
+class CallStrides(NamedTuple):
+    """Every tensor's strides, read once per call (this runs per layer)."""
+
+    q: tuple[int, ...]
+    out: tuple[int, ...]
+    k: tuple[int, ...]
+    v: tuple[int, ...]
+    block_table_seq: int
+
+    @classmethod
+    def of(cls, call: AttentionCall) -> CallStrides:
+        return cls(
+            call.q.stride(),
+            call.out.stride(),
+            call.k_cache.stride(),
+            call.v_cache.stride(),
+            call.block_table.stride(0),
+        )
+
+
+def _dot_precision(dtype: torch.dtype) -> str | None:
+    # fp32 activations get exact fp32 products. 16-bit ones keep the target's
+    # default: naming one (e.g. "tf32") is an error on targets that lack it (RDNA).
+    return "ieee" if dtype == torch.float32 else None
+
+
+def _pdl(beside: bool) -> tuple[dict, dict]:
+    """(the PDL switch, launch options) of a launch that may start before the
+    one ahead of it completes (``beside``: programmatic launch) and waits for
+    it in-kernel."""
+    if beside:
+        return dict(PDL=True), dict(launch_pdl=True)
+    return dict(PDL=False), {}
+
+
+def _paged_tensor_args(call: AttentionCall, strides: CallStrides) -> dict:
+    """Pointers and strides every kernel that reads the paged cache takes."""
+    q, out, k, v = strides.q, strides.out, strides.k, strides.v
+    return dict(
+        q_ptr=call.q,
+        k_cache_ptr=call.k_cache,
+        v_cache_ptr=call.v_cache,
+        out_ptr=call.out,
+        query_start_loc_ptr=call.query_start_loc,
+        seq_lens_ptr=call.seq_lens,
+        block_table_ptr=call.block_table,
+        stride_q_token=q[0],
+        stride_q_head=q[1],
+        stride_out_token=out[0],
+        stride_out_head=out[1],
+        stride_k_block=k[0],
+        stride_k_slot=k[1],
+        stride_k_head=k[2],
+        stride_v_block=v[0],
+        stride_v_slot=v[1],
+        stride_v_head=v[2],
+        stride_block_table_seq=strides.block_table_seq,
+    )
+
+
+def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPlan) -> dict:
+    """Arguments the portable kernels (split-KV and long-query) share."""
+    kv_is_fp8 = call.kv_is_fp8
+    return dict(
+        _paged_tensor_args(call, strides),
+        alibi_slopes_ptr=call.alibi_slopes,
+        sinks_ptr=call.sinks,
+        k_scale_ptr=call.k_scale if kv_is_fp8 else None,
+        v_scale_ptr=call.v_scale if kv_is_fp8 else None,
+        scale=call.scale,
+        soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
+        sliding_window=call.sliding_window if call.sliding_window is not None else 0,
+        STRIDE_Q_DIM=strides.q[2],
+        STRIDE_OUT_DIM=strides.out[2],
+        STRIDE_K_DIM=strides.k[3],
+        STRIDE_V_DIM=strides.v[3],
+        HEAD_SIZE=plan.head_size,
+        HEAD_PAD=plan.head_pad,
+        QUERIES_PER_KV=plan.queries_per_kv,
+        BLOCK_SIZE=call.k_cache.shape[1],
+        BLOCK_M=plan.block_m,
+        TILE_N=plan.kv_tile_size,
+        IS_CAUSAL=call.causal,
+        HAS_SLIDING_WINDOW=call.sliding_window is not None,
+        HAS_SOFTCAP=call.logits_soft_cap is not None,
+        HAS_ALIBI=call.alibi_slopes is not None,
+        HAS_SINKS=call.sinks is not None,
+        KV_IS_FP8=kv_is_fp8,
+        DOT_PRECISION=_dot_precision(call.q.dtype),
+    )
+
+
+def long_query_launch(
+    call: AttentionCall, strides: CallStrides, plan: AttentionPlan, *, beside_split_kv: bool
+) -> KernelLaunch:
+    pdl, options = _pdl(beside_split_kv and plan.arch.programmatic_launch)
+    args = dict(_portable_args(call, strides, plan), num_seqs=call.seq_lens.shape[0], **pdl)
+    options.update(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return KernelLaunch(long_query_attention_kernel, plan.grid, args, options)
+
+
+def long_query_pipelined_launch(
+    call: AttentionCall, strides: CallStrides, plan: AttentionPlan, *, beside_split_kv: bool
+) -> KernelLaunch:
+    pdl, options = _pdl(beside_split_kv and plan.arch.programmatic_launch)
+    args = _paged_tensor_args(call, strides)
+    for name in ("k", "v"):  # K and V share strides (the plan checked it)
+        for axis in ("block", "slot", "head"):
+            args[f"stride_kv_{axis}"] = args.pop(f"stride_{name}_{axis}")
+    args.update(
+        num_seqs=call.seq_lens.shape[0],
+        scale=call.scale,
+        soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
+        sliding_window=call.sliding_window if call.sliding_window is not None else 0,
+        HEAD_PAD=plan.head_pad,
+        QUERIES_PER_KV=plan.queries_per_kv,
+        BLOCK_SIZE=call.k_cache.shape[1],
+        BLOCK_M=plan.block_m,
+        TILE_N=plan.kv_tile_size,
+        IS_CAUSAL=call.causal,
+        HAS_SLIDING_WINDOW=call.sliding_window is not None,
+        HAS_SOFTCAP=call.logits_soft_cap is not None,
+        KV_BUFFERS=plan.kv_buffers,
+        FMA_EXP2_EVERY=plan.fma_exp2_every,
+        **pdl,
+    )
+    options.update(num_warps=plan.num_warps)
+    return KernelLaunch(long_query_pipelined_kernel, plan.grid, args, options)
+
+
+def _partials_args(partials: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    if partials is None:  # one split: the kernel writes the output itself
+        return dict(
+            partial_out_ptr=None,
+            partial_lse_ptr=None,
+            stride_partial_token=0,
+            stride_partial_head=0,
+        )
+    partial_out, partial_lse = partials
+    token_stride, head_stride = partial_out.stride()[:2]
+    return dict(
+        partial_out_ptr=partial_out,
+        partial_lse_ptr=partial_lse,
+        stride_partial_token=token_stride,
+        stride_partial_head=head_stride,
+    )
+
+
+def split_kv_decode_launch(
+    call: AttentionCall,
+    strides: CallStrides,
+    plan: AttentionPlan,
+    partials: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    early_dependents: bool,
+) -> KernelLaunch:
+    # Always launched early where the GPU can: the programs are in place when
+    # the kernel before (the cache write) finishes, and wait for it in-kernel.
+    pdl, options = _pdl(plan.arch.programmatic_launch)
+    args = dict(
+        _portable_args(call, strides, plan),
+        **_partials_args(partials),
+        NUM_KV_SPLITS=plan.num_kv_splits,
+        EARLY_DEPENDENTS=early_dependents,
+        PREFETCH_BLOCKS=plan.prefetch_blocks,
+        **pdl,
+    )
+    options.update(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return KernelLaunch(split_kv_decode_kernel, plan.grid, args, options)
+
+
+def split_kv_decode_pipelined_launch(
+    call: AttentionCall,
+    strides: CallStrides,
+    plan: AttentionPlan,
+    partials: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    early_dependents: bool,
+) -> KernelLaunch:
+    pdl, options = _pdl(plan.arch.programmatic_launch)
+    args = dict(
+        _paged_tensor_args(call, strides),
+        **_partials_args(partials),
+        scale=call.scale,
+        HEAD_PAD=plan.head_pad,
+        QUERIES_PER_KV=plan.queries_per_kv,
+        BLOCK_SIZE=call.k_cache.shape[1],
+        BLOCK_M=plan.block_m,
+        TILE_N=plan.kv_tile_size,
+        NUM_KV_SPLITS=plan.num_kv_splits,
+        IS_CAUSAL=call.causal,
+        KV_BUFFERS=plan.kv_buffers,
+        EARLY_DEPENDENTS=early_dependents,
+        **pdl,
+    )
+    options.update(num_warps=plan.num_warps)
+    return KernelLaunch(split_kv_decode_pipelined_kernel, plan.grid, args, options)
+
+
+def merge_launch(
+    call: AttentionCall,
+    strides: CallStrides,
+    plan: AttentionPlan,
+    partials: tuple[torch.Tensor, torch.Tensor],
+) -> KernelLaunch:
+    # May start before the split-KV launch completes; waits in-kernel.
+    pdl, options = _pdl(plan.arch.programmatic_launch)
+    heads_per_program, dims_per_program = plan.merge_tile
+    partial_out, partial_lse = partials
+    token_stride, head_stride = partial_out.stride()[:2]
+    args = dict(
+        out_ptr=call.out,
+        partial_out_ptr=partial_out,
+        partial_lse_ptr=partial_lse,
+        query_start_loc_ptr=call.query_start_loc,
+        v_scale_ptr=call.v_scale if call.kv_is_fp8 else None,
+        stride_out_token=strides.out[0],
+        stride_out_head=strides.out[1],
+        stride_partial_token=token_stride,
+        stride_partial_head=head_stride,
+        num_seqs=call.seq_lens.shape[0],
+        STRIDE_OUT_DIM=strides.out[2],
+        NUM_Q_HEADS=plan.num_q_heads,
+        HEAD_SIZE=plan.head_size,
+        HEAD_PAD=plan.head_pad,
+        HEADS_PER_PROGRAM=heads_per_program,
+        DIMS_PER_PROGRAM=dims_per_program,
+        NUM_KV_SPLITS=plan.num_kv_splits,
+        SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
+        KV_IS_FP8=call.kv_is_fp8,
+        **pdl,
+    )
+    options.update(num_warps=4)
+    return KernelLaunch(merge_kv_splits_kernel, plan.merge_grid, args, options)
+
+
+def kernel_launches(
+    call: AttentionCall,
+    plan: AttentionPlan,
+    workspace: SplitKVWorkspace | None = None,
+    *,
+    beside_split_kv: bool = False,
+    early_dependents: bool = False,
+) -> list[KernelLaunch]:
+    """The launches ``paged_attention`` makes for ``plan``: its only source of
+    kernel arguments, so the portability compile matrix
+    (``python -m devtools.compile_matrix``) compiles exactly what would run.
+
+    On GPUs with programmatic dependent launch, the merge is launched before
+    its split-KV launch completes and waits in-kernel for the partials. The
+    split-KV programs release the next launch as soon as they start when the
+    plan says so (``AttentionPlan.releases_merge_early``) or with
+    ``early_dependents``: a mixed batch puts its long queries there
+    (``beside_split_kv``), which then run alongside the decodes."""
+    strides = CallStrides.of(call)
+    if plan.kernel == LONG_QUERY:
+        return [long_query_launch(call, strides, plan, beside_split_kv=beside_split_kv)]
+    if plan.kernel == LONG_QUERY_PIPELINED:
+        return [
+            long_query_pipelined_launch(call, strides, plan, beside_split_kv=beside_split_kv)
+        ]
+    partials = None
+    if plan.num_kv_splits > 1:
+        workspace = workspace or SplitKVWorkspace.allocate(plan, call.q.device)
+        partials = workspace.views(plan)
+    early = plan.arch.programmatic_launch and (early_dependents or plan.releases_merge_early)
+    if plan.kernel == SPLIT_KV_DECODE_PIPELINED:
+        split_kv = split_kv_decode_pipelined_launch(
+            call, strides, plan, partials, early_dependents=early
+        )
+    elif plan.kernel == SPLIT_KV_DECODE:
+        split_kv = split_kv_decode_launch(call, strides, plan, partials, early_dependents=early)
+    else:
+        raise ValueError(f"paged_attention: unknown plan.kernel {plan.kernel!r}")
+    if partials is None:
+        return [split_kv]
+    return [split_kv, merge_launch(call, strides, plan, partials)]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    plan: AttentionPlan | MixedBatchPlan | None = None,
+    workspace: SplitKVWorkspace | None = None,
+    arch: GpuArch | None = None,
+) -> torch.Tensor:
+    """Attention of ``q`` over the paged KV cache, written into ``out``.
+
+    ``max_query_len`` and ``max_seq_len`` are host-side bounds (no device sync).
+    ``plan`` (from :func:`plan_batch` or :func:`plan_attention`) and
+    ``workspace`` (its split-KV scratch) are normally made once per batch by
+    vLLM's metadata builder; when omitted they are made here, for this call's
+    features and tensors.
+    """
+    del max_seq_len  # the kernels read each sequence's own length
+    call = AttentionCall(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        out=out,
+        query_start_loc=query_start_loc,
+        seq_lens=seq_lens,
+        block_table=block_table,
+        scale=scale,
+        causal=causal,
+        sliding_window=sliding_window,
+        logits_soft_cap=logits_soft_cap,
+        alibi_slopes=alibi_slopes,
+        sinks=sinks,
+        k_scale=k_scale,
+        v_scale=v_scale,
+    )
+    if isinstance(plan, MixedBatchPlan):
+        return _mixed_batch_attention(call, max_query_len, plan, workspace)
+    arch = arch or (plan.arch if plan is not None else GpuArch.of_device(q.device))
+    check_paged_attention_inputs(call, max_query_len, plan, arch)
+    num_tokens, num_q_heads, head_size = q.shape
+    num_seqs = seq_lens.shape[0]
+    if plan is None:
+        plan = plan_attention(
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+            max_query_len=max_query_len,
+            num_q_heads=num_q_heads,
+            num_kv_heads=k_cache.shape[2],
+            head_size=head_size,
+            arch=arch,
+            dtype=q.dtype,
+            features=call.features(),
+            layout=call.layout(),
+        )
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    for launch in kernel_launches(call, plan, workspace):
+        launch.run()
+    return out
+
+
+def _mixed_batch_attention(
+    call: AttentionCall,
+    max_query_len: int,
+    plan: MixedBatchPlan,
+    workspace: SplitKVWorkspace | None,
+) -> torch.Tensor:
+    """Decodes (the first sequences and tokens) on split-KV, the rest on long-query.
+
+    The long queries launch right after the split-KV kernel and before its
+    merge, so that with programmatic launch they fill the SMs the decode
+    leaves idle instead of waiting for it.
+    """
+    decodes, decode_tokens = plan.num_decodes, plan.num_decode_tokens
+    decode = call._replace(
+        q=call.q[:decode_tokens],
+        out=call.out[:decode_tokens],
+        query_start_loc=call.query_start_loc[: decodes + 1],
+        seq_lens=call.seq_lens[:decodes],
+        block_table=call.block_table[:decodes],
+    )
+    # Full q and out: the long queries' offsets in query_start_loc are absolute.
+    prefill = call._replace(
+        query_start_loc=call.query_start_loc[decodes:],
+        seq_lens=call.seq_lens[decodes:],
+        block_table=call.block_table[decodes:],
+    )
+    check_paged_attention_inputs(decode, plan.max_decode_query_len, plan.decode, plan.arch)
+    check_paged_attention_inputs(prefill, max_query_len, plan.prefill, plan.arch)
+    if call.q.shape[0] == 0:
+        return call.out
+    split_kv, *merge = kernel_launches(decode, plan.decode, workspace, early_dependents=True)
+    (long_query,) = kernel_launches(prefill, plan.prefill, beside_split_kv=True)
+    for launch in (split_kv, long_query, *merge):
+        launch.run()
+    return call.out
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """Store ``key``/``value`` ``[num_tokens, num_kv_heads, head_size]`` at their slots.
+
+    Token ``t`` goes to block ``slot_mapping[t] // block_size``, offset
+    ``slot_mapping[t] % block_size``; tokens with ``slot_mapping[t] < 0`` are
+    skipped. An fp8 cache stores ``x / scale``, saturated to the format's range.
+    """
+    check_write_kv_cache_inputs(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    num_tokens, num_kv_heads, head_size = key.shape
+    if num_tokens == 0:
+        return
+    kv_is_fp8 = k_cache.dtype in FP8_DTYPES
+    key_strides, value_strides = key.stride(), value.stride()
+    k_strides, v_strides = k_cache.stride(), v_cache.stride()
+    write_kv_cache_kernel[(num_tokens,)](
+        key_ptr=key,
+        value_ptr=value,
+        k_cache_ptr=k_cache,
+        v_cache_ptr=v_cache,
+        slot_mapping_ptr=slot_mapping,
+        k_scale_ptr=k_scale if kv_is_fp8 else None,
+        v_scale_ptr=v_scale if kv_is_fp8 else None,
+        stride_key_token=key_strides[0],
+        stride_key_head=key_strides[1],
+        stride_value_token=value_strides[0],
+        stride_value_head=value_strides[1],
+        stride_k_block=k_strides[0],
+        stride_k_slot=k_strides[1],
+        stride_k_head=k_strides[2],
+        stride_v_block=v_strides[0],
+        stride_v_slot=v_strides[1],
+        stride_v_head=v_strides[2],
+        STRIDE_KEY_DIM=key_strides[2],
+        STRIDE_VALUE_DIM=value_strides[2],
+        STRIDE_K_DIM=k_strides[3],
+        STRIDE_V_DIM=v_strides[3],
+        NUM_KV_HEADS=num_kv_heads,
+        HEADS_PAD=next_power_of_2(num_kv_heads),
+        HEAD_SIZE=head_size,
+        HEAD_PAD=next_power_of_2(head_size),
+        BLOCK_SIZE=k_cache.shape[1],
+        KV_IS_FP8=kv_is_fp8,
+        FP8_MAX=FP8_MAX.get(k_cache.dtype, 0.0),
+        num_warps=4,
+    )
