@@ -21,16 +21,15 @@ profiler's kernel durations in an eager loop like ``do_bench``'s; also records
 ``span``, from the memset's end to the call's last kernel end, so span - kernel is
 the GPU's idle time inside the call).
 ``--features`` passes keyword arguments (sliding window, softcap) to every call.
-Overrides are ``AttentionPlan`` fields, ``splits_factor`` (scales the plan's
-split count), ``one_wave`` (N: as many splits as fit one wave at N programs per SM/CU, at most the plan's;
-the working tree's kernels only), ``wave_splits`` (the same, up to the plan's
-cap on splits instead of its count), ``early_merge`` (N: the split-KV merge is
-launched early when it has at most N programs per SM/CU, whatever the rows per
-program; 0: never), or
-``no_pdl`` (the plan's GPU without programmatic launch). In a mixed batch,
-field overrides go under ``"decode"`` or ``"prefill"`` (``{"prefill":
-{"num_stages": 2}}``), which a plain batch applies when they name its kernel
-(split-KV decode or long-query).
+Overrides are ``AttentionPlan`` fields, ``splits_factor`` (scales the plan's split
+count), ``one_wave`` (N: as many splits as fit one wave at N programs per SM/CU, at
+most the plan's; the working tree's kernels only), ``wave_splits`` (the same, up to
+the plan's cap on splits instead of its count), ``early_merge`` (N: the split-KV
+merge is launched early when it has at most N programs per SM/CU, whatever the rows
+per program; 0: never), or ``no_pdl`` (the plan's GPU without programmatic launch).
+In a mixed batch, field overrides go under ``"decode"`` or ``"prefill"``
+(``{"prefill": {"num_stages": 2}}``), which a plain batch applies when they name its
+kernel (split-KV decode or long-query).
 """
 
 from __future__ import annotations
@@ -94,8 +93,9 @@ def extract(commit: str, dest: Path) -> None:
     """The kernel package of ``commit``, importable as a top-level package at ``dest``."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "base.tar"
-        subprocess.run(["git", "-C", str(REPO), "archive", commit, PACKAGE, "-o", str(archive)],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit, PACKAGE, "-o", str(archive)], check=True
+        )
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +156,10 @@ def make_plan(mod, model, q_lens, override, features=None):
     if override.pop("no_pdl", False):
         plan = _without_pdl(mod, plan)
     if hasattr(plan, "decode"):  # a mixed batch: overrides name the part they change
-        parts = {part: _override(mod, getattr(plan, part), override.pop(part, {}))
-                 for part in ("decode", "prefill")}  # fmt: skip
+        parts = {
+            part: _override(mod, getattr(plan, part), override.pop(part, {}))
+            for part in ("decode", "prefill")
+        }
         return dataclasses.replace(plan, **parts)
     # a plain batch is one part: the overrides named for its kernel apply too
     own = override.pop("decode" if _is_split_kv(plan) else "prefill", {})
@@ -185,9 +187,11 @@ def _override(mod, plan, override):
     per_unit = override.pop("wave_splits", None)
     if per_unit is not None and _is_split_kv(plan):
         override["num_kv_splits"] = mod.plan.one_wave_splits(
-            mod.plan.max_kv_splits(plan.block_m), plan.num_seqs * plan.num_kv_heads, per_unit,
+            mod.plan.max_kv_splits(plan.block_m),
+            plan.num_seqs * plan.num_kv_heads,
+            per_unit,
             plan.arch,
-        )  # fmt: skip
+        )
     plan = dataclasses.replace(plan, **override)
     if "grid" not in {field.name for field in dataclasses.fields(plan)}:
         return plan  # derived from the fields
@@ -204,11 +208,11 @@ def _without_pdl(mod, plan):
             return False
 
     if hasattr(plan, "decode"):
-        return dataclasses.replace(plan, decode=_without_pdl(mod, plan.decode),
-                                   prefill=_without_pdl(mod, plan.prefill))  # fmt: skip
+        return dataclasses.replace(
+            plan, decode=_without_pdl(mod, plan.decode), prefill=_without_pdl(mod, plan.prefill)
+        )
     arch = plan.arch
-    return dataclasses.replace(plan, arch=NoPdlArch(arch.vendor, arch.name,
-                                                    arch.num_compute_units))  # fmt: skip
+    return dataclasses.replace(plan, arch=NoPdlArch(arch.vendor, arch.name, arch.num_compute_units))
 
 
 TIMINGS = ("graphs", "eager", "steady", "kernel")
@@ -259,27 +263,31 @@ def kernel_us(run, calls: int = 10) -> tuple[float, float]:
     if len(per_call) != calls or not all(per_call.values()):
         raise RuntimeError(f"the profiler saw {len(per_call)} memsets for {calls} calls")
     busy = sum(end - start for kernels in per_call.values() for start, end in kernels)
-    span = sum(max(end for _, end in kernels) - flush_end
-               for flush_end, kernels in per_call.items())  # fmt: skip
+    span = sum(
+        max(end for _, end in kernels) - flush_end for flush_end, kernels in per_call.items()
+    )
     return busy / calls, span / calls
 
 
-def run_cell(bench, name, cell, variants, records, features=None, timings=("graphs",),
-             upstream=False):  # fmt: skip
+def run_cell(
+    bench, name, cell, variants, records, features=None, timings=("graphs",), upstream=False
+):
     import torch
 
     model = MODELS[cell[0]]
     q_lens, seq_lens = cell_lengths(*cell[1:])
     q, k_cache, v_cache, qsl, lens, block_table = bench.ragged_inputs(
-        model, q_lens, seq_lens, torch.bfloat16)  # fmt: skip
+        model, q_lens, seq_lens, torch.bfloat16
+    )
     reference = base_us = None
     for variant, mod, override in variants + ([("upstream", None, {})] if upstream else []):
         override = dict(override)
         early_merge = override.pop("early_merge", None)
         out = torch.empty_like(q)
         if mod is None:
-            run = bench.run_upstream(model, q, k_cache, v_cache, out, qsl, lens, block_table,
-                                     max(q_lens), max(seq_lens))  # fmt: skip
+            run = bench.run_upstream(
+                model, q, k_cache, v_cache, out, qsl, lens, block_table, max(q_lens), max(seq_lens)
+            )
             parts = []
         else:
             plan = make_plan(mod, model, q_lens, override, features)
@@ -287,20 +295,34 @@ def run_cell(bench, name, cell, variants, records, features=None, timings=("grap
             parts = [plan.decode, plan.prefill] if hasattr(plan, "decode") else [plan]
 
             def run(mod=mod, plan=plan, workspace=workspace, out=out):
-                mod.paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl,
-                                    seq_lens=lens, block_table=block_table,
-                                    max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-                                    scale=model[2] ** -0.5, plan=plan, workspace=workspace,
-                                    **(features or {}))  # fmt: skip
+                mod.paged_attention(
+                    q,
+                    k_cache,
+                    v_cache,
+                    out,
+                    query_start_loc=qsl,
+                    seq_lens=lens,
+                    block_table=block_table,
+                    max_query_len=max(q_lens),
+                    max_seq_len=max(seq_lens),
+                    scale=model[2] ** -0.5,
+                    plan=plan,
+                    workspace=workspace,
+                    **(features or {}),
+                )
 
         times = {}
         # the plan reads these thresholds at its first launch (releases_merge_early):
         # set for the variant's whole measurement, outside the timed calls
         with contextlib.ExitStack() as patches:
             if early_merge is not None:
-                patches.enter_context(mock.patch.multiple(
-                    mod.plan, EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT=early_merge,
-                    EARLY_MERGE_MAX_ROWS=1 << 30))  # fmt: skip
+                patches.enter_context(
+                    mock.patch.multiple(
+                        mod.plan,
+                        EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT=early_merge,
+                        EARLY_MERGE_MAX_ROWS=1 << 30,
+                    )
+                )
             todo = timings
             try:
                 run()
@@ -321,32 +343,67 @@ def run_cell(bench, name, cell, variants, records, features=None, timings=("grap
                     print(f"{name} {variant}: {timing} failed: {error}", flush=True)
         us = times.get(timings[0], float("nan"))
         base_us = us if base_us is None else base_us
-        records.append(dict(cell=name, variant=variant, us=us, timings=times, err=err,
-                            plan=[dict(kernel=part.kernel, tile=part.kv_tile_size,
-                                       warps=part.num_warps, stages=part.num_stages,
-                                       splits=part.num_kv_splits, block_m=part.block_m)
-                                  for part in parts]))  # fmt: skip
+        records.append(
+            dict(
+                cell=name,
+                variant=variant,
+                us=us,
+                timings=times,
+                err=err,
+                plan=[
+                    dict(
+                        kernel=part.kernel,
+                        tile=part.kv_tile_size,
+                        warps=part.num_warps,
+                        stages=part.num_stages,
+                        splits=part.num_kv_splits,
+                        block_m=part.block_m,
+                    )
+                    for part in parts
+                ],
+            )
+        )
         ratio = base_us / us if base_us else float("nan")
         others = "  ".join(f"{key} {value:.1f}" for key, value in times.items())
-        print(f"{name:28s} {variant:16s} {us:10.1f} us  x base {ratio:5.2f}  err={err}  {others}",
-              flush=True)  # fmt: skip
+        print(
+            f"{name:28s} {variant:16s} {us:10.1f} us  x base {ratio:5.2f}  err={err}  {others}",
+            flush=True,
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--extract", nargs=2, metavar=("COMMIT", "DIR"),
-                        help="write COMMIT's kernel package to DIR and exit")  # fmt: skip
+    parser.add_argument(
+        "--extract",
+        nargs=2,
+        metavar=("COMMIT", "DIR"),
+        help="write COMMIT's kernel package to DIR and exit",
+    )
     parser.add_argument("--base", type=Path, help="a kernel package made by --extract")
     parser.add_argument("--cells", nargs="+", choices=CELLS, default=["decode"])
-    parser.add_argument("--variant", action="append", default=[],
-                        help='NAME=JSON plan overrides on the working tree\'s kernels')  # fmt: skip
-    parser.add_argument("--features", type=json.loads, default={},
-                        help='JSON keyword arguments for every call, e.g. '
-                             '\'{"sliding_window": 4096, "logits_soft_cap": 50.0}\'')  # fmt: skip
-    parser.add_argument("--timing", nargs="+", choices=TIMINGS, default=["graphs"],
-                        help="how to time each variant (the first gives 'x base')")  # fmt: skip
-    parser.add_argument("--upstream", action="store_true",
-                        help="also time upstream vLLM's own kernel")  # fmt: skip
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=JSON plan overrides on the working tree's kernels",
+    )
+    parser.add_argument(
+        "--features",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments for every call, e.g. "
+        '\'{"sliding_window": 4096, "logits_soft_cap": 50.0}\'',
+    )
+    parser.add_argument(
+        "--timing",
+        nargs="+",
+        choices=TIMINGS,
+        default=["graphs"],
+        help="how to time each variant (the first gives 'x base')",
+    )
+    parser.add_argument(
+        "--upstream", action="store_true", help="also time upstream vLLM's own kernel"
+    )
     parser.add_argument("--out", type=Path, default=Path("ab.json"))
     args = parser.parse_args()
     if args.extract:
@@ -368,13 +425,28 @@ def main():
     records = []
     for preset in args.cells:
         for cell in CELLS[preset]:
-            run_cell(bench, f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}", cell,
-                     variants, records, args.features, args.timing, args.upstream)  # fmt: skip
+            run_cell(
+                bench,
+                f"{preset} {cell[0]} b{cell[1]} q{cell[2]} c{cell[3]}",
+                cell,
+                variants,
+                records,
+                args.features,
+                args.timing,
+                args.upstream,
+            )
             # after every cell: a run cut short by the device's time limit keeps its data
-            args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(),
-                                                features=args.features, timing=args.timing,
-                                                records=records),
-                                           indent=1))  # fmt: skip
+            args.out.write_text(
+                json.dumps(
+                    dict(
+                        card=torch.cuda.get_device_name(),
+                        features=args.features,
+                        timing=args.timing,
+                        records=records,
+                    ),
+                    indent=1,
+                )
+            )
     print(f"wrote {args.out}")
 
 

@@ -99,21 +99,43 @@ def backend_plan(model, q_lens, num_tokens=None, arch=None):
     the GPU to plan for, when not this machine's."""
     hq, hkv, d = model
     longest = max(q_lens)
-    return plan_for_batch(q_lens, num_tokens=num_tokens or sum(q_lens), num_q_heads=hq,
-                          num_kv_heads=hkv, head_size=d, device="cuda", arch=arch,
-                          max_decode_query_len=longest if longest <= 8 else 1)  # fmt: skip
+    return plan_for_batch(
+        q_lens,
+        num_tokens=num_tokens or sum(q_lens),
+        num_q_heads=hq,
+        num_kv_heads=hkv,
+        head_size=d,
+        device="cuda",
+        arch=arch,
+        max_decode_query_len=longest if longest <= 8 else 1,
+    )
 
 
 def check_small(model, q_lens, seq_lens, dtype):
     hq, hkv, d = model
-    batch = make_batch(q_lens, seq_lens, num_q_heads=hq, num_kv_heads=hkv,
-                       head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=hq,
+        num_kv_heads=hkv,
+        head_size=d,
+        block_size=16,
+        dtype=dtype,
+        device="cuda",
+    )
     out = torch.empty_like(batch.q)
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=d**-0.5,
-                    plan=backend_plan(model, q_lens, batch.q.shape[0]),
-                    **batch.kernel_args())  # fmt: skip
-    ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
-                                    **batch.kernel_args())  # fmt: skip
+    paged_attention(
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        out,
+        scale=d**-0.5,
+        plan=backend_plan(model, q_lens, batch.q.shape[0]),
+        **batch.kernel_args(),
+    )
+    ref = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5, **batch.kernel_args()
+    )
     rows = batch.num_actual_tokens
     torch.testing.assert_close(out[:rows].float(), ref[:rows].float(), **TOLERANCES[dtype])
 
@@ -158,10 +180,20 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
     out = torch.empty_like(q)
 
     def run():
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
-                        block_table=block_table, max_query_len=max(q_lens),
-                        max_seq_len=max(seq_lens), scale=d**-0.5, plan=plan,
-                        workspace=workspace)  # fmt: skip
+        paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            query_start_loc=qsl,
+            seq_lens=lens,
+            block_table=block_table,
+            max_query_len=max(q_lens),
+            max_seq_len=max(seq_lens),
+            scale=d**-0.5,
+            plan=plan,
+            workspace=workspace,
+        )
 
     return time_us(run, graphs), plan
 
@@ -175,8 +207,11 @@ def upstream_module():
     with stand-ins for its vLLM imports, from the folder the fetch script fills;
     also where a vLLM package is installed: the imported ``vllm`` modules are set
     aside while it imports."""
-    ours = {name: sys.modules.pop(name) for name in list(sys.modules)
-            if name == "vllm" or name.startswith("vllm.")}  # fmt: skip
+    ours = {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name == "vllm" or name.startswith("vllm.")
+    }
     package = types.ModuleType("vllm")
     package.__path__ = [str(UPSTREAM / "vllm")]
     sys.modules["vllm"] = package
@@ -200,29 +235,69 @@ def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_
     unified_attention = upstream_module().unified_attention
 
     def run():
-        unified_attention(q, k_cache, v_cache, out, qsl, q_len, seq_lens, context, d**-0.5, True,
-                          (-1, -1), block_table, 0, None, None, None, seq_threshold_3D=threshold,
-                          num_par_softmax_segments=16, softmax_segm_output=scratch,
-                          softmax_segm_max=segm_max, softmax_segm_expsum=segm_sum)  # fmt: skip
+        unified_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            qsl,
+            q_len,
+            seq_lens,
+            context,
+            d**-0.5,
+            True,
+            (-1, -1),
+            block_table,
+            0,
+            None,
+            None,
+            None,
+            seq_threshold_3D=threshold,
+            num_par_softmax_segments=16,
+            softmax_segm_output=scratch,
+            softmax_segm_max=segm_max,
+            softmax_segm_expsum=segm_sum,
+        )
 
     return run
 
 
 def bench_upstream(model, q_lens, seq_lens, inputs, graphs):
     out = torch.empty_like(inputs[0])
-    return time_us(run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens),
-                                max(seq_lens)), graphs)  # fmt: skip
+    return time_us(
+        run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens), max(seq_lens)),
+        graphs,
+    )
 
 
 def check_upstream_small(model, q_lens, seq_lens, dtype):
     hq, hkv, d = model
-    batch = make_batch(q_lens, seq_lens, num_q_heads=hq, num_kv_heads=hkv,
-                       head_size=d, block_size=16, dtype=dtype, device="cuda")  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=hq,
+        num_kv_heads=hkv,
+        head_size=d,
+        block_size=16,
+        dtype=dtype,
+        device="cuda",
+    )
     out = torch.zeros_like(batch.q)
-    run_upstream(model, batch.q, batch.k_cache, batch.v_cache, out, batch.query_start_loc,
-                 batch.seq_lens, batch.block_table, max(q_lens), max(seq_lens))()  # fmt: skip
-    ref = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5,
-                                    **batch.kernel_args())  # fmt: skip
+    run_upstream(
+        model,
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        out,
+        batch.query_start_loc,
+        batch.seq_lens,
+        batch.block_table,
+        max(q_lens),
+        max(seq_lens),
+    )()
+    ref = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=d**-0.5, **batch.kernel_args()
+    )
     rows = batch.num_actual_tokens
     torch.testing.assert_close(out[:rows].float(), ref[:rows].float(), **TOLERANCES[dtype])
 
@@ -271,8 +346,12 @@ def main():
     card = torch.cuda.get_device_name()
     dtype = torch.bfloat16
     records = []
-    base = dict(card=card, torch=torch.__version__, triton=triton.__version__,
-                timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))  # fmt: skip
+    base = dict(
+        card=card,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     copy = copy_bandwidth_gbps()
     gemm = gemm_tflops()
     records.append({**base, "kind": "roofline", "impl": "copy", "gbps": copy})
@@ -284,22 +363,31 @@ def main():
     def emit(r):
         records.append(r)
         rate = r.get("gbps") or r.get("tflops")
-        print(f"| {r['kind']} | {r['impl']} | {r['model']} | {r['batch']} | {r['context']} | "
-              f"{r['q_len']} | {r['graphs']} | {r['us']:.1f} | {rate:.0f} | "
-              f"{r.get('ratio_copy', float('nan')):.2f} |", flush=True)  # fmt: skip
+        print(
+            f"| {r['kind']} | {r['impl']} | {r['model']} | {r['batch']} | {r['context']} | "
+            f"{r['q_len']} | {r['graphs']} | {r['us']:.1f} | {rate:.0f} | "
+            f"{r.get('ratio_copy', float('nan')):.2f} |",
+            flush=True,
+        )
         Path(args.out).write_text(json.dumps(records, indent=1))
 
     sweep = SWEEPS[args.sweep]
     for name in args.models:
         model = MODELS[name]
         hq, hkv, d = model
-        for q_lens, seq_lens in (([1, 1], [300, 300]), ([4, 4], [300, 300]), ([200, 200],
-                                 [300, 300]), ([1, 1, 1, 200], [300, 90, 5, 500])):  # fmt: skip
+        for q_lens, seq_lens in (
+            ([1, 1], [300, 300]),
+            ([4, 4], [300, 300]),
+            ([200, 200], [300, 300]),
+            ([1, 1, 1, 200], [300, 90, 5, 500]),
+        ):
             check_small(model, q_lens, seq_lens, dtype)
             if args.upstream:
                 check_upstream_small(model, q_lens, seq_lens, dtype)
-        for kind, q_len, cells in (("decode", 1, sweep["decode"]),
-                                   ("specdecode", 4, sweep["decode"])):  # fmt: skip
+        for kind, q_len, cells in (
+            ("decode", 1, sweep["decode"]),
+            ("specdecode", 4, sweep["decode"]),
+        ):
             for batch_size, context in cells:
                 kv_bytes = 2 * batch_size * context * hkv * d * 2
                 if kv_bytes > 24e9:  # SDPA's contiguous copies must fit beside ours
@@ -309,38 +397,81 @@ def main():
                 inputs = ragged_inputs(model, *cell, dtype)
                 for graphs in (True, False):
                     us, plan = bench_ours(model, *cell, inputs, graphs)
-                    rec = dict(base, kind=kind, impl="ours", model=name, batch=batch_size,
-                               context=context, q_len=q_len, head_size=d, num_q_heads=hq,
-                               num_kv_heads=hkv, graphs=graphs, us=us, gbps=kv_bytes / us / 1e3,
-                               kv_splits=plan.num_kv_splits)  # fmt: skip
+                    rec = dict(
+                        base,
+                        kind=kind,
+                        impl="ours",
+                        model=name,
+                        batch=batch_size,
+                        context=context,
+                        q_len=q_len,
+                        head_size=d,
+                        num_q_heads=hq,
+                        num_kv_heads=hkv,
+                        graphs=graphs,
+                        us=us,
+                        gbps=kv_bytes / us / 1e3,
+                        kv_splits=plan.num_kv_splits,
+                    )
                     rec["ratio_copy"] = rec["gbps"] / copy
                     emit(rec)
                     if args.upstream:
                         uus = bench_upstream(model, *cell, inputs, graphs)
                         rec["ratio_upstream"] = uus / us
                         ugbps = kv_bytes / uus / 1e3
-                        emit(dict(rec, impl="upstream", us=uus, gbps=ugbps,
-                                  ratio_copy=ugbps / copy, kv_splits=None))  # fmt: skip
+                        emit(
+                            dict(
+                                rec,
+                                impl="upstream",
+                                us=uus,
+                                gbps=ugbps,
+                                ratio_copy=ugbps / copy,
+                                kv_splits=None,
+                            )
+                        )
                     if kind == "decode" and graphs:
                         for backend in ("flash", "cudnn"):
-                            sus, err = bench_sdpa(model, batch_size, q_len, context, dtype,
-                                                  backend, graphs)  # fmt: skip
+                            sus, err = bench_sdpa(
+                                model, batch_size, q_len, context, dtype, backend, graphs
+                            )
                             if sus is not None:
                                 gbps = kv_bytes / sus / 1e3
-                                emit(dict(rec, impl=f"sdpa_{backend}", us=sus, gbps=gbps,
-                                          ratio_copy=gbps / copy))  # fmt: skip
+                                emit(
+                                    dict(
+                                        rec,
+                                        impl=f"sdpa_{backend}",
+                                        us=sus,
+                                        gbps=gbps,
+                                        ratio_copy=gbps / copy,
+                                    )
+                                )
                             else:
-                                print(f"sdpa_{backend} {name} b{batch_size} c{context} "
-                                      f"not timed: {err}", flush=True)  # fmt: skip
+                                print(
+                                    f"sdpa_{backend} {name} b{batch_size} c{context} "
+                                    f"not timed: {err}",
+                                    flush=True,
+                                )
                             rec[f"ratio_sdpa_{backend}"] = (sus / us) if sus else None
         for batch_size, seq in sweep["prefill"]:
             flops = 4 * batch_size * hq * d * seq * seq / 2  # causal
             cell = ([seq] * batch_size, [seq] * batch_size)
             inputs = ragged_inputs(model, *cell, dtype)
             us, plan = bench_ours(model, *cell, inputs, True)
-            rec = dict(base, kind="prefill", impl="ours", model=name, batch=batch_size,
-                       context=seq, q_len=seq, head_size=d, num_q_heads=hq, num_kv_heads=hkv,
-                       graphs=True, us=us, tflops=flops / us / 1e6)  # fmt: skip
+            rec = dict(
+                base,
+                kind="prefill",
+                impl="ours",
+                model=name,
+                batch=batch_size,
+                context=seq,
+                q_len=seq,
+                head_size=d,
+                num_q_heads=hq,
+                num_kv_heads=hkv,
+                graphs=True,
+                us=us,
+                tflops=flops / us / 1e6,
+            )
             emit(rec)
             if args.upstream:
                 uus = bench_upstream(model, *cell, inputs, True)
@@ -369,16 +500,34 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
     ):
         inputs = ragged_inputs(model, q_lens, seq_lens, dtype)
         us, _ = bench_ours(model, q_lens, seq_lens, inputs, True)
-        rec = dict(base, kind=kind, impl="ours", model=name, batch=len(q_lens),
-                   context=max(seq_lens), q_len=chunk, head_size=d, num_q_heads=hq,
-                   num_kv_heads=hkv, graphs=True, us=us, cached_prefix=cached,
-                   decodes=decodes if kind == "mixed" else 0,
-                   decode_context=decode_context if kind == "mixed" else 0,
-                   tflops=chunk_flops / us / 1e6)  # fmt: skip
+        rec = dict(
+            base,
+            kind=kind,
+            impl="ours",
+            model=name,
+            batch=len(q_lens),
+            context=max(seq_lens),
+            q_len=chunk,
+            head_size=d,
+            num_q_heads=hq,
+            num_kv_heads=hkv,
+            graphs=True,
+            us=us,
+            cached_prefix=cached,
+            decodes=decodes if kind == "mixed" else 0,
+            decode_context=decode_context if kind == "mixed" else 0,
+            tflops=chunk_flops / us / 1e6,
+        )
         if kind == "mixed":  # the same batch on one long-query launch
-            hq_plan = plan_attention(num_tokens=sum(q_lens), num_seqs=len(q_lens),
-                                     max_query_len=chunk, num_q_heads=hq, num_kv_heads=hkv,
-                                     head_size=d, arch=GpuArch.of_device("cuda"))  # fmt: skip
+            hq_plan = plan_attention(
+                num_tokens=sum(q_lens),
+                num_seqs=len(q_lens),
+                max_query_len=chunk,
+                num_q_heads=hq,
+                num_kv_heads=hkv,
+                head_size=d,
+                arch=GpuArch.of_device("cuda"),
+            )
             rec["one_launch_us"] = bench_ours(model, q_lens, seq_lens, inputs, True, hq_plan)[0]
         if upstream:
             uus = bench_upstream(model, q_lens, seq_lens, inputs, True)

@@ -67,9 +67,13 @@ class Variant:
     def hot(self) -> bool:
         # fp32 is not a serving path: exact fp32 products take no MMA unit on
         # NVIDIA, and their spills are reported, not gated.
-        return (self.phase != "specdecode" and self.head_size in HOT_HEAD_SIZES
-                and self.features == "plain" and self.kv_dtype is None
-                and self.dtype != "float32")  # fmt: skip
+        return (
+            self.phase != "specdecode"
+            and self.head_size in HOT_HEAD_SIZES
+            and self.features == "plain"
+            and self.kv_dtype is None
+            and self.dtype != "float32"
+        )
 
 
 def variants(subset: str) -> list[Variant]:
@@ -79,15 +83,25 @@ def variants(subset: str) -> list[Variant]:
             for phase in ("decode", "decode_batch", "prefill")
             for head in HOT_HEAD_SIZES
         ]
-    out = [Variant(phase, head, group) for phase, head, group in
-           itertools.product(PHASES, (64, 80, 128, 256), (1, 4, 8))]  # fmt: skip
+    out = [
+        Variant(phase, head, group)
+        for phase, head, group in itertools.product(PHASES, (64, 80, 128, 256), (1, 4, 8))
+    ]
     out += [Variant(phase, head, 4, dtype="float16") for phase in PHASES for head in (64, 128)]
     # 4-byte queries: the plan halves the tuned 2-byte tiles, shared memory must still fit
     out += [Variant(phase, head, 4, dtype="float32") for phase in PHASES for head in (64, 128, 256)]
-    out += [Variant(phase, head, 4, features=f) for phase in PHASES for head in (64, 128)
-            for f in FEATURES]  # fmt: skip
-    out += [Variant(phase, head, 4, kv_dtype=kv) for phase in PHASES for head in (64, 128)
-            for kv in ("float8_e4m3fn", "float8_e4m3fnuz")]  # fmt: skip
+    out += [
+        Variant(phase, head, 4, features=f)
+        for phase in PHASES
+        for head in (64, 128)
+        for f in FEATURES
+    ]
+    out += [
+        Variant(phase, head, 4, kv_dtype=kv)
+        for phase in PHASES
+        for head in (64, 128)
+        for kv in ("float8_e4m3fn", "float8_e4m3fnuz")
+    ]
     return out
 
 
@@ -189,12 +203,22 @@ def _resources(kernel, backend: str, arch) -> dict:
             f.write(ptx)
             f.flush()
             gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-            log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", f.name, "-o",
-                                  os.devnull], capture_output=True, text=True).stderr  # fmt: skip
+            log = subprocess.run(
+                [get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
+                capture_output=True,
+                text=True,
+            ).stderr
         regs = re.search(r"Used (\d+) registers", log)
         spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
-        mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "tcgen05" \
-            if "tcgen05" in ptx else "none"  # fmt: skip
+        mma = (
+            "wgmma"
+            if "wgmma" in ptx
+            else "mma.sync"
+            if "mma.sync" in ptx
+            else "tcgen05"
+            if "tcgen05" in ptx
+            else "none"
+        )
         return dict(registers=int(regs.group(1)) if regs else None, spills=sum(spills), mma=mma)
     gcn = kernel.asm["amdgcn"]
 
@@ -227,30 +251,44 @@ def compile_variant(job: tuple[Variant, str, Path | None]) -> list[dict]:
     records = []
     for launch in launches:
         signature, constexprs, attrs = _specialisation(launch, backend)
-        options = {k: launch.options[k] for k in ("num_warps", "num_stages")
-                   if k in launch.options}  # fmt: skip
-        record = dict(target=target, kernel=launch.kernel.__name__, variant=dataclasses.asdict(
-            variant), constexprs={k: str(launch.args[k]) for k in signature
-                                    if signature[k] == "constexpr"},
-            num_warps=options.get("num_warps", 4), num_stages=options.get("num_stages", 3),
-            hot=variant.hot, shared_limit=shared_limit)  # fmt: skip
+        options = {k: launch.options[k] for k in ("num_warps", "num_stages") if k in launch.options}
+        record = dict(
+            target=target,
+            kernel=launch.kernel.__name__,
+            variant=dataclasses.asdict(variant),
+            constexprs={k: str(launch.args[k]) for k in signature if signature[k] == "constexpr"},
+            num_warps=options.get("num_warps", 4),
+            num_stages=options.get("num_stages", 3),
+            hot=variant.hot,
+            shared_limit=shared_limit,
+        )
         start = time.time()
         try:
             # Gluon kernels (pipelined_decode.py) have their own front end.
             is_gluon = getattr(launch.kernel, "is_gluon", lambda: False)()
-            source = (GluonASTSource if is_gluon else ASTSource)(launch.kernel, signature,
-                                                                  constexprs, attrs)  # fmt: skip
+            source = (GluonASTSource if is_gluon else ASTSource)(
+                launch.kernel, signature, constexprs, attrs
+            )
             target_spec = GPUTarget(backend, arch, warp_size)
             kernel = triton.compile(source, target=target_spec, options=options)
-            record.update(compiled=True, shared_bytes=kernel.metadata.shared,
-                          **_resources(kernel, backend, arch))  # fmt: skip
+            record.update(
+                compiled=True,
+                shared_bytes=kernel.metadata.shared,
+                **_resources(kernel, backend, arch),
+            )
             if ptx_dir is not None and backend == "cuda":
                 name = "_".join(str(value) for value in dataclasses.astuple(variant))
                 path = ptx_dir / target / f"{launch.kernel.__name__}_{name}.ptx"
                 _write_ptx(kernel.asm["ptx"], path)
         except Exception as error:
-            record.update(compiled=False, error=str(error).splitlines()[-1][:300],
-                          registers=None, spills=None, shared_bytes=None, mma=None)  # fmt: skip
+            record.update(
+                compiled=False,
+                error=str(error).splitlines()[-1][:300],
+                registers=None,
+                spills=None,
+                shared_bytes=None,
+                mma=None,
+            )
         record["seconds"] = round(time.time() - start, 2)
         records.append(record)
     return records
@@ -282,15 +320,20 @@ def run(subset: str, targets: list[str], workers: int, ptx_dir: Path | None = No
 
 
 def markdown(records: list[dict]) -> str:
-    lines = ["| target | kernel | phase | head | group | dtype | kv | features | ok | regs | "
-             "spills | shared | warps | stages | mma |", "|" + "---|" * 15]  # fmt: skip
+    lines = [
+        "| target | kernel | phase | head | group | dtype | kv | features | ok | regs | "
+        "spills | shared | warps | stages | mma |",
+        "|" + "---|" * 15,
+    ]
     for r in records:
         v = r["variant"]
-        lines.append(f"| {r['target']} | {r['kernel']} | {v['phase']} | {v['head_size']} | "
-                     f"{v['queries_per_kv']} | {v['dtype']} | {v['kv_dtype'] or '-'} | "
-                     f"{v['features']} | {'yes' if r['compiled'] else 'NO'} | {r['registers']} | "
-                     f"{r['spills']} | {r['shared_bytes']} | {r['num_warps']} | "
-                     f"{r['num_stages']} | {r['mma']} |")  # fmt: skip
+        lines.append(
+            f"| {r['target']} | {r['kernel']} | {v['phase']} | {v['head_size']} | "
+            f"{v['queries_per_kv']} | {v['dtype']} | {v['kv_dtype'] or '-'} | "
+            f"{v['features']} | {'yes' if r['compiled'] else 'NO'} | {r['registers']} | "
+            f"{r['spills']} | {r['shared_bytes']} | {r['num_warps']} | "
+            f"{r['num_stages']} | {r['mma']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -307,8 +350,10 @@ def main():
     out.write_text(json.dumps(records, indent=1))
     out.with_suffix(".md").write_text(markdown(records))
     failures = gate_failures(records)
-    print(f"{len(records)} kernels compiled for {len(args.targets)} targets; "
-          f"{len(failures)} gate failures")  # fmt: skip
+    print(
+        f"{len(records)} kernels compiled for {len(args.targets)} targets; "
+        f"{len(failures)} gate failures"
+    )
     for failure in failures:
         print("  " + failure)
     return 1 if failures else 0

@@ -29,8 +29,10 @@ CELLS = [
     ("llama3-8b", b, c)
     for b, c in ((1, 1024), (1, 16384), (4, 4096), (8, 4096), (16, 1024), (32, 1024), (64, 1024))
 ]
-CELLS += [("qwen-7to1", b, c) for b, c in ((1, 16384), (1, 65536), (4, 16384), (8, 4096),
-                                          (16, 4096), (32, 1024), (64, 1024))]  # fmt: skip
+CELLS += [
+    ("qwen-7to1", b, c)
+    for b, c in ((1, 16384), (1, 65536), (4, 16384), (8, 4096), (16, 4096), (32, 1024), (64, 1024))
+]
 
 
 @triton.jit
@@ -59,8 +61,10 @@ def best_read_us(x: torch.Tensor) -> tuple[float, tuple]:
             for warps in (4, 8):
                 args = (x, out, n, per_program, block)
                 launch = read_kernel[grid]
-                us = time_us(lambda launch=launch, args=args, warps=warps:
-                             launch(*args, num_warps=warps), graphs=True)  # fmt: skip
+                us = time_us(
+                    lambda launch=launch, args=args, warps=warps: launch(*args, num_warps=warps),
+                    graphs=True,
+                )
                 best = min(best, (us, (programs, block, warps)))
     return best
 
@@ -69,27 +73,53 @@ def breakdown(model_name: str, batch: int, context: int) -> dict:
     model = MODELS[model_name]
     hq, hkv, d = model
     q_lens, seq_lens = [1] * batch, [context] * batch
-    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens,
-                                                                torch.bfloat16)  # fmt: skip
+    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(
+        model, q_lens, seq_lens, torch.bfloat16
+    )
     plan = backend_plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
-    call = AttentionCall(q=q, k_cache=k_cache, v_cache=v_cache, out=out, query_start_loc=qsl,
-                         seq_lens=lens, block_table=block_table, scale=d**-0.5)  # fmt: skip
+    call = AttentionCall(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        out=out,
+        query_start_loc=qsl,
+        seq_lens=lens,
+        block_table=block_table,
+        scale=d**-0.5,
+    )
     split_kv = kernel_launches(call, plan, workspace)[0]
     kv_bytes = batch * context * hkv * d * 2 * k_cache.element_size()
     x = torch.randn(kv_bytes // 2, device="cuda", dtype=torch.bfloat16)
     half = torch.empty(x.numel() // 2, device="cuda", dtype=torch.bfloat16)
-    record = dict(model=model_name, batch=batch, context=context, kv_mb=kv_bytes / 1e6,
-                  splits=plan.num_kv_splits, tile=plan.kv_tile_size,
-                  stages=plan.num_stages)  # fmt: skip
-    record["full_us"] = time_us(lambda: paged_attention(
-        q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens, block_table=block_table,
-        max_query_len=1, max_seq_len=context, scale=d**-0.5, plan=plan, workspace=workspace,
-    ), graphs=True)  # fmt: skip
-    record["split_kv_us"] = time_us(
-        split_kv.run, graphs=True
+    record = dict(
+        model=model_name,
+        batch=batch,
+        context=context,
+        kv_mb=kv_bytes / 1e6,
+        splits=plan.num_kv_splits,
+        tile=plan.kv_tile_size,
+        stages=plan.num_stages,
     )
+    record["full_us"] = time_us(
+        lambda: paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            query_start_loc=qsl,
+            seq_lens=lens,
+            block_table=block_table,
+            max_query_len=1,
+            max_seq_len=context,
+            scale=d**-0.5,
+            plan=plan,
+            workspace=workspace,
+        ),
+        graphs=True,
+    )
+    record["split_kv_us"] = time_us(split_kv.run, graphs=True)
     record["empty_grid_us"] = time_us(
         lambda: empty_kernel[split_kv.grid](q, num_warps=split_kv.options["num_warps"]),
         graphs=True,
@@ -108,8 +138,9 @@ def main():
     for cell in CELLS:
         records.append(breakdown(*cell))
         print(json.dumps(records[-1]), flush=True)
-    args.out.write_text(json.dumps(dict(card=torch.cuda.get_device_name(), records=records),
-                                   indent=1))  # fmt: skip
+    args.out.write_text(
+        json.dumps(dict(card=torch.cuda.get_device_name(), records=records), indent=1)
+    )
 
 
 if __name__ == "__main__":

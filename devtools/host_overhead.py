@@ -72,15 +72,17 @@ def batch_inputs(model, q_lens, seq_lens, device, block_size=16, used_blocks=4):
     host path never reads the cache, so few blocks are allocated)."""
     hq, hkv, d = model
     num_seqs = len(q_lens)
-    k_cache = torch.randn(num_seqs * used_blocks, block_size, hkv, d, device=device,
-                          dtype=torch.bfloat16)  # fmt: skip
+    k_cache = torch.randn(
+        num_seqs * used_blocks, block_size, hkv, d, device=device, dtype=torch.bfloat16
+    )
     v_cache = torch.randn_like(k_cache)
     width = max(seq_lens) // block_size
     blocks = torch.arange(num_seqs * used_blocks, device=device, dtype=torch.int32)
     block_table = blocks.view(num_seqs, used_blocks).repeat(1, width // used_blocks)
     q = torch.randn(sum(q_lens), hq, d, device=device, dtype=torch.bfloat16)
-    query_start_loc = torch.tensor([0, *itertools.accumulate(q_lens)], device=device,
-                                   dtype=torch.int32)  # fmt: skip
+    query_start_loc = torch.tensor(
+        [0, *itertools.accumulate(q_lens)], device=device, dtype=torch.int32
+    )
     seq_lens = torch.tensor(seq_lens, device=device, dtype=torch.int32)
     return q, k_cache, v_cache, query_start_loc, seq_lens, block_table
 
@@ -94,10 +96,20 @@ def ours(model, inputs, q_lens, max_seq_len, arch):
     out = torch.empty_like(q)
 
     def call():
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=query_start_loc,
-                        seq_lens=seq_lens, block_table=block_table, max_query_len=max(q_lens),
-                        max_seq_len=max_seq_len, scale=d**-0.5, plan=plan,
-                        workspace=workspace)  # fmt: skip
+        paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens,
+            block_table=block_table,
+            max_query_len=max(q_lens),
+            max_seq_len=max_seq_len,
+            scale=d**-0.5,
+            plan=plan,
+            workspace=workspace,
+        )
 
     return call
 
@@ -105,8 +117,9 @@ def ours(model, inputs, q_lens, max_seq_len, arch):
 def upstream(model, inputs, q_lens, max_seq_len):
     """The call upstream's backend makes (see ``bench_attention.run_upstream``)."""
     q = inputs[0]
-    return run_upstream(model, q, *inputs[1:3], torch.empty_like(q), *inputs[3:], max(q_lens),
-                        max_seq_len)  # fmt: skip
+    return run_upstream(
+        model, q, *inputs[1:3], torch.empty_like(q), *inputs[3:], max(q_lens), max_seq_len
+    )
 
 
 def launched(call) -> str:
@@ -188,8 +201,10 @@ def main():
     device = "cuda" if on_gpu else "cpu"
     if args.upstream and not on_gpu:  # its launcher asks the GPU for Blackwell: answer as sm_90
         upstream_module().current_platform.is_device_capability_family = lambda family: False
-    print(f"# host us per call: {machine}; torch {torch.__version__}, triton "
-          f"{triton.__version__}; launches {launch}")  # fmt: skip
+    print(
+        f"# host us per call: {machine}; torch {torch.__version__}, triton "
+        f"{triton.__version__}; launches {launch}"
+    )
     print(
         "| model | kind | batch | ours us | launches | upstream us | launches | upstream / ours |"
     )
@@ -200,20 +215,32 @@ def main():
         for kind, q_lens, seq_lens in cells(args.context, args.batches, args.q_lens):
             inputs = batch_inputs(model, q_lens, seq_lens, device)
             call = ours(model, inputs, q_lens, max(seq_lens), arch)
-            record = dict(machine=machine, launch=launch, torch=torch.__version__,
-                          triton=triton.__version__, model=name, kind=kind, batch=len(q_lens),
-                          q_len=max(q_lens), context=max(seq_lens), launches=launched(call),
-                          us=host_us(call, on_gpu, args.calls))  # fmt: skip
+            record = dict(
+                machine=machine,
+                launch=launch,
+                torch=torch.__version__,
+                triton=triton.__version__,
+                model=name,
+                kind=kind,
+                batch=len(q_lens),
+                q_len=max(q_lens),
+                context=max(seq_lens),
+                launches=launched(call),
+                us=host_us(call, on_gpu, args.calls),
+            )
             if args.upstream:
                 call = upstream(model, inputs, q_lens, max(seq_lens))
-                record.update(upstream_us=host_us(call, on_gpu, args.calls),
-                              upstream_launches=launched(call))  # fmt: skip
+                record.update(
+                    upstream_us=host_us(call, on_gpu, args.calls), upstream_launches=launched(call)
+                )
             records.append(record)
             theirs = record.get("upstream_us", float("nan"))
-            print(f"| {name} | {kind} | {len(q_lens)} | {record['us']:.1f} | "
-                  f"{record['launches']} | {theirs:.1f} | "
-                  f"{record.get('upstream_launches', '')} | {theirs / record['us']:.2f} |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {name} | {kind} | {len(q_lens)} | {record['us']:.1f} | "
+                f"{record['launches']} | {theirs:.1f} | "
+                f"{record.get('upstream_launches', '')} | {theirs / record['us']:.2f} |",
+                flush=True,
+            )
     if args.out:
         args.out.write_text(json.dumps(records, indent=1))
 

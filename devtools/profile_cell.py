@@ -28,22 +28,34 @@ def main():
     parser.add_argument("--q-len", type=int, default=1)
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--plan", type=json.loads, default={},
-                        help="AttentionPlan fields to override (JSON)")  # fmt: skip
+    parser.add_argument(
+        "--plan", type=json.loads, default={}, help="AttentionPlan fields to override (JSON)"
+    )
     args = parser.parse_args()
     model = MODELS[args.model]
     q_lens, seq_lens = [args.q_len] * args.batch, [args.context] * args.batch
-    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(model, q_lens, seq_lens,
-                                                               torch.bfloat16)  # fmt: skip
+    q, k_cache, v_cache, qsl, lens, block_table = ragged_inputs(
+        model, q_lens, seq_lens, torch.bfloat16
+    )
     plan = dataclasses.replace(backend_plan(model, q_lens), **args.plan)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
     out = torch.empty_like(q)
     print(plan)
     for _ in range(args.iters):
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
-                        block_table=block_table, max_query_len=args.q_len,
-                        max_seq_len=args.context, scale=model[2] ** -0.5, plan=plan,
-                        workspace=workspace)  # fmt: skip
+        paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            query_start_loc=qsl,
+            seq_lens=lens,
+            block_table=block_table,
+            max_query_len=args.q_len,
+            max_seq_len=args.context,
+            scale=model[2] ** -0.5,
+            plan=plan,
+            workspace=workspace,
+        )
     torch.cuda.synchronize()
 
 

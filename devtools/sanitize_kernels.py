@@ -54,27 +54,53 @@ def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> No
         return
     num_kv_heads, num_q_heads = 2, 2 * group
     gen = torch.Generator().manual_seed(0)
-    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-                       head_size=head_size, block_size=16, dtype=torch.bfloat16,
-                       kv_dtype=kv_dtype, device="cuda", padding_tokens=2,
-                       sliding_window=features.get("sliding_window"), generator=gen)  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        block_size=16,
+        dtype=torch.bfloat16,
+        kv_dtype=kv_dtype,
+        device="cuda",
+        padding_tokens=2,
+        sliding_window=features.get("sliding_window"),
+        generator=gen,
+    )
     extra = dict(features)
     if extra.pop("alibi", False):
         extra["alibi_slopes"] = torch.rand(num_q_heads, generator=gen).cuda()
     if extra.pop("sinks", False):
         extra["sinks"] = torch.randn(num_q_heads, generator=gen).cuda()
-    plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
-                          num_kv_heads=num_kv_heads, head_size=head_size, device="cuda",
-                          max_decode_query_len=4, **batch.plan_facts(**extra))  # fmt: skip
+    plan = plan_for_batch(
+        q_lens,
+        num_tokens=batch.q.shape[0],
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        device="cuda",
+        max_decode_query_len=4,
+        **batch.plan_facts(**extra),
+    )
     out = torch.full_like(batch.q, float("nan"))
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5,
-                    plan=plan, **batch.kernel_args(), **extra)  # fmt: skip
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache,
-                                         scale=head_size**-0.5, **batch.kernel_args(),
-                                         **extra)  # fmt: skip
+    paged_attention(
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        out,
+        scale=head_size**-0.5,
+        plan=plan,
+        **batch.kernel_args(),
+        **extra,
+    )
+    expected = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=head_size**-0.5, **batch.kernel_args(), **extra
+    )
     rows = batch.num_actual_tokens
-    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                               **TOLERANCES[torch.bfloat16])  # fmt: skip
+    torch.testing.assert_close(
+        out[:rows].float(), expected[:rows].float(), **TOLERANCES[torch.bfloat16]
+    )
 
     # The cache write of this batch's new tokens (slot -1 rows skipped).
     num_tokens = batch.q.shape[0]
@@ -92,8 +118,12 @@ def run_case(name, q_lens, seq_lens, head_size, group, kv_dtype, features) -> No
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     known = [case[0] for case in CASES]
-    parser.add_argument("cases", nargs="*", metavar="CASE",
-                        help=f"run only these (racecheck is slow); default: all of {known}")  # fmt: skip
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        metavar="CASE",
+        help=f"run only these (racecheck is slow); default: all of {known}",
+    )
     names = parser.parse_args().cases
     if set(names) - set(known):
         parser.error(f"unknown cases {sorted(set(names) - set(known))}")

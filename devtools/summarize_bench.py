@@ -23,32 +23,50 @@ def main():
     records = [r for path in args.json for r in json.loads(Path(path).read_text())]
     copy = next(r["gbps"] for r in records if r["impl"] == "copy")
     gemm = next(r["tflops"] for r in records if r["impl"] == "gemm")
-    cells = {(r["kind"], r["impl"], r.get("model"), r["batch"], r["context"], r["graphs"]): r
-             for r in records if r["kind"] != "roofline" and "cached_prefix" not in r}  # fmt: skip
+    cells = {
+        (r["kind"], r["impl"], r.get("model"), r["batch"], r["context"], r["graphs"]): r
+        for r in records
+        if r["kind"] != "roofline" and "cached_prefix" not in r
+    }
     chunks = [r for r in records if "cached_prefix" in r]
     models = sorted({r.get("model") for r in records if r["kind"] != "roofline"})
     source = ", ".join(f"`{Path(path).name}`" for path in args.json)
-    lines = [f"# {records[0]['card']}: copy {copy:.0f} GB/s, bf16 GEMM {gemm:.0f} TFLOP/s", "",
-             f"Source: {source} (CUDA-graph timings, medians; the eager column times both "
-             "without graphs).", ""]  # fmt: skip
+    lines = [
+        f"# {records[0]['card']}: copy {copy:.0f} GB/s, bf16 GEMM {gemm:.0f} TFLOP/s",
+        "",
+        f"Source: {source} (CUDA-graph timings, medians; the eager column times both "
+        "without graphs).",
+        "",
+    ]
     for model in models:
         has_decode = any(key[0] == "decode" and key[2] == model for key in cells)
-        lines += [f"## {model}: decode and spec-decode (q_len 4)", "",
-                  "| kind | batch | context | ours us | x copy | upstream / ours | "
-                  "eager: upstream / ours | best SDPA / ours | spec / decode |",
-                  "|---|---|---|---|---|---|---|---|---|"] if has_decode else []  # fmt: skip
+        lines += (
+            [
+                f"## {model}: decode and spec-decode (q_len 4)",
+                "",
+                "| kind | batch | context | ours us | x copy | upstream / ours | "
+                "eager: upstream / ours | best SDPA / ours | spec / decode |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            if has_decode
+            else []
+        )
         for kind in ("decode", "specdecode"):
             for key, ours in sorted(cells.items(), key=lambda kv: (kv[0][3], kv[0][4])):
                 if key[:3] != (kind, "ours", model) or not key[5]:
                     continue
                 batch, context = key[3], key[4]
                 upstream = cells.get((kind, "upstream", model, batch, context, True))
-                sdpa = [cells.get(("decode", f"sdpa_{b}", model, batch, context, True))
-                        for b in ("flash", "cudnn")]  # fmt: skip
+                sdpa = [
+                    cells.get(("decode", f"sdpa_{b}", model, batch, context, True))
+                    for b in ("flash", "cudnn")
+                ]
                 sdpa = min((s["us"] for s in sdpa if s), default=None)
                 decode = cells.get(("decode", "ours", model, batch, context, True))
-                eager = [cells.get((kind, impl, model, batch, context, False))
-                         for impl in ("upstream", "ours")]  # fmt: skip
+                eager = [
+                    cells.get((kind, impl, model, batch, context, False))
+                    for impl in ("upstream", "ours")
+                ]
                 lines.append(
                     f"| {kind} | {batch} | {context} | {ours['us']:.1f} | {ours['ratio_copy']:.2f} "
                     f"| {upstream['us'] / ours['us'] if upstream else float('nan'):.2f} "
@@ -56,15 +74,20 @@ def main():
                     f"| {sdpa / ours['us'] if sdpa and kind == 'decode' else float('nan'):.2f} "
                     f"| {ours['us'] / decode['us'] if kind == 'specdecode' else float('nan'):.2f} |"
                 )
-        lines += ["", f"## {model}: causal prefill (TFLOP/s)", "",
-                  "| batch | seq | ours | upstream | flash | cuDNN | x upstream | x flash "
-                  "| x cuDNN |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## {model}: causal prefill (TFLOP/s)",
+            "",
+            "| batch | seq | ours | upstream | flash | cuDNN | x upstream | x flash | x cuDNN |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for key, ours in sorted(cells.items(), key=lambda kv: (kv[0][3], kv[0][4])):
             if key[:3] != ("prefill", "ours", model):
                 continue
-            other = {impl: cells.get(("prefill", impl, model, key[3], key[4], True))
-                     for impl in ("upstream", "sdpa_flash", "sdpa_cudnn")}  # fmt: skip
+            other = {
+                impl: cells.get(("prefill", impl, model, key[3], key[4], True))
+                for impl in ("upstream", "sdpa_flash", "sdpa_cudnn")
+            }
             rate = {impl: (r["tflops"] if r else float("nan")) for impl, r in other.items()}
             lines.append(
                 f"| {key[3]} | {key[4]} | {ours['tflops']:.0f} | {rate['upstream']:.0f} | "
@@ -74,15 +97,26 @@ def main():
                 f"{ours['tflops'] / rate['sdpa_cudnn']:.2f} |"
             )
         lines.append("")
-    lines += ["## Prefix-cached chunk and mixed batch", "",
-              "2048 new tokens on 8192 cached; mixed: that chunk after 64 decodes on 4096. "
-              "`one launch`: the same mixed batch on the long-query kernel alone.", "",
-              "| model | kind | ours us | chunk TFLOP/s | upstream us | x upstream "
-              "| one launch us |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Prefix-cached chunk and mixed batch",
+        "",
+        "2048 new tokens on 8192 cached; mixed: that chunk after 64 decodes on 4096. "
+        "`one launch`: the same mixed batch on the long-query kernel alone.",
+        "",
+        "| model | kind | ours us | chunk TFLOP/s | upstream us | x upstream | one launch us |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for ours in (r for r in chunks if r["impl"] == "ours"):
-        upstream = next((r for r in chunks if r["impl"] == "upstream" and r["model"] ==
-                         ours["model"] and r["kind"] == ours["kind"]), None)  # fmt: skip
+        upstream = next(
+            (
+                r
+                for r in chunks
+                if r["impl"] == "upstream"
+                and r["model"] == ours["model"]
+                and r["kind"] == ours["kind"]
+            ),
+            None,
+        )
         lines.append(
             f"| {ours['model']} | {ours['kind']} | {ours['us']:.0f} | {ours['tflops']:.0f} | "
             f"{upstream['us'] if upstream else float('nan'):.0f} | "

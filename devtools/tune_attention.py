@@ -77,8 +77,15 @@ def _cells() -> dict[str, list[Cell]]:
     # Finely split (batch <= 16) and coarsely split cells, short and long contexts:
     # a configuration that wins on few cells can lose badly elsewhere (e.g. 4
     # stages fill shared memory and cut occupancy on long contexts).
-    decode_cells = [(1, 16384), (4, 16384), (8, 4096), (16, 16384), (32, 4096), (64, 4096),
-                    (128, 1024)]  # fmt: skip
+    decode_cells = [
+        (1, 16384),
+        (4, 16384),
+        (8, 4096),
+        (16, 16384),
+        (32, 4096),
+        (64, 4096),
+        (128, 1024),
+    ]
     for (hq, hkv, d, q_len), (batch, context) in itertools.product(decode_shapes, decode_cells):
         plan = _plan(Cell(hq, hkv, d, batch, q_len, context), arch)
         key = split_kv_table_key(plan.head_pad, plan.block_m, plan.num_kv_splits)
@@ -108,35 +115,64 @@ def _candidates(key: str, cells: list[Cell]) -> list[tuple[int, ...]]:
 def _plan(cell: Cell, arch: GpuArch, config: tuple[int, ...] | None = None):
     """The plan of ``cell``; with ``config``, the portable kernel's with that
     configuration (the tables tune the portable kernels)."""
-    plan = plan_attention(num_tokens=cell.batch * cell.q_len, num_seqs=cell.batch,
-                          max_query_len=cell.q_len, num_q_heads=cell.num_q_heads,
-                          num_kv_heads=cell.num_kv_heads, head_size=cell.head_size,
-                          arch=arch)  # fmt: skip
+    plan = plan_attention(
+        num_tokens=cell.batch * cell.q_len,
+        num_seqs=cell.batch,
+        max_query_len=cell.q_len,
+        num_q_heads=cell.num_q_heads,
+        num_kv_heads=cell.num_kv_heads,
+        head_size=cell.head_size,
+        arch=arch,
+    )
     if config is None:
         return plan
     if not plan.is_split_kv:
         block_m, tile, warps, stages = config
-        return dataclasses.replace(plan, kernel=LONG_QUERY, block_m=block_m, kv_tile_size=tile,
-                                   num_warps=warps, num_stages=stages, kv_buffers=0,
-                                   fma_exp2_every=0)  # fmt: skip
+        return dataclasses.replace(
+            plan,
+            kernel=LONG_QUERY,
+            block_m=block_m,
+            kv_tile_size=tile,
+            num_warps=warps,
+            num_stages=stages,
+            kv_buffers=0,
+            fma_exp2_every=0,
+        )
     tile, warps, stages = config
-    return dataclasses.replace(plan, kernel=SPLIT_KV_DECODE, kv_tile_size=tile, num_warps=warps,
-                               num_stages=stages, kv_buffers=0)  # fmt: skip
+    return dataclasses.replace(
+        plan,
+        kernel=SPLIT_KV_DECODE,
+        kv_tile_size=tile,
+        num_warps=warps,
+        num_stages=stages,
+        kv_buffers=0,
+    )
 
 
 def _inputs(cell: Cell, distinct_blocks: int | None = None):
     """The benchmark's paged inputs for ``cell`` (bf16, shuffled 16-token blocks)."""
-    return ragged_inputs((cell.num_q_heads, cell.num_kv_heads, cell.head_size),
-                         [cell.q_len] * cell.batch, [cell.context] * cell.batch, torch.bfloat16,
-                         distinct_blocks=distinct_blocks)  # fmt: skip
+    return ragged_inputs(
+        (cell.num_q_heads, cell.num_kv_heads, cell.head_size),
+        [cell.q_len] * cell.batch,
+        [cell.context] * cell.batch,
+        torch.bfloat16,
+        distinct_blocks=distinct_blocks,
+    )
 
 
 def _launches(cell: Cell, plan, inputs):
     q, k_cache, v_cache, qsl, seq_lens, block_table = inputs
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
-    call = AttentionCall(q=q, k_cache=k_cache, v_cache=v_cache, out=torch.empty_like(q),
-                         query_start_loc=qsl, seq_lens=seq_lens, block_table=block_table,
-                         scale=cell.head_size**-0.5)  # fmt: skip
+    call = AttentionCall(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        out=torch.empty_like(q),
+        query_start_loc=qsl,
+        seq_lens=seq_lens,
+        block_table=block_table,
+        scale=cell.head_size**-0.5,
+    )
     return kernel_launches(call, plan, workspace)
 
 
@@ -166,10 +202,21 @@ def time_candidate(cell: Cell, config, inputs, expected) -> dict:
     out = torch.empty_like(q)
 
     def run():
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=seq_lens,
-                        block_table=block_table, max_query_len=cell.q_len,
-                        max_seq_len=cell.context, scale=cell.head_size**-0.5, plan=plan,
-                        workspace=workspace, arch=arch)  # fmt: skip
+        paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            query_start_loc=qsl,
+            seq_lens=seq_lens,
+            block_table=block_table,
+            max_query_len=cell.q_len,
+            max_seq_len=cell.context,
+            scale=cell.head_size**-0.5,
+            plan=plan,
+            workspace=workspace,
+            arch=arch,
+        )
 
     try:
         run()
@@ -195,8 +242,12 @@ class Progress:
         elapsed = time.time() - self.start
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0
         bar = "#" * (30 * self.done // max(self.total, 1))
-        print(f"\r{self.what} [{bar:<30}] {self.done}/{self.total} eta {eta:4.0f}s",
-              end="", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"\r{self.what} [{bar:<30}] {self.done}/{self.total} eta {eta:4.0f}s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         if self.done == self.total:
             print(file=sys.stderr)
 
@@ -210,25 +261,34 @@ def main():
     parser.add_argument("--results", required=True, help="JSON lines, appended and resumed")
     parser.add_argument("--table", help=f"default: {TUNED_DIR}/<arch>.json")
     parser.add_argument("--only", nargs="*", default=[], help="table keys starting with these")
-    parser.add_argument("--budget-s", type=float, default=float("inf"),
-                        help="stop timing after this long (rerun to resume)")  # fmt: skip
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="stop timing after this long (rerun to resume)",
+    )
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = parser.parse_args()
     start = time.time()
     arch = GpuArch.of_device("cuda")
-    groups = {k: v for k, v in _cells().items()
-              if not args.only or k.startswith(tuple(args.only))}  # fmt: skip
+    groups = {k: v for k, v in _cells().items() if not args.only or k.startswith(tuple(args.only))}
     results_path = Path(args.results)
     done = {}
     if results_path.exists():
         for line in results_path.read_text().splitlines():
             record = json.loads(line)
             done[record["id"]] = record
-    jobs = [(key, cell, config) for key, cells in groups.items() for cell in cells
-            for config in _candidates(key, cells)]  # fmt: skip
+    jobs = [
+        (key, cell, config)
+        for key, cells in groups.items()
+        for cell in cells
+        for config in _candidates(key, cells)
+    ]
     todo = [job for job in jobs if _record_id(*job) not in done]
-    print(f"{len(jobs)} timings in {len(groups)} table entries, {len(done)} already done",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(jobs)} timings in {len(groups)} table entries, {len(done)} already done",
+        file=sys.stderr,
+    )
 
     spills = {}
     if todo:
@@ -246,8 +306,10 @@ def main():
         for cell, jobs_of_cell in itertools.groupby(todo, key=lambda job: job[1]):
             jobs_of_cell = list(jobs_of_cell)
             if time.time() - start > args.budget_s:
-                print(f"\nbudget reached: rerun with --results {results_path} to resume",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"\nbudget reached: rerun with --results {results_path} to resume",
+                    file=sys.stderr,
+                )
                 break
             inputs = _inputs(cell)
             reference = time_candidate(cell, None, inputs, None)
@@ -256,9 +318,15 @@ def main():
                 record_id = _record_id(key, cell, config)
                 result = time_candidate(cell, config, inputs, expected)
                 result.pop("output", None)
-                record = dict(id=record_id, key=key, cell=dataclasses.asdict(cell),
-                              config=list(config), spills=spills.get(record_id),
-                              current_us=reference.get("us"), **result)  # fmt: skip
+                record = dict(
+                    id=record_id,
+                    key=key,
+                    cell=dataclasses.asdict(cell),
+                    config=list(config),
+                    spills=spills.get(record_id),
+                    current_us=reference.get("us"),
+                    **result,
+                )
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 done[record_id] = record
@@ -293,12 +361,18 @@ def write_table(args, arch: GpuArch, groups, done: dict) -> None:
         if not scores:
             continue
         best = min(scores, key=scores.get)
-        rule = math.exp(sum(math.log(done[_record_id(key, c, best)]["current_us"]) for c in cells)
-                        / len(cells))  # fmt: skip
+        rule = math.exp(
+            sum(math.log(done[_record_id(key, c, best)]["current_us"]) for c in cells) / len(cells)
+        )
         table["configs"][key] = list(best)
-        summary[key] = dict(config=list(best), mean_us=round(scores[best], 2),
-                            current_us=round(rule, 2), speedup=round(rule / scores[best], 3),
-                            command=command, date=time.strftime("%Y-%m-%d"))  # fmt: skip
+        summary[key] = dict(
+            config=list(best),
+            mean_us=round(scores[best], 2),
+            current_us=round(rule, 2),
+            speedup=round(rule / scores[best], 3),
+            command=command,
+            date=time.strftime("%Y-%m-%d"),
+        )
         print(f"{key}: {best} {scores[best]:.1f} us (plan before tuning: {rule:.1f} us)")
     table.update(
         arch=arch.name,

@@ -50,18 +50,25 @@ OUR_CLASS = "vllm.v1.attention.backends.triton_attn.TritonAttentionBackend"
 
 
 def _vllm_config(model_dir, **extra):
-    model = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32",
-                        max_model_len=512)  # fmt: skip
+    model = ModelConfig(
+        model=str(model_dir), skip_tokenizer_init=True, dtype="float32", max_model_len=512
+    )
     return VllmConfig(model_config=model, device_config=DeviceConfig(device="cpu"), **extra)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("tiny-llama")
-    LlamaConfig(hidden_size=NUM_Q_HEADS * HEAD_SIZE, intermediate_size=128, num_hidden_layers=1,
-                num_attention_heads=NUM_Q_HEADS, num_key_value_heads=NUM_KV_HEADS,
-                head_dim=HEAD_SIZE, vocab_size=256,
-                max_position_embeddings=512).save_pretrained(model_dir)  # fmt: skip
+    LlamaConfig(
+        hidden_size=NUM_Q_HEADS * HEAD_SIZE,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=NUM_Q_HEADS,
+        num_key_value_heads=NUM_KV_HEADS,
+        head_dim=HEAD_SIZE,
+        vocab_size=256,
+        max_position_embeddings=512,
+    ).save_pretrained(model_dir)
     return model_dir
 
 
@@ -71,8 +78,9 @@ def vllm_config(model_dir):
 
 
 def make_builder(vllm_config):
-    spec = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=NUM_KV_HEADS,
-                             head_size=HEAD_SIZE, dtype=torch.float32)  # fmt: skip
+    spec = FullAttentionSpec(
+        block_size=BLOCK_SIZE, num_kv_heads=NUM_KV_HEADS, head_size=HEAD_SIZE, dtype=torch.float32
+    )
     return TritonAttentionMetadataBuilder(spec, ["layer.0"], vllm_config, torch.device("cpu"))
 
 
@@ -105,11 +113,16 @@ def run_step(builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_to
     slot_mapping = torch.tensor(slots + [-1] * padded_tokens, dtype=torch.int64)
     total = num_tokens + padded_tokens
     common = CommonAttentionMetadata(
-        query_start_loc=qsl, query_start_loc_cpu=qsl.clone(),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32), num_reqs=len(q_lens),
-        num_actual_tokens=total, max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-        block_table_tensor=block_table, slot_mapping=slot_mapping,
-    )  # fmt: skip
+        query_start_loc=qsl,
+        query_start_loc_cpu=qsl.clone(),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        num_reqs=len(q_lens),
+        num_actual_tokens=total,
+        max_query_len=max(q_lens),
+        max_seq_len=max(seq_lens),
+        block_table_tensor=block_table,
+        slot_mapping=slot_mapping,
+    )
     metadata = builder.build(0, common)
 
     query = torch.randn(total, NUM_Q_HEADS, HEAD_SIZE, generator=gen)
@@ -122,12 +135,20 @@ def run_step(builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_to
 
     k_view, v_view = kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
     expected = reference_paged_attention(
-        query, k_view, v_view, query_start_loc=qsl, seq_lens=common.seq_lens,
-        block_table=block_table, scale=impl.scale, sliding_window=impl.window,
-        sinks=impl.sinks, causal=True,
-    )  # fmt: skip
-    torch.testing.assert_close(output[:num_tokens], expected[:num_tokens],
-                               **TOLERANCES[torch.float32])  # fmt: skip
+        query,
+        k_view,
+        v_view,
+        query_start_loc=qsl,
+        seq_lens=common.seq_lens,
+        block_table=block_table,
+        scale=impl.scale,
+        sliding_window=impl.window,
+        sinks=impl.sinks,
+        causal=True,
+    )
+    torch.testing.assert_close(
+        output[:num_tokens], expected[:num_tokens], **TOLERANCES[torch.float32]
+    )
     return metadata
 
 
@@ -143,8 +164,9 @@ def packed_cache(num_blocks=64, layout="NHD"):
 def test_builder_and_impl_across_batches(vllm_config, layout):
     """One builder reused across batch shapes, as under CUDA graphs."""
     builder = make_builder(vllm_config)
-    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None,
-                               "auto")  # fmt: skip
+    impl = TritonAttentionImpl(
+        NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None, "auto"
+    )
     kv_cache = packed_cache(layout=layout)
     decode = run_step(builder, impl, kv_cache, [1, 1, 1], [17, 40, 5])
     assert decode.plan.kernel == "split_kv_decode"
@@ -163,8 +185,19 @@ def test_builder_and_impl_across_batches(vllm_config, layout):
 def test_features_through_the_impl(vllm_config):
     builder = make_builder(vllm_config)
     sinks = torch.randn(NUM_Q_HEADS)
-    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, 24, "auto",
-                               None, AttentionType.DECODER, None, sinks=sinks)  # fmt: skip
+    impl = TritonAttentionImpl(
+        NUM_Q_HEADS,
+        HEAD_SIZE,
+        0.2,
+        NUM_KV_HEADS,
+        None,
+        24,
+        "auto",
+        None,
+        AttentionType.DECODER,
+        None,
+        sinks=sinks,
+    )
     assert impl.sliding_window == (23, 0)  # upstream's tuple form, for subclasses
     run_step(builder, impl, packed_cache(), [1, 37], [80, 37])
     run_step(builder, impl, packed_cache(), [1, 1], [80, 37])
@@ -174,8 +207,9 @@ def test_cache_views_are_made_once_per_cache_tensor():
     """The views are kept per cache tensor (made per layer and step they cost
     host time); a new cache tensor, e.g. after a KV-cache re-allocation, gets
     its own."""
-    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None,
-                               "auto")  # fmt: skip
+    impl = TritonAttentionImpl(
+        NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None, "auto"
+    )
     kv_cache, other = packed_cache(), packed_cache()
     key_cache, value_cache = impl._cache_views(kv_cache)
     again = impl._cache_views(kv_cache)
@@ -186,8 +220,9 @@ def test_cache_views_are_made_once_per_cache_tensor():
 
 
 def test_spec_decode_verification_goes_to_split_kv(model_dir):
-    speculative = SpeculativeConfig(method="ngram", num_speculative_tokens=3,
-                                    prompt_lookup_max=3, prompt_lookup_min=1)  # fmt: skip
+    speculative = SpeculativeConfig(
+        method="ngram", num_speculative_tokens=3, prompt_lookup_max=3, prompt_lookup_min=1
+    )
     builder = make_builder(_vllm_config(model_dir, speculative_config=speculative))
     assert builder.max_decode_query_len == 4 and builder.reorder_batch_threshold == 4
     impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
@@ -224,16 +259,31 @@ def test_full_graphs_of_mixed_batches_use_long_query(vllm_config):
 
 def test_encoder_self_attention_without_cache(vllm_config):
     builder = make_builder(vllm_config)
-    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, None, "auto",
-                               None, AttentionType.ENCODER_ONLY)  # fmt: skip
+    impl = TritonAttentionImpl(
+        NUM_Q_HEADS,
+        HEAD_SIZE,
+        0.2,
+        NUM_KV_HEADS,
+        None,
+        None,
+        "auto",
+        None,
+        AttentionType.ENCODER_ONLY,
+    )
     q_lens = [7, 19]
     qsl = torch.tensor([0, 7, 26], dtype=torch.int32)
     common = CommonAttentionMetadata(
-        query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=torch.tensor(q_lens).int(),
-        num_reqs=2, num_actual_tokens=26, max_query_len=19, max_seq_len=19,
+        query_start_loc=qsl,
+        query_start_loc_cpu=qsl,
+        seq_lens=torch.tensor(q_lens).int(),
+        num_reqs=2,
+        num_actual_tokens=26,
+        max_query_len=19,
+        max_seq_len=19,
         block_table_tensor=torch.zeros(2, 2, dtype=torch.int32),
-        slot_mapping=torch.full((26,), -1), causal=False,
-    )  # fmt: skip
+        slot_mapping=torch.full((26,), -1),
+        causal=False,
+    )
     md = builder.build(0, common)
     gen = torch.Generator().manual_seed(3)
     query = torch.randn(26, NUM_Q_HEADS, HEAD_SIZE, generator=gen)
@@ -242,10 +292,13 @@ def test_encoder_self_attention_without_cache(vllm_config):
     output = torch.empty_like(query)
     impl.forward(Layer(), query, key, value, torch.empty(0), md, output)
     for start, end in ((0, 7), (7, 26)):
-        scores = torch.einsum("qhd,khd->hqk", query[start:end],
-                              key[start:end].repeat_interleave(4, 1)) * 0.2  # fmt: skip
-        ref = torch.einsum("hqk,khd->qhd", scores.softmax(-1),
-                           value[start:end].repeat_interleave(4, 1))  # fmt: skip
+        scores = (
+            torch.einsum("qhd,khd->hqk", query[start:end], key[start:end].repeat_interleave(4, 1))
+            * 0.2
+        )
+        ref = torch.einsum(
+            "hqk,khd->qhd", scores.softmax(-1), value[start:end].repeat_interleave(4, 1)
+        )
         torch.testing.assert_close(output[start:end], ref, **TOLERANCES[torch.float32])
 
 
@@ -284,15 +337,24 @@ def test_builder_plans_for_its_layers_features(model_dir):
     assert make_builder(config).features == AttentionFeatures(True, True, True, True)
     layers = config.compilation_config.static_forward_context
     layers["layer.0"] = RegisteredLayer(
-        TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 64, "auto",
-                            logits_soft_cap=30.0)  # fmt: skip
+        TritonAttentionImpl(
+            NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 64, "auto", logits_soft_cap=30.0
+        )
     )
     builder = make_builder(config)
     assert builder.features == AttentionFeatures(sliding_window=True, softcap=True)
     assert builder.layout == TensorLayout(torch.float32, BLOCK_SIZE)
     layers["layer.0"] = RegisteredLayer(
-        TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto",
-                            attn_type=AttentionType.ENCODER_ONLY)  # fmt: skip
+        TritonAttentionImpl(
+            NUM_Q_HEADS,
+            HEAD_SIZE,
+            0.1,
+            NUM_KV_HEADS,
+            None,
+            None,
+            "auto",
+            attn_type=AttentionType.ENCODER_ONLY,
+        )
     )
     builder = make_builder(config)
     assert builder.features == AttentionFeatures()
@@ -304,13 +366,27 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     from vllm.v1.attention.backends import triton_attn
 
     def reasons(**overrides):
-        config = dict(head_size=128, dtype=torch.bfloat16, kv_cache_dtype="auto", block_size=16,
-                      use_mla=False, has_sink=False, use_sparse=False, use_mm_prefix=False,
-                      use_per_head_quant_scales=False, device_capability=DeviceCapability(9, 0),
-                      attn_type=AttentionType.DECODER, has_sliding_window=False,
-                      use_non_causal=False, use_batch_invariant=False, use_kv_connector=False,
-                      use_pcp=False, use_adaptive_verification=False, use_dcp=False,
-                      use_rswa=False)  # fmt: skip
+        config = dict(
+            head_size=128,
+            dtype=torch.bfloat16,
+            kv_cache_dtype="auto",
+            block_size=16,
+            use_mla=False,
+            has_sink=False,
+            use_sparse=False,
+            use_mm_prefix=False,
+            use_per_head_quant_scales=False,
+            device_capability=DeviceCapability(9, 0),
+            attn_type=AttentionType.DECODER,
+            has_sliding_window=False,
+            use_non_causal=False,
+            use_batch_invariant=False,
+            use_kv_connector=False,
+            use_pcp=False,
+            use_adaptive_verification=False,
+            use_dcp=False,
+            use_rswa=False,
+        )
         config.update(overrides)
         return TritonAttentionBackend.validate_configuration(**config)
 
@@ -381,8 +457,13 @@ print(json.dumps(result))
 
 def _select(platform: str) -> dict:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", _SELECT, platform], capture_output=True,
-                            text=True, env=env, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _SELECT, platform],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -405,8 +486,9 @@ def test_upstream_subclasses_still_import_and_construct(vllm_config):
         triton_flashinfer,  # noqa: F401
     )
 
-    spec = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=NUM_KV_HEADS,
-                             head_size=HEAD_SIZE, dtype=torch.float32)  # fmt: skip
+    spec = FullAttentionSpec(
+        block_size=BLOCK_SIZE, num_kv_heads=NUM_KV_HEADS, head_size=HEAD_SIZE, dtype=torch.float32
+    )
     triton_attn_diffkv.TritonAttentionDiffKVBackend.set_head_size_v(HEAD_SIZE)
     builder = triton_attn_diffkv.TritonAttentionDiffKVMetadataBuilder(
         spec, ["layer.0"], vllm_config, torch.device("cpu")

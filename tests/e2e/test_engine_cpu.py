@@ -52,8 +52,11 @@ ENGINE_ARGS = dict(
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out",
-                    str(out)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -66,8 +69,9 @@ def transformers_greedy(model_dir: Path, dtype: str) -> list[list[int]]:
     outputs = []
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
-        generated = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False,
-                                   eos_token_id=None, pad_token_id=0)  # fmt: skip
+        generated = model.generate(
+            ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
         outputs.append(generated[0, ids.shape[1] :].tolist())
     return outputs
 
@@ -102,10 +106,21 @@ if __name__ == "__main__":
 def run_offline(model_dir: Path, dtype: str) -> dict:
     env = dict(ENV, VLLM_ENABLE_V1_MULTIPROCESSING="0")  # one process: rpc returns objects
     result = subprocess.run(
-        [sys.executable, "-c", _OFFLINE, str(model_dir), dtype, json.dumps(ENGINE_ARGS),
-         json.dumps(PROMPTS), str(MAX_TOKENS)],
-        capture_output=True, text=True, env=env, timeout=1200,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            _OFFLINE,
+            str(model_dir),
+            dtype,
+            json.dumps(ENGINE_ARGS),
+            json.dumps(PROMPTS),
+            str(MAX_TOKENS),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-6000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
@@ -146,13 +161,35 @@ def _free_port() -> int:
 def test_vllm_serve_answers_a_completion(tiny_model):
     port = _free_port()
     command = [
-        str(Path(sys.executable).parent / "vllm"), "serve", str(tiny_model),
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--attention-backend", "TRITON_ATTN", "--enforce-eager", "--block-size", "16",
-        "--max-model-len", "256", "--max-num-seqs", "4", "--kv-cache-memory-bytes", str(64 << 20),
-    ]  # fmt: skip
-    server = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)  # fmt: skip
+        str(Path(sys.executable).parent / "vllm"),
+        "serve",
+        str(tiny_model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--attention-backend",
+        "TRITON_ATTN",
+        "--enforce-eager",
+        "--block-size",
+        "16",
+        "--max-model-len",
+        "256",
+        "--max-num-seqs",
+        "4",
+        "--kv-cache-memory-bytes",
+        str(64 << 20),
+    ]
+    server = subprocess.Popen(
+        command,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -174,7 +211,7 @@ def test_vllm_serve_answers_a_completion(tiny_model):
                     "ignore_eos": True,
                     "return_token_ids": True,
                 }
-            ).encode(),  # fmt: skip
+            ).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=600) as response:

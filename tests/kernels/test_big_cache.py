@@ -34,8 +34,9 @@ pytestmark = pytest.mark.skipif(not _enough_memory(), reason="needs a GPU with ~
 @pytest.mark.parametrize("q_lens", [[1, 1, 1], [1, 4, 4], [1, 300, 70]], ids=str)
 def test_cache_offsets_past_2_pow_31(q_lens):
     gen = torch.Generator(device="cuda").manual_seed(0)
-    k_cache = torch.empty(NUM_BLOCKS, BLOCK, KV_HEADS, HEAD_SIZE, device="cuda",
-                          dtype=torch.bfloat16)  # fmt: skip
+    k_cache = torch.empty(
+        NUM_BLOCKS, BLOCK, KV_HEADS, HEAD_SIZE, device="cuda", dtype=torch.bfloat16
+    )
     v_cache = torch.empty_like(k_cache)
     assert k_cache.numel() > 2**31
     seq_lens = [q + 500 for q in q_lens]
@@ -44,17 +45,20 @@ def test_cache_offsets_past_2_pow_31(q_lens):
     last = torch.arange(NUM_BLOCKS - 4096, NUM_BLOCKS, device="cuda", dtype=torch.int32)
     chosen = last[torch.randperm(4096, device="cuda", generator=gen)]
     block_table = chosen[: len(q_lens) * blocks_per_seq].view(len(q_lens), blocks_per_seq)
-    k_cache[chosen.long()] = torch.randn(4096, BLOCK, KV_HEADS, HEAD_SIZE, device="cuda",
-                                         generator=gen, dtype=torch.bfloat16)  # fmt: skip
+    k_cache[chosen.long()] = torch.randn(
+        4096, BLOCK, KV_HEADS, HEAD_SIZE, device="cuda", generator=gen, dtype=torch.bfloat16
+    )
     v_cache[chosen.long()] = torch.randn_like(k_cache[chosen.long()])
 
     # The new tokens' K/V go through the cache-write kernel into those blocks.
     num_tokens = sum(q_lens)
     num_q_heads = KV_HEADS * GROUP
-    q = torch.randn(num_tokens, num_q_heads, HEAD_SIZE, device="cuda", generator=gen,
-                    dtype=torch.bfloat16)  # fmt: skip
-    key = torch.randn(num_tokens, KV_HEADS, HEAD_SIZE, device="cuda", generator=gen,
-                      dtype=torch.bfloat16)  # fmt: skip
+    q = torch.randn(
+        num_tokens, num_q_heads, HEAD_SIZE, device="cuda", generator=gen, dtype=torch.bfloat16
+    )
+    key = torch.randn(
+        num_tokens, KV_HEADS, HEAD_SIZE, device="cuda", generator=gen, dtype=torch.bfloat16
+    )
     value = torch.randn_like(key)
     positions = torch.cat([torch.arange(s - q, s) for q, s in zip(q_lens, seq_lens, strict=True)])
     owners = torch.repeat_interleave(torch.arange(len(q_lens)), torch.tensor(q_lens))
@@ -64,15 +68,27 @@ def test_cache_offsets_past_2_pow_31(q_lens):
     write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
     torch.testing.assert_close(k_cache[blocks.cuda(), (positions % BLOCK).cuda()], key)
 
-    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32,
-                       device="cuda")  # fmt: skip
+    qsl = torch.tensor(
+        [0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda"
+    )
     lens = torch.tensor(seq_lens, dtype=torch.int32, device="cuda")
-    args = dict(query_start_loc=qsl, seq_lens=lens, block_table=block_table,
-                max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-                scale=HEAD_SIZE**-0.5)  # fmt: skip
-    plan = plan_for_batch(q_lens, num_tokens=num_tokens, num_q_heads=num_q_heads,
-                          num_kv_heads=KV_HEADS, head_size=HEAD_SIZE, device="cuda",
-                          max_decode_query_len=4)  # fmt: skip
+    args = dict(
+        query_start_loc=qsl,
+        seq_lens=lens,
+        block_table=block_table,
+        max_query_len=max(q_lens),
+        max_seq_len=max(seq_lens),
+        scale=HEAD_SIZE**-0.5,
+    )
+    plan = plan_for_batch(
+        q_lens,
+        num_tokens=num_tokens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=KV_HEADS,
+        head_size=HEAD_SIZE,
+        device="cuda",
+        max_decode_query_len=4,
+    )
     out = torch.full_like(q, float("nan"))
     paged_attention(q, k_cache, v_cache, out, plan=plan, **args)
     expected = reference_paged_attention(q, k_cache, v_cache, **args)

@@ -29,18 +29,35 @@ def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "matrix.json"
     result = subprocess.run(
-        [sys.executable, "-m", "devtools.compile_matrix", "--subset", "hot",
-         "--workers", "2", "--out", str(out), "--ptx", str(tmp_path / "ptx")],
-        capture_output=True, text=True, env=env, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "devtools.compile_matrix",
+            "--subset",
+            "hot",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+            "--ptx",
+            str(tmp_path / "ptx"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+        cwd=REPO,
+    )
     assert out.exists(), result.stderr[-3000:]
     records = json.loads(out.read_text())
     assert {r["target"] for r in records} == set(TARGETS)
     assert {r["kernel"] for r in records} == {
-        "split_kv_decode_kernel", "merge_kv_splits_kernel", "long_query_attention_kernel",
+        "split_kv_decode_kernel",
+        "merge_kv_splits_kernel",
+        "long_query_attention_kernel",
         "split_kv_decode_pipelined_kernel",  # sm_90, one split per sequence, head 128
         "long_query_pipelined_kernel",  # sm_90, heads 64 and 128
-    }  # fmt: skip
+    }
     assert gate_failures(records) == []
     # --ptx: one file per NVIDIA kernel, without debug lines, for diffing two runs.
     ptx_files = sorted((tmp_path / "ptx").rglob("*.ptx"))

@@ -61,37 +61,62 @@ def check_against_reference(case):
     device = "cuda" if HAS_GPU else "cpu"
     num_q_heads = shape["num_kv_heads"] * shape["group"]
     batch = make_batch(
-        q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=shape["num_kv_heads"],
-        head_size=shape["head_size"], block_size=shape["block_size"], dtype=shape["dtype"],
-        device=device, layout=shape["layout"], sliding_window=features["sliding_window"],
-        padding_tokens=shape["padding_tokens"], shared_prefix_blocks=shape["shared_prefix_blocks"],
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=shape["num_kv_heads"],
+        head_size=shape["head_size"],
+        block_size=shape["block_size"],
+        dtype=shape["dtype"],
+        device=device,
+        layout=shape["layout"],
+        sliding_window=features["sliding_window"],
+        padding_tokens=shape["padding_tokens"],
+        shared_prefix_blocks=shape["shared_prefix_blocks"],
         generator=torch.Generator().manual_seed(shape["seed"]),
-    )  # fmt: skip
+    )
     gen = torch.Generator().manual_seed(shape["seed"] + 1)
     extra = dict(
         causal=features["causal"],
         sliding_window=features["sliding_window"],
         logits_soft_cap=features["logits_soft_cap"],
-        alibi_slopes=torch.rand(num_q_heads, generator=gen).to(device) if features["alibi"]
+        alibi_slopes=torch.rand(num_q_heads, generator=gen).to(device)
+        if features["alibi"]
         else None,
         sinks=torch.randn(num_q_heads, generator=gen).to(device) if features["sinks"] else None,
-    )  # fmt: skip
+    )
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))
     plan = None
     if features["mixed_plan"]:
-        plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
-                              num_kv_heads=shape["num_kv_heads"], head_size=shape["head_size"],
-                              device=device, dtype=shape["dtype"],
-                              **batch.plan_facts(**extra))  # fmt: skip
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
-                    **batch.kernel_args(), **extra)  # fmt: skip
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=scale,
-                                         **batch.kernel_args(), **extra)  # fmt: skip
+        plan = plan_for_batch(
+            q_lens,
+            num_tokens=batch.q.shape[0],
+            num_q_heads=num_q_heads,
+            num_kv_heads=shape["num_kv_heads"],
+            head_size=shape["head_size"],
+            device=device,
+            dtype=shape["dtype"],
+            **batch.plan_facts(**extra),
+        )
+    paged_attention(
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        out,
+        scale=scale,
+        plan=plan,
+        **batch.kernel_args(),
+        **extra,
+    )
+    expected = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=scale, **batch.kernel_args(), **extra
+    )
     rows = batch.num_actual_tokens
     assert not out[:rows].isnan().any()
-    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                               **TOLERANCES[shape["dtype"]])  # fmt: skip
+    torch.testing.assert_close(
+        out[:rows].float(), expected[:rows].float(), **TOLERANCES[shape["dtype"]]
+    )
 
 
 for _shard in range(SHARDS):

@@ -34,18 +34,36 @@ def test_decode_graph_replays_any_smaller_batch(q_len):
     seq_lens = torch.zeros(CAPTURED_SEQS, device="cuda", dtype=torch.int32)
     block_table = torch.zeros(CAPTURED_SEQS, MAX_BLOCKS, device="cuda", dtype=torch.int32)
     num_blocks = CAPTURED_SEQS * MAX_BLOCKS + 1
-    k_cache = torch.zeros(num_blocks, BLOCK, KV_HEADS, HEAD_SIZE, device="cuda",
-                          dtype=torch.bfloat16)  # fmt: skip
+    k_cache = torch.zeros(
+        num_blocks, BLOCK, KV_HEADS, HEAD_SIZE, device="cuda", dtype=torch.bfloat16
+    )
     v_cache = torch.zeros_like(k_cache)
-    plan = plan_attention(num_tokens=num_tokens, num_seqs=CAPTURED_SEQS, max_query_len=q_len,
-                          num_q_heads=HEADS, num_kv_heads=KV_HEADS, head_size=HEAD_SIZE,
-                          arch=GpuArch.of_device("cuda"))  # fmt: skip
+    plan = plan_attention(
+        num_tokens=num_tokens,
+        num_seqs=CAPTURED_SEQS,
+        max_query_len=q_len,
+        num_q_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_size=HEAD_SIZE,
+        arch=GpuArch.of_device("cuda"),
+    )
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
 
     def step():
-        paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=seq_lens,
-                        block_table=block_table, max_query_len=q_len, max_seq_len=1,
-                        scale=HEAD_SIZE**-0.5, plan=plan, workspace=workspace)  # fmt: skip
+        paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            query_start_loc=qsl,
+            seq_lens=seq_lens,
+            block_table=block_table,
+            max_query_len=q_len,
+            max_seq_len=1,
+            scale=HEAD_SIZE**-0.5,
+            plan=plan,
+            workspace=workspace,
+        )
 
     # Capture with vLLM's dummy batch: every sequence of length 1.
     qsl.copy_(torch.arange(CAPTURED_SEQS + 1, dtype=torch.int32) * q_len)
@@ -58,10 +76,18 @@ def test_decode_graph_replays_any_smaller_batch(q_len):
 
     for real_seqs, context in [(8, 900), (5, 17), (1, 1000), (3, 64), (8, 1)]:
         lens = [max(context - 13 * i, q_len) for i in range(real_seqs)]
-        fresh = make_batch([q_len] * real_seqs, lens, num_q_heads=HEADS, num_kv_heads=KV_HEADS,
-                           head_size=HEAD_SIZE, block_size=BLOCK, dtype=torch.bfloat16,
-                           device="cuda", padding_tokens=num_tokens - real_seqs * q_len,
-                           generator=torch.Generator().manual_seed(context))  # fmt: skip
+        fresh = make_batch(
+            [q_len] * real_seqs,
+            lens,
+            num_q_heads=HEADS,
+            num_kv_heads=KV_HEADS,
+            head_size=HEAD_SIZE,
+            block_size=BLOCK,
+            dtype=torch.bfloat16,
+            device="cuda",
+            padding_tokens=num_tokens - real_seqs * q_len,
+            generator=torch.Generator().manual_seed(context),
+        )
         # Fill the static buffers in place; padding rows: q_len 0, seq_len 0.
         q.copy_(fresh.q)
         k_cache[: fresh.k_cache.shape[0]].copy_(fresh.k_cache)
@@ -76,10 +102,16 @@ def test_decode_graph_replays_any_smaller_batch(q_len):
         out.fill_(float("nan"))
         graph.replay()
         expected = reference_paged_attention(
-            q, k_cache, v_cache, query_start_loc=qsl, seq_lens=seq_lens, block_table=block_table,
+            q,
+            k_cache,
+            v_cache,
+            query_start_loc=qsl,
+            seq_lens=seq_lens,
+            block_table=block_table,
             scale=HEAD_SIZE**-0.5,
-        )  # fmt: skip
+        )
         rows = real_seqs * q_len
         assert not out[:rows].isnan().any(), (real_seqs, context)
-        torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                                   **TOLERANCES[torch.bfloat16])  # fmt: skip
+        torch.testing.assert_close(
+            out[:rows].float(), expected[:rows].float(), **TOLERANCES[torch.bfloat16]
+        )

@@ -87,8 +87,9 @@ def _cpu_cases() -> list[Case]:
     cases += [Case("decode", head_size=d) for d in (80, 256)]
     cases += [Case(p, queries_per_kv=g) for p in ("mixed", "decode") for g in (1, 7, 8)]
     cases += [Case("mixed", block_size=b) for b in (32, 64)]
-    cases += [Case(p, layout=layout) for p in ("mixed", "decode")
-              for layout in ("packed_hnd", "separate")]  # fmt: skip
+    cases += [
+        Case(p, layout=layout) for p in ("mixed", "decode") for layout in ("packed_hnd", "separate")
+    ]
     cases += [Case(p, kv_dtype=torch.float8_e4m3fn) for p in ("decode", "mixed")]
     cases += [Case("specdecode4", kv_dtype=torch.float8_e4m3fnuz, feature="all")]
     return cases
@@ -161,13 +162,27 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
     out = torch.full_like(batch.q, float("nan"))  # every valid row must be written
     plan = None
     if mixed_plan:
-        plan = plan_for_batch(q_lens, num_tokens=batch.q.shape[0], num_q_heads=num_q_heads,
-                              num_kv_heads=case.num_kv_heads, head_size=case.head_size,
-                              device=device, dtype=case.dtype,
-                              **batch.plan_facts(**features))  # fmt: skip
+        plan = plan_for_batch(
+            q_lens,
+            num_tokens=batch.q.shape[0],
+            num_q_heads=num_q_heads,
+            num_kv_heads=case.num_kv_heads,
+            head_size=case.head_size,
+            device=device,
+            dtype=case.dtype,
+            **batch.plan_facts(**features),
+        )
         assert isinstance(plan, MixedBatchPlan)
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=scale, plan=plan,
-                    **batch.kernel_args(), **features)  # fmt: skip
+    paged_attention(
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        out,
+        scale=scale,
+        plan=plan,
+        **batch.kernel_args(),
+        **features,
+    )
     expected = reference_paged_attention(
         batch.q, batch.k_cache, batch.v_cache, scale=scale, **batch.kernel_args(), **features
     )
@@ -184,11 +199,14 @@ def test_paged_attention_matches_reference(case: Case, device):
 
 MIXED_CASES = (
     [Case("mixed", f, d) for f in FEATURES for d in (torch.float16, torch.bfloat16)]
-    + [Case("mixed", "plain", torch.bfloat16, kv, 128) for kv in (torch.float8_e4m3fn,)
-       if GpuArch.of_device("cuda").supports_kv_dtype(kv)]
+    + [
+        Case("mixed", "plain", torch.bfloat16, kv, 128)
+        for kv in (torch.float8_e4m3fn,)
+        if GpuArch.of_device("cuda").supports_kv_dtype(kv)
+    ]
     if HAS_GPU
     else [Case("mixed"), Case("mixed", "all"), Case("mixed", queries_per_kv=7, head_size=80)]
-)  # fmt: skip
+)
 
 
 @pytest.mark.parametrize("case", MIXED_CASES, ids=Case.id)
@@ -205,20 +223,43 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     enough, whatever tile of heads and dimensions each merge program takes."""
     case = Case("decode", "all", torch.float32, head_size=head_size)
     q_lens, seq_lens = [1, 1], [300, 1000]
-    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-                       head_size=head_size, block_size=16, dtype=case.dtype,
-                       device=device)  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        block_size=16,
+        dtype=case.dtype,
+        device=device,
+    )
     features = _feature_args("all", num_q_heads, device)
     results = []
     for units in (1, 6, 1000):  # 1 split, a few (several heads per merge program), 128
         arch = GpuArch("test", "test", units)
-        plan = plan_attention(num_tokens=2, num_seqs=2, max_query_len=1, num_q_heads=num_q_heads,
-                              num_kv_heads=num_kv_heads, head_size=head_size, arch=arch,
-                              dtype=case.dtype)  # fmt: skip
+        plan = plan_attention(
+            num_tokens=2,
+            num_seqs=2,
+            max_query_len=1,
+            num_q_heads=num_q_heads,
+            num_kv_heads=num_kv_heads,
+            head_size=head_size,
+            arch=arch,
+            dtype=case.dtype,
+        )
         out = torch.empty_like(batch.q)
         workspace = SplitKVWorkspace.allocate(plan, device)
-        paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
-                        workspace=workspace, **batch.kernel_args(), **features)  # fmt: skip
+        paged_attention(
+            batch.q,
+            batch.k_cache,
+            batch.v_cache,
+            out,
+            scale=0.125,
+            plan=plan,
+            workspace=workspace,
+            **batch.kernel_args(),
+            **features,
+        )
         results.append((plan.num_kv_splits, plan.merge_tile, out))
     (one, _, out_one), (few, few_tile, out_few), (many, many_tile, out_many) = results
     assert one == 1 and 1 < few < 8 and many == MAX_KV_SPLITS
@@ -227,8 +268,9 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
 
 
-def _check_forced_kernel(batch, plan, causal, kernel_name, sliding_window=None,
-                         logits_soft_cap=None):  # fmt: skip
+def _check_forced_kernel(
+    batch, plan, causal, kernel_name, sliding_window=None, logits_soft_cap=None
+):
     """``plan`` runs ``kernel_name`` first, and its output matches the reference
     on every valid row (NaN-filled beforehand: a row never written fails)."""
     features = dict(sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
@@ -247,37 +289,57 @@ def _check_forced_kernel(batch, plan, causal, kernel_name, sliding_window=None,
     launch, *merge = kernel_launches(call, plan)
     assert launch.kernel.__name__ == kernel_name
     assert all(m.kernel.__name__ == "merge_kv_splits_kernel" for m in merge)
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.1,
-                                         causal=causal, **features,
-                                         **batch.kernel_args())  # fmt: skip
+    expected = reference_paged_attention(
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        scale=0.1,
+        causal=causal,
+        **features,
+        **batch.kernel_args(),
+    )
     rows = batch.num_actual_tokens
     out = torch.full_like(batch.q, float("nan"))
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.1, causal=causal,
-                    plan=plan, **features, **batch.kernel_args())  # fmt: skip
+    paged_attention(
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        out,
+        scale=0.1,
+        causal=causal,
+        plan=plan,
+        **features,
+        **batch.kernel_args(),
+    )
     assert not out[:rows].isnan().any(), "a valid output row is NaN or was never written"
-    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                               **TOLERANCES[batch.q.dtype])  # fmt: skip
+    torch.testing.assert_close(
+        out[:rows].float(), expected[:rows].float(), **TOLERANCES[batch.q.dtype]
+    )
 
 
-NVIDIA_SM80 = (HAS_GPU and torch.version.hip is None
-               and torch.cuda.get_device_capability() >= (8, 0))  # fmt: skip
+NVIDIA_SM80 = HAS_GPU and torch.version.hip is None and torch.cuda.get_device_capability() >= (8, 0)
 
 
 _PIPELINED_DECODE_CASES = [
-    ("decode", 128, 4, 16, torch.bfloat16, True), ("decode", 64, 1, 32, torch.float16, True),
-    ("decode", 256, 8, 64, torch.bfloat16, True), ("specdecode4", 128, 7, 16, torch.bfloat16,
-    True), ("specdecode7", 32, 2, 16, torch.float16, True),
+    ("decode", 128, 4, 16, torch.bfloat16, True),
+    ("decode", 64, 1, 32, torch.float16, True),
+    ("decode", 256, 8, 64, torch.bfloat16, True),
+    ("specdecode4", 128, 7, 16, torch.bfloat16, True),
+    ("specdecode7", 32, 2, 16, torch.float16, True),
     ("decode", 128, 4, 16, torch.bfloat16, False),
-]  # fmt: skip
+]
 
 
 @pytest.mark.skipif(not NVIDIA_SM80, reason="pipelined_decode.py targets NVIDIA sm_80+")
 @pytest.mark.parametrize(
     "pattern,head_size,queries_per_kv,block_size,dtype,causal,tiles",
-    [(*case, tiles) for case in _PIPELINED_DECODE_CASES
-     for tiles in ((32, 2), (64, 3), (32, 4), (64, 4))
-     if case[1] * tiles[0] * tiles[1] <= 256 * 64 * 3],  # (64, 4) at head 256 needs 256 KB
-)  # fmt: skip
+    [
+        (*case, tiles)
+        for case in _PIPELINED_DECODE_CASES
+        for tiles in ((32, 2), (64, 3), (32, 4), (64, 4))
+        if case[1] * tiles[0] * tiles[1] <= 256 * 64 * 3
+    ],  # (64, 4) at head 256 needs 256 KB
+)
 def test_pipelined_decode_matches_reference(
     pattern, head_size, queries_per_kv, block_size, dtype, causal, tiles, device
 ):
@@ -285,23 +347,35 @@ def test_pipelined_decode_matches_reference(
     several (the plan sets it only where it measured faster on sm_90)."""
     q_lens, seq_lens = QUERY_PATTERNS[pattern]
     num_q_heads = 2 * queries_per_kv
-    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
-                       head_size=head_size, block_size=block_size, dtype=dtype, device=device,
-                       padding_tokens=3)  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=2,
+        head_size=head_size,
+        block_size=block_size,
+        dtype=dtype,
+        device=device,
+        padding_tokens=3,
+    )
     for units in (1, 132):
-        plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                              max_query_len=max(q_lens), num_q_heads=num_q_heads,
-                              num_kv_heads=2, head_size=head_size,
-                              arch=GpuArch("cuda", GpuArch.of_device(device).name, units),
-                              dtype=dtype)  # fmt: skip
+        plan = plan_attention(
+            num_tokens=batch.q.shape[0],
+            num_seqs=len(q_lens),
+            max_query_len=max(q_lens),
+            num_q_heads=num_q_heads,
+            num_kv_heads=2,
+            head_size=head_size,
+            arch=GpuArch("cuda", GpuArch.of_device(device).name, units),
+            dtype=dtype,
+        )
         plan = dataclasses.replace(
             plan, kernel=SPLIT_KV_DECODE_PIPELINED, kv_tile_size=tiles[0], kv_buffers=tiles[1]
         )
         _check_forced_kernel(batch, plan, causal, "split_kv_decode_pipelined_kernel")
 
 
-NVIDIA_SM90 = (HAS_GPU and torch.version.hip is None
-               and torch.cuda.get_device_capability() == (9, 0))  # fmt: skip
+NVIDIA_SM90 = HAS_GPU and torch.version.hip is None and torch.cuda.get_device_capability() == (9, 0)
 
 
 _PIPELINED_LONG_QUERY_CASES = [
@@ -310,14 +384,14 @@ _PIPELINED_LONG_QUERY_CASES = [
     ([1, 1, 0, 65, 3], [40, 129, 0, 190, 63], 64, 1, 32, torch.float16, True),  # mixed rows
     ([130, 9], [130, 9], 64, 4, 16, torch.float16, False),
     ([70], [2000], 128, 8, 64, torch.float16, False),
-]  # fmt: skip
+]
 # Head 256 keeps Q in shared memory: 64-key tiles fit with one score tile in
 # registers (two buffers), 32-key tiles with two.
 _PIPELINED_LONG_QUERY_D256_CASES = [
     ([37, 300], [37, 300], 256, 2, 16, torch.bfloat16, True),
     ([48, 16, 0, 200], [450, 97, 0, 1000], 256, 4, 32, torch.float16, True),
     ([70], [600], 256, 1, 16, torch.bfloat16, False),
-]  # fmt: skip
+]
 
 
 # (q_lens, seq_lens, head, queries per KV head, block, dtype, causal, window,
@@ -331,22 +405,37 @@ _PIPELINED_LONG_QUERY_FEATURE_CASES = [
     ([200, 16], [1000, 97], 256, 2, 16, torch.bfloat16, True, 150, 50.0, (64, 2, 0)),
     ([70], [600], 256, 1, 32, torch.float16, False, None, 20.0, (64, 2, 0)),
     ([64, 1], [4000, 300], 256, 2, 128, torch.bfloat16, True, 1000, None, (64, 2, 0)),
-]  # fmt: skip
+]
 
 
 @pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
 @pytest.mark.parametrize(
     "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,window,soft_cap,tiles",
-    [(*case, None, None, tiles) for case in _PIPELINED_LONG_QUERY_CASES
-     for tiles in ((64, 4, 0), (64, 6, 4), (64, 2, 4))]
-    + [(*case, None, None, tiles) for case in _PIPELINED_LONG_QUERY_D256_CASES
-       for tiles in ((64, 2, 0), (64, 2, 4), (32, 4, 0))]
+    [
+        (*case, None, None, tiles)
+        for case in _PIPELINED_LONG_QUERY_CASES
+        for tiles in ((64, 4, 0), (64, 6, 4), (64, 2, 4))
+    ]
+    + [
+        (*case, None, None, tiles)
+        for case in _PIPELINED_LONG_QUERY_D256_CASES
+        for tiles in ((64, 2, 0), (64, 2, 4), (32, 4, 0))
+    ]
     + _PIPELINED_LONG_QUERY_FEATURE_CASES,
-)  # fmt: skip
+)
 def test_pipelined_long_query_matches_reference(
-    q_lens, seq_lens, head_size, queries_per_kv, block_size, dtype, causal, window, soft_cap,
-    tiles, device,
-):  # fmt: skip
+    q_lens,
+    seq_lens,
+    head_size,
+    queries_per_kv,
+    block_size,
+    dtype,
+    causal,
+    window,
+    soft_cap,
+    tiles,
+    device,
+):
     """The Gluon long-query kernel on shapes it covers: several key tiles per
     program, the causal diagonal, spare Q tiles, empty rows, both key loops
     (two buffers, or four and more), exp2 on the FMA units or not (the plan
@@ -356,35 +445,73 @@ def test_pipelined_long_query_matches_reference(
     num_q_heads = 2 * queries_per_kv
     # With a window, blocks out of every query's window are NaN, as a reused
     # freed block might hold: the kernel must not read them.
-    batch = make_batch(q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=2,
-                       head_size=head_size, block_size=block_size, dtype=dtype, device=device,
-                       sliding_window=window, padding_tokens=3)  # fmt: skip
-    plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                          max_query_len=max(q_lens), num_q_heads=num_q_heads, num_kv_heads=2,
-                          head_size=head_size, arch=GpuArch.of_device(device),
-                          dtype=dtype)  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=2,
+        head_size=head_size,
+        block_size=block_size,
+        dtype=dtype,
+        device=device,
+        sliding_window=window,
+        padding_tokens=3,
+    )
+    plan = plan_attention(
+        num_tokens=batch.q.shape[0],
+        num_seqs=len(q_lens),
+        max_query_len=max(q_lens),
+        num_q_heads=num_q_heads,
+        num_kv_heads=2,
+        head_size=head_size,
+        arch=GpuArch.of_device(device),
+        dtype=dtype,
+    )
     tile, buffers, fma_exp2_every = tiles
-    plan = dataclasses.replace(plan, kernel=LONG_QUERY_PIPELINED, kv_tile_size=tile,
-                               kv_buffers=buffers, fma_exp2_every=fma_exp2_every, block_m=128,
-                               num_warps=8)  # fmt: skip
+    plan = dataclasses.replace(
+        plan,
+        kernel=LONG_QUERY_PIPELINED,
+        kv_tile_size=tile,
+        kv_buffers=buffers,
+        fma_exp2_every=fma_exp2_every,
+        block_m=128,
+        num_warps=8,
+    )
     _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel", window, soft_cap)
 
 
 def test_long_query_kernel_handles_decode_rows(device):
     """The long-query kernel is correct for q_len 1 too (mixed batches rely on it)."""
     q_lens, seq_lens = [1, 9, 1], [50, 70, 3]
-    batch = make_batch(q_lens, seq_lens, num_q_heads=4, num_kv_heads=1, head_size=64,
-                       block_size=16, dtype=torch.float16, device=device)  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=4,
+        num_kv_heads=1,
+        head_size=64,
+        block_size=16,
+        dtype=torch.float16,
+        device=device,
+    )
     arch = GpuArch.of_device(device)
-    plan = plan_attention(num_tokens=batch.q.shape[0], num_seqs=3, max_query_len=9,
-                          num_q_heads=4, num_kv_heads=1, head_size=64, arch=arch,
-                          dtype=batch.q.dtype)  # fmt: skip
+    plan = plan_attention(
+        num_tokens=batch.q.shape[0],
+        num_seqs=3,
+        max_query_len=9,
+        num_q_heads=4,
+        num_kv_heads=1,
+        head_size=64,
+        arch=arch,
+        dtype=batch.q.dtype,
+    )
     assert plan.kernel == LONG_QUERY
     out = torch.empty_like(batch.q)
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan,
-                    **batch.kernel_args())  # fmt: skip
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache, scale=0.125,
-                                         **batch.kernel_args())  # fmt: skip
+    paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan, **batch.kernel_args()
+    )
+    expected = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=0.125, **batch.kernel_args()
+    )
     rows = batch.num_actual_tokens
     torch.testing.assert_close(out[:rows], expected[:rows], **TOLERANCES[torch.float16])
 
@@ -400,17 +527,27 @@ def test_random_batches(seed, device):
     case_dtype = torch.float32 if not HAS_GPU else rng.choice([torch.float16, torch.bfloat16])
     head_size = rng.choice([32, 64, 80, 128])
     num_kv_heads, group = rng.choice([1, 2]), rng.choice([1, 3, 4, 8])
-    batch = make_batch(q_lens, seq_lens, num_q_heads=num_kv_heads * group,
-                       num_kv_heads=num_kv_heads, head_size=head_size,
-                       block_size=rng.choice([16, 32]), dtype=case_dtype, device=device,
-                       layout=rng.choice(["separate", "packed_nhd", "packed_hnd"]),
-                       padding_tokens=rng.randint(0, 4),
-                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_kv_heads * group,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        block_size=rng.choice([16, 32]),
+        dtype=case_dtype,
+        device=device,
+        layout=rng.choice(["separate", "packed_nhd", "packed_hnd"]),
+        padding_tokens=rng.randint(0, 4),
+        generator=torch.Generator().manual_seed(seed),
+    )
     out = torch.full_like(batch.q, float("nan"))
-    paged_attention(batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5,
-                    **batch.kernel_args())  # fmt: skip
-    expected = reference_paged_attention(batch.q, batch.k_cache, batch.v_cache,
-                                         scale=head_size**-0.5, **batch.kernel_args())  # fmt: skip
+    paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, out, scale=head_size**-0.5, **batch.kernel_args()
+    )
+    expected = reference_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, scale=head_size**-0.5, **batch.kernel_args()
+    )
     rows = batch.num_actual_tokens
-    torch.testing.assert_close(out[:rows].float(), expected[:rows].float(),
-                               **TOLERANCES[case_dtype])  # fmt: skip
+    torch.testing.assert_close(
+        out[:rows].float(), expected[:rows].float(), **TOLERANCES[case_dtype]
+    )

@@ -38,8 +38,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "vllm/v1/attention/ops/triton_at
 
 
 def plan(**overrides):
-    args = dict(num_tokens=8, num_seqs=8, max_query_len=1, num_q_heads=32, num_kv_heads=8,
-                head_size=128, arch=H100)  # fmt: skip
+    args = dict(
+        num_tokens=8,
+        num_seqs=8,
+        max_query_len=1,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_size=128,
+        arch=H100,
+    )
     args.update(overrides)
     return plan_attention(**args)
 
@@ -86,8 +93,13 @@ def test_split_count_fills_the_gpu_and_never_grows_with_batch():
 def test_merge_programs_cover_every_head_and_dimension_once():
     for batch in (1, 4, 16, 32):
         for heads, kv_heads, head_size in ((32, 8, 128), (28, 4, 128), (14, 2, 80), (8, 2, 256)):
-            p = plan(num_seqs=batch, num_tokens=batch, num_q_heads=heads, num_kv_heads=kv_heads,
-                     head_size=head_size)  # fmt: skip
+            p = plan(
+                num_seqs=batch,
+                num_tokens=batch,
+                num_q_heads=heads,
+                num_kv_heads=kv_heads,
+                head_size=head_size,
+            )
             if p.num_kv_splits == 1:
                 assert p.merge_grid is None
                 continue
@@ -104,8 +116,9 @@ def test_merge_programs_cover_every_head_and_dimension_once():
 def test_four_byte_queries_get_tiles_of_the_same_shared_memory():
     for head_size in (64, 128, 256):
         for max_query_len in (1, 64):
-            args = dict(max_query_len=max_query_len, num_tokens=8 * max_query_len,
-                        head_size=head_size)  # fmt: skip
+            args = dict(
+                max_query_len=max_query_len, num_tokens=8 * max_query_len, head_size=head_size
+            )
             half = plan(**args, features=PORTABLE_ONLY)
             full = plan(**args, dtype=torch.float32)
             assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
@@ -126,16 +139,22 @@ def test_decode_tile_holds_every_query_row():
 def test_long_query_grid_bound_covers_every_sequence(tokens_per_block):
     gen = torch.Generator().manual_seed(tokens_per_block)
     for _ in range(200):
-        q_lens = torch.randint(0, 70, (int(torch.randint(1, 9, (1,), generator=gen)),),
-                               generator=gen).tolist()  # fmt: skip
+        q_lens = torch.randint(
+            0, 70, (int(torch.randint(1, 9, (1,), generator=gen)),), generator=gen
+        ).tolist()
         needed = sum(-(-q // tokens_per_block) for q in q_lens)
         # the same first-program rule as the kernel's find_q_tile
         starts = [0]
         for q in q_lens:
             starts.append(starts[-1] + q)
         last_needed = max(
-            (starts[b] // tokens_per_block + b + -(-q // tokens_per_block) for b, q in
-             enumerate(q_lens) if q), default=0)  # fmt: skip
+            (
+                starts[b] // tokens_per_block + b + -(-q // tokens_per_block)
+                for b, q in enumerate(q_lens)
+                if q
+            ),
+            default=0,
+        )
         grid = long_query_grid_size(sum(q_lens), len(q_lens), tokens_per_block)
         assert grid >= needed and grid >= last_needed
 
@@ -162,12 +181,25 @@ def _call(batch, **overrides) -> AttentionCall:
 def _launch_switches(arch, q_lens, context=64, heads=(32, 8), **kwargs):
     """(kernel name, constexprs and options) of each launch ``paged_attention``
     would make."""
-    batch = make_batch(q_lens, [context] * len(q_lens), num_q_heads=heads[0],
-                       num_kv_heads=heads[1], head_size=128, block_size=16,
-                       dtype=torch.bfloat16, device="cpu")  # fmt: skip
-    p = plan_attention(num_tokens=batch.q.shape[0], num_seqs=len(q_lens),
-                       max_query_len=max(q_lens), num_q_heads=heads[0], num_kv_heads=heads[1],
-                       head_size=128, arch=arch)  # fmt: skip
+    batch = make_batch(
+        q_lens,
+        [context] * len(q_lens),
+        num_q_heads=heads[0],
+        num_kv_heads=heads[1],
+        head_size=128,
+        block_size=16,
+        dtype=torch.bfloat16,
+        device="cpu",
+    )
+    p = plan_attention(
+        num_tokens=batch.q.shape[0],
+        num_seqs=len(q_lens),
+        max_query_len=max(q_lens),
+        num_q_heads=heads[0],
+        num_kv_heads=heads[1],
+        head_size=128,
+        arch=arch,
+    )
     launches = kernel_launches(_call(batch), p, **kwargs)
     return [(launch.kernel.__name__, {**launch.args, **launch.options}) for launch in launches]
 
@@ -192,8 +224,11 @@ def test_programmatic_launch_only_on_hopper_and_later():
     ((_, long_query),) = _launch_switches(H100, [64])
     assert not long_query["PDL"] and "launch_pdl" not in long_query
     # Ampere, AMD and the interpreter have no programmatic launch.
-    for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("hip", "gfx942", 304),
-                 GpuArch("interpreter", "cpu", 4)):  # fmt: skip
+    for arch in (
+        GpuArch("cuda", "sm_80", 108),
+        GpuArch("hip", "gfx942", 304),
+        GpuArch("interpreter", "cpu", 4),
+    ):
         for _, switches in _launch_switches(arch, [1], early_dependents=True):
             assert "launch_pdl" not in switches
             assert not switches.get("PDL") and not switches.get("EARLY_DEPENDENTS")
@@ -236,10 +271,14 @@ def test_pipelined_decode_only_where_measured_and_covered():
     # Features and layouts it does not cover take the portable kernel: sliding
     # window, softcap, ALiBi, sinks, an fp8 cache, and a cache whose copies
     # cannot be 16-byte vectors.
-    uncovered = [dict(features=AttentionFeatures(**{name: True}))
-                 for name in ("sliding_window", "softcap", "alibi", "sinks")]  # fmt: skip
-    uncovered += [dict(layout=TensorLayout(kv_dtype=torch.float8_e4m3fn)),
-                  dict(layout=TensorLayout(vector_copies=False))]  # fmt: skip
+    uncovered = [
+        dict(features=AttentionFeatures(**{name: True}))
+        for name in ("sliding_window", "softcap", "alibi", "sinks")
+    ]
+    uncovered += [
+        dict(layout=TensorLayout(kv_dtype=torch.float8_e4m3fn)),
+        dict(layout=TensorLayout(vector_copies=False)),
+    ]
     for facts in uncovered:
         assert plan(num_tokens=128, num_seqs=128, **facts).kernel == SPLIT_KV_DECODE
     ((name, switches),) = _launch_switches(H100, [1] * 128)
@@ -248,15 +287,22 @@ def test_pipelined_decode_only_where_measured_and_covered():
 
 
 def test_layout_of_tensors():
-    batch = make_batch([1], [64], num_q_heads=8, num_kv_heads=2, head_size=128, block_size=16,
-                       dtype=torch.bfloat16, device="cpu", layout="packed_hnd")  # fmt: skip
+    batch = make_batch(
+        [1],
+        [64],
+        num_q_heads=8,
+        num_kv_heads=2,
+        head_size=128,
+        block_size=16,
+        dtype=torch.bfloat16,
+        device="cpu",
+        layout="packed_hnd",
+    )
     out = torch.empty_like(batch.q)
     assert TensorLayout.of(batch.q, batch.k_cache, batch.v_cache, out) == TensorLayout(
         torch.bfloat16, 16, kv_same_strides=True, vector_copies=True
     )
-    assert TensorLayout.of_packed_kv_cache(128, torch.bfloat16, 16) == TensorLayout(
-        torch.bfloat16
-    )
+    assert TensorLayout.of_packed_kv_cache(128, torch.bfloat16, 16) == TensorLayout(torch.bfloat16)
     # A cache whose slot stride (2 heads x 136) is not a multiple of 16
     # elements: the pipelined kernels' 16-byte copies would not compile.
     odd = torch.zeros(*batch.k_cache.shape[:3], 136, dtype=torch.bfloat16)[..., :128]
@@ -266,14 +312,23 @@ def test_layout_of_tensors():
 
 
 def test_a_plan_refuses_calls_its_pipelined_kernel_cannot_run():
-    batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
-                       block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
+    batch = make_batch(
+        [64],
+        [64],
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_size=128,
+        block_size=16,
+        dtype=torch.bfloat16,
+        device="cpu",
+    )
     p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
     assert p.kernel == LONG_QUERY_PIPELINED
     for overrides in (dict(alibi_slopes=torch.zeros(32)), dict(sinks=torch.zeros(32))):
         with pytest.raises(ValueError, match="long_query_pipelined kernel cannot run this call"):
-            paged_attention(**_call(batch, **overrides)._asdict(), max_query_len=64,
-                            max_seq_len=64, plan=p)  # fmt: skip
+            paged_attention(
+                **_call(batch, **overrides)._asdict(), max_query_len=64, max_seq_len=64, plan=p
+            )
 
 
 def test_pipelined_long_query_only_where_measured_and_covered():
@@ -291,30 +346,48 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     # A GQA group wider than its 128 rows takes the portable kernel's larger Q tile.
     wide = plan(**prefill, num_q_heads=256, num_kv_heads=1)
     assert wide.kernel == LONG_QUERY and wide.block_m == 256
-    for arch in (GpuArch("cuda", "sm_80", 108), GpuArch("cuda", "sm_100", 148),
-                 GpuArch("hip", "gfx942", 304)):  # fmt: skip
+    for arch in (
+        GpuArch("cuda", "sm_80", 108),
+        GpuArch("cuda", "sm_100", 148),
+        GpuArch("hip", "gfx942", 304),
+    ):
         assert plan(**prefill, arch=arch).kernel == LONG_QUERY
     # It covers sliding window and softcap (Gemma-2's layers); ALiBi, sinks,
     # block sizes that are not powers of two and K and V caches of different
     # strides take the portable kernel.
-    covered = [AttentionFeatures(sliding_window=True), AttentionFeatures(softcap=True),
-               AttentionFeatures(sliding_window=True, softcap=True)]  # fmt: skip
+    covered = [
+        AttentionFeatures(sliding_window=True),
+        AttentionFeatures(softcap=True),
+        AttentionFeatures(sliding_window=True, softcap=True),
+    ]
     for features in covered:
         assert plan(**prefill, features=features).kernel == LONG_QUERY_PIPELINED
-    for facts in (dict(features=AttentionFeatures(alibi=True)),
-                  dict(features=AttentionFeatures(sinks=True)),
-                  dict(layout=TensorLayout(block_size=24)),
-                  dict(layout=TensorLayout(kv_same_strides=False))):  # fmt: skip
+    for facts in (
+        dict(features=AttentionFeatures(alibi=True)),
+        dict(features=AttentionFeatures(sinks=True)),
+        dict(layout=TensorLayout(block_size=24)),
+        dict(layout=TensorLayout(kv_same_strides=False)),
+    ):
         assert plan(**prefill, **facts).kernel == LONG_QUERY
     ((name, switches),) = _launch_switches(H100, [64])
     assert name == "long_query_pipelined_kernel"
     assert (switches["TILE_N"], switches["KV_BUFFERS"], switches["FMA_EXP2_EVERY"]) == (
         PIPELINED_LONG_QUERY_TILES[128]
     )
-    batch = make_batch([64], [64], num_q_heads=32, num_kv_heads=8, head_size=128,
-                       block_size=16, dtype=torch.bfloat16, device="cpu")  # fmt: skip
-    p = plan(**prefill | dict(num_tokens=64, max_query_len=64),
-             features=AttentionFeatures(sliding_window=True, softcap=True))  # fmt: skip
+    batch = make_batch(
+        [64],
+        [64],
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_size=128,
+        block_size=16,
+        dtype=torch.bfloat16,
+        device="cpu",
+    )
+    p = plan(
+        **prefill | dict(num_tokens=64, max_query_len=64),
+        features=AttentionFeatures(sliding_window=True, softcap=True),
+    )
     (launch,) = kernel_launches(_call(batch, sliding_window=16, logits_soft_cap=30.0), p)
     assert launch.kernel.__name__ == "long_query_pipelined_kernel"
     assert launch.args["HAS_SLIDING_WINDOW"] and launch.args["HAS_SOFTCAP"]
@@ -363,16 +436,31 @@ def test_kernel_package_imports_only_downward():
 
 @pytest.fixture
 def batch(device):
-    return make_batch([1, 3], [20, 40], num_q_heads=8, num_kv_heads=2, head_size=64,
-                      block_size=16, dtype=torch.float16, device=device)  # fmt: skip
+    return make_batch(
+        [1, 3],
+        [20, 40],
+        num_q_heads=8,
+        num_kv_heads=2,
+        head_size=64,
+        block_size=16,
+        dtype=torch.float16,
+        device=device,
+    )
 
 
 def call(batch, **overrides):
-    args = dict(q=batch.q, k_cache=batch.k_cache, v_cache=batch.v_cache,
-                out=torch.empty_like(batch.q), scale=0.125, **batch.kernel_args())  # fmt: skip
+    args = dict(
+        q=batch.q,
+        k_cache=batch.k_cache,
+        v_cache=batch.v_cache,
+        out=torch.empty_like(batch.q),
+        scale=0.125,
+        **batch.kernel_args(),
+    )
     args.update(overrides)
-    return paged_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"),
-                           args.pop("out"), **args)  # fmt: skip
+    return paged_attention(
+        args.pop("q"), args.pop("k_cache"), args.pop("v_cache"), args.pop("out"), **args
+    )
 
 
 def test_bad_inputs_get_clear_errors(batch, device):
@@ -401,13 +489,27 @@ def test_bad_inputs_get_clear_errors(batch, device):
     with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
         call(batch, k_cache=fp8, v_cache=fp8)
     arch = GpuArch.of_device(device)
-    wrong_plan = plan_attention(num_tokens=99, num_seqs=2, max_query_len=3, num_q_heads=8,
-                                num_kv_heads=2, head_size=64, arch=arch)  # fmt: skip
+    wrong_plan = plan_attention(
+        num_tokens=99,
+        num_seqs=2,
+        max_query_len=3,
+        num_q_heads=8,
+        num_kv_heads=2,
+        head_size=64,
+        arch=arch,
+    )
     with pytest.raises(ValueError, match="plan .* must be"):
         call(batch, plan=wrong_plan)
-    other_width = plan_attention(num_tokens=batch.q.shape[0], num_seqs=2, max_query_len=3,
-                                 num_q_heads=8, num_kv_heads=2, head_size=64, arch=arch,
-                                 dtype=torch.float32)  # fmt: skip
+    other_width = plan_attention(
+        num_tokens=batch.q.shape[0],
+        num_seqs=2,
+        max_query_len=3,
+        num_q_heads=8,
+        num_kv_heads=2,
+        head_size=64,
+        arch=arch,
+        dtype=torch.float32,
+    )
     with pytest.raises(ValueError, match="plan.dtype must be as wide as q.dtype"):
         call(batch, plan=other_width)
 

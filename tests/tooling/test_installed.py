@@ -56,12 +56,18 @@ print(json.dumps(results))
 @pytest.mark.parametrize("gfx", ["gfx942:sramecc+:xnack-", "gfx1201"])
 def test_rocm_prefers_triton_attn(gfx):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", _PRIORITIES, gfx], capture_output=True,
-                            text=True, env=env, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _PRIORITIES, gfx],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     orders = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(orders) == {f"{n}-connector{c}" for n in ("plain", "aiter", "rdna_aiter")
-                           for c in (0, 1)}  # fmt: skip
+    assert set(orders) == {
+        f"{n}-connector{c}" for n in ("plain", "aiter", "rdna_aiter") for c in (0, 1)
+    }
     for case, order in orders.items():
         assert order[0] == "TRITON_ATTN", (case, order)
         assert order.count("TRITON_ATTN") == 1

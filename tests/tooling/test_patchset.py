@@ -46,7 +46,7 @@ def pristine_sdist(tmp_path_factory) -> Path:
             for m in tar.getmembers()
             if m.name.startswith(prefix + "vllm/") or m.name == prefix + "PKG-INFO"
         ]
-        tar.extractall(root, members, filter="data")  # fmt: skip
+        tar.extractall(root, members, filter="data")
     return root / prefix
 
 

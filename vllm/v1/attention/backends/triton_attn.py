@@ -176,11 +176,19 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         decode_len = self.max_decode_query_len
         long_len = SPLIT_KV_MAX_QUERY_LEN + 1
         self.workspace = SplitKVWorkspace.for_plans(
-            [self.plan_for(seqs * decode_len + long_len * mixed, seqs + mixed,
-                           long_len if mixed else decode_len, seqs, seqs * decode_len)
-             for seqs in range(1, max_num_seqs + 1) for mixed in (0, 1)],
+            [
+                self.plan_for(
+                    seqs * decode_len + long_len * mixed,
+                    seqs + mixed,
+                    long_len if mixed else decode_len,
+                    seqs,
+                    seqs * decode_len,
+                )
+                for seqs in range(1, max_num_seqs + 1)
+                for mixed in (0, 1)
+            ],
             device,
-        )  # fmt: skip
+        )
 
         # Upstream-compatible scratch for subclasses that run upstream's kernel.
         self.seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // self.num_heads_kv
@@ -247,8 +255,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(
             md, decode_threshold=self.max_decode_query_len
         )
-        plan = self.plan_for(md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes,
-                             num_decode_tokens)  # fmt: skip
+        plan = self.plan_for(
+            md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes, num_decode_tokens
+        )
         return TritonAttentionMetadata(
             num_actual_tokens=md.num_actual_tokens,
             max_query_len=md.max_query_len,
@@ -371,7 +380,9 @@ def _arch_of(capability: DeviceCapability) -> GpuArch:
     return GpuArch.of_capability(vendor, capability.major, capability.minor)
 
 
-def _layer_features(vllm_config: VllmConfig, layer_names: list[str]) -> tuple[AttentionFeatures, bool]:
+def _layer_features(
+    vllm_config: VllmConfig, layer_names: list[str]
+) -> tuple[AttentionFeatures, bool]:
     """The features any of these layers uses (one plan serves them all), and
     whether they are encoder layers (no KV cache). Without the layers (a
     builder made outside a model), every feature, so that the plan picks
@@ -382,7 +393,9 @@ def _layer_features(vllm_config: VllmConfig, layer_names: list[str]) -> tuple[At
     if not impls:
         return AttentionFeatures(sliding_window=True, softcap=True, alibi=True, sinks=True), False
     features = AttentionFeatures(
-        sliding_window=any(tuple(getattr(i, "sliding_window", (-1, -1))) != (-1, -1) for i in impls),
+        sliding_window=any(
+            tuple(getattr(i, "sliding_window", (-1, -1))) != (-1, -1) for i in impls
+        ),
         softcap=any(bool(getattr(i, "logits_soft_cap", 0)) for i in impls),
         alibi=any(getattr(i, "alibi_slopes", None) is not None for i in impls),
         sinks=any(getattr(i, "sinks", None) is not None for i in impls),

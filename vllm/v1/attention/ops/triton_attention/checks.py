@@ -188,9 +188,7 @@ def check_plan_covers(call: AttentionCall, plan: AttentionPlan) -> None:
     if not plan.kernel.endswith("_pipelined"):
         return
     features, layout = call.features(), call.layout()
-    if not pipelined_kernel_covers(
-        plan.kernel, plan.head_size, call.q.dtype, features, layout
-    ):
+    if not pipelined_kernel_covers(plan.kernel, plan.head_size, call.q.dtype, features, layout):
         raise ValueError(
             f"paged_attention: the plan's {plan.kernel} kernel cannot run this call "
             f"({features}, {layout}): plan with the call's features and layout"

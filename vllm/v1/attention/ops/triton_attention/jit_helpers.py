@@ -18,8 +18,14 @@ LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads only constexpr global
 
 
 @triton.jit
-def key_range(first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL: tl.constexpr,
-              HAS_SLIDING_WINDOW: tl.constexpr):  # fmt: skip
+def key_range(
+    first_pos,
+    last_pos,
+    seq_len,
+    sliding_window,
+    IS_CAUSAL: tl.constexpr,
+    HAS_SLIDING_WINDOW: tl.constexpr,
+):
     """Keys a Q tile of query positions ``first_pos`` to ``last_pos`` can need,
     ``[kv_lo, kv_hi)``, and the keys every one of its rows sees, ``[full_lo,
     full_hi)`` (not rounded to key tiles). Layout-free, so that Gluon kernels

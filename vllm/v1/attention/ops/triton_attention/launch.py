@@ -359,9 +359,7 @@ def kernel_launches(
     if plan.kernel == LONG_QUERY:
         return [long_query_launch(call, strides, plan, beside_split_kv=beside_split_kv)]
     if plan.kernel == LONG_QUERY_PIPELINED:
-        return [
-            long_query_pipelined_launch(call, strides, plan, beside_split_kv=beside_split_kv)
-        ]
+        return [long_query_pipelined_launch(call, strides, plan, beside_split_kv=beside_split_kv)]
     partials = None
     if plan.num_kv_splits > 1:
         workspace = workspace or SplitKVWorkspace.allocate(plan, call.q.device)

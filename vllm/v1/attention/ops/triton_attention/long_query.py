@@ -78,8 +78,7 @@ def long_query_attention_kernel(
     PDL: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
-    seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs,
-                                                            BLOCK_Q)  # fmt: skip
+    seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs, BLOCK_Q)
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         if PDL:
             gdc_wait()
@@ -110,8 +109,9 @@ def long_query_attention_kernel(
     # [full_lo, full_hi); both ends rounded inwards to whole key tiles.
     first_pos = context_len + first_token
     last_pos = context_len + tl.minimum(first_token + BLOCK_Q, q_len) - 1
-    kv_lo, kv_hi, full_lo, full_hi = key_range(first_pos, last_pos, seq_len, sliding_window,
-                                               IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
+    kv_lo, kv_hi, full_lo, full_hi = key_range(
+        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW
+    )
     full_lo = tl.cdiv(full_lo, TILE_N) * TILE_N
     full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
     tile_lo = kv_lo // TILE_N * TILE_N

@@ -65,10 +65,10 @@ def _tile_blocks(
     key layouts of K^T and of V (0 for keys past ``split_hi``)."""
     keys_kt = tile_start + gl.arange(0, TILE_N, layout=gl.SliceLayout(0, KT_LAYOUT))
     keys_v = tile_start + gl.arange(0, TILE_N, layout=gl.SliceLayout(1, V_LAYOUT))
-    block_kt = gl.load(block_table_row_ptr + keys_kt // BLOCK_SIZE, mask=keys_kt < split_hi,
-                       other=0)  # fmt: skip
-    block_v = gl.load(block_table_row_ptr + keys_v // BLOCK_SIZE, mask=keys_v < split_hi,
-                      other=0)  # fmt: skip
+    block_kt = gl.load(
+        block_table_row_ptr + keys_kt // BLOCK_SIZE, mask=keys_kt < split_hi, other=0
+    )
+    block_v = gl.load(block_table_row_ptr + keys_v // BLOCK_SIZE, mask=keys_v < split_hi, other=0)
     return block_kt, block_v
 
 
@@ -103,18 +103,26 @@ def _issue_tile_copies(
     keys_v = tile_start + gl.arange(0, TILE_N, layout=gl.SliceLayout(1, V_LAYOUT))
     dim_kt = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(1, KT_LAYOUT))
     dim_v = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, V_LAYOUT))
-    k_offset = (block_kt.to(gl.int64) * stride_k_block + (keys_kt % BLOCK_SIZE) * stride_k_slot
-                + kv_head * stride_k_head)  # fmt: skip
-    v_offset = (block_v.to(gl.int64) * stride_v_block + (keys_v % BLOCK_SIZE) * stride_v_slot
-                + kv_head * stride_v_head)  # fmt: skip
+    k_offset = (
+        block_kt.to(gl.int64) * stride_k_block
+        + (keys_kt % BLOCK_SIZE) * stride_k_slot
+        + kv_head * stride_k_head
+    )
+    v_offset = (
+        block_v.to(gl.int64) * stride_v_block
+        + (keys_v % BLOCK_SIZE) * stride_v_slot
+        + kv_head * stride_v_head
+    )
     async_copy.async_copy_global_to_shared(
-        k_buffer, k_cache_ptr + k_offset[None, :] + dim_kt[:, None],
+        k_buffer,
+        k_cache_ptr + k_offset[None, :] + dim_kt[:, None],
         mask=(keys_kt < split_hi)[None, :],
-    )  # fmt: skip
+    )
     async_copy.async_copy_global_to_shared(
-        v_buffer, v_cache_ptr + v_offset[:, None] + dim_v[None, :],
+        v_buffer,
+        v_cache_ptr + v_offset[:, None] + dim_v[None, :],
         mask=(keys_v < split_hi)[:, None],
-    )  # fmt: skip
+    )
     async_copy.commit_group()
 
 
@@ -177,29 +185,59 @@ def split_kv_decode_pipelined_kernel(
     split_lo, split_hi = split_key_range(seq_len, 0, split, NUM_KV_SPLITS, TILE_N)
     num_tiles = gl.cdiv(gl.maximum(split_hi - split_lo, 0), TILE_N)
 
-    k_buffers = gl.allocate_shared_memory(k_cache_ptr.dtype.element_ty,
-                                          [KV_BUFFERS, HEAD_PAD, TILE_N], KT_SHARED)  # fmt: skip
-    v_buffers = gl.allocate_shared_memory(v_cache_ptr.dtype.element_ty,
-                                          [KV_BUFFERS, TILE_N, HEAD_PAD], V_SHARED)  # fmt: skip
+    k_buffers = gl.allocate_shared_memory(
+        k_cache_ptr.dtype.element_ty, [KV_BUFFERS, HEAD_PAD, TILE_N], KT_SHARED
+    )
+    v_buffers = gl.allocate_shared_memory(
+        v_cache_ptr.dtype.element_ty, [KV_BUFFERS, TILE_N, HEAD_PAD], V_SHARED
+    )
     block_table_row_ptr = block_table_ptr + seq.to(gl.int64) * stride_block_table_seq
     # Start the first KV_BUFFERS - 1 tiles before touching the queries. Tiles
     # past the split copy nothing, but still commit a group, so that the
     # count of outstanding groups below is the same for every program.
     for i in gl.static_range(KV_BUFFERS - 1):
-        block_kt, block_v = _tile_blocks(block_table_row_ptr, split_lo + i * TILE_N, split_hi,
-                                         BLOCK_SIZE, TILE_N, KT_LAYOUT, V_LAYOUT)  # fmt: skip
+        block_kt, block_v = _tile_blocks(
+            block_table_row_ptr,
+            split_lo + i * TILE_N,
+            split_hi,
+            BLOCK_SIZE,
+            TILE_N,
+            KT_LAYOUT,
+            V_LAYOUT,
+        )
         _issue_tile_copies(
-            k_buffers.index(i), v_buffers.index(i), k_cache_ptr, v_cache_ptr,
-            block_kt, block_v, split_lo + i * TILE_N, split_hi, kv_head,
-            stride_k_block, stride_k_slot, stride_k_head,
-            stride_v_block, stride_v_slot, stride_v_head,
-            BLOCK_SIZE, TILE_N, HEAD_PAD, KT_LAYOUT, V_LAYOUT,
-        )  # fmt: skip
+            k_buffers.index(i),
+            v_buffers.index(i),
+            k_cache_ptr,
+            v_cache_ptr,
+            block_kt,
+            block_v,
+            split_lo + i * TILE_N,
+            split_hi,
+            kv_head,
+            stride_k_block,
+            stride_k_slot,
+            stride_k_head,
+            stride_v_block,
+            stride_v_slot,
+            stride_v_head,
+            BLOCK_SIZE,
+            TILE_N,
+            HEAD_PAD,
+            KT_LAYOUT,
+            V_LAYOUT,
+        )
     # The blocks of the next tile to issue are loaded one iteration early:
     # their latency then hides behind that iteration's compute.
-    block_kt, block_v = _tile_blocks(block_table_row_ptr,
-                                     split_lo + (KV_BUFFERS - 1) * TILE_N, split_hi,
-                                     BLOCK_SIZE, TILE_N, KT_LAYOUT, V_LAYOUT)  # fmt: skip
+    block_kt, block_v = _tile_blocks(
+        block_table_row_ptr,
+        split_lo + (KV_BUFFERS - 1) * TILE_N,
+        split_hi,
+        BLOCK_SIZE,
+        TILE_N,
+        KT_LAYOUT,
+        V_LAYOUT,
+    )
 
     # Rows: every query token of the sequence times every query head of this KV head.
     row_layout: gl.constexpr = gl.SliceLayout(1, MMA_LAYOUT)
@@ -233,15 +271,36 @@ def split_kv_decode_pipelined_kernel(
         cta_barrier()
         ahead = tile + KV_BUFFERS - 1
         _issue_tile_copies(
-            k_buffers.index(ahead % KV_BUFFERS), v_buffers.index(ahead % KV_BUFFERS),
-            k_cache_ptr, v_cache_ptr, block_kt, block_v, split_lo + ahead * TILE_N,
-            split_hi, kv_head, stride_k_block, stride_k_slot, stride_k_head,
-            stride_v_block, stride_v_slot, stride_v_head,
-            BLOCK_SIZE, TILE_N, HEAD_PAD, KT_LAYOUT, V_LAYOUT,
-        )  # fmt: skip
-        block_kt, block_v = _tile_blocks(block_table_row_ptr, split_lo + (ahead + 1) * TILE_N,
-                                         split_hi, BLOCK_SIZE, TILE_N, KT_LAYOUT,
-                                         V_LAYOUT)  # fmt: skip
+            k_buffers.index(ahead % KV_BUFFERS),
+            v_buffers.index(ahead % KV_BUFFERS),
+            k_cache_ptr,
+            v_cache_ptr,
+            block_kt,
+            block_v,
+            split_lo + ahead * TILE_N,
+            split_hi,
+            kv_head,
+            stride_k_block,
+            stride_k_slot,
+            stride_k_head,
+            stride_v_block,
+            stride_v_slot,
+            stride_v_head,
+            BLOCK_SIZE,
+            TILE_N,
+            HEAD_PAD,
+            KT_LAYOUT,
+            V_LAYOUT,
+        )
+        block_kt, block_v = _tile_blocks(
+            block_table_row_ptr,
+            split_lo + (ahead + 1) * TILE_N,
+            split_hi,
+            BLOCK_SIZE,
+            TILE_N,
+            KT_LAYOUT,
+            V_LAYOUT,
+        )
 
         slot = tile % KV_BUFFERS
         k = k_buffers.index(slot).load(b_operand)

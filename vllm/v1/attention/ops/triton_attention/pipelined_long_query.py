@@ -64,8 +64,9 @@ def long_query_layout(name: str, head_pad: int, tile_n: int, num_warps: int, blo
     group = max(1, min(tile_n // rows_per_pass, block_size))
 
     def wgmma(n):
-        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                         instr_shape=[16, n, 16])  # fmt: skip
+        return gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16]
+        )
 
     return {
         "SCORE": wgmma(tile_n),
@@ -82,8 +83,14 @@ def long_query_layout(name: str, head_pad: int, tile_n: int, num_warps: int, blo
 
 
 @gluon.jit
-def _tile_rows(first_token, q_len, kv_head, BLOCK_M: gl.constexpr, QUERIES_PER_KV: gl.constexpr,
-               layout: gl.constexpr):  # fmt: skip
+def _tile_rows(
+    first_token,
+    q_len,
+    kv_head,
+    BLOCK_M: gl.constexpr,
+    QUERIES_PER_KV: gl.constexpr,
+    layout: gl.constexpr,
+):
     """(token, query head, valid) of each row of a Q tile, in ``layout``: rows
     pack every query head of this KV head for consecutive tokens (as
     ``jit_helpers.query_rows``, whose ``tl.arange`` has no layout for Gluon)."""
@@ -169,8 +176,18 @@ def _softmax_tile(s, m_i, row_sums, qk_scale, FMA_EXP2_EVERY: gl.constexpr):
 
 
 @gluon.jit
-def _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, sliding_window,
-               IS_CAUSAL: gl.constexpr, HAS_SLIDING_WINDOW: gl.constexpr):  # fmt: skip
+def _mask_tile(
+    s,
+    tile_start,
+    full_lo,
+    full_hi,
+    kv_hi,
+    query_pos,
+    key_offsets,
+    sliding_window,
+    IS_CAUSAL: gl.constexpr,
+    HAS_SLIDING_WINDOW: gl.constexpr,
+):
     """-inf where a row may not see a key, on the tiles that need it (the causal
     diagonal, the ragged end, the sliding window's edges): keys before
     ``full_lo`` or at or past ``full_hi`` may be hidden. Positions may be
@@ -194,11 +211,27 @@ def _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, s
 
 
 @gluon.jit
-def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
-                   key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL: gl.constexpr,
-                   HAS_SLIDING_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
-                   dtype: gl.constexpr, p_operand: gl.constexpr, out_rows: gl.constexpr,
-                   FMA_EXP2_EVERY: gl.constexpr):  # fmt: skip
+def _probabilities(
+    s,
+    tile_start,
+    m_i,
+    row_sums,
+    qk_scale,
+    full_lo,
+    full_hi,
+    kv_hi,
+    query_pos,
+    key_offsets,
+    sliding_window,
+    soft_cap_log2,
+    IS_CAUSAL: gl.constexpr,
+    HAS_SLIDING_WINDOW: gl.constexpr,
+    HAS_SOFTCAP: gl.constexpr,
+    dtype: gl.constexpr,
+    p_operand: gl.constexpr,
+    out_rows: gl.constexpr,
+    FMA_EXP2_EVERY: gl.constexpr,
+):
     """One key tile's softmax step (softcap, ``_mask_tile``, ``_softmax_tile``):
     P as the register operand of P V, the output's rescale factor in the
     output's rows. With softcap, ``qk_scale`` is scale / softcap and the
@@ -206,8 +239,18 @@ def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_lo, full_hi, kv_
     if HAS_SOFTCAP:
         s = tanh(s * qk_scale) * soft_cap_log2
         qk_scale = 1.0
-    s = _mask_tile(s, tile_start, full_lo, full_hi, kv_hi, query_pos, key_offsets, sliding_window,
-                   IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
+    s = _mask_tile(
+        s,
+        tile_start,
+        full_lo,
+        full_hi,
+        kv_hi,
+        query_pos,
+        key_offsets,
+        sliding_window,
+        IS_CAUSAL,
+        HAS_SLIDING_WINDOW,
+    )
     p, alpha, m_i, row_sums = _softmax_tile(s, m_i, row_sums, qk_scale, FMA_EXP2_EVERY)
     return (
         gl.convert_layout(p.to(dtype), p_operand),
@@ -218,8 +261,9 @@ def _probabilities(s, tile_start, m_i, row_sums, qk_scale, full_lo, full_hi, kv_
 
 
 @gluon.jit
-def _tile_cache_blocks(block_table_row_ptr, tile_start, kv_hi, group_rows,
-                       BLOCK_SIZE: gl.constexpr):  # fmt: skip
+def _tile_cache_blocks(
+    block_table_row_ptr, tile_start, kv_hi, group_rows, BLOCK_SIZE: gl.constexpr
+):
     """Cache block of each row group of the tile at ``tile_start`` (0 past
     ``kv_hi``); ``group_rows``: each group's first row within the tile.
 
@@ -227,8 +271,11 @@ def _tile_cache_blocks(block_table_row_ptr, tile_start, kv_hi, group_rows,
     the tile, so the group at row ``r`` is in block ``tile_start // BLOCK_SIZE
     + r // BLOCK_SIZE``, at slot ``tile_start % BLOCK_SIZE + r % BLOCK_SIZE``:
     per tile, one scalar changes."""
-    return gl.load(block_table_row_ptr + tile_start // BLOCK_SIZE + group_rows // BLOCK_SIZE,
-                   mask=tile_start + group_rows < kv_hi, other=0)  # fmt: skip
+    return gl.load(
+        block_table_row_ptr + tile_start // BLOCK_SIZE + group_rows // BLOCK_SIZE,
+        mask=tile_start + group_rows < kv_hi,
+        other=0,
+    )
 
 
 @gluon.jit
@@ -263,16 +310,52 @@ def _issue_kv_copies(
     past ``kv_hi`` are not read; their rows become zeros. ``row_offset``:
     each row's slot and head offset within its block, for a tile starting at
     a block's start (the K and V caches share strides)."""
-    _issue_copy(k_buffer, k_cache_ptr, block, tile_start, kv_lo, kv_hi, key_rows, row_offset,
-                dims, stride_block, stride_slot, BLOCK_SIZE)  # fmt: skip
-    _issue_copy(v_buffer, v_cache_ptr, block, tile_start, kv_lo, kv_hi, key_rows, row_offset,
-                dims, stride_block, stride_slot, BLOCK_SIZE)  # fmt: skip
+    _issue_copy(
+        k_buffer,
+        k_cache_ptr,
+        block,
+        tile_start,
+        kv_lo,
+        kv_hi,
+        key_rows,
+        row_offset,
+        dims,
+        stride_block,
+        stride_slot,
+        BLOCK_SIZE,
+    )
+    _issue_copy(
+        v_buffer,
+        v_cache_ptr,
+        block,
+        tile_start,
+        kv_lo,
+        kv_hi,
+        key_rows,
+        row_offset,
+        dims,
+        stride_block,
+        stride_slot,
+        BLOCK_SIZE,
+    )
     async_copy.commit_group()
 
 
 @gluon.jit
-def _issue_copy(buffer, cache_ptr, block, tile_start, kv_lo, kv_hi, key_rows, row_offset, dims,
-                stride_block, stride_slot, BLOCK_SIZE: gl.constexpr):  # fmt: skip
+def _issue_copy(
+    buffer,
+    cache_ptr,
+    block,
+    tile_start,
+    kv_lo,
+    kv_hi,
+    key_rows,
+    row_offset,
+    dims,
+    stride_block,
+    stride_slot,
+    BLOCK_SIZE: gl.constexpr,
+):
     """Start copying the rows of one cache (K or V) of the tile at
     ``tile_start`` into ``buffer``, in the open commit group: keys in [kv_lo,
     kv_hi) (``kv_lo`` None: from 0), zeros elsewhere. Blocks before a sliding
@@ -323,24 +406,65 @@ def _refill(
     cta_barrier()
     ahead = tile + KV_BUFFERS - 1
     _issue_kv_copies(
-        k_buffers.index(ahead % KV_BUFFERS), v_buffers.index(ahead % KV_BUFFERS),
-        k_cache_ptr, v_cache_ptr, block, ahead * TILE_N, kv_lo, kv_hi, key_rows,
-        row_offset, dims, stride_block, stride_slot, BLOCK_SIZE,
-    )  # fmt: skip
-    return _tile_cache_blocks(block_table_row_ptr, (ahead + 1) * TILE_N, kv_hi, group_rows,
-                              BLOCK_SIZE)  # fmt: skip
+        k_buffers.index(ahead % KV_BUFFERS),
+        v_buffers.index(ahead % KV_BUFFERS),
+        k_cache_ptr,
+        v_cache_ptr,
+        block,
+        ahead * TILE_N,
+        kv_lo,
+        kv_hi,
+        key_rows,
+        row_offset,
+        dims,
+        stride_block,
+        stride_slot,
+        BLOCK_SIZE,
+    )
+    return _tile_cache_blocks(
+        block_table_row_ptr, (ahead + 1) * TILE_N, kv_hi, group_rows, BLOCK_SIZE
+    )
 
 
 @gluon.jit
 def _key_loop(
-    q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
-    full_lo, full_hi, kv_lo, kv_hi, query_pos, key_offsets, sliding_window, qk_scale,
-    soft_cap_log2, m_i, row_sums, acc, no_scores, group_rows, key_rows, row_offset, dims,
-    stride_kv_block, stride_kv_slot, IS_CAUSAL: gl.constexpr, HAS_SLIDING_WINDOW: gl.constexpr,
-    HAS_SOFTCAP: gl.constexpr, BLOCK_SIZE: gl.constexpr, TILE_N: gl.constexpr,
-    KV_BUFFERS: gl.constexpr, FMA_EXP2_EVERY: gl.constexpr, p_operand: gl.constexpr,
+    q,
+    k_buffers,
+    v_buffers,
+    k_cache_ptr,
+    v_cache_ptr,
+    block,
+    block_table_row_ptr,
+    num_tiles,
+    full_lo,
+    full_hi,
+    kv_lo,
+    kv_hi,
+    query_pos,
+    key_offsets,
+    sliding_window,
+    qk_scale,
+    soft_cap_log2,
+    m_i,
+    row_sums,
+    acc,
+    no_scores,
+    group_rows,
+    key_rows,
+    row_offset,
+    dims,
+    stride_kv_block,
+    stride_kv_slot,
+    IS_CAUSAL: gl.constexpr,
+    HAS_SLIDING_WINDOW: gl.constexpr,
+    HAS_SOFTCAP: gl.constexpr,
+    BLOCK_SIZE: gl.constexpr,
+    TILE_N: gl.constexpr,
+    KV_BUFFERS: gl.constexpr,
+    FMA_EXP2_EVERY: gl.constexpr,
+    p_operand: gl.constexpr,
     out_rows: gl.constexpr,
-):  # fmt: skip
+):
     """The loop over key tiles; returns the output and the row sums.
 
     With two buffers, one score tile is in registers at a time (K and V in
@@ -359,21 +483,50 @@ def _key_loop(
     and ``block`` holds the blocks of the next tile to copy."""
     dtype: gl.constexpr = k_cache_ptr.dtype.element_ty
     if KV_BUFFERS == 2:
-        _issue_copy(k_buffers.index(1), k_cache_ptr, block, TILE_N, kv_lo, kv_hi, key_rows,
-                    row_offset, dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE)  # fmt: skip
+        _issue_copy(
+            k_buffers.index(1),
+            k_cache_ptr,
+            block,
+            TILE_N,
+            kv_lo,
+            kv_hi,
+            key_rows,
+            row_offset,
+            dims,
+            stride_kv_block,
+            stride_kv_slot,
+            BLOCK_SIZE,
+        )
         async_copy.commit_group()
         block_v = block  # tile 1's blocks, for V(1)
         block = _tile_cache_blocks(block_table_row_ptr, 2 * TILE_N, kv_hi, group_rows, BLOCK_SIZE)
         async_copy.wait_group(1)  # K(0) and V(0) have landed
         cta_barrier()
-        s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
-                          is_async=True)  # fmt: skip
+        s = warpgroup_mma(
+            q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False, is_async=True
+        )
         s = warpgroup_mma_wait(0, deps=[s])
         p, alpha, m_i, row_sums = _probabilities(
-            s, 0, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos, key_offsets,
-            sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, dtype,
-            p_operand, out_rows, FMA_EXP2_EVERY,
-        )  # fmt: skip
+            s,
+            0,
+            m_i,
+            row_sums,
+            qk_scale,
+            full_lo,
+            full_hi,
+            kv_hi,
+            query_pos,
+            key_offsets,
+            sliding_window,
+            soft_cap_log2,
+            IS_CAUSAL,
+            HAS_SLIDING_WINDOW,
+            HAS_SOFTCAP,
+            dtype,
+            p_operand,
+            out_rows,
+            FMA_EXP2_EVERY,
+        )
         for tile in range(1, num_tiles):
             async_copy.wait_group(0)  # K(tile) and V(tile - 1)
             cta_barrier()
@@ -381,39 +534,86 @@ def _key_loop(
             # barrier; the copies are issued while it runs (Gemma-2 shapes,
             # H200: 0.98-1.04x against copies first, the gains at batch 4;
             # DECISIONS.md: "Pipelined long query").
-            s = warpgroup_mma(q, k_buffers.index(tile % 2).permute((1, 0)), no_scores,
-                              use_acc=False, is_async=True)  # fmt: skip
-            _issue_copy(k_buffers.index((tile + 1) % 2), k_cache_ptr, block, (tile + 1) * TILE_N,
-                        kv_lo, kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-                        BLOCK_SIZE)  # fmt: skip
-            _issue_copy(v_buffers.index(tile % 2), v_cache_ptr, block_v, tile * TILE_N, kv_lo,
-                        kv_hi, key_rows, row_offset, dims, stride_kv_block, stride_kv_slot,
-                        BLOCK_SIZE)  # fmt: skip
+            s = warpgroup_mma(
+                q,
+                k_buffers.index(tile % 2).permute((1, 0)),
+                no_scores,
+                use_acc=False,
+                is_async=True,
+            )
+            _issue_copy(
+                k_buffers.index((tile + 1) % 2),
+                k_cache_ptr,
+                block,
+                (tile + 1) * TILE_N,
+                kv_lo,
+                kv_hi,
+                key_rows,
+                row_offset,
+                dims,
+                stride_kv_block,
+                stride_kv_slot,
+                BLOCK_SIZE,
+            )
+            _issue_copy(
+                v_buffers.index(tile % 2),
+                v_cache_ptr,
+                block_v,
+                tile * TILE_N,
+                kv_lo,
+                kv_hi,
+                key_rows,
+                row_offset,
+                dims,
+                stride_kv_block,
+                stride_kv_slot,
+                BLOCK_SIZE,
+            )
             async_copy.commit_group()
             block_v = block
-            block = _tile_cache_blocks(block_table_row_ptr, (tile + 2) * TILE_N, kv_hi, group_rows,
-                                       BLOCK_SIZE)  # fmt: skip
-            acc = warpgroup_mma(p, v_buffers.index((tile - 1) % 2), acc * alpha[:, None],
-                                is_async=True)  # fmt: skip
+            block = _tile_cache_blocks(
+                block_table_row_ptr, (tile + 2) * TILE_N, kv_hi, group_rows, BLOCK_SIZE
+            )
+            acc = warpgroup_mma(
+                p, v_buffers.index((tile - 1) % 2), acc * alpha[:, None], is_async=True
+            )
             s = warpgroup_mma_wait(1, deps=[s])
             p, alpha, m_i, row_sums = _probabilities(
-                s, tile * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
-                key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW,
-                HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-            )  # fmt: skip
+                s,
+                tile * TILE_N,
+                m_i,
+                row_sums,
+                qk_scale,
+                full_lo,
+                full_hi,
+                kv_hi,
+                query_pos,
+                key_offsets,
+                sliding_window,
+                soft_cap_log2,
+                IS_CAUSAL,
+                HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP,
+                dtype,
+                p_operand,
+                out_rows,
+                FMA_EXP2_EVERY,
+            )
             acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)  # V of the last tile
         cta_barrier()
-        acc = warpgroup_mma(p, v_buffers.index((num_tiles - 1) % 2), acc * alpha[:, None],
-                            is_async=True)  # fmt: skip
+        acc = warpgroup_mma(
+            p, v_buffers.index((num_tiles - 1) % 2), acc * alpha[:, None], is_async=True
+        )
         acc = warpgroup_mma_wait(0, deps=[acc])
     else:
         # Like Triton's own pipeliner, wgmma reads what cp.async wrote once every
         # thread's copies have landed (wait_group) and the CTA has met (barrier).
         async_copy.wait_group(KV_BUFFERS - 3)  # tiles 0 and 1 have landed
         cta_barrier()
-        s = warpgroup_mma(q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False,
-                          is_async=True)  # fmt: skip
+        s = warpgroup_mma(
+            q, k_buffers.index(0).permute((1, 0)), no_scores, use_acc=False, is_async=True
+        )
         s = warpgroup_mma_wait(0, deps=[s])
         for pair in range(num_tiles // 2):
             # Two tiles per iteration: the second one's Q K^T runs on the tensor
@@ -424,49 +624,142 @@ def _key_loop(
             # A wgmma in flight across the loop's back edge would make ptxas
             # serialise them all.
             tile = 2 * pair
-            s_odd = warpgroup_mma(q, k_buffers.index((tile + 1) % KV_BUFFERS).permute((1, 0)),
-                                  no_scores, use_acc=False, is_async=True)  # fmt: skip
+            s_odd = warpgroup_mma(
+                q,
+                k_buffers.index((tile + 1) % KV_BUFFERS).permute((1, 0)),
+                no_scores,
+                use_acc=False,
+                is_async=True,
+            )
             p, alpha, m_i, row_sums = _probabilities(
-                s, tile * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
-                key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW,
-                HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-            )  # fmt: skip
-            acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
-                                is_async=True)  # fmt: skip
+                s,
+                tile * TILE_N,
+                m_i,
+                row_sums,
+                qk_scale,
+                full_lo,
+                full_hi,
+                kv_hi,
+                query_pos,
+                key_offsets,
+                sliding_window,
+                soft_cap_log2,
+                IS_CAUSAL,
+                HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP,
+                dtype,
+                p_operand,
+                out_rows,
+                FMA_EXP2_EVERY,
+            )
+            acc = warpgroup_mma(
+                p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None], is_async=True
+            )
             if tile + 2 < num_tiles:
-                block = _refill(tile, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
-                                block_table_row_ptr, kv_lo, kv_hi, group_rows, key_rows, row_offset,
-                                dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
-                                KV_BUFFERS)  # fmt: skip
+                block = _refill(
+                    tile,
+                    k_buffers,
+                    v_buffers,
+                    k_cache_ptr,
+                    v_cache_ptr,
+                    block,
+                    block_table_row_ptr,
+                    kv_lo,
+                    kv_hi,
+                    group_rows,
+                    key_rows,
+                    row_offset,
+                    dims,
+                    stride_kv_block,
+                    stride_kv_slot,
+                    BLOCK_SIZE,
+                    TILE_N,
+                    KV_BUFFERS,
+                )
             s_odd = warpgroup_mma_wait(1, deps=[s_odd])  # P V still runs
             p, alpha, m_i, row_sums = _probabilities(
-                s_odd, (tile + 1) * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi,
-                query_pos, key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL,
-                HAS_SLIDING_WINDOW, HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-            )  # fmt: skip
+                s_odd,
+                (tile + 1) * TILE_N,
+                m_i,
+                row_sums,
+                qk_scale,
+                full_lo,
+                full_hi,
+                kv_hi,
+                query_pos,
+                key_offsets,
+                sliding_window,
+                soft_cap_log2,
+                IS_CAUSAL,
+                HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP,
+                dtype,
+                p_operand,
+                out_rows,
+                FMA_EXP2_EVERY,
+            )
             acc = warpgroup_mma_wait(0, deps=[acc])
             # The next iteration's first scores (after the last tile: the last
             # tile's again, unused; its buffer is not being written).
             next_slot = gl.minimum(tile + 2, num_tiles - 1) % KV_BUFFERS
-            s = warpgroup_mma(q, k_buffers.index(next_slot).permute((1, 0)), no_scores,
-                              use_acc=False, is_async=True)  # fmt: skip
-            acc = warpgroup_mma(p, v_buffers.index((tile + 1) % KV_BUFFERS), acc * alpha[:, None],
-                                is_async=True)  # fmt: skip
+            s = warpgroup_mma(
+                q,
+                k_buffers.index(next_slot).permute((1, 0)),
+                no_scores,
+                use_acc=False,
+                is_async=True,
+            )
+            acc = warpgroup_mma(
+                p, v_buffers.index((tile + 1) % KV_BUFFERS), acc * alpha[:, None], is_async=True
+            )
             if tile + 3 < num_tiles:
-                block = _refill(tile + 1, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block,
-                                block_table_row_ptr, kv_lo, kv_hi, group_rows, key_rows, row_offset,
-                                dims, stride_kv_block, stride_kv_slot, BLOCK_SIZE, TILE_N,
-                                KV_BUFFERS)  # fmt: skip
+                block = _refill(
+                    tile + 1,
+                    k_buffers,
+                    v_buffers,
+                    k_cache_ptr,
+                    v_cache_ptr,
+                    block,
+                    block_table_row_ptr,
+                    kv_lo,
+                    kv_hi,
+                    group_rows,
+                    key_rows,
+                    row_offset,
+                    dims,
+                    stride_kv_block,
+                    stride_kv_slot,
+                    BLOCK_SIZE,
+                    TILE_N,
+                    KV_BUFFERS,
+                )
             acc, s = warpgroup_mma_wait(0, deps=[acc, s])
         if num_tiles % 2 == 1:  # the last tile, its scores in s
             tile = num_tiles - 1
             p, alpha, m_i, row_sums = _probabilities(
-                s, tile * TILE_N, m_i, row_sums, qk_scale, full_lo, full_hi, kv_hi, query_pos,
-                key_offsets, sliding_window, soft_cap_log2, IS_CAUSAL, HAS_SLIDING_WINDOW,
-                HAS_SOFTCAP, dtype, p_operand, out_rows, FMA_EXP2_EVERY,
-            )  # fmt: skip
-            acc = warpgroup_mma(p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None],
-                                is_async=True)  # fmt: skip
+                s,
+                tile * TILE_N,
+                m_i,
+                row_sums,
+                qk_scale,
+                full_lo,
+                full_hi,
+                kv_hi,
+                query_pos,
+                key_offsets,
+                sliding_window,
+                soft_cap_log2,
+                IS_CAUSAL,
+                HAS_SLIDING_WINDOW,
+                HAS_SOFTCAP,
+                dtype,
+                p_operand,
+                out_rows,
+                FMA_EXP2_EVERY,
+            )
+            acc = warpgroup_mma(
+                p, v_buffers.index(tile % KV_BUFFERS), acc * alpha[:, None], is_async=True
+            )
             acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)  # the copies issued past the last tile
     return acc, row_sums
@@ -506,22 +799,20 @@ def long_query_pipelined_kernel(
     PDL: gl.constexpr,
 ):
     NUM_WARPS: gl.constexpr = gl.num_warps()
-    SCORE_LAYOUT: gl.constexpr = long_query_layout("SCORE", HEAD_PAD, TILE_N, NUM_WARPS,
-                                                   BLOCK_SIZE)  # fmt: skip
+    SCORE_LAYOUT: gl.constexpr = long_query_layout("SCORE", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
     OUT_LAYOUT: gl.constexpr = long_query_layout("OUT", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
     ROW_LAYOUT: gl.constexpr = long_query_layout("ROW", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
-    COPY_GROUP: gl.constexpr = long_query_layout("COPY_GROUP", HEAD_PAD, TILE_N, NUM_WARPS,
-                                                 BLOCK_SIZE)  # fmt: skip
-    COPY_LAYOUT: gl.constexpr = long_query_layout("COPY", HEAD_PAD, TILE_N, NUM_WARPS,
-                                                  BLOCK_SIZE)  # fmt: skip
-    GROUP_LAYOUT: gl.constexpr = long_query_layout("GROUP", HEAD_PAD, TILE_N, NUM_WARPS,
-                                                   BLOCK_SIZE)  # fmt: skip
-    KV_SHARED: gl.constexpr = long_query_layout("KV_SHARED", HEAD_PAD, TILE_N, NUM_WARPS,
-                                                BLOCK_SIZE)  # fmt: skip
+    COPY_GROUP: gl.constexpr = long_query_layout(
+        "COPY_GROUP", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE
+    )
+    COPY_LAYOUT: gl.constexpr = long_query_layout("COPY", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
+    GROUP_LAYOUT: gl.constexpr = long_query_layout("GROUP", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE)
+    KV_SHARED: gl.constexpr = long_query_layout(
+        "KV_SHARED", HEAD_PAD, TILE_N, NUM_WARPS, BLOCK_SIZE
+    )
     gl.static_assert(KV_BUFFERS == 2 or KV_BUFFERS >= 4)  # the two key loops
     BLOCK_Q: gl.constexpr = BLOCK_M // QUERIES_PER_KV  # tokens per Q tile
-    seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs,
-                                                            BLOCK_Q)  # fmt: skip
+    seq, q_start, q_len, first_token, kv_head = find_q_tile(query_start_loc_ptr, num_seqs, BLOCK_Q)
     if first_token >= q_len:  # the grid is an upper bound; spare programs leave
         if PDL:
             gdc_wait()
@@ -533,8 +824,9 @@ def long_query_pipelined_kernel(
     # full_hi), rounded inwards to whole key tiles below.
     first_pos = context_len + first_token
     last_pos = context_len + gl.minimum(first_token + BLOCK_Q, q_len) - 1
-    kv_lo, kv_hi, full_lo, full_hi = key_range(first_pos, last_pos, seq_len, sliding_window,
-                                               IS_CAUSAL, HAS_SLIDING_WINDOW)  # fmt: skip
+    kv_lo, kv_hi, full_lo, full_hi = key_range(
+        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW
+    )
     # Key positions from here on count from key_base, the first key of the
     # first tile, which starts a cache block: the key loop walks tiles 0 to
     # num_tiles - 1 of the sequence's keys from there. The copies skip keys
@@ -559,8 +851,9 @@ def long_query_pipelined_kernel(
     block_table_row_ptr += key_base // BLOCK_SIZE
     # Block numbers are loaded once per group of rows (GROUP_LAYOUT), used per
     # row (COPY_LAYOUT).
-    group_rows = gl.arange(0, TILE_N // COPY_GROUP,
-                           layout=gl.SliceLayout(1, gl.SliceLayout(2, GROUP_LAYOUT)))  # fmt: skip
+    group_rows = gl.arange(
+        0, TILE_N // COPY_GROUP, layout=gl.SliceLayout(1, gl.SliceLayout(2, GROUP_LAYOUT))
+    )
     group_rows = group_rows * COPY_GROUP
     copy_rows: gl.constexpr = gl.SliceLayout(1, COPY_LAYOUT)
     key_rows = gl.arange(0, TILE_N, layout=copy_rows)
@@ -570,26 +863,39 @@ def long_query_pipelined_kernel(
     # kv_hi copy nothing but still commit a group, so that every program
     # counts the same outstanding groups.
     for i in gl.static_range(KV_BUFFERS - 1):
-        block = _tile_cache_blocks(block_table_row_ptr, i * TILE_N, kv_hi, group_rows,
-                                   BLOCK_SIZE)  # fmt: skip
+        block = _tile_cache_blocks(block_table_row_ptr, i * TILE_N, kv_hi, group_rows, BLOCK_SIZE)
         _issue_kv_copies(
-            k_buffers.index(i), v_buffers.index(i), k_cache_ptr, v_cache_ptr, block,
-            i * TILE_N, copy_lo, kv_hi, key_rows, row_offset, dims, stride_kv_block,
-            stride_kv_slot, BLOCK_SIZE,
-        )  # fmt: skip
+            k_buffers.index(i),
+            v_buffers.index(i),
+            k_cache_ptr,
+            v_cache_ptr,
+            block,
+            i * TILE_N,
+            copy_lo,
+            kv_hi,
+            key_rows,
+            row_offset,
+            dims,
+            stride_kv_block,
+            stride_kv_slot,
+            BLOCK_SIZE,
+        )
     # The blocks of the next tile to copy are loaded a step early.
-    block = _tile_cache_blocks(block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, group_rows,
-                               BLOCK_SIZE)  # fmt: skip
-    q_token, q_head, q_valid = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
-                                          gl.SliceLayout(1, ROW_LAYOUT))  # fmt: skip
+    block = _tile_cache_blocks(
+        block_table_row_ptr, (KV_BUFFERS - 1) * TILE_N, kv_hi, group_rows, BLOCK_SIZE
+    )
+    q_token, q_head, q_valid = _tile_rows(
+        first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV, gl.SliceLayout(1, ROW_LAYOUT)
+    )
     q_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, ROW_LAYOUT))
     q_offset = (q_start + q_token).to(gl.int64) * stride_q_token + q_head * stride_q_head
     q = gl.load(q_ptr + q_offset[:, None] + q_dim[None, :], mask=q_valid[:, None], other=0.0)
     if HEAD_PAD <= 128:
         # Q as the register operand of Q K^T: read from shared memory on every
         # tile, it and K would need 128 B/clk, all of the SM's bandwidth.
-        q = gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=SCORE_LAYOUT,
-                                                     k_width=2))  # fmt: skip
+        q = gl.convert_layout(
+            q, gl.DotOperandLayout(operand_index=0, parent=SCORE_LAYOUT, k_width=2)
+        )
     else:
         # Above head 128 Q would take 64 registers per thread beside the
         # 128 of the output: it stays in shared memory (swizzled as K, whose
@@ -597,8 +903,9 @@ def long_query_pipelined_kernel(
         q = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_PAD], KV_SHARED, q)
         fence_async_shared()  # for wgmma, after the barrier below
 
-    score_token, _, _ = _tile_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV,
-                                   gl.SliceLayout(1, SCORE_LAYOUT))  # fmt: skip
+    score_token, _, _ = _tile_rows(
+        first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV, gl.SliceLayout(1, SCORE_LAYOUT)
+    )
     query_pos = context_len - key_base + score_token
     key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
     if HAS_SOFTCAP:  # see _probabilities
@@ -615,13 +922,43 @@ def long_query_pipelined_kernel(
     acc = gl.zeros([BLOCK_M, HEAD_PAD], gl.float32, layout=OUT_LAYOUT)
 
     acc, row_sums = _key_loop(
-        q, k_buffers, v_buffers, k_cache_ptr, v_cache_ptr, block, block_table_row_ptr, num_tiles,
-        full_lo, full_hi, copy_lo, kv_hi, query_pos, key_offsets, sliding_window, qk_scale,
+        q,
+        k_buffers,
+        v_buffers,
+        k_cache_ptr,
+        v_cache_ptr,
+        block,
+        block_table_row_ptr,
+        num_tiles,
+        full_lo,
+        full_hi,
+        copy_lo,
+        kv_hi,
+        query_pos,
+        key_offsets,
+        sliding_window,
+        qk_scale,
         soft_cap_log2,
-        m_i, row_sums, acc, no_scores, group_rows, key_rows, row_offset, dims, stride_kv_block,
-        stride_kv_slot, IS_CAUSAL, HAS_SLIDING_WINDOW, HAS_SOFTCAP, BLOCK_SIZE, TILE_N,
-        KV_BUFFERS, FMA_EXP2_EVERY, p_operand, out_rows,
-    )  # fmt: skip
+        m_i,
+        row_sums,
+        acc,
+        no_scores,
+        group_rows,
+        key_rows,
+        row_offset,
+        dims,
+        stride_kv_block,
+        stride_kv_slot,
+        IS_CAUSAL,
+        HAS_SLIDING_WINDOW,
+        HAS_SOFTCAP,
+        BLOCK_SIZE,
+        TILE_N,
+        KV_BUFFERS,
+        FMA_EXP2_EVERY,
+        p_operand,
+        out_rows,
+    )
 
     l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
     l_out = gl.where(l_out == 0.0, 1.0, l_out)
@@ -630,9 +967,13 @@ def long_query_pipelined_kernel(
     # anyway): fewer values in registers there.
     o_pos = gl.convert_layout(query_pos, out_rows)
     _, o_head, o_valid = _tile_rows(
-        first_token=0, q_len=BLOCK_Q, kv_head=kv_head, BLOCK_M=BLOCK_M,
-        QUERIES_PER_KV=QUERIES_PER_KV, layout=out_rows,
-    )  # fmt: skip
+        first_token=0,
+        q_len=BLOCK_Q,
+        kv_head=kv_head,
+        BLOCK_M=BLOCK_M,
+        QUERIES_PER_KV=QUERIES_PER_KV,
+        layout=out_rows,
+    )
     o_valid &= o_pos < kv_hi  # tokens past the query sit at kv_hi or later
     o_dim = gl.arange(0, HEAD_PAD, layout=gl.SliceLayout(0, OUT_LAYOUT))
     o_offset = (q_start - context_len + key_base + o_pos).to(gl.int64) * stride_out_token

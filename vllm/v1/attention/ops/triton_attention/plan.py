@@ -420,9 +420,18 @@ def _split_kv_tiles(
 
 
 def _plan_split_kv(
-    num_tokens, num_seqs, max_query_len, num_q_heads, num_kv_heads, head_size, arch, dtype,
-    features, layout, beside_long_query,
-) -> AttentionPlan:  # fmt: skip
+    num_tokens,
+    num_seqs,
+    max_query_len,
+    num_q_heads,
+    num_kv_heads,
+    head_size,
+    arch,
+    dtype,
+    features,
+    layout,
+    beside_long_query,
+) -> AttentionPlan:
     head_pad = head_pad_of(head_size)
     wide = dtype.itemsize > 2
     block_m = split_kv_block_m(max_query_len, num_q_heads // num_kv_heads)
@@ -533,9 +542,18 @@ def plan_attention(
     ``beside_long_query``: see ``num_kv_splits_for``."""
     if max_query_len <= SPLIT_KV_MAX_QUERY_LEN:
         return _plan_split_kv(
-            num_tokens, num_seqs, max_query_len, num_q_heads, num_kv_heads, head_size, arch,
-            dtype, features, layout, beside_long_query,
-        )  # fmt: skip
+            num_tokens,
+            num_seqs,
+            max_query_len,
+            num_q_heads,
+            num_kv_heads,
+            head_size,
+            arch,
+            dtype,
+            features,
+            layout,
+            beside_long_query,
+        )
     return _plan_long_query(
         num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size, arch, dtype, features, layout
     )

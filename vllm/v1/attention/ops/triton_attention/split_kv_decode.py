@@ -246,15 +246,18 @@ def merge_kv_splits_kernel(
     # for the weights (a split without keys stored zeros, so its rows are
     # finite and its weight of 0 removes them).
     lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
-    lse = tl.load(partial_lse_ptr + lse_row[:, None] + splits[None, :], mask=split_mask,
-                  other=float("-inf"))  # fmt: skip
+    lse = tl.load(
+        partial_lse_ptr + lse_row[:, None] + splits[None, :], mask=split_mask, other=float("-inf")
+    )
     row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
     partial = tl.load(
-        partial_out_ptr + row[:, None, None] + splits[None, :, None] * HEAD_PAD
+        partial_out_ptr
+        + row[:, None, None]
+        + splits[None, :, None] * HEAD_PAD
         + dim[None, None, :],
         mask=split_mask[:, :, None] & (dim < HEAD_SIZE)[None, None, :],
         other=0.0,
-    )  # fmt: skip
+    )
     lse_max = tl.max(lse, 1)
     lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     weight = tl.math.exp2(lse - lse_ref[:, None])
