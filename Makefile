@@ -36,27 +36,29 @@ test: install
 lint: install
 	$(VENV)/bin/pre-commit run --all-files
 
-# The main job. With MODEL=<hf id or path> (a GPU box): serve it on the GPU with
-# TRITON_ATTN. Without MODEL (e.g. a CPU box): build a tiny random Llama locally
+# The main job. With MODEL=<hf id or path> (a GPU machine): serve it on the GPU with
+# TRITON_ATTN. Without MODEL (e.g. a CPU-only machine): build a tiny random Llama locally
 # and serve it through the Triton interpreter (the development platform).
 MODEL ?=
 PORT ?= 8000
 TINY_MODEL := models/tiny-llama
-CURL = curl http://127.0.0.1:$(PORT)/v1/completions -H 'Content-Type: application/json' \
-	-d '{"model": "$(1)", "prompt": "Hello, my name is", "max_tokens": 8}'
+# Prints a curl command that can be pasted as it is (its JSON keeps its quotes).
+CURL_HINT = printf 'try: %s\n' "curl http://127.0.0.1:$(PORT)/v1/completions \
+	-H 'Content-Type: application/json' \
+	-d '{\"model\": \"$(1)\", \"prompt\": \"Hello, my name is\", \"max_tokens\": 8}'"
 
 serve: install
 ifeq ($(MODEL),)
 	$(PY) scripts/make_tiny_model.py --out $(TINY_MODEL)
 	@echo "serving $(TINY_MODEL) with TRITON_ATTN (Triton interpreter, CPU) on http://127.0.0.1:$(PORT)"
-	@echo "try: $(call CURL,$(TINY_MODEL))"
+	@$(call CURL_HINT,$(TINY_MODEL))
 	VLLM_TRITON_ATTN_CPU_DEV=1 TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= \
 	$(VENV)/bin/vllm serve $(TINY_MODEL) --host 127.0.0.1 --port $(PORT) --dtype float32 \
 		--attention-backend TRITON_ATTN --enforce-eager --block-size 16 --max-model-len 256 \
 		--max-num-seqs 4 --kv-cache-memory-bytes 67108864
 else
 	@echo "serving $(MODEL) with TRITON_ATTN on http://127.0.0.1:$(PORT)"
-	@echo "try: $(call CURL,$(MODEL))"
+	@$(call CURL_HINT,$(MODEL))
 	$(VENV)/bin/vllm serve $(MODEL) --host 127.0.0.1 --port $(PORT) --attention-backend TRITON_ATTN
 endif
 

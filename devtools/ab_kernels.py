@@ -5,8 +5,8 @@ tree's, with optional plan overrides, on the same inputs in one run; timed with 
 graphs or eagerly (``--timing``), optionally against upstream vLLM's kernel
 (``--upstream``; ``python -m devtools.fetch_upstream_kernel`` fetches it).
 
-Extract the base into an ignored folder (where git is), take it to the GPU box
-with the working tree, and time there:
+Extract the base into an ignored folder (where git is), take it to the GPU
+machine with the working tree, and time there:
 
     python -m devtools.ab_kernels --extract 12a0c5a .exp/base_ta
     python -m devtools.ab_kernels --base .exp/base_ta --cells decode spec \\

@@ -2,11 +2,11 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Time our paged attention against torch SDPA and the card's rooflines.
 
-Runs on the GPU box (torch + triton, no vLLM). Every timed configuration is
+Runs on a GPU machine (torch + triton; vLLM not needed). Every timed configuration is
 first checked against the reference on a small copy of itself. Writes JSON
 records (see ``--out``) and prints a markdown table.
 
-    python -m devtools.bench_attention --sweep quick --out $OUT/bench.json
+    python -m devtools.bench_attention --sweep quick --out bench.json
 """
 
 from __future__ import annotations
@@ -170,9 +170,8 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
     """Our call on ``inputs`` (``ragged_inputs``), planned as the backend plans it
     unless ``plan`` is given. Every implementation in a cell reads the same inputs:
     timed on separately allocated multi-GB caches, our eager calls at 2M+ tokens took
-    1.14-1.19x their graph time (H100 and H200, sessions 10 and 14), on shared ones
-    0.99-1.02x (H100: nvidia-h100/experiments/ab_session15_eager.json, and session
-    15's nvidia-h100/bench_full.json)."""
+    1.14-1.19x their graph time, on shared ones 0.99-1.02x (benchmarks/DECISIONS.md:
+    "Shared bench inputs")."""
     hq, hkv, d = model
     q, k_cache, v_cache, qsl, lens, block_table = inputs
     plan = plan or backend_plan(model, q_lens)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Really build both Dockerfiles on a CPU box without registry access.
+# Really build both Dockerfiles on a machine without registry access.
 #
 # Registry base images (nvidia/cuda, rocm/*) cannot be pulled here, so stand-in
 # bases are made locally: a debootstrapped Debian with Python for

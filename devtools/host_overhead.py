@@ -3,7 +3,7 @@
 """Host time of one attention call: what eager mode and piecewise CUDA graphs pay
 per layer, ours against vLLM 0.33.0's Triton launcher on the same batches.
 
-On a GPU box the calls launch for real: the GPU is first kept busy (a sleep
+On a GPU machine the calls launch for real: the GPU is first kept busy (a sleep
 kernel), so the loop times the host alone, never the kernels. On a CPU-only
 box each launch stops where Triton would call the driver: our checks and
 launch building plus Triton's argument binding and cache lookup (for sm_90

@@ -15,7 +15,7 @@ with the same file skips what is done, so a sweep cut short by a time limit
 resumes where it stopped. Kernels compile in parallel worker processes first
 (into Triton's cache), then time one by one.
 
-    python -m devtools.tune_attention --results $OUT/tune.jsonl --budget-s 300
+    python -m devtools.tune_attention --results tune.jsonl --budget-s 300
 """
 
 from __future__ import annotations

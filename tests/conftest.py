@@ -21,9 +21,9 @@ if not HAS_GPU:
     # Must be set before triton is imported anywhere.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# The repo root, last on the path: ``devtools`` imports from it, and on the
-# GPU box (no vLLM) so does the kernel package, as a namespace package. Where
-# vLLM is installed, its regular package comes first and tests use it.
+# The repo root, last on the path: ``devtools`` imports from it, and on a GPU
+# machine without vLLM so does the kernel package, as a namespace package.
+# Where vLLM is installed, its regular package comes first and tests use it.
 sys.path.append(str(REPO))
 
 

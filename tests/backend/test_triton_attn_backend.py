@@ -2,7 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Our TRITON_ATTN inside the real vLLM 0.33.0: selection, builder + impl, subclasses.
 
-Runs on a CPU box (kernels in the Triton interpreter) against the installed,
+Runs on a CPU-only machine (kernels in the Triton interpreter) against the installed,
 patched vLLM. Platform facts vLLM reads from a GPU (capability, gfx name) are
 answered by stand-ins; everything else is vLLM's own code.
 """

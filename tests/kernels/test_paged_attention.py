@@ -2,7 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Kernels against the PyTorch reference.
 
-On a GPU the whole matrix runs (bf16 included). On a CPU box the kernels run in
+On a GPU the whole matrix runs (bf16 included). On a CPU-only machine the kernels run in
 the Triton interpreter, where each call costs up to a few seconds and bf16
 ``tl.dot`` is broken, so a representative subset runs in fp32 and fp16: every
 query pattern, feature flag, head size, GQA ratio, block size and cache layout

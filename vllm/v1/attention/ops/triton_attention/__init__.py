@@ -3,7 +3,7 @@
 """Portable Triton paged attention (NVIDIA and AMD), imported by vLLM's TRITON_ATTN.
 
 Imports torch and triton only: platform facts (the fp8 dtype, the GPU) arrive
-as arguments, so the package runs unchanged on a GPU box without vLLM and in
+as arguments, so the package runs unchanged on a GPU machine without vLLM and in
 the CPU interpreter (``TRITON_INTERPRET=1``).
 
 Shapes and semantics (vLLM's conventions):

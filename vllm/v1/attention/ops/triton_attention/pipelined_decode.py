@@ -35,8 +35,8 @@ def decode_layout(name: str, head_pad: int, num_warps: int):
     layouts while it compiles: the ones Triton itself picks for the portable
     kernel on sm_90 (16-byte copies along the head dimension, mma.sync with
     warps side by side along N). Passed in as arguments instead, they cost
-    Triton's launcher ~4 us per launch on the host (dev box), most of it
-    hashing them into its kernel-cache key."""
+    Triton's launcher ~4 us of host time per launch (measured up to the
+    driver call), most of it hashing them into its kernel-cache key."""
     threads_d = min(32, head_pad // 8)
     return {
         "MMA": gl.NVMMADistributedLayout(
