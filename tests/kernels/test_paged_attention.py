@@ -21,6 +21,7 @@ from conftest import HAS_GPU
 
 from devtools.batches import TOLERANCES, make_batch, plan_for_batch
 from vllm.v1.attention.ops.triton_attention import (
+    AttentionFeatures,
     GpuArch,
     MixedBatchPlan,
     SplitKVWorkspace,
@@ -481,7 +482,8 @@ def test_pipelined_long_query_matches_reference(
 
 
 def test_long_query_kernel_handles_decode_rows(device):
-    """The long-query kernel is correct for q_len 1 too (mixed batches rely on it)."""
+    """The long-query kernels are correct for q_len 1 too (mixed batches rely on
+    it): the one the plan picks, and the portable one."""
     q_lens, seq_lens = [1, 9, 1], [50, 70, 3]
     batch = make_batch(
         q_lens,
@@ -493,27 +495,37 @@ def test_long_query_kernel_handles_decode_rows(device):
         dtype=torch.float16,
         device=device,
     )
-    arch = GpuArch.of_device(device)
-    plan = plan_attention(
-        num_tokens=batch.q.shape[0],
-        num_seqs=3,
-        max_query_len=9,
-        num_q_heads=4,
-        num_kv_heads=1,
-        head_size=64,
-        arch=arch,
-        dtype=batch.q.dtype,
-    )
-    assert plan.kernel == LONG_QUERY
-    out = torch.empty_like(batch.q)
-    paged_attention(
-        batch.q, batch.k_cache, batch.v_cache, out, scale=0.125, plan=plan, **batch.kernel_args()
-    )
     expected = reference_paged_attention(
         batch.q, batch.k_cache, batch.v_cache, scale=0.125, **batch.kernel_args()
     )
     rows = batch.num_actual_tokens
-    torch.testing.assert_close(out[:rows], expected[:rows], **TOLERANCES[torch.float16])
+    kernels = set()
+    for features in (AttentionFeatures(), AttentionFeatures(alibi=True)):  # (portable only)
+        plan = plan_attention(
+            num_tokens=batch.q.shape[0],
+            num_seqs=3,
+            max_query_len=9,
+            num_q_heads=4,
+            num_kv_heads=1,
+            head_size=64,
+            arch=GpuArch.of_device(device),
+            dtype=batch.q.dtype,
+            features=features,
+        )
+        assert plan.kernel in (LONG_QUERY, LONG_QUERY_PIPELINED)
+        kernels.add(plan.kernel)
+        out = torch.empty_like(batch.q)
+        paged_attention(
+            batch.q,
+            batch.k_cache,
+            batch.v_cache,
+            out,
+            scale=0.125,
+            plan=plan,
+            **batch.kernel_args(),
+        )
+        torch.testing.assert_close(out[:rows], expected[:rows], **TOLERANCES[torch.float16])
+    assert LONG_QUERY in kernels
 
 
 @pytest.mark.parametrize("seed", range(3 if not HAS_GPU else 30))

@@ -164,6 +164,21 @@ def test_plan_ignores_lengths():
     assert "max_seq_len" not in plan_attention.__code__.co_varnames
 
 
+def bf16_batch(q_lens, seq_lens, heads=(32, 8), **kwargs):
+    """A CPU batch of head size 128 in bf16, 16-token blocks (plans and launches only)."""
+    return make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=heads[0],
+        num_kv_heads=heads[1],
+        head_size=128,
+        block_size=16,
+        dtype=torch.bfloat16,
+        device="cpu",
+        **kwargs,
+    )
+
+
 def _call(batch, **overrides) -> AttentionCall:
     args = dict(
         q=batch.q,
@@ -181,16 +196,7 @@ def _call(batch, **overrides) -> AttentionCall:
 def _launch_switches(arch, q_lens, context=64, heads=(32, 8), **kwargs):
     """(kernel name, constexprs and options) of each launch ``paged_attention``
     would make."""
-    batch = make_batch(
-        q_lens,
-        [context] * len(q_lens),
-        num_q_heads=heads[0],
-        num_kv_heads=heads[1],
-        head_size=128,
-        block_size=16,
-        dtype=torch.bfloat16,
-        device="cpu",
-    )
+    batch = bf16_batch(q_lens, [context] * len(q_lens), heads)
     p = plan_attention(
         num_tokens=batch.q.shape[0],
         num_seqs=len(q_lens),
@@ -202,6 +208,28 @@ def _launch_switches(arch, q_lens, context=64, heads=(32, 8), **kwargs):
     )
     launches = kernel_launches(_call(batch), p, **kwargs)
     return [(launch.kernel.__name__, {**launch.args, **launch.options}) for launch in launches]
+
+
+def test_every_launch_names_every_kernel_parameter():
+    """Each kernel's host function builds its arguments by name: exactly the
+    kernel's parameters, whatever the kernel (portable or pipelined, with and
+    without a merge, mixed)."""
+    seen = set()
+    for arch in (H100, GpuArch("cuda", "sm_80", 108), GpuArch("hip", "gfx942", 304)):
+        for q_lens in ([1], [1] * 128, [4] * 4, [64]):
+            p = plan_attention(
+                num_tokens=sum(q_lens),
+                num_seqs=len(q_lens),
+                max_query_len=max(q_lens),
+                num_q_heads=32,
+                num_kv_heads=8,
+                head_size=128,
+                arch=arch,
+            )
+            for launch in kernel_launches(_call(bf16_batch(q_lens, [64] * len(q_lens))), p):
+                assert set(launch.args) == set(launch.kernel.arg_names), launch.kernel.__name__
+                seen.add(launch.kernel.__name__)
+    assert len(seen) == 5  # both split-KV kernels, the merge, both long-query kernels
 
 
 def test_programmatic_launch_only_on_hopper_and_later():
@@ -287,17 +315,7 @@ def test_pipelined_decode_only_where_measured_and_covered():
 
 
 def test_layout_of_tensors():
-    batch = make_batch(
-        [1],
-        [64],
-        num_q_heads=8,
-        num_kv_heads=2,
-        head_size=128,
-        block_size=16,
-        dtype=torch.bfloat16,
-        device="cpu",
-        layout="packed_hnd",
-    )
+    batch = bf16_batch([1], [64], heads=(8, 2), layout="packed_hnd")
     out = torch.empty_like(batch.q)
     assert TensorLayout.of(batch.q, batch.k_cache, batch.v_cache, out) == TensorLayout(
         torch.bfloat16, 16, kv_same_strides=True, vector_copies=True
@@ -312,16 +330,7 @@ def test_layout_of_tensors():
 
 
 def test_a_plan_refuses_calls_its_pipelined_kernel_cannot_run():
-    batch = make_batch(
-        [64],
-        [64],
-        num_q_heads=32,
-        num_kv_heads=8,
-        head_size=128,
-        block_size=16,
-        dtype=torch.bfloat16,
-        device="cpu",
-    )
+    batch = bf16_batch([64], [64])
     p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
     assert p.kernel == LONG_QUERY_PIPELINED
     for overrides in (dict(alibi_slopes=torch.zeros(32)), dict(sinks=torch.zeros(32))):
@@ -374,16 +383,7 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     assert (switches["TILE_N"], switches["KV_BUFFERS"], switches["FMA_EXP2_EVERY"]) == (
         PIPELINED_LONG_QUERY_TILES[128]
     )
-    batch = make_batch(
-        [64],
-        [64],
-        num_q_heads=32,
-        num_kv_heads=8,
-        head_size=128,
-        block_size=16,
-        dtype=torch.bfloat16,
-        device="cpu",
-    )
+    batch = bf16_batch([64], [64])
     p = plan(
         **prefill | dict(num_tokens=64, max_query_len=64),
         features=AttentionFeatures(sliding_window=True, softcap=True),
@@ -396,7 +396,7 @@ def test_pipelined_long_query_only_where_measured_and_covered():
 def test_kernel_package_imports_only_torch_triton_stdlib():
     allowed = {"torch", "triton", "__future__", "dataclasses", "math", "functools", "typing"}
     allowed |= {"json", "pathlib"}  # the plan's tuned tables
-    allowed |= {"types"}  # read-only mappings
+    allowed |= {"types", "operator"}  # read-only mappings, argument order
     for path in PACKAGE.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

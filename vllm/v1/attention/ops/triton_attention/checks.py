@@ -17,6 +17,7 @@ from .arch import ACTIVATION_DTYPES, FP8_DTYPES, GpuArch
 from .plan import (
     MAX_HEAD_SIZE,
     MIN_HEAD_SIZE,
+    PIPELINED_KERNELS,
     SPLIT_KV_KERNELS,
     AttentionFeatures,
     AttentionPlan,
@@ -57,8 +58,8 @@ class AttentionCall(NamedTuple):
             sinks=self.sinks is not None,
         )
 
-    def layout(self) -> TensorLayout:
-        return TensorLayout.of(self.q, self.k_cache, self.v_cache, self.out)
+    def layout(self, strides=None) -> TensorLayout:
+        return TensorLayout.of(self.q, self.k_cache, self.v_cache, self.out, strides)
 
 
 def fail(error: type[Exception], fn: str, name: str, expected: str, got) -> None:
@@ -103,7 +104,8 @@ def check_paged_attention_inputs(
 ) -> None:
     """Raise a clear error for anything the kernels (or ``plan``) cannot run."""
     fn = "paged_attention"
-    q, out, k_cache = call.q, call.out, call.k_cache
+    (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, _, sliding_window,
+     logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -116,18 +118,17 @@ def check_paged_attention_inputs(
     if not MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE:
         expected = f"in [{MIN_HEAD_SIZE}, {MAX_HEAD_SIZE}]"
         fail(NotImplementedError, fn, "head_size", expected, head_size)
-    check_kv_cache(k_cache, call.v_cache, head_size, fn)
+    check_kv_cache(k_cache, v_cache, head_size, fn)
     num_kv_heads = k_cache.shape[2]
     if num_kv_heads == 0 or num_q_heads % num_kv_heads:
         expected = f"a multiple of num_kv_heads ({num_kv_heads})"
         fail(ValueError, fn, "num_q_heads", expected, num_q_heads)
-    if call.kv_is_fp8:
+    if k_cache.dtype in FP8_DTYPES:
         check_kv_dtype(k_cache.dtype, arch, fn)
-        check_scales(k_cache.dtype, call.k_scale, call.v_scale, fn)
+        check_scales(k_cache.dtype, k_scale, v_scale, fn)
     elif k_cache.dtype != q.dtype:
         fail(TypeError, fn, "k_cache.dtype", f"q.dtype ({q.dtype}) or an fp8 type", k_cache.dtype)
 
-    query_start_loc, seq_lens, block_table = call.query_start_loc, call.seq_lens, call.block_table
     if query_start_loc.dim() != 1 or query_start_loc.dtype != torch.int32:
         got = f"{query_start_loc.dim()}-D {query_start_loc.dtype}"
         fail(ValueError, fn, "query_start_loc", "a 1-D int32 tensor", got)
@@ -142,27 +143,27 @@ def check_paged_attention_inputs(
         fail(TypeError, fn, "block_table.dtype", "int32 or int64", block_table.dtype)
     if block_table.stride(1) != 1:
         fail(ValueError, fn, "block_table.stride(1)", "1", block_table.stride(1))
-    tensors = dict(
-        k_cache=k_cache,
-        v_cache=call.v_cache,
-        out=out,
-        query_start_loc=query_start_loc,
-        seq_lens=seq_lens,
-        block_table=block_table,
-    )
-    for name, tensor in tensors.items():
-        if tensor.device != q.device:
-            fail(ValueError, fn, f"{name}.device", f"q.device ({q.device})", tensor.device)
+    device = q.device
+    for name, tensor in (
+        ("k_cache", k_cache),
+        ("v_cache", v_cache),
+        ("out", out),
+        ("query_start_loc", query_start_loc),
+        ("seq_lens", seq_lens),
+        ("block_table", block_table),
+    ):
+        if tensor.device != device:
+            fail(ValueError, fn, f"{name}.device", f"q.device ({device})", tensor.device)
 
-    if call.sliding_window is not None and call.sliding_window <= 0:
-        fail(ValueError, fn, "sliding_window", "None or a positive int", call.sliding_window)
-    if call.logits_soft_cap is not None and call.logits_soft_cap <= 0:
-        fail(ValueError, fn, "logits_soft_cap", "None or positive", call.logits_soft_cap)
-    for name, tensor in (("alibi_slopes", call.alibi_slopes), ("sinks", call.sinks)):
+    if sliding_window is not None and sliding_window <= 0:
+        fail(ValueError, fn, "sliding_window", "None or a positive int", sliding_window)
+    if logits_soft_cap is not None and logits_soft_cap <= 0:
+        fail(ValueError, fn, "logits_soft_cap", "None or positive", logits_soft_cap)
+    for name, tensor in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
         if tensor is not None and tensor.shape != (num_q_heads,):
             fail(ValueError, fn, f"{name}.shape", f"({num_q_heads},)", tuple(tensor.shape))
-    if call.alibi_slopes is not None and call.alibi_slopes.dtype != torch.float32:
-        fail(TypeError, fn, "alibi_slopes.dtype", "torch.float32", call.alibi_slopes.dtype)
+    if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
+        fail(TypeError, fn, "alibi_slopes.dtype", "torch.float32", alibi_slopes.dtype)
 
     if plan is None:
         if max_query_len < 0:
@@ -179,15 +180,16 @@ def check_paged_attention_inputs(
     if plan.kernel in SPLIT_KV_KERNELS and plan.tokens_per_q_block < max_query_len:
         expected = f"<= {plan.tokens_per_q_block} for this split-KV plan"
         fail(ValueError, fn, "max_query_len", expected, max_query_len)
-    check_plan_covers(call, plan)
 
 
-def check_plan_covers(call: AttentionCall, plan: AttentionPlan) -> None:
+def check_plan_covers(call: AttentionCall, plan: AttentionPlan, strides) -> None:
     """A plan for a pipelined kernel was made for calls of certain features
-    and tensor layout; refuse one it cannot compute (rather than run it)."""
-    if not plan.kernel.endswith("_pipelined"):
+    and tensor layout; refuse one it cannot compute (rather than run it).
+    ``strides``: those of q, out, k_cache and v_cache, read once per call by
+    the launcher."""
+    if plan.kernel not in PIPELINED_KERNELS:
         return
-    features, layout = call.features(), call.layout()
+    features, layout = call.features(), call.layout(strides)
     if not pipelined_kernel_covers(plan.kernel, plan.head_size, call.q.dtype, features, layout):
         raise ValueError(
             f"paged_attention: the plan's {plan.kernel} kernel cannot run this call "

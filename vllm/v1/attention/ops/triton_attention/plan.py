@@ -20,6 +20,7 @@ import functools
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -31,6 +32,7 @@ SPLIT_KV_DECODE_PIPELINED = "split_kv_decode_pipelined"  # pipelined_decode.py, 
 LONG_QUERY = "long_query"  # long_query.py, portable
 LONG_QUERY_PIPELINED = "long_query_pipelined"  # pipelined_long_query.py, Hopper
 SPLIT_KV_KERNELS = (SPLIT_KV_DECODE, SPLIT_KV_DECODE_PIPELINED)
+PIPELINED_KERNELS = (SPLIT_KV_DECODE_PIPELINED, LONG_QUERY_PIPELINED)
 
 # tl.dot needs every dimension to be at least 16.
 MIN_DOT_SIZE = 16
@@ -99,8 +101,7 @@ PIPELINED_LONG_QUERY_BLOCK_M = 128  # two warpgroups of 64 rows
 PIPELINED_LONG_QUERY_WARPS = 8
 
 
-@dataclasses.dataclass(frozen=True)
-class AttentionFeatures:
+class AttentionFeatures(NamedTuple):  # made per call by the checks: cheaper than a dataclass
     """The optional features a call uses that decide which kernels can run it."""
 
     sliding_window: bool = False
@@ -112,8 +113,7 @@ class AttentionFeatures:
 NO_FEATURES = AttentionFeatures()
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorLayout:
+class TensorLayout(NamedTuple):  # made per call by the checks
     """What the kernels need to know of a call's tensors besides their shapes.
 
     ``vector_copies``: q, out and both caches have contiguous head dimensions,
@@ -130,10 +130,16 @@ class TensorLayout:
     vector_copies: bool = True
 
     @classmethod
-    def of(cls, q, k_cache, v_cache, out) -> TensorLayout:
-        """The layout of these tensors (metadata only)."""
-        k_strides, v_strides = k_cache.stride(), v_cache.stride()
-        aligned = q.stride(2) == 1 and out.stride(2) == 1
+    def of(cls, q, k_cache, v_cache, out, strides=None) -> TensorLayout:
+        """The layout of these tensors (metadata only); ``strides``: the strides
+        of q, out, k_cache and v_cache, where the caller has read them."""
+        q_strides, out_strides, k_strides, v_strides = strides or (
+            q.stride(),
+            out.stride(),
+            k_cache.stride(),
+            v_cache.stride(),
+        )
+        aligned = q_strides[2] == 1 and out_strides[2] == 1
         for cache, (block, slot, head, dim) in ((k_cache, k_strides), (v_cache, v_strides)):
             aligned &= dim == 1 and not (block % 16 or slot % 16 or head % 16)
             aligned &= cache.data_ptr() % 16 == 0
