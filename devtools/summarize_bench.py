@@ -1,12 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Markdown summary of a bench_attention.py JSON: ratios against the copy
+"""Markdown summary of bench_attention JSON files: ratios against the copy
 roofline, upstream 0.33.0 and torch SDPA, per cell (CUDA-graph timings; for
 decode and spec-decode also the ratio to upstream timed eagerly, where the
 host's launch cost shows).
 
-    python -m devtools.summarize_bench benchmarks/results/nvidia-h200/bench_full.json \
-        benchmarks/results/nvidia-h200/bench_prefill_models.json
+    python -m devtools.summarize_bench benchmarks/results/nvidia-h100/bench_full.json
 
 Writes SUMMARY.md beside the first JSON (rooflines come from the first).
 """
@@ -17,7 +16,7 @@ from pathlib import Path
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+")
     args = parser.parse_args()
     records = [r for path in args.json for r in json.loads(Path(path).read_text())]

@@ -155,7 +155,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             else kv_cache_spec.dtype
         )
         if encoder:  # K/V straight from the layer's inputs, see TritonAttentionImpl._encoder_kv
-            self.layout = TensorLayout(kv_dtype, 1, kv_same_strides=True, vector_copies=False)
+            self.layout = TensorLayout(self.dtype, 1, kv_same_strides=True, vector_copies=False)
         else:
             self.layout = TensorLayout.of_packed_kv_cache(self.headdim, kv_dtype, self.block_size)
 

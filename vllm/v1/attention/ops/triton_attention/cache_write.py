@@ -16,6 +16,7 @@ def _quantise(x, scale, FP8_MAX: tl.constexpr, CACHE_DTYPE: tl.constexpr):
 
 @triton.jit
 def write_kv_cache_kernel(
+    # pointers
     key_ptr,
     value_ptr,
     k_cache_ptr,
@@ -23,6 +24,7 @@ def write_kv_cache_kernel(
     slot_mapping_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    # strides
     stride_key_token,
     stride_key_head,
     stride_value_token,
@@ -33,6 +35,7 @@ def write_kv_cache_kernel(
     stride_v_block,
     stride_v_slot,
     stride_v_head,
+    # shapes and switches
     STRIDE_KEY_DIM: tl.constexpr,
     STRIDE_VALUE_DIM: tl.constexpr,
     STRIDE_K_DIM: tl.constexpr,

@@ -128,6 +128,7 @@ def _issue_tile_copies(
 
 @gluon.jit
 def split_kv_decode_pipelined_kernel(
+    # pointers
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
@@ -137,6 +138,7 @@ def split_kv_decode_pipelined_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     block_table_ptr,
+    # strides (head dimensions contiguous: the plan checked)
     stride_q_token,
     stride_q_head,
     stride_out_token,
@@ -150,7 +152,9 @@ def split_kv_decode_pipelined_kernel(
     stride_block_table_seq,
     stride_partial_token,
     stride_partial_head,
+    # scalars
     scale,
+    # shapes and switches
     HEAD_PAD: gl.constexpr,
     QUERIES_PER_KV: gl.constexpr,
     BLOCK_SIZE: gl.constexpr,

@@ -767,6 +767,7 @@ def _key_loop(
 
 @gluon.jit
 def long_query_pipelined_kernel(
+    # pointers
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
@@ -774,6 +775,7 @@ def long_query_pipelined_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     block_table_ptr,
+    # strides (K and V share theirs; head dimensions contiguous)
     stride_q_token,
     stride_q_head,
     stride_out_token,
@@ -782,10 +784,12 @@ def long_query_pipelined_kernel(
     stride_kv_slot,
     stride_kv_head,
     stride_block_table_seq,
+    # scalars
     num_seqs,
     scale,
     soft_cap,
     sliding_window,
+    # shapes and switches
     HEAD_PAD: gl.constexpr,
     QUERIES_PER_KV: gl.constexpr,
     BLOCK_SIZE: gl.constexpr,

@@ -203,16 +203,20 @@ def split_kv_decode_kernel(
 
 @triton.jit
 def merge_kv_splits_kernel(
+    # pointers
     out_ptr,
     partial_out_ptr,
     partial_lse_ptr,
     query_start_loc_ptr,
     v_scale_ptr,
+    # strides
     stride_out_token,
     stride_out_head,
     stride_partial_token,
     stride_partial_head,
+    # scalars
     num_seqs,
+    # shapes and switches
     STRIDE_OUT_DIM: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_SIZE: tl.constexpr,
