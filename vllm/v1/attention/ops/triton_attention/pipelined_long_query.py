@@ -508,7 +508,7 @@ def _key_loop(
         s = warpgroup_mma_wait(0, deps=[s])
         p, alpha, m_i, row_sums = _probabilities(
             s,
-            0,
+            0,  # tile_start: the first tile
             m_i,
             row_sums,
             qk_scale,

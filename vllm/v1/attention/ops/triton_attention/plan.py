@@ -143,7 +143,12 @@ class TensorLayout(NamedTuple):  # made per call by the checks
         for cache, (block, slot, head, dim) in ((k_cache, k_strides), (v_cache, v_strides)):
             aligned &= dim == 1 and not (block % 16 or slot % 16 or head % 16)
             aligned &= cache.data_ptr() % 16 == 0
-        return cls(k_cache.dtype, k_cache.shape[1], k_strides == v_strides, aligned)
+        return cls(
+            k_cache.dtype,
+            k_cache.shape[1],
+            kv_same_strides=k_strides == v_strides,
+            vector_copies=aligned,
+        )
 
     @classmethod
     def of_packed_kv_cache(
@@ -154,7 +159,7 @@ class TensorLayout(NamedTuple):  # made per call by the checks
         stride order), so they share strides, every stride is a multiple of
         ``2 * head_size`` and V starts ``head_size`` elements after K."""
         vector_copies = (2 * head_size) % 16 == 0 and (head_size * kv_dtype.itemsize) % 16 == 0
-        return cls(kv_dtype, block_size, True, vector_copies)
+        return cls(kv_dtype, block_size, kv_same_strides=True, vector_copies=vector_copies)
 
 
 # A 2-byte cache of the queries' dtype in 16-token blocks, laid out as vLLM's.
