@@ -162,10 +162,6 @@ def ragged_inputs(model, q_lens, seq_lens, dtype, block_size=16, distinct_blocks
     return q, k_cache, v_cache, qsl, lens, block_table
 
 
-def paged_inputs(model, batch_size, q_len, context, dtype, block_size=16):
-    return ragged_inputs(model, [q_len] * batch_size, [context] * batch_size, dtype, block_size)
-
-
 def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
     """Our call on ``inputs`` (``ragged_inputs``), planned as the backend plans it
     unless ``plan`` is given. Every implementation in a cell reads the same inputs:
