@@ -15,6 +15,7 @@ from vllm.v1.attention.ops.triton_attention import (
     TensorLayout,
     plan_batch,
 )
+from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
 
 # Tolerances per activation dtype, against a float64 reference on the same
 # (already quantised) inputs. Outputs are convex mixes of N(0, 1) values, so
@@ -48,14 +49,18 @@ class Batch:
     def plan_facts(self, **feature_args) -> dict:
         """``features`` and ``layout`` for ``plan_for_batch``: those of a call on
         this batch with ``paged_attention``'s feature arguments ``feature_args``."""
-        features = AttentionFeatures(
-            sliding_window=feature_args.get("sliding_window") is not None,
-            softcap=feature_args.get("logits_soft_cap") is not None,
-            alibi=feature_args.get("alibi_slopes") is not None,
-            sinks=feature_args.get("sinks") is not None,
+        call = AttentionCall(
+            q=self.q,
+            k_cache=self.k_cache,
+            v_cache=self.v_cache,
+            out=self.q,
+            query_start_loc=self.query_start_loc,
+            seq_lens=self.seq_lens,
+            block_table=self.block_table,
+            scale=1.0,
+            **feature_args,
         )
-        layout = TensorLayout.of(self.q, self.k_cache, self.v_cache, self.q)
-        return dict(features=features, layout=layout)
+        return dict(features=call.features(), layout=call.layout())
 
     def kernel_args(self) -> dict:
         return dict(

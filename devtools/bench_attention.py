@@ -111,9 +111,10 @@ def backend_plan(model, q_lens, num_tokens=None, arch=None):
     )
 
 
-def check_small(model, q_lens, seq_lens, dtype):
+def small_batch(model, q_lens, seq_lens, dtype):
+    """A cell's lengths as a checkable batch (``make_batch``: NaN-poisoned padding)."""
     hq, hkv, d = model
-    batch = make_batch(
+    return make_batch(
         q_lens,
         seq_lens,
         num_q_heads=hq,
@@ -123,6 +124,11 @@ def check_small(model, q_lens, seq_lens, dtype):
         dtype=dtype,
         device="cuda",
     )
+
+
+def check_small(model, q_lens, seq_lens, dtype):
+    d = model[2]
+    batch = small_batch(model, q_lens, seq_lens, dtype)
     out = torch.empty_like(batch.q)
     paged_attention(
         batch.q,
@@ -266,17 +272,8 @@ def bench_upstream(model, q_lens, seq_lens, inputs, graphs):
 
 
 def check_upstream_small(model, q_lens, seq_lens, dtype):
-    hq, hkv, d = model
-    batch = make_batch(
-        q_lens,
-        seq_lens,
-        num_q_heads=hq,
-        num_kv_heads=hkv,
-        head_size=d,
-        block_size=16,
-        dtype=dtype,
-        device="cuda",
-    )
+    d = model[2]
+    batch = small_batch(model, q_lens, seq_lens, dtype)
     out = torch.zeros_like(batch.q)
     run_upstream(
         model,

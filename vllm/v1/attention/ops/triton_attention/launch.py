@@ -322,18 +322,13 @@ def merge_launch(
     # May start before the split-KV launch completes; waits in-kernel.
     pdl, options = _pdl(plan.arch.programmatic_launch)
     heads_per_program, dims_per_program = plan.merge_tile
-    partial_out, partial_lse = partials
-    token_stride, head_stride = partial_out.stride()[:2]
     args = dict(
         out_ptr=call.out,
-        partial_out_ptr=partial_out,
-        partial_lse_ptr=partial_lse,
         query_start_loc_ptr=call.query_start_loc,
         v_scale_ptr=call.v_scale if call.kv_is_fp8 else None,
         stride_out_token=strides.out[0],
         stride_out_head=strides.out[1],
-        stride_partial_token=token_stride,
-        stride_partial_head=head_stride,
+        **_partials_args(partials),
         num_seqs=call.seq_lens.shape[0],
         STRIDE_OUT_DIM=strides.out[2],
         NUM_Q_HEADS=plan.num_q_heads,
