@@ -6,8 +6,9 @@ Like vLLM's own precompiled-wheel development install there is no compile
 step: the pinned upstream wheel (``upstream.json``; downloaded, or a local file
 named by ``VLLM_TRITON_ATTN_BASE_WHEEL``) is unpacked into the build tree, our
 ``vllm/`` overlay and ``patches/`` are laid over it by ``scripts/patchset.py``,
-and the result is packed as ``vllm`` version ``0.33.0+tritonattn.X`` with
-upstream's dependency list, entry points and platform tag.
+and the result is packed as ``vllm`` version ``<upstream>+tritonattn.X`` with
+upstream's dependency list (less the pin file's ``requirement_overrides``),
+entry points and platform tag.
 """
 
 import email.parser
@@ -42,10 +43,21 @@ def _upstream_metadata():
 
 
 def _requirements(metadata):
-    """Split upstream's Requires-Dist into install_requires and extras_require."""
+    """Split upstream's Requires-Dist into install_requires and extras_require,
+    with the pin file's ``requirement_overrides`` in place of upstream's."""
+    overrides = {
+        old: entry["use"]
+        for old, entry in PIN.get("requirement_overrides", {}).items()
+        if old != "comment"
+    }
+    unused = set(overrides)
     install, extras = [], {name: [] for name in metadata.get_all("Provides-Extra") or []}
     for line in metadata.get_all("Requires-Dist") or []:
         requirement, _, marker = line.partition(";")
+        if requirement.strip() in overrides:
+            unused.discard(requirement.strip())
+            requirement = overrides[requirement.strip()]
+            line = f"{requirement}; {marker.strip()}" if marker.strip() else requirement
         match = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
         if match is None:
             install.append(line.strip())
@@ -54,6 +66,11 @@ def _requirements(metadata):
         rest = re.sub(r"^(and|or)\s+|\s+(and|or)$", "", rest).strip()
         extras.setdefault(match.group(1), []).append(
             f"{requirement.strip()}; {rest}" if rest else requirement.strip()
+        )
+    if unused:
+        raise SystemExit(
+            f"upstream.json overrides {sorted(unused)}, which vLLM {PIN['version']} "
+            "does not require: remove the stale overrides"
         )
     return install, extras
 
@@ -70,7 +87,7 @@ def _entry_points(text):
 
 
 def _platform_tag():
-    # e.g. vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl -> (cp38, abi3, manylinux_2_28_x86_64)
+    # e.g. vllm-0.34.0-cp38-abi3-manylinux_2_28_x86_64.whl -> (cp38, abi3, manylinux_2_28_x86_64)
     python, abi, platform = UPSTREAM_WHEEL.name[: -len(".whl")].split("-")[-3:]
     return python, abi, platform
 

@@ -204,7 +204,7 @@ UPSTREAM = REPO / "benchmarks" / "upstream"  # devtools/fetch_upstream_kernel.py
 
 @functools.cache
 def upstream_module():
-    """vLLM 0.33.0's ``triton_unified_attention`` module (its own Triton launcher),
+    """the pinned vLLM's ``triton_unified_attention`` module (its own Triton launcher),
     with stand-ins for its vLLM imports, from the folder the fetch script fills;
     also where a vLLM package is installed: the imported ``vllm`` modules are set
     aside while it imports."""
@@ -329,7 +329,7 @@ def main():
     parser.add_argument(
         "--upstream",
         action="store_true",
-        help="also time vLLM 0.33.0's kernel (devtools/fetch_upstream_kernel.py)",
+        help="also time the pinned vLLM's kernel (devtools/fetch_upstream_kernel.py)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():

@@ -4,7 +4,7 @@
 #
 # Registry base images (nvidia/cuda, rocm/*) cannot be pulled here, so stand-in
 # bases are made locally: a debootstrapped Debian with Python for
-# Dockerfile.cuda, and that base plus vLLM 0.33.0 from PyPI for Dockerfile.rocm.
+# Dockerfile.cuda, and that base plus vLLM 0.34.0 from PyPI for Dockerfile.rocm.
 # Each image is then asked, through Python, which TRITON_ATTN it carries.
 # Needs root, Debian's docker.io and debootstrap. The daemon this script starts
 # is stopped again, and its bridge and iptables rules are removed, on exit.
@@ -69,15 +69,15 @@ if [ "$which" = cuda ] || [ "$which" = all ]; then
 fi
 
 if [ "$which" = rocm ] || [ "$which" = all ]; then
-  if ! docker image inspect standin/vllm-0.33.0:bookworm >/dev/null 2>&1; then
-    # A stand-in for a ROCm image that ships vLLM 0.33.0 (installed system-wide).
+  if ! docker image inspect standin/vllm-0.34.0:bookworm >/dev/null 2>&1; then
+    # A stand-in for a ROCm image that ships vLLM 0.34.0 (installed system-wide).
     docker rm -f standin-vllm >/dev/null 2>&1 || true
     docker run --name standin-vllm standin/python-base:bookworm \
-      python3 -m pip install --break-system-packages --no-cache-dir vllm==0.33.0
-    docker commit standin-vllm standin/vllm-0.33.0:bookworm
+      python3 -m pip install --break-system-packages --no-cache-dir vllm==0.34.0
+    docker commit standin-vllm standin/vllm-0.34.0:bookworm
     docker rm standin-vllm
   fi
-  docker build -f Dockerfile.rocm --build-arg BASE_IMAGE=standin/vllm-0.33.0:bookworm \
+  docker build -f Dockerfile.rocm --build-arg BASE_IMAGE=standin/vllm-0.34.0:bookworm \
     -t vllm-triton-attn:rocm-standin .
   docker run --rm --entrypoint python3 -e CUDA_VISIBLE_DEVICES= vllm-triton-attn:rocm-standin \
     -c "$check"
@@ -89,8 +89,8 @@ if [ "$which" = rocm ] || [ "$which" = all ]; then
   fi
   grep -o "Dockerfile.rocm: BASE_IMAGE has no vLLM[^\"]*" "$work/none.log" | head -1
   docker rm -f standin-relabel >/dev/null 2>&1 || true
-  docker run --name standin-relabel standin/vllm-0.33.0:bookworm bash -c \
-    'sed -i "s/^Version: 0.33.0$/Version: 0.32.1/" /usr/local/lib/python3*/dist-packages/vllm-0.33.0.dist-info/METADATA'
+  docker run --name standin-relabel standin/vllm-0.34.0:bookworm bash -c \
+    'sed -i "s/^Version: 0.34.0$/Version: 0.32.1/" /usr/local/lib/python3*/dist-packages/vllm-0.34.0.dist-info/METADATA'
   docker commit standin-relabel standin/vllm-0.32.1-relabelled:bookworm >/dev/null
   docker rm standin-relabel >/dev/null
   if docker build -f Dockerfile.rocm --build-arg BASE_IMAGE=standin/vllm-0.32.1-relabelled:bookworm \

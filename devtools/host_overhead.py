@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Host time of one attention call: what eager mode and piecewise CUDA graphs pay
-per layer, ours against vLLM 0.33.0's Triton launcher on the same batches.
+per layer, ours against the pinned vLLM's Triton launcher on the same batches.
 
 On a GPU machine the calls launch for real: the GPU is first kept busy (a sleep
 kernel), so the loop times the host alone, never the kernels. On a CPU-only
@@ -184,7 +184,7 @@ def main():
     parser.add_argument("--q-lens", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--context", type=int, default=4096, help="of the decode batches")
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--upstream", action="store_true", help="also time vLLM 0.33.0's")
+    parser.add_argument("--upstream", action="store_true", help="also time the pinned vLLM's")
     parser.add_argument("--out", type=Path, help="JSON records")
     args = parser.parse_args()
 

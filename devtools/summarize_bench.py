@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Markdown summary of bench_attention JSON files: ratios against the copy
-roofline, upstream 0.33.0 and torch SDPA, per cell (CUDA-graph timings; for
+roofline, upstream (the pinned vLLM) and torch SDPA, per cell (CUDA-graph timings; for
 decode and spec-decode also the ratio to upstream timed eagerly, where the
 host's launch cost shows).
 

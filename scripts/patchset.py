@@ -15,12 +15,21 @@ Subcommands::
     patchset.py revert --target DIR   # restore the original bytes
     patchset.py export --out FILE     # one git format-patch against the sdist
     patchset.py fetch  {wheel,sdist}  # download the pinned upstream artefact
+    patchset.py drift  --from OLD [--to NEW]  # upstream's own diff of the files we change
 
 ``DIR`` is either a source checkout (it contains ``vllm/__init__.py``) or an
 installed package (``site-packages/vllm``). It must be the pinned upstream
 version (``upstream.json``). ``apply`` is atomic: every new file is computed in
 memory first, the original bytes are saved in a journal inside the target, and
 any failure (or an interrupted run, found by the next call) restores them.
+
+Files of ``vllm/`` that upstream also ships replace upstream's whole, so an
+upstream fix to one of them would silently vanish from our build. The pin file
+records, for each, the upstream version ours was last ported from and that
+file's sha256 there (``replaced``); every command that reads a target refuses
+one whose file differs. Bumping the pin is then a deliberate port: ``drift``
+prints what upstream changed in those files (and in the files ``patches/``
+edit) between two releases, and the port ends by recording the new sha256.
 
 This module uses only the standard library so it runs inside Docker builds and
 ``setup.py`` before anything else is installed.
@@ -29,7 +38,9 @@ This module uses only the standard library so it runs inside Docker builds and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -96,7 +107,8 @@ def fetch(kind: str) -> Path:
     if not path.exists():
         if local:
             raise PatchSetError(f"VLLM_TRITON_ATTN_BASE_{kind.upper()}={local} does not exist")
-        _download(pin["index"], pin["package"], want["filename"], path)
+        url, _ = _index_entry(pin["index"], pin["package"], want["filename"])
+        _download(url, path)
     got = _sha256(path)
     if got != want["sha256"]:
         raise PatchSetError(
@@ -106,20 +118,42 @@ def fetch(kind: str) -> Path:
     return path
 
 
-def _download(index: str, package: str, filename: str, dest: Path) -> None:
+def fetch_sdist(version: str) -> Path:
+    """The sdist of any upstream release: the pinned one checked against the
+    pin, any other against the sha256 the package index publishes."""
+    pin = load_pin()
+    if version == pin["version"]:
+        return fetch("sdist")
+    filename = f"{pin['package']}-{version}.tar.gz"
+    path = cache_dir() / filename
+    if not path.exists():
+        url, sha256 = _index_entry(pin["index"], pin["package"], filename)
+        _download(url, path, sha256)
+    return path
+
+
+def _index_entry(index: str, package: str, filename: str) -> tuple[str, str | None]:
+    """(download URL, published sha256) of one file on the package index."""
     request = urllib.request.Request(
         f"{index}/{package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
-    urls = [f["url"] for f in files if f["filename"] == filename]
-    if not urls:
-        raise PatchSetError(f"{filename} is not listed on {index}/{package}/")
+    for entry in files:
+        if entry["filename"] == filename:
+            return entry["url"], entry.get("hashes", {}).get("sha256")
+    raise PatchSetError(f"{filename} is not listed on {index}/{package}/")
+
+
+def _download(url: str, dest: Path, sha256: str | None = None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_suffix(dest.suffix + ".partial")
-    print(f"patchset: downloading {filename}", file=sys.stderr)
-    with urllib.request.urlopen(urls[0], timeout=600) as response, open(partial, "wb") as f:
+    print(f"patchset: downloading {dest.name}", file=sys.stderr)
+    with urllib.request.urlopen(url, timeout=600) as response, open(partial, "wb") as f:
         shutil.copyfileobj(response, f, 1 << 20)
+    if sha256 is not None and _sha256(partial) != sha256:
+        partial.unlink()
+        raise PatchSetError(f"{dest.name} from {url} does not have its published sha256")
     os.replace(partial, dest)
 
 
@@ -240,8 +274,45 @@ def patch_files(repo: Path = REPO) -> list[Path]:
     return sorted((repo / "patches").glob("*.patch"))
 
 
-def compute_changes(read_original, repo: Path = REPO) -> dict[str, bytes]:
-    """New bytes for every path we touch, given ``read_original(path) -> bytes | None``."""
+def check_ported(read_original, version: str, repo: Path = REPO) -> None:
+    """Refuse a tree whose upstream files, where ours replace them whole, are
+    not the ones ours were ported from (``replaced`` in the pin file)."""
+    replaced = load_pin().get("replaced", {})
+    problems = []
+    for rel in overlay_files(repo):
+        upstream = read_original(rel)
+        record = replaced.get(rel)
+        if record is None:
+            if upstream is not None:
+                problems.append(
+                    f"vLLM {version} ships {rel}, which ours replaces whole, but upstream.json "
+                    "records no port of it: port upstream's file into ours and record its "
+                    "sha256 under 'replaced'"
+                )
+            continue
+        ported_from = record["ported_from"]
+        if upstream is None:
+            problems.append(
+                f"{rel} was ported from vLLM {ported_from}, but vLLM {version} no longer "
+                "ships it: decide what ours becomes and update 'replaced' in upstream.json"
+            )
+        elif _digest(upstream) != record["sha256"]:
+            problems.append(
+                f"{rel} in vLLM {version} (sha256 {_digest(upstream)[:12]}) is not the upstream "
+                f"file ours was ported from (vLLM {ported_from}, sha256 {record['sha256'][:12]}): "
+                f"port upstream's changes (scripts/patchset.py drift --from {ported_from} "
+                f"--to {version}), then record the new sha256 in upstream.json"
+            )
+    for rel in sorted(set(replaced) - set(overlay_files(repo))):
+        problems.append(f"upstream.json records a port of {rel}, which vllm/ does not have")
+    if problems:
+        raise PatchSetError("upstream drift:\n  " + "\n  ".join(problems))
+
+
+def compute_changes(read_original, version: str, repo: Path = REPO) -> dict[str, bytes]:
+    """New bytes for every path we touch in a tree of upstream ``version``,
+    given ``read_original(path) -> bytes | None``."""
+    check_ported(read_original, version, repo)
     changes = dict(overlay_files(repo))
     for patch_path in patch_files(repo):
         for file_patch in parse_patch(patch_path.read_text(), patch_path.name):
@@ -413,7 +484,7 @@ def plan(target: Target, repo: Path = REPO) -> tuple[dict, dict | None]:
     manifest = _load_json(target.state / MANIFEST)
     if manifest is not None:
         _check_untouched(target, manifest)
-    changes = compute_changes(_original_reader(target, manifest), repo)
+    changes = compute_changes(_original_reader(target, manifest), target.version, repo)
     return changes, manifest
 
 
@@ -521,8 +592,8 @@ def apply_to_fresh_tree(root: Path) -> None:
     Used when building a distribution: the tree is a scratch copy, so there is
     nothing to journal or revert.
     """
-    resolve_target(root)  # the version check
-    for rel, data in compute_changes(lambda rel: _read(root / rel)).items():
+    target = resolve_target(root)  # the version check
+    for rel, data in compute_changes(lambda rel: _read(root / rel), target.version).items():
         _write_file(root / rel, data, None)
 
 
@@ -531,18 +602,29 @@ def apply_to_fresh_tree(root: Path) -> None:
 # ----------------------------------------------------------------------------
 
 
-def export(out: str | Path) -> str:
-    sdist = fetch("sdist")
-    pin = load_pin()
-    prefix = f"{pin['package']}-{pin['version']}/"
+@contextlib.contextmanager
+def _sdist_reader(sdist: Path, version: str):
+    """``read_original(path) -> bytes | None`` over an upstream sdist."""
+    prefix = f"{load_pin()['package']}-{version}/"
     with tarfile.open(sdist) as tar:
-        members = {m.name[len(prefix) :]: m for m in tar.getmembers() if m.isfile()}
+        members = {
+            m.name[len(prefix) :]: m
+            for m in tar.getmembers()
+            if m.isfile() and m.name.startswith(prefix)
+        }
 
         def read_original(rel: str) -> bytes | None:
             member = members.get(rel)
             return None if member is None else tar.extractfile(member).read()
 
-        changes = compute_changes(read_original)
+        yield read_original
+
+
+def export(out: str | Path) -> str:
+    sdist = fetch("sdist")
+    pin = load_pin()
+    with _sdist_reader(sdist, pin["version"]) as read_original:
+        changes = compute_changes(read_original, pin["version"])
         originals = {rel: read_original(rel) for rel in changes}
 
     with tempfile.TemporaryDirectory() as work:
@@ -581,6 +663,46 @@ def export(out: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------
+# drift: what upstream changed in the files we change
+# ----------------------------------------------------------------------------
+
+
+def changed_upstream_files(repo: Path = REPO) -> dict[str, str]:
+    """Every upstream path our patch set changes, and how: ``replaced`` (ours
+    replaces it whole) or ``patched`` (``patches/`` edit it)."""
+    kinds = {rel: "replaced" for rel in load_pin().get("replaced", {})}
+    for patch_path in patch_files(repo):
+        for file_patch in parse_patch(patch_path.read_text(), patch_path.name):
+            kinds.setdefault(file_patch.path, "patched")
+    return dict(sorted(kinds.items()))
+
+
+def drift(old: str, new: str | None = None, repo: Path = REPO) -> str:
+    """Upstream's own unified diff, from release ``old`` to ``new`` (the pinned
+    one by default), of every file our patch set replaces or patches."""
+    new = new or load_pin()["version"]
+    with (
+        _sdist_reader(fetch_sdist(old), old) as read_old,
+        _sdist_reader(fetch_sdist(new), new) as read_new,
+    ):
+        sections = []
+        for rel, kind in changed_upstream_files(repo).items():
+            before, after = read_old(rel), read_new(rel)
+            if before == after:
+                sections.append(f"# {kind} {rel}: unchanged from vLLM {old} to {new}\n")
+                continue
+            diff = difflib.unified_diff(
+                (before or b"").decode().splitlines(keepends=True),
+                (after or b"").decode().splitlines(keepends=True),
+                fromfile=f"vllm-{old}/{rel}",
+                tofile=f"vllm-{new}/{rel}",
+            )
+            sha = "absent" if after is None else f"sha256 {_digest(after)}"
+            sections.append(f"# {kind} {rel}: changed (vLLM {new}: {sha})\n" + "".join(diff))
+    return "\n".join(sections)
+
+
+# ----------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -593,12 +715,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--out", required=True, help="the .patch file to write")
     sub = commands.add_parser("fetch")
     sub.add_argument("kind", choices=("wheel", "sdist"))
+    sub = commands.add_parser("drift")
+    sub.add_argument("--from", dest="old", required=True, help="the release ours was ported from")
+    sub.add_argument("--to", dest="new", help="the release to port to (default: the pinned one)")
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
             print(export(args.out))
         elif args.command == "fetch":
             print(fetch(args.kind))
+        elif args.command == "drift":
+            print(drift(args.old, args.new), end="")
         else:
             print({"apply": apply, "check": check, "revert": revert}[args.command](args.target))
     except PatchSetError as error:

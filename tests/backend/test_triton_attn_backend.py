@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Our TRITON_ATTN inside the real vLLM 0.33.0: selection, builder + impl, subclasses.
+"""Our TRITON_ATTN inside the real pinned vLLM (upstream.json): selection, builder + impl, subclasses.
 
 Runs on a CPU-only machine (kernels in the Triton interpreter) against the installed,
 patched vLLM. Platform facts vLLM reads from a GPU (capability, gfx name) are
@@ -270,16 +270,16 @@ def test_encoder_self_attention_without_cache(vllm_config):
         None,
         AttentionType.ENCODER_ONLY,
     )
-    q_lens = [7, 19]
     qsl = torch.tensor([0, 7, 26], dtype=torch.int32)
     common = CommonAttentionMetadata(
         query_start_loc=qsl,
         query_start_loc_cpu=qsl,
-        seq_lens=torch.tensor(q_lens).int(),
+        # Without a cache the keys are the queries, whatever seq_lens says.
+        seq_lens=torch.tensor([40, 3]).int(),
         num_reqs=2,
         num_actual_tokens=26,
         max_query_len=19,
-        max_seq_len=19,
+        max_seq_len=40,
         block_table_tensor=torch.zeros(2, 2, dtype=torch.int32),
         slot_mapping=torch.full((26,), -1),
         causal=False,
@@ -428,16 +428,19 @@ config = AttentionSelectorConfig(**{f: False for f in fields} | dict(
     head_size=128, dtype=torch.bfloat16, kv_cache_dtype="auto", block_size=None,
     attn_type="decoder"))
 if sys.argv[1] == "rocm":
+    gfx, major, minor = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     with mock.patch.object(torch.cuda, "get_device_properties",
-                           return_value=types.SimpleNamespace(gcnArchName="gfx942")):
+                           return_value=types.SimpleNamespace(gcnArchName=gfx)):
         from vllm.platforms.rocm import RocmPlatform
     import vllm._aiter_ops as aiter
     with mock.patch.object(RocmPlatform, "get_device_capability",
-                           return_value=DeviceCapability(9, 4)):
+                           return_value=DeviceCapability(major, minor)):
         for found in (False, True):
             with mock.patch.object(aiter, "is_aiter_found_and_supported", return_value=found), \\
                  mock.patch.object(aiter.rocm_aiter_ops, "is_mha_enabled", return_value=found):
                 result[f"aiter={found}"] = RocmPlatform.get_attn_backend_cls(None, config, 32)
+        result["fp8_e5m2"] = RocmPlatform.get_attn_backend_cls(
+            None, config._replace(kv_cache_dtype="fp8_e5m2"), 32)
 else:
     # its compiled ops need libcuda; nothing here calls them
     sys.modules["vllm._C_stable_libtorch"] = types.ModuleType("vllm._C_stable_libtorch")
@@ -455,10 +458,10 @@ print(json.dumps(result))
 """
 
 
-def _select(platform: str) -> dict:
+def _select(*platform: str) -> dict:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
-        [sys.executable, "-c", _SELECT, platform],
+        [sys.executable, "-c", _SELECT, *platform],
         capture_output=True,
         text=True,
         env=env,
@@ -468,8 +471,17 @@ def _select(platform: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_rocm_selects_ours_by_default():
-    for case, path in _select("rocm").items():
+@pytest.mark.parametrize(
+    "gfx, capability", [("gfx942", "9 4"), ("gfx1100", "11 0"), ("gfx1201", "12 0")]
+)
+def test_rocm_selects_ours_by_default(gfx, capability):
+    """First on every arch, also where upstream itself swaps TRITON_ATTN ahead of
+    ROCM_ATTN (gfx1100, gfx1201). An fp8_e5m2 cache, which we decline, goes to
+    ROCM_ATTN, as upstream sends it there."""
+    result = _select("rocm", gfx, *capability.split())
+    assert result.pop("fp8_e5m2") == "vllm.v1.attention.backends.rocm_attn.RocmAttentionBackend"
+    assert set(result) == {"aiter=False", "aiter=True"}
+    for case, path in result.items():
         assert path == OUR_CLASS, case
 
 
@@ -495,3 +507,24 @@ def test_upstream_subclasses_still_import_and_construct(vllm_config):
     )
     assert builder.softmax_segm_output.shape[2] == builder.num_par_softmax_segments
     assert issubclass(triton_attn_diffkv.TritonAttentionDiffKVImpl, TritonAttentionImpl)
+
+    # DASH (Unlimited-OCR2's sparse attention) extends our metadata with its requests.
+    from vllm.model_executor.layers.dash_attention import DASHAttentionMetadataBuilder
+
+    dash = DASHAttentionMetadataBuilder(spec, ["layer.0"], vllm_config, torch.device("cpu"))
+    qsl = torch.tensor([0, 1, 9], dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=qsl,
+        query_start_loc_cpu=qsl,
+        seq_lens=torch.tensor([30, 8], dtype=torch.int32),
+        seq_lens_cpu_upper_bound=torch.tensor([30, 8], dtype=torch.int32),
+        num_reqs=2,
+        num_actual_tokens=9,
+        max_query_len=8,
+        max_seq_len=30,
+        block_table_tensor=torch.zeros(2, 2, dtype=torch.int32),
+        slot_mapping=torch.arange(9),
+    )
+    metadata = dash.build(0, common)
+    assert metadata.requests == ((0, 0, 1, 30), (1, 1, 9, 8))
+    assert metadata.plan is not None and metadata.seq_lens is common.seq_lens

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""The real vLLM 0.33.0 engine with our TRITON_ATTN, on a CPU through the Triton
+"""The real pinned vLLM engine with our TRITON_ATTN, on a CPU through the Triton
 interpreter (the project's development platform), against transformers.
 
 Each test runs vLLM in a fresh subprocess: the platform is chosen once per

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -107,7 +108,7 @@ def test_wrong_version_is_refused(site_packages):
     metadata.write_text(
         metadata.read_text().replace(f"Version: {PIN['version']}", "Version: 0.32.1")
     )
-    with pytest.raises(patchset.PatchSetError, match=r"vLLM 0\.32\.1.*vLLM 0\.33\.0"):
+    with pytest.raises(patchset.PatchSetError, match=rf"vLLM 0\.32\.1.*vLLM {PIN['version']}"):
         patchset.apply(site_packages / "vllm")
     before.pop(next(iter(before)))  # digests cover vllm/ only; METADATA is outside it
     assert tree_digest(site_packages).items() >= before.items()
@@ -240,3 +241,104 @@ def test_apply_revert_leave_nothing_behind(sdist_tree):
     assert (
         os.listdir(sdist_tree / "vllm" / "v1" / "attention" / "ops").count("triton_attention") == 0
     )
+
+
+# The release before the pin: the drift guard is tested on the real pair.
+PREVIOUS = "0.33.0"
+REPLACED = "vllm/v1/attention/backends/triton_attn.py"
+
+
+@pytest.fixture(scope="session")
+def previous_sdist() -> Path:
+    return patchset.fetch_sdist(PREVIOUS)
+
+
+def _pin_recording(tmp_path, monkeypatch, replaced: dict) -> None:
+    """Point the patch tool at a copy of the pin file with another ``replaced``."""
+    pin = dict(PIN, replaced=replaced)
+    pin_file = tmp_path / "upstream.json"
+    pin_file.write_text(json.dumps(pin))
+    monkeypatch.setattr(patchset, "PIN_FILE", pin_file)
+
+
+def test_every_file_we_replace_is_recorded_as_ported_from_the_pin():
+    with patchset._sdist_reader(patchset.fetch("sdist"), PIN["version"]) as read:
+        shipped = {rel for rel in OVERLAY if read(rel) is not None}
+    assert set(PIN["replaced"]) == shipped
+    for record in PIN["replaced"].values():
+        assert record["ported_from"] == PIN["version"]
+
+
+def test_check_refuses_a_port_from_an_older_release(
+    sdist_tree, previous_sdist, tmp_path, monkeypatch
+):
+    """Ours ported from the previous release, checked against the pinned one:
+    the refusal names both releases and the drift command to run."""
+    with patchset._sdist_reader(previous_sdist, PREVIOUS) as read:
+        old_sha = hashlib.sha256(read(REPLACED)).hexdigest()
+    _pin_recording(
+        tmp_path, monkeypatch, {REPLACED: {"ported_from": PREVIOUS, "sha256": old_sha}}
+    )
+    before = tree_digest(sdist_tree)
+    for command in (patchset.check, patchset.apply):
+        with pytest.raises(patchset.PatchSetError) as refusal:
+            command(sdist_tree)
+        message = str(refusal.value)
+        assert f"{REPLACED} in vLLM {PIN['version']}" in message
+        assert f"ported from (vLLM {PREVIOUS}" in message
+        assert f"drift --from {PREVIOUS} --to {PIN['version']}" in message
+    assert tree_digest(sdist_tree) == before
+
+
+def test_check_refuses_the_previous_release_naming_both(previous_sdist, tmp_path):
+    prefix = f"vllm-{PREVIOUS}/"
+    with tarfile.open(previous_sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix + "vllm/")]
+        tar.extractall(tmp_path, [*members, tar.getmember(prefix + "PKG-INFO")], filter="data")
+    with pytest.raises(
+        patchset.PatchSetError, match=rf"vLLM {PREVIOUS}, but .* for vLLM {PIN['version']}"
+    ):
+        patchset.check(tmp_path / prefix)
+
+
+def test_check_refuses_an_upstream_file_at_a_path_we_own(sdist_tree, tmp_path, monkeypatch):
+    _pin_recording(tmp_path, monkeypatch, {})
+    with pytest.raises(patchset.PatchSetError, match=f"ships {REPLACED}.*records no port"):
+        patchset.check(sdist_tree)
+    # and a record of a file we do not replace is stale
+    _pin_recording(
+        tmp_path,
+        monkeypatch,
+        {**PIN["replaced"], "vllm/attention/nothing.py": {"ported_from": "0", "sha256": "0"}},
+    )
+    with pytest.raises(patchset.PatchSetError, match="vllm/attention/nothing.py.*does not have"):
+        patchset.check(sdist_tree)
+
+
+def test_drift_prints_upstreams_changes_between_two_releases(previous_sdist):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "patchset.py"),
+            "drift",
+            "--from",
+            PREVIOUS,
+            "--to",
+            PIN["version"],
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    new_sha = PIN["replaced"][REPLACED]["sha256"]
+    assert f"# replaced {REPLACED}: changed (vLLM {PIN['version']}: sha256 {new_sha})" in out
+    assert f"# patched {ROCM}: changed" in out
+    # upstream's own lines, as the port read them
+    assert f"--- vllm-{PREVIOUS}/{REPLACED}" in out
+    assert "-        self.num_heads_kv = model_config.get_num_kv_heads(" in out
+    assert "+        self.num_heads_kv = kv_cache_spec.num_kv_heads" in out
+    assert "+def on_gfx1201() -> bool:" in out
+    # a release against itself: nothing changed
+    same = patchset.drift(PIN["version"], PIN["version"])
+    assert f"# replaced {REPLACED}: unchanged" in same

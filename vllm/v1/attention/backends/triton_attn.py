@@ -119,8 +119,10 @@ class TritonAttentionMetadata:
     rswa_window: int | None = None
 
     # Encoder self-attention reads K/V straight from the layer inputs, as a
-    # "cache" of one-token blocks: block j of sequence b is token qsl[b] + j.
+    # "cache" of one-token blocks: block j of sequence b is token qsl[b] + j,
+    # and each sequence's keys are its queries (seq_lens may count more).
     encoder_block_table: torch.Tensor | None = None
+    encoder_seq_lens: torch.Tensor | None = None
 
 
 class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMetadata]):
@@ -143,8 +145,10 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.num_heads_q = get_num_attention_heads_from_layers(
             vllm_config, layer_names
         ) or model_config.get_num_attention_heads(parallel_config)
-        self.num_heads_kv = model_config.get_num_kv_heads(parallel_config)
-        self.headdim = model_config.get_head_size()
+        # The cache spec, not the model config: a group's layers may differ from
+        # the model-wide shape.
+        self.num_heads_kv = kv_cache_spec.num_kv_heads
+        self.headdim = kv_cache_spec.head_size
         self.dtype = model_config.dtype  # of the queries: the plan's tiles depend on its width
         self.arch = GpuArch.of_device(device)
         self.features, encoder = _layer_features(vllm_config, layer_names)
@@ -541,11 +545,12 @@ class TritonAttentionImpl(AttentionImpl):
         md = attn_metadata
         num_tokens = md.num_actual_tokens
         if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
-            key_cache, value_cache, block_table = self._encoder_kv(key, value, md)
+            key_cache, value_cache, block_table, seq_lens = self._encoder_kv(key, value, md)
+            max_seq_len = md.max_query_len
             scales = {}
         else:
             key_cache, value_cache = self._cache_views(kv_cache)
-            block_table = md.block_table
+            block_table, seq_lens, max_seq_len = md.block_table, md.seq_lens, md.max_seq_len
             scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale) if self._is_fp8 else {}
         paged_attention(
             query[:num_tokens],
@@ -553,10 +558,10 @@ class TritonAttentionImpl(AttentionImpl):
             value_cache,
             output[:num_tokens],
             query_start_loc=md.query_start_loc,
-            seq_lens=md.seq_lens,
+            seq_lens=seq_lens,
             block_table=block_table,
             max_query_len=md.max_query_len,
-            max_seq_len=md.max_seq_len,
+            max_seq_len=max_seq_len,
             scale=self.scale,
             causal=bool(md.causal) and self.attn_type == AttentionType.DECODER,
             sliding_window=self.window,
@@ -570,8 +575,11 @@ class TritonAttentionImpl(AttentionImpl):
         return output
 
     def _encoder_kv(self, key, value, md):
-        """K/V of encoder self-attention as a cache of one-token blocks."""
+        """K/V of encoder self-attention as a cache of one-token blocks, its
+        block table and its key lengths (the query lengths)."""
         if md.encoder_block_table is None:  # once per batch, shared by its layers
+            qsl = md.query_start_loc
             positions = torch.arange(md.max_query_len, device=key.device, dtype=torch.int32)
-            md.encoder_block_table = md.query_start_loc[:-1, None] + positions[None, :]
-        return key[:, None], value[:, None], md.encoder_block_table
+            md.encoder_block_table = qsl[:-1, None] + positions[None, :]
+            md.encoder_seq_lens = qsl[1:] - qsl[:-1]
+        return key[:, None], value[:, None], md.encoder_block_table, md.encoder_seq_lens
