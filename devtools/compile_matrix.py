@@ -41,7 +41,8 @@ TARGETS = {
     "gfx90a": ("hip", "gfx90a", 64, 104, 65536),
     "gfx942": ("hip", "gfx942", 64, 304, 65536),
     "gfx950": ("hip", "gfx950", 64, 256, 163840),
-    "gfx1100": ("hip", "gfx1100", 32, 48, 65536),
+    "gfx1100": ("hip", "gfx1100", 32, 48, 65536),  # RDNA3 (RX 7900 XTX: 48 WGPs)
+    "gfx1201": ("hip", "gfx1201", 32, 32, 65536),  # RDNA4 (RX 9070 XT: 32 WGPs)
 }
 # Spills here fail the gate (the decode and prefill paths of common head sizes).
 HOT_TARGETS = ("sm_80", "sm_90", "gfx942", "gfx950")

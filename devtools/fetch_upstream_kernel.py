@@ -5,7 +5,7 @@
 Extracts upstream's two kernel files from the pinned wheel (downloaded by the
 patch tool, ``scripts/patchset.py fetch wheel``) into the ignored folder
 ``benchmarks/upstream/`` (never committed) and writes minimal stand-ins for the
-five vLLM modules they import, so they run on a GPU machine without vLLM. Take
+six vLLM modules they import, so they run on a GPU machine without vLLM. Take
 the folder there with the working tree and run the benchmarks with
 ``--upstream``.
 """
@@ -37,10 +37,22 @@ STAND_INS = {
         "class _Platform:\n"
         "    def fp8_dtype(self):\n"
         "        return torch.float8_e4m3fn\n\n"
+        "    def is_rocm(self):\n"
+        "        return torch.version.hip is not None\n\n"
         "    def is_device_capability_family(self, family):\n"
         "        major, minor = torch.cuda.get_device_capability()\n"
         "        return (major * 10 + minor) // 10 == family // 10\n\n\n"
         "current_platform = _Platform()\n"
+    ),
+    # the launcher's RDNA3/RDNA4 launch tables ask for the GPU's gfx name
+    "vllm/platforms/rocm.py": (
+        "import torch\n\n\n"
+        "def _gfx():\n"
+        "    return torch.cuda.get_device_properties(0).gcnArchName.split(':')[0]\n\n\n"
+        "def on_gfx1100():\n"
+        "    return _gfx() == 'gfx1100'\n\n\n"
+        "def on_gfx1201():\n"
+        "    return _gfx() == 'gfx1201'\n"
     ),
     "vllm/triton_utils/__init__.py": "import triton\nimport triton.language as tl\n",
     "vllm/v1/kv_cache_interface.py": (

@@ -26,8 +26,10 @@ any failure (or an interrupted run, found by the next call) restores them.
 Files of ``vllm/`` that upstream also ships replace upstream's whole, so an
 upstream fix to one of them would silently vanish from our build. The pin file
 records, for each, the upstream version ours was last ported from and that
-file's sha256 there (``replaced``); every command that reads a target refuses
-one whose file differs. Bumping the pin is then a deliberate port: ``drift``
+file's sha256 there (``replaced``), and the same for upstream files that ours
+re-implement in part (``followed``, e.g. the CPU worker's set-up that our
+development worker repeats); every command that reads a target refuses one
+whose file differs. Bumping the pin is then a deliberate port: ``drift``
 prints what upstream changed in those files (and in the files ``patches/``
 edit) between two releases, and the port ends by recording the new sha256.
 
@@ -275,10 +277,20 @@ def patch_files(repo: Path = REPO) -> list[Path]:
 
 
 def check_ported(read_original, version: str, repo: Path = REPO) -> None:
-    """Refuse a tree whose upstream files, where ours replace them whole, are
-    not the ones ours were ported from (``replaced`` in the pin file)."""
-    replaced = load_pin().get("replaced", {})
+    """Refuse a tree whose upstream files, where ours replace them whole
+    (``replaced`` in the pin file) or re-implement part of them (``followed``),
+    are not the ones ours were ported from."""
+    pin = load_pin()
+    replaced = pin.get("replaced", {})
     problems = []
+    for rel, record in pin.get("followed", {}).items():
+        if _digest(read_original(rel)) != record["sha256"]:
+            problems.append(
+                f"{rel} in vLLM {version} is not the upstream file {record['by']} follows "
+                f"(vLLM {record['ported_from']}, sha256 {record['sha256'][:12]}): port "
+                f"upstream's changes (scripts/patchset.py drift --from {record['ported_from']} "
+                f"--to {version}), then record the new sha256 in upstream.json"
+            )
     for rel in overlay_files(repo):
         upstream = read_original(rel)
         record = replaced.get(rel)
@@ -668,9 +680,12 @@ def export(out: str | Path) -> str:
 
 
 def changed_upstream_files(repo: Path = REPO) -> dict[str, str]:
-    """Every upstream path our patch set changes, and how: ``replaced`` (ours
-    replaces it whole) or ``patched`` (``patches/`` edit it)."""
-    kinds = {rel: "replaced" for rel in load_pin().get("replaced", {})}
+    """Every upstream path our patch set changes or follows, and how:
+    ``replaced`` (ours replaces it whole), ``followed`` (ours re-implements a
+    part of it) or ``patched`` (``patches/`` edit it)."""
+    pin = load_pin()
+    kinds = {rel: "replaced" for rel in pin.get("replaced", {})}
+    kinds.update({rel: "followed" for rel in pin.get("followed", {})})
     for patch_path in patch_files(repo):
         for file_patch in parse_patch(patch_path.read_text(), patch_path.name):
             kinds.setdefault(file_patch.path, "patched")

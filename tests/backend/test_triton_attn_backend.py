@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Our TRITON_ATTN inside the real pinned vLLM (upstream.json): selection, builder + impl, subclasses.
+"""Our TRITON_ATTN inside the real pinned vLLM: selection, builder + impl, subclasses.
 
 Runs on a CPU-only machine (kernels in the Triton interpreter) against the installed,
 patched vLLM. Platform facts vLLM reads from a GPU (capability, gfx name) are

@@ -2,7 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Portability without a GPU: the hot kernel variants (decode of small and large
 batches, and prefill; head sizes 64 and 128), chosen by the runtime's own plan
-and specialised as Triton's launcher would, compile for all seven NVIDIA and
+and specialised as Triton's launcher would, compile for all eight NVIDIA and
 AMD targets, use the matrix units, fit shared memory/LDS, and do not spill
 registers on sm_80, sm_90, gfx942 and gfx950 (the gate of
 ``python -m devtools.compile_matrix``).

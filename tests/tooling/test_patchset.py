@@ -253,9 +253,9 @@ def previous_sdist() -> Path:
     return patchset.fetch_sdist(PREVIOUS)
 
 
-def _pin_recording(tmp_path, monkeypatch, replaced: dict) -> None:
-    """Point the patch tool at a copy of the pin file with another ``replaced``."""
-    pin = dict(PIN, replaced=replaced)
+def _pin_recording(tmp_path, monkeypatch, replaced: dict, followed: dict | None = None) -> None:
+    """Point the patch tool at a copy of the pin file with other records."""
+    pin = dict(PIN, replaced=replaced, followed=PIN["followed"] if followed is None else followed)
     pin_file = tmp_path / "upstream.json"
     pin_file.write_text(json.dumps(pin))
     monkeypatch.setattr(patchset, "PIN_FILE", pin_file)
@@ -276,9 +276,7 @@ def test_check_refuses_a_port_from_an_older_release(
     the refusal names both releases and the drift command to run."""
     with patchset._sdist_reader(previous_sdist, PREVIOUS) as read:
         old_sha = hashlib.sha256(read(REPLACED)).hexdigest()
-    _pin_recording(
-        tmp_path, monkeypatch, {REPLACED: {"ported_from": PREVIOUS, "sha256": old_sha}}
-    )
+    _pin_recording(tmp_path, monkeypatch, {REPLACED: {"ported_from": PREVIOUS, "sha256": old_sha}})
     before = tree_digest(sdist_tree)
     for command in (patchset.check, patchset.apply):
         with pytest.raises(patchset.PatchSetError) as refusal:
@@ -288,6 +286,16 @@ def test_check_refuses_a_port_from_an_older_release(
         assert f"ported from (vLLM {PREVIOUS}" in message
         assert f"drift --from {PREVIOUS} --to {PIN['version']}" in message
     assert tree_digest(sdist_tree) == before
+
+    # the same for an upstream file ours re-implements in part
+    worker = "vllm/v1/worker/cpu_worker.py"
+    with patchset._sdist_reader(previous_sdist, PREVIOUS) as read:
+        old_worker = {"ported_from": PREVIOUS, "sha256": hashlib.sha256(read(worker)).hexdigest()}
+    _pin_recording(
+        tmp_path, monkeypatch, PIN["replaced"], {worker: {**old_worker, "by": "our worker"}}
+    )
+    with pytest.raises(patchset.PatchSetError, match=f"{worker} in vLLM .* our worker follows"):
+        patchset.check(sdist_tree)
 
 
 def test_check_refuses_the_previous_release_naming_both(previous_sdist, tmp_path):
@@ -339,6 +347,10 @@ def test_drift_prints_upstreams_changes_between_two_releases(previous_sdist):
     assert "-        self.num_heads_kv = model_config.get_num_kv_heads(" in out
     assert "+        self.num_heads_kv = kv_cache_spec.num_kv_heads" in out
     assert "+def on_gfx1201() -> bool:" in out
+    assert "# followed vllm/v1/worker/cpu_worker.py: changed" in out
+    assert (
+        "+        memory_fraction = vllm_config.cache_config.resolved_gpu_memory_utilization" in out
+    )
     # a release against itself: nothing changed
     same = patchset.drift(PIN["version"], PIN["version"])
     assert f"# replaced {REPLACED}: unchanged" in same

@@ -22,7 +22,7 @@ class TritonInterpreterWorker(CPUWorker):
         distributed_init_method: str,
         is_driver_worker: bool = False,
     ):
-        memory_fraction = vllm_config.cache_config.gpu_memory_utilization
+        memory_fraction = vllm_config.cache_config.resolved_gpu_memory_utilization
         self.requested_cpu_memory = math.ceil(psutil.virtual_memory().total * memory_fraction)
         Worker.__init__(
             self,

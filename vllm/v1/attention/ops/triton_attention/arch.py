@@ -65,6 +65,12 @@ class GpuArch:
     def is_rdna(self) -> bool:
         return self.vendor == "hip" and self.name.startswith(("gfx11", "gfx12"))
 
+    @property
+    def is_rdna4(self) -> bool:
+        """RDNA4 (gfx12): WMMA operands no longer replicated across the wave's
+        halves as on RDNA3, so the same tiles take fewer registers."""
+        return self.vendor == "hip" and self.name.startswith("gfx12")
+
     @functools.cached_property  # read per launch
     def programmatic_launch(self) -> bool:
         """Programmatic dependent launch (Hopper+): a kernel may start while the

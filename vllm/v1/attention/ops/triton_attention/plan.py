@@ -375,8 +375,12 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     """(block_m, kv_tile_size, num_warps, num_stages) for the long-query kernel.
 
     The rules keep every target free of register spills for head sizes up to
-    128 under Triton 3.6 and 3.8 (``python -m devtools.compile_matrix``):
-    RDNA's WMMA layouts need small tiles and no pipelining, CDNA 32-key tiles.
+    128 under Triton 3.6, 3.8 and 3.9 (``python -m devtools.compile_matrix``):
+    RDNA3's WMMA layouts need small tiles and no pipelining, CDNA 32-key tiles.
+    RDNA4's WMMA operands take fewer registers: 32-key tiles, as vLLM measured
+    for gfx1201 in its own kernel (vLLM 0.34.0, ``_GFX1201_2D_CONFIGS``), on 8
+    warps above head 64, where its 4-warp tiles spill with a window, ALiBi or
+    fp8 KV here.
     """
     tuned = tuned_table(arch.name).get(long_query_table_key(head_pad))
     if tuned is not None:
@@ -391,6 +395,10 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
         if arch.sm >= 100 and head_pad <= 64:
             return 128, 128, 8, 2  # 64-key tiles spill on sm_100 at head 64
         return 128, 64, 8, 2
+    if arch.is_rdna4:
+        if head_pad <= 64:
+            return 64, 32, 4, 1
+        return (64, 32, 8, 1) if head_pad <= 128 else (32, 32, 8, 1)
     if arch.is_rdna:
         if head_pad <= 64:
             return 64, 32, 4, 1
@@ -410,7 +418,8 @@ def _split_kv_tiles(
     16 rows; 4 warps always (the tuned table refines this). AMD takes 64-key
     tiles at head 64 and 16/32-key tiles above, RDNA 16-key tiles
     unpipelined: each the largest tile that compiles without spills
-    (``python -m devtools.compile_matrix``).
+    (``python -m devtools.compile_matrix``). RDNA4 keeps RDNA3's: two warps,
+    vLLM's gfx1201 choice, spill here at head 256 with 32-row programs.
     """
     tuned = tuned_table(arch.name).get(split_kv_table_key(head_pad, block_m, num_kv_splits))
     if tuned is not None:
