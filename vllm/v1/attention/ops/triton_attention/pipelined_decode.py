@@ -25,7 +25,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .gluon_helpers import cta_barrier
+from .gluon_helpers import async_load, cta_barrier
 from .jit_helpers import LOG2E, split_key_range, store_split_result
 
 
@@ -113,12 +113,12 @@ def _issue_tile_copies(
         + (keys_v % BLOCK_SIZE) * stride_v_slot
         + kv_head * stride_v_head
     )
-    async_copy.async_copy_global_to_shared(
+    async_load(
         k_buffer,
         k_cache_ptr + k_offset[None, :] + dim_kt[:, None],
         mask=(keys_kt < split_hi)[None, :],
     )
-    async_copy.async_copy_global_to_shared(
+    async_load(
         v_buffer,
         v_cache_ptr + v_offset[:, None] + dim_v[None, :],
         mask=(keys_v < split_hi)[:, None],

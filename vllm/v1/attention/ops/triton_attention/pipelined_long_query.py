@@ -45,7 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_wait
 
-from .gluon_helpers import cta_barrier
+from .gluon_helpers import async_load, cta_barrier
 from .jit_helpers import LOG2E, find_q_tile, key_range, tanh
 
 
@@ -370,7 +370,7 @@ def _issue_copy(
         valid &= key >= kv_lo
     valid = valid[:, None]
     rows = (block * stride_block + (row_offset + slot * stride_slot))[:, None] + dims[None, :]
-    async_copy.async_copy_global_to_shared(buffer, cache_ptr + rows, mask=valid)
+    async_load(buffer, cache_ptr + rows, mask=valid)
 
 
 @gluon.jit
