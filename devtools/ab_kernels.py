@@ -49,7 +49,13 @@ from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "vllm/v1/attention/ops/triton_attention"
-MODELS = {"llama": (32, 8, 128), "qwen": (28, 4, 128), "gemma": (16, 8, 256), "d64": (32, 8, 64)}
+MODELS = {
+    "llama": (32, 8, 128),
+    "qwen": (28, 4, 128),
+    "gemma": (16, 8, 256),
+    "d64": (32, 8, 64),
+    "d64mha": (16, 16, 64),
+}
 # preset: (model, batch, q_len, context); mixed cells are 64 decodes on 4k + a 2048 chunk on 8k
 CELLS = {
     "prefill": [("llama", 1, 8192, 8192), ("llama", 4, 4096, 4096), ("llama", 1, 1024, 1024),
@@ -77,6 +83,10 @@ CELLS = {
                                           ("llama", 16, 1), ("qwen", 32, 1), ("llama", 8, 1),
                                           ("qwen", 16, 1))
             for c in (1024, 4096, 16384)],
+    # head-64 decodes the plan leaves unsplit or splits 2-3 ways (the coarse tiles)
+    "coarse64": [("d64", b, 1, c) for b, c in ((64, 4096), (128, 1024), (256, 1024))]
+                + [("d64mha", b, 1, c) for b, c in ((32, 4096), (64, 1024), (128, 1024),
+                                                    (256, 1024), (256, 4096))],
     # 32-row spec-decodes (qwen's 28 heads x 4 tokens) split 5-64 ways, over context
     "spec32": [("qwen", b, 4, c) for b in (1, 4, 8, 16) for c in (1024, 4096, 16384, 65536)],
     # eager timing: batches of 2M+ tokens (where per-implementation allocations once

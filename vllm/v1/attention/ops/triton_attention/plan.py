@@ -377,10 +377,9 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     The rules keep every target free of register spills for head sizes up to
     128 under Triton 3.6, 3.8 and 3.9 (``python -m devtools.compile_matrix``):
     RDNA3's WMMA layouts need small tiles and no pipelining, CDNA 32-key tiles.
-    RDNA4's WMMA operands take fewer registers: 32-key tiles, as vLLM measured
-    for gfx1201 in its own kernel (vLLM 0.34.0, ``_GFX1201_2D_CONFIGS``), on 8
-    warps above head 64, where its 4-warp tiles spill with a window, ALiBi or
-    fp8 KV here.
+    RDNA4's WMMA operands take fewer registers: 32-key tiles, vLLM's gfx1201
+    choice, on 8 warps above head 64, where 4 warps spill with a window or fp8
+    KV (DECISIONS.md: "RDNA4 tiles").
     """
     tuned = tuned_table(arch.name).get(long_query_table_key(head_pad))
     if tuned is not None:
@@ -418,8 +417,9 @@ def _split_kv_tiles(
     16 rows; 4 warps always (the tuned table refines this). AMD takes 64-key
     tiles at head 64 and 16/32-key tiles above, RDNA 16-key tiles
     unpipelined: each the largest tile that compiles without spills
-    (``python -m devtools.compile_matrix``). RDNA4 keeps RDNA3's: two warps,
-    vLLM's gfx1201 choice, spill here at head 256 with 32-row programs.
+    (``python -m devtools.compile_matrix``). RDNA4 keeps RDNA3's rule: two
+    warps, vLLM's gfx1201 choice, spill at head 256 with 32-row programs
+    (DECISIONS.md: "RDNA4 tiles").
     """
     tuned = tuned_table(arch.name).get(split_kv_table_key(head_pad, block_m, num_kv_splits))
     if tuned is not None:

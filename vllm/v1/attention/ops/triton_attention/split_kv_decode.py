@@ -128,7 +128,10 @@ def split_kv_decode_kernel(
     split_lo, split_hi = split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS, TILE_N)
 
     # The sink joins the softmax once, through the first split.
-    m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid & (split == 0), HAS_SINKS, BLOCK_M)
+    # The sink counts once per row: in its first split. (A where, not `&` with the
+    # scalar: Triton 3.9's interpreter rejects that mask.)
+    first_split_rows = tl.where(split == 0, row_valid, False)
+    m_i, l_i = init_softmax_state(sinks_ptr, head, first_split_rows, HAS_SINKS, BLOCK_M)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
     alibi_slope = 0.0
