@@ -694,7 +694,7 @@ def changed_upstream_files(repo: Path = REPO) -> dict[str, str]:
 
 def drift(old: str, new: str | None = None, repo: Path = REPO) -> str:
     """Upstream's own unified diff, from release ``old`` to ``new`` (the pinned
-    one by default), of every file our patch set replaces or patches."""
+    one by default), of every file our patch set replaces, follows or patches."""
     new = new or load_pin()["version"]
     with (
         _sdist_reader(fetch_sdist(old), old) as read_old,
