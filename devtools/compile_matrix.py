@@ -52,7 +52,7 @@ PHASES = {"decode": 1, "specdecode": 4, "prefill": 512, "decode_batch": 1}  # qu
 # tiles such launches differently; on sm_90 they take pipelined_decode.py).
 NUM_SEQS = {"decode_batch": 256}
 # Each switch that changes the kernels' constexprs, alone, and all together.
-FEATURES = ("non_causal", "sliding_window", "softcap", "alibi", "sinks", "all")
+FEATURES = ("non_causal", "per_seq_causal", "sliding_window", "softcap", "alibi", "sinks", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,9 @@ def _launches(variant: Variant, target: str):
         seq_lens=torch.full((num_seqs,), q_len, dtype=torch.int32),
         block_table=torch.zeros(num_seqs, 4, dtype=torch.int32),
         scale=0.1,
-        causal=variant.features != "non_causal",
+        causal=torch.ones(num_seqs, dtype=torch.int32)
+        if on("per_seq_causal")
+        else variant.features != "non_causal",
         sliding_window=64 if on("sliding_window") else None,
         logits_soft_cap=30.0 if on("softcap") else None,
         alibi_slopes=torch.empty(num_q_heads) if on("alibi") else None,

@@ -93,8 +93,11 @@ class Layer(torch.nn.Module):
         self._k_scale_float = self._v_scale_float = self._q_scale_float = 1.0
 
 
-def run_step(builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_tokens=0):
-    """One model step the way vLLM drives a layer: metadata, cache write, forward."""
+def run_step(
+    builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_tokens=0, causal=True
+):
+    """One model step the way vLLM drives a layer: metadata, cache write, forward.
+    ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor)."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -122,6 +125,9 @@ def run_step(builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_to
         max_seq_len=max(seq_lens),
         block_table_tensor=block_table,
         slot_mapping=slot_mapping,
+        causal=causal
+        if isinstance(causal, bool)
+        else torch.tensor(causal + [1] * padded_reqs, dtype=torch.int32),
     )
     metadata = builder.build(0, common)
 
@@ -144,7 +150,7 @@ def run_step(builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_to
         scale=impl.scale,
         sliding_window=impl.window,
         sinks=impl.sinks,
-        causal=True,
+        causal=common.causal,
     )
     torch.testing.assert_close(
         output[:num_tokens], expected[:num_tokens], **TOLERANCES[torch.float32]
@@ -255,6 +261,36 @@ def test_full_graphs_of_mixed_batches_use_long_query(vllm_config):
     assert md.plan.kernel == "long_query"
     assert CUDAGraphMode.FULL.mixed_mode() == CUDAGraphMode.FULL
     assert CUDAGraphMode.FULL_AND_PIECEWISE.mixed_mode() != CUDAGraphMode.FULL
+
+
+def test_per_request_causal_flags(vllm_config):
+    """DFlash-style drafters send a causal flag per request (vLLM's int32
+    tensor): a non-causal request sees every key below its length, with a
+    two-sided window. Decodes and chunks, so both kernels read the flags."""
+    builder = make_builder(vllm_config)
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 24, "auto")
+    cache = packed_cache()
+    for q_lens, seq_lens, flags in (
+        ([4, 4, 4], [20, 61, 4], [0, 1, 0]),  # spec-decode verification shapes
+        ([1, 3, 40, 17], [9, 50, 90, 17], [1, 0, 0, 1]),  # decodes, then chunks
+    ):
+        md = run_step(builder, impl, cache, q_lens, seq_lens, padded_reqs=1, causal=flags)
+        assert md.causal.tolist() == flags + [1]
+    qsl = torch.tensor([0, 1], dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=qsl,
+        query_start_loc_cpu=qsl,
+        seq_lens=torch.tensor([5], dtype=torch.int32),
+        num_reqs=1,
+        num_actual_tokens=1,
+        max_query_len=1,
+        max_seq_len=5,
+        block_table_tensor=torch.zeros(1, 1, dtype=torch.int32),
+        slot_mapping=torch.zeros(1, dtype=torch.int64),
+        causal=torch.tensor([True]),
+    )
+    with pytest.raises(ValueError, match="causal flags must be an int32 tensor, got torch.bool"):
+        builder.build(0, common)
 
 
 def test_encoder_self_attention_without_cache(vllm_config):

@@ -35,7 +35,10 @@ def batches(draw):
     q_lens = [draw(st.integers(0, 3 if decode else 40)) for _ in range(num_seqs)]
     seq_lens = [q + draw(st.integers(0, 90)) if q else 0 for q in q_lens]
     features = dict(
-        causal=draw(st.booleans()),
+        # one flag for the call, or one per sequence
+        causal=draw(
+            st.one_of(st.booleans(), st.lists(st.booleans(), min_size=num_seqs, max_size=num_seqs))
+        ),
         sliding_window=draw(st.sampled_from([None, None, 1, 7, 40])),
         logits_soft_cap=draw(st.sampled_from([None, None, 5.0])),
         alibi=draw(st.booleans()),
@@ -76,8 +79,11 @@ def check_against_reference(case):
         generator=torch.Generator().manual_seed(shape["seed"]),
     )
     gen = torch.Generator().manual_seed(shape["seed"] + 1)
+    causal = features["causal"]
+    if isinstance(causal, list):
+        causal = torch.tensor(causal, dtype=torch.int32, device=device)
     extra = dict(
-        causal=features["causal"],
+        causal=causal,
         sliding_window=features["sliding_window"],
         logits_soft_cap=features["logits_soft_cap"],
         alibi_slopes=torch.rand(num_q_heads, generator=gen).to(device)

@@ -52,6 +52,9 @@ FEATURES = {
     "non_causal": dict(causal=False),
     "sliding_window": dict(sliding_window=19),
     "non_causal_window": dict(causal=False, sliding_window=19),
+    # a causal flag per sequence: every other one bidirectional
+    "per_seq_causal": dict(causal="per_seq"),
+    "per_seq_causal_window": dict(causal="per_seq", sliding_window=19),
     "softcap": dict(logits_soft_cap=4.0),
     "alibi": dict(alibi_slopes=True),
     "sinks": dict(sinks=True),
@@ -83,6 +86,8 @@ def _cpu_cases() -> list[Case]:
     cases = [Case(pattern) for pattern in QUERY_PATTERNS]
     cases += [Case("mixed", feature) for feature in FEATURES if feature != "plain"]
     cases += [Case("decode", feature) for feature in FEATURES if feature != "plain"]
+    # non-causal sequences of many tokens: on the long-query and the split-KV kernel
+    cases += [Case(p, "per_seq_causal_window") for p in ("chunked_prefill", "specdecode4")]
     cases += [Case(p, dtype=torch.float32) for p in ("decode", "prefill", "mixed")]
     cases += [Case("mixed", head_size=d) for d in (32, 80, 128, 256)]
     cases += [Case("decode", head_size=d) for d in (80, 256)]
@@ -129,9 +134,11 @@ def _gpu_cases() -> list[Case]:
 CASES = _gpu_cases() if HAS_GPU else _cpu_cases()
 
 
-def _feature_args(feature: str, num_q_heads: int, device) -> dict:
+def _feature_args(feature: str, num_q_heads: int, device, num_seqs: int = 0) -> dict:
     args = dict(FEATURES[feature])
     gen = torch.Generator().manual_seed(1)
+    if args.get("causal") == "per_seq":
+        args["causal"] = (torch.arange(num_seqs, dtype=torch.int32) % 2).to(device)
     if args.get("alibi_slopes"):
         slopes = 2.0 ** (-8.0 * torch.arange(1, num_q_heads + 1) / num_q_heads)
         args["alibi_slopes"] = slopes.to(device=device, dtype=torch.float32)
@@ -143,7 +150,7 @@ def _feature_args(feature: str, num_q_heads: int, device) -> dict:
 def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False):
     q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
     num_q_heads = case.num_kv_heads * case.queries_per_kv
-    features = _feature_args(case.feature, num_q_heads, device)
+    features = _feature_args(case.feature, num_q_heads, device, len(q_lens))
     batch = make_batch(
         q_lens,
         seq_lens,
@@ -216,6 +223,42 @@ def test_mixed_batch_plan_matches_reference(case: Case, device):
     out, expected = run_case(case, device, mixed_plan=True)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
+
+
+@pytest.mark.parametrize("flags", ["call", "per_seq"])
+def test_non_causal_window_is_two_sided(device, flags):
+    """Without causality a window of W keys reaches both ways: position p sees
+    keys p-W+1 .. p+W-1. Equal scores and one-hot values make each output row
+    the uniform average of exactly the keys it sees. The first sequence is
+    non-causal; with per-sequence flags the second one is causal."""
+    seq_len, window, head = 20, 3, 32
+    v_cache = torch.zeros(2, 16, 1, head)
+    v_cache.view(32, head)[torch.arange(seq_len), torch.arange(seq_len)] = 1.0
+    causal = False if flags == "call" else torch.tensor([0, 1], dtype=torch.int32, device=device)
+    num_seqs = 1 if flags == "call" else 2
+    q = torch.zeros(num_seqs * seq_len, 1, head, device=device)
+    out = torch.empty_like(q)
+    paged_attention(
+        q,
+        torch.zeros_like(v_cache).to(device),
+        v_cache.to(device),
+        out,
+        query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32, device=device) * seq_len,
+        seq_lens=torch.full((num_seqs,), seq_len, dtype=torch.int32, device=device),
+        block_table=torch.tensor([[0, 1]] * num_seqs, dtype=torch.int32, device=device),
+        max_query_len=seq_len,
+        max_seq_len=seq_len,
+        scale=1.0,
+        causal=causal,
+        sliding_window=window,
+    )
+    for seq in range(num_seqs):
+        for p in range(seq_len):
+            seen = out[seq * seq_len + p, 0, :seq_len].cpu() > 0
+            last = p if seq == 1 else min(p + window - 1, seq_len - 1)
+            expected = torch.zeros(seq_len, dtype=torch.bool)
+            expected[max(p - window + 1, 0) : last + 1] = True
+            assert torch.equal(seen, expected), (seq, p, seen.nonzero().flatten().tolist())
 
 
 @pytest.mark.parametrize("num_q_heads,num_kv_heads,head_size", [(8, 2, 64), (14, 2, 80)])

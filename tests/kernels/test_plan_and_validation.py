@@ -60,6 +60,8 @@ def plan_d64(**overrides):
 def test_kernel_choice_by_query_length():
     assert plan(max_query_len=1).kernel == SPLIT_KV_DECODE_PIPELINED  # 8 splits on sm_90
     assert plan(max_query_len=1, features=PORTABLE_ONLY).kernel == SPLIT_KV_DECODE
+    per_seq_causal = AttentionFeatures(per_seq_causal=True)
+    assert plan(max_query_len=1, features=per_seq_causal).kernel == SPLIT_KV_DECODE
     assert plan(max_query_len=8, num_tokens=64, features=PORTABLE_ONLY).kernel == SPLIT_KV_DECODE
     assert plan(max_query_len=9, num_tokens=72).kernel == LONG_QUERY_PIPELINED
     assert plan(max_query_len=9, num_tokens=72, features=PORTABLE_ONLY).kernel == LONG_QUERY
@@ -362,8 +364,8 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     ):
         assert plan(**prefill, arch=arch).kernel == LONG_QUERY
     # It covers sliding window and softcap (Gemma-2's layers); ALiBi, sinks,
-    # block sizes that are not powers of two and K and V caches of different
-    # strides take the portable kernel.
+    # per-sequence causal flags, block sizes that are not powers of two and K
+    # and V caches of different strides take the portable kernel.
     covered = [
         AttentionFeatures(sliding_window=True),
         AttentionFeatures(softcap=True),
@@ -374,6 +376,7 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     for facts in (
         dict(features=AttentionFeatures(alibi=True)),
         dict(features=AttentionFeatures(sinks=True)),
+        dict(features=AttentionFeatures(per_seq_causal=True)),
         dict(layout=TensorLayout(block_size=24)),
         dict(layout=TensorLayout(kv_same_strides=False)),
     ):

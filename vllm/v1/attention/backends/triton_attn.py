@@ -187,9 +187,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
                     long_len if mixed else decode_len,
                     seqs,
                     seqs * decode_len,
+                    per_seq_causal=per_seq_causal,
                 )
                 for seqs in range(1, max_num_seqs + 1)
                 for mixed in (0, 1)
+                for per_seq_causal in (False, True)  # batches may carry per-request flags
             ],
             device,
         )
@@ -212,9 +214,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         max_query_len: int,
         num_decodes: int,
         num_decode_tokens: int,
+        per_seq_causal: bool = False,
     ) -> AttentionPlan | MixedBatchPlan:
         """The plan of a batch whose first ``num_decodes`` sequences are decodes
-        (host facts only, see the module docstring)."""
+        (host facts only, see the module docstring); ``per_seq_causal``: the
+        batch carries a causal flag per request."""
         return plan_batch(
             num_tokens=num_tokens,
             num_seqs=num_seqs,
@@ -227,7 +231,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             head_size=self.headdim,
             arch=self.arch,
             dtype=self.dtype,
-            features=self.features,
+            features=self.features._replace(per_seq_causal=per_seq_causal),
             layout=self.layout,
             long_query_only=self.mixed_batches_in_full_graphs,
         )
@@ -248,9 +252,13 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         fast_build: bool = False,
     ) -> TritonAttentionMetadata:
         md = common_attn_metadata
-        if isinstance(md.causal, torch.Tensor):
-            raise NotImplementedError(
-                "TRITON_ATTN: per-request causal flags (a tensor) are not supported"
+        per_seq_causal = isinstance(md.causal, torch.Tensor)
+        if per_seq_causal and md.causal.dtype != torch.int32:
+            # Converting here would make a new tensor per batch, which a
+            # captured graph would not see.
+            raise ValueError(
+                f"TRITON_ATTN: per-request causal flags must be an int32 tensor, got "
+                f"{md.causal.dtype}"
             )
         if md.mm_req_doc_ranges is not None:
             raise NotImplementedError("TRITON_ATTN: multimodal prefix ranges are not supported")
@@ -260,7 +268,12 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             md, decode_threshold=self.max_decode_query_len
         )
         plan = self.plan_for(
-            md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes, num_decode_tokens
+            md.num_actual_tokens,
+            md.num_reqs,
+            md.max_query_len,
+            num_decodes,
+            num_decode_tokens,
+            per_seq_causal=per_seq_causal,
         )
         return TritonAttentionMetadata(
             num_actual_tokens=md.num_actual_tokens,
@@ -563,7 +576,8 @@ class TritonAttentionImpl(AttentionImpl):
             max_query_len=md.max_query_len,
             max_seq_len=max_seq_len,
             scale=self.scale,
-            causal=bool(md.causal) and self.attn_type == AttentionType.DECODER,
+            # per-request flags (a tensor) or one for the batch; encoders see everything
+            causal=md.causal if self.attn_type == AttentionType.DECODER else False,
             sliding_window=self.window,
             logits_soft_cap=self.soft_cap,
             alibi_slopes=self.alibi_slopes,

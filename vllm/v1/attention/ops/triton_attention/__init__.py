@@ -17,7 +17,8 @@ Shapes and semantics (vLLM's conventions):
   ``block_table[b, j // block_size]``, slot ``j % block_size``. fp16, bf16,
   fp32, or fp8 (e4m3fn / e4m3fnuz) with per-tensor ``k_scale``/``v_scale``.
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
-  to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``).
+  to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
+  the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).
 * scores: ``scale * q.k``, then ``c * tanh(s / c)`` for softcap ``c``, then
   ``+ alibi_slopes[h] * (j - p)``, then masks; ``sinks[h]`` is one more
   logit in the softmax denominator with no value.

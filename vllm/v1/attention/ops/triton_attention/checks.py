@@ -38,7 +38,7 @@ class AttentionCall(NamedTuple):
     seq_lens: torch.Tensor
     block_table: torch.Tensor
     scale: float
-    causal: bool = True
+    causal: bool | torch.Tensor = True  # or a [num_seqs] int32 flag per sequence
     sliding_window: int | None = None
     logits_soft_cap: float | None = None
     alibi_slopes: torch.Tensor | None = None
@@ -56,6 +56,7 @@ class AttentionCall(NamedTuple):
             softcap=self.logits_soft_cap is not None,
             alibi=self.alibi_slopes is not None,
             sinks=self.sinks is not None,
+            per_seq_causal=isinstance(self.causal, torch.Tensor),
         )
 
     def layout(self, strides=None) -> TensorLayout:
@@ -104,7 +105,7 @@ def check_paged_attention_inputs(
 ) -> None:
     """Raise a clear error for anything the kernels (or ``plan``) cannot run."""
     fn = "paged_attention"
-    (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, _, sliding_window,
+    (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
      logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
@@ -143,6 +144,12 @@ def check_paged_attention_inputs(
         fail(TypeError, fn, "block_table.dtype", "int32 or int64", block_table.dtype)
     if block_table.stride(1) != 1:
         fail(ValueError, fn, "block_table.stride(1)", "1", block_table.stride(1))
+    if isinstance(causal, torch.Tensor) and (
+        causal.dim() != 1 or causal.shape[0] < num_seqs or causal.dtype != torch.int32
+    ):
+        got = f"{causal.dtype} of shape {tuple(causal.shape)}"
+        expected = f"a bool or a 1-D int32 tensor of at least {num_seqs} flags"
+        fail(ValueError, fn, "causal", expected, got)
     device = q.device
     for name, tensor in (
         ("k_cache", k_cache),
@@ -151,6 +158,7 @@ def check_paged_attention_inputs(
         ("query_start_loc", query_start_loc),
         ("seq_lens", seq_lens),
         ("block_table", block_table),
+        ("causal", causal if isinstance(causal, torch.Tensor) else seq_lens),
     ):
         if tensor.device != device:
             fail(ValueError, fn, f"{name}.device", f"q.device ({device})", tensor.device)

@@ -25,14 +25,19 @@ def key_range(
     sliding_window,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    seq_causal=None,
 ):
     """Keys a Q tile of query positions ``first_pos`` to ``last_pos`` can need,
     ``[kv_lo, kv_hi)``, and the keys every one of its rows sees, ``[full_lo,
-    full_hi)`` (not rounded to key tiles). Layout-free, so that Gluon kernels
+    full_hi)`` (not rounded to key tiles). ``seq_causal``: the sequence's own
+    flag, which then replaces ``IS_CAUSAL``. Layout-free, so that Gluon kernels
     can call it too."""
     kv_lo = 0
     full_lo = 0
-    if IS_CAUSAL:
+    if seq_causal is not None:
+        kv_hi = tl.where(seq_causal, last_pos + 1, seq_len)
+        full_hi = tl.where(seq_causal, first_pos + 1, seq_len)
+    elif IS_CAUSAL:
         kv_hi = last_pos + 1
         full_hi = first_pos + 1
     else:
@@ -41,7 +46,10 @@ def key_range(
     if HAS_SLIDING_WINDOW:
         kv_lo = tl.maximum(first_pos - sliding_window + 1, 0)
         full_lo = tl.maximum(last_pos - sliding_window + 1, 0)
-        if not IS_CAUSAL:
+        if seq_causal is not None:  # a two-sided window for a non-causal sequence
+            kv_hi = tl.where(seq_causal, kv_hi, tl.minimum(last_pos + sliding_window, seq_len))
+            full_hi = tl.where(seq_causal, full_hi, tl.minimum(first_pos + sliding_window, seq_len))
+        elif not IS_CAUSAL:
             kv_hi = tl.minimum(last_pos + sliding_window, seq_len)
             full_hi = tl.minimum(first_pos + sliding_window, seq_len)
     return kv_lo, kv_hi, full_lo, full_hi
@@ -201,15 +209,23 @@ def visible_mask(
     sliding_window,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    seq_causal=None,
 ):
-    """[M, N]: may query position ``query_pos[i]`` see key ``key_idx[j]``?"""
+    """[M, N]: may query position ``query_pos[i]`` see key ``key_idx[j]``?
+    ``seq_causal``: the sequence's own flag, which then replaces ``IS_CAUSAL``."""
     offset = key_idx[None, :] - query_pos[:, None]
     visible = key_idx[None, :] < seq_len
-    if IS_CAUSAL:
+    if seq_causal is not None:
+        if HAS_SLIDING_WINDOW:  # two-sided where the sequence is not causal
+            ahead = offset < sliding_window
+        else:
+            ahead = offset == offset
+        visible &= tl.where(seq_causal, offset <= 0, ahead)
+    elif IS_CAUSAL:
         visible &= offset <= 0
     if HAS_SLIDING_WINDOW:
         visible &= offset > -sliding_window
-        if not IS_CAUSAL:
+        if seq_causal is None and not IS_CAUSAL:
             visible &= offset < sliding_window
     return visible
 
@@ -302,6 +318,7 @@ def attend_key_tiles(
     HAS_ALIBI: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
+    seq_causal=None,
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
@@ -371,6 +388,7 @@ def attend_key_tiles(
                 seq_len,
                 sliding_window,
                 IS_CAUSAL=IS_CAUSAL,
+                seq_causal=seq_causal,
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             )
             s = tl.where(visible, s, float("-inf"))

@@ -175,12 +175,14 @@ def _paged_tensor_args(call: AttentionCall, strides: CallStrides) -> dict:
 def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPlan) -> dict:
     """Arguments the portable kernels (split-KV and long-query) share."""
     kv_is_fp8 = call.kv_is_fp8
+    per_seq_causal = isinstance(call.causal, torch.Tensor)
     args = _paged_tensor_args(call, strides)
     args.update(
         alibi_slopes_ptr=call.alibi_slopes,
         sinks_ptr=call.sinks,
         k_scale_ptr=call.k_scale if kv_is_fp8 else None,
         v_scale_ptr=call.v_scale if kv_is_fp8 else None,
+        causal_ptr=call.causal if per_seq_causal else None,
         scale=call.scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
         sliding_window=call.sliding_window if call.sliding_window is not None else 0,
@@ -194,7 +196,8 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         BLOCK_SIZE=call.k_cache.shape[1],
         BLOCK_M=plan.block_m,
         TILE_N=plan.kv_tile_size,
-        IS_CAUSAL=call.causal,
+        IS_CAUSAL=per_seq_causal or call.causal,
+        PER_SEQ_CAUSAL=per_seq_causal,
         HAS_SLIDING_WINDOW=call.sliding_window is not None,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
         HAS_ALIBI=call.alibi_slopes is not None,
@@ -400,7 +403,7 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
-    causal: bool = True,
+    causal: bool | torch.Tensor = True,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
@@ -476,18 +479,21 @@ def _mixed_batch_attention(
     leaves idle instead of waiting for it.
     """
     decodes, decode_tokens = plan.num_decodes, plan.num_decode_tokens
+    per_seq_causal = isinstance(call.causal, torch.Tensor)
     decode = call._replace(
         q=call.q[:decode_tokens],
         out=call.out[:decode_tokens],
         query_start_loc=call.query_start_loc[: decodes + 1],
         seq_lens=call.seq_lens[:decodes],
         block_table=call.block_table[:decodes],
+        causal=call.causal[:decodes] if per_seq_causal else call.causal,
     )
     # Full q and out: the long queries' offsets in query_start_loc are absolute.
     prefill = call._replace(
         query_start_loc=call.query_start_loc[decodes:],
         seq_lens=call.seq_lens[decodes:],
         block_table=call.block_table[decodes:],
+        causal=call.causal[decodes:] if per_seq_causal else call.causal,
     )
     check_paged_attention_inputs(decode, plan.max_decode_query_len, plan.decode, plan.arch)
     check_paged_attention_inputs(prefill, max_query_len, plan.prefill, plan.arch)

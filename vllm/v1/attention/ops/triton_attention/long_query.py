@@ -40,6 +40,7 @@ def long_query_attention_kernel(
     sinks_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -69,6 +70,7 @@ def long_query_attention_kernel(
     BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
+    PER_SEQ_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
@@ -85,6 +87,9 @@ def long_query_attention_kernel(
         return
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len  # the query tokens are the last q_len positions
+    seq_causal = None  # IS_CAUSAL holds for every sequence
+    if PER_SEQ_CAUSAL:
+        seq_causal = tl.load(causal_ptr + seq) != 0
 
     token, head, row_valid = query_rows(first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV)
     query_pos = context_len + token
@@ -110,7 +115,7 @@ def long_query_attention_kernel(
     first_pos = context_len + first_token
     last_pos = context_len + tl.minimum(first_token + BLOCK_Q, q_len) - 1
     kv_lo, kv_hi, full_lo, full_hi = key_range(
-        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW
+        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW, seq_causal
     )
     full_lo = tl.cdiv(full_lo, TILE_N) * TILE_N
     full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
@@ -150,6 +155,7 @@ def long_query_attention_kernel(
             BLOCK_SIZE=BLOCK_SIZE,
             TILE_N=TILE_N,
             IS_CAUSAL=IS_CAUSAL,
+            seq_causal=seq_causal,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             HAS_SOFTCAP=HAS_SOFTCAP,
             HAS_ALIBI=HAS_ALIBI,
@@ -190,6 +196,7 @@ def long_query_attention_kernel(
         BLOCK_SIZE=BLOCK_SIZE,
         TILE_N=TILE_N,
         IS_CAUSAL=IS_CAUSAL,
+        seq_causal=seq_causal,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
         HAS_ALIBI=HAS_ALIBI,
@@ -230,6 +237,7 @@ def long_query_attention_kernel(
         BLOCK_SIZE=BLOCK_SIZE,
         TILE_N=TILE_N,
         IS_CAUSAL=IS_CAUSAL,
+        seq_causal=seq_causal,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
         HAS_ALIBI=HAS_ALIBI,

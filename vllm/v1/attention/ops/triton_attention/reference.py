@@ -25,7 +25,7 @@ def _visible_keys(
         visible &= offset <= 0
     if sliding_window is not None:
         visible &= offset > -sliding_window  # keys p-W+1 .. p
-        if not causal:  # encoder layers: a symmetric window
+        if not causal:  # non-causal (encoder layers, some drafters): a symmetric window
             visible &= offset < sliding_window
     return visible
 
@@ -42,7 +42,7 @@ def reference_paged_attention(
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
     scale: float,
-    causal: bool = True,
+    causal: bool | torch.Tensor = True,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
@@ -66,6 +66,7 @@ def reference_paged_attention(
     v_factor = 1.0 if v_scale is None else float(v_scale)
 
     starts = query_start_loc.tolist()
+    per_seq_causal = causal.tolist() if isinstance(causal, torch.Tensor) else None
     for seq, seq_len in enumerate(seq_lens.tolist()):
         q_start, q_end = starts[seq], starts[seq + 1]
         q_len = q_end - q_start
@@ -89,7 +90,8 @@ def reference_paged_attention(
         if alibi_slopes is not None:
             distance = (key_idx[None, :] - query_pos[:, None]).to(compute_dtype)
             scores = scores + alibi_slopes.to(compute_dtype)[:, None, None] * distance
-        visible = _visible_keys(query_pos, seq_len, causal, sliding_window)
+        seq_causal = causal if per_seq_causal is None else bool(per_seq_causal[seq])
+        visible = _visible_keys(query_pos, seq_len, seq_causal, sliding_window)
         scores = scores.masked_fill(~visible, float("-inf"))
         # Keys no query sees (outside every window) may be stale or NaN: drop them.
         values = values.masked_fill(~visible.any(0)[:, None, None], 0.0)

@@ -46,6 +46,7 @@ def split_kv_decode_kernel(
     sinks_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     # strides
     stride_q_token,
     stride_q_head,
@@ -77,6 +78,7 @@ def split_kv_decode_kernel(
     TILE_N: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
+    PER_SEQ_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
@@ -105,6 +107,9 @@ def split_kv_decode_kernel(
         return
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
+    seq_causal = None  # IS_CAUSAL holds for every sequence
+    if PER_SEQ_CAUSAL:
+        seq_causal = tl.load(causal_ptr + seq) != 0
 
     # Every query token of the sequence (at most BLOCK_M // QUERIES_PER_KV,
     # guaranteed by the plan) times every query head of this KV head.
@@ -127,9 +132,8 @@ def split_kv_decode_kernel(
         kv_lo = tl.maximum(context_len - sliding_window + 1, 0)
     split_lo, split_hi = split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS, TILE_N)
 
-    # The sink joins the softmax once, through the first split.
-    # The sink counts once per row: in its first split. (A where, not `&` with the
-    # scalar: Triton 3.9's interpreter rejects that mask.)
+    # The sink joins the softmax once per row, through the first split. (A
+    # where, not `&` with the scalar: Triton 3.9's interpreter rejects that mask.)
     first_split_rows = tl.where(split == 0, row_valid, False)
     m_i, l_i = init_softmax_state(sinks_ptr, head, first_split_rows, HAS_SINKS, BLOCK_M)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
@@ -172,6 +176,7 @@ def split_kv_decode_kernel(
         TILE_N=TILE_N,
         MASKED=True,
         IS_CAUSAL=IS_CAUSAL,
+        seq_causal=seq_causal,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
         HAS_ALIBI=HAS_ALIBI,
