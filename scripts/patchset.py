@@ -291,7 +291,8 @@ def check_ported(read_original, version: str, repo: Path = REPO) -> None:
                 f"upstream's changes (scripts/patchset.py drift --from {record['ported_from']} "
                 f"--to {version}), then record the new sha256 in upstream.json"
             )
-    for rel in overlay_files(repo):
+    ours = overlay_files(repo)
+    for rel in ours:
         upstream = read_original(rel)
         record = replaced.get(rel)
         if record is None:
@@ -315,7 +316,7 @@ def check_ported(read_original, version: str, repo: Path = REPO) -> None:
                 f"port upstream's changes (scripts/patchset.py drift --from {ported_from} "
                 f"--to {version}), then record the new sha256 in upstream.json"
             )
-    for rel in sorted(set(replaced) - set(overlay_files(repo))):
+    for rel in sorted(set(replaced) - set(ours)):
         problems.append(f"upstream.json records a port of {rel}, which vllm/ does not have")
     if problems:
         raise PatchSetError("upstream drift:\n  " + "\n  ".join(problems))

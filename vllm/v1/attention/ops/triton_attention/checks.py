@@ -144,7 +144,8 @@ def check_paged_attention_inputs(
         fail(TypeError, fn, "block_table.dtype", "int32 or int64", block_table.dtype)
     if block_table.stride(1) != 1:
         fail(ValueError, fn, "block_table.stride(1)", "1", block_table.stride(1))
-    if isinstance(causal, torch.Tensor) and (
+    per_seq_causal = isinstance(causal, torch.Tensor)
+    if per_seq_causal and (
         causal.dim() != 1 or causal.shape[0] < num_seqs or causal.dtype != torch.int32
     ):
         got = f"{causal.dtype} of shape {tuple(causal.shape)}"
@@ -158,7 +159,7 @@ def check_paged_attention_inputs(
         ("query_start_loc", query_start_loc),
         ("seq_lens", seq_lens),
         ("block_table", block_table),
-        ("causal", causal if isinstance(causal, torch.Tensor) else seq_lens),
+        *((("causal", causal),) if per_seq_causal else ()),
     ):
         if tensor.device != device:
             fail(ValueError, fn, f"{name}.device", f"q.device ({device})", tensor.device)

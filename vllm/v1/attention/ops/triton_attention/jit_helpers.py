@@ -216,16 +216,14 @@ def visible_mask(
     offset = key_idx[None, :] - query_pos[:, None]
     visible = key_idx[None, :] < seq_len
     if seq_causal is not None:
-        if HAS_SLIDING_WINDOW:  # two-sided where the sequence is not causal
-            ahead = offset < sliding_window
-        else:
-            ahead = offset == offset
-        visible &= tl.where(seq_causal, offset <= 0, ahead)
+        visible &= tl.where(seq_causal, offset <= 0, True)
     elif IS_CAUSAL:
         visible &= offset <= 0
     if HAS_SLIDING_WINDOW:
         visible &= offset > -sliding_window
-        if seq_causal is None and not IS_CAUSAL:
+        if seq_causal is not None:  # a two-sided window for a non-causal sequence
+            visible &= tl.where(seq_causal, True, offset < sliding_window)
+        elif not IS_CAUSAL:
             visible &= offset < sliding_window
     return visible
 

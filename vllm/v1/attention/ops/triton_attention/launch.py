@@ -196,7 +196,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         BLOCK_SIZE=call.k_cache.shape[1],
         BLOCK_M=plan.block_m,
         TILE_N=plan.kv_tile_size,
-        IS_CAUSAL=per_seq_causal or call.causal,
+        IS_CAUSAL=per_seq_causal or call.causal,  # a constexpr; per-sequence flags override it
         PER_SEQ_CAUSAL=per_seq_causal,
         HAS_SLIDING_WINDOW=call.sliding_window is not None,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
