@@ -125,6 +125,7 @@ def make_batch(
     kv_dtype: torch.dtype | None = None,
     layout: str = "separate",
     sliding_window: int | None = None,
+    mm_prefix_ranges: list[list[tuple[int, int]]] | None = None,
     padding_tokens: int = 0,
     shared_prefix_blocks: int = 0,
     generator: torch.Generator | None = None,
@@ -132,7 +133,9 @@ def make_batch(
     """A batch with every unused cache slot, spare block and padding query = NaN.
 
     ``shared_prefix_blocks``: every sequence's first blocks are the first
-    sequence's (prefix caching), where both are long enough.
+    sequence's (prefix caching), where both are long enough. Blocks no query
+    sees through ``sliding_window`` are poisoned too, except those a query
+    reaches through its ``mm_prefix_ranges``.
     """
     if len(q_lens) != len(seq_lens):
         raise ValueError(f"{len(q_lens)} query lengths for {len(seq_lens)} sequences")
@@ -185,6 +188,9 @@ def make_batch(
         # (poisoned below, unless another sequence shares them).
         if sliding_window is not None and q_len:
             first_visible = max(seq_len - q_len - sliding_window + 1, 0)
+            for start, end in mm_prefix_ranges[seq] if mm_prefix_ranges else ():
+                if start < end and start < seq_len and end >= seq_len - q_len:
+                    first_visible = min(first_visible, start)
             out_of_window.update((seq, ids[i]) for i in range(first_visible // block_size))
     for seq, block in out_of_window:
         others = torch.cat([block_table[:seq], block_table[seq + 1 :]])
@@ -212,6 +218,22 @@ def make_batch(
         k_scale=k_scale,
         v_scale=v_scale,
     )
+
+
+def mm_prefix_ranges_for(
+    q_lens: list[int], seq_lens: list[int], reach: int = 30
+) -> list[list[tuple[int, int]]]:
+    """Multimodal prefix ranges that meet every case, three per sequence: one
+    holding the first half of its query tokens and ``reach`` cached keys
+    before them (a range across the cached prefix and the new chunk), vLLM's
+    ``(0, 0)`` padding, and one from inside the new tokens to past the keys
+    cached so far (an image the chunk cuts)."""
+    ranges = []
+    for q_len, seq_len in zip(q_lens, seq_lens, strict=True):
+        context = seq_len - q_len
+        middle = context + q_len // 2
+        ranges.append([(max(context - reach, 0), middle), (0, 0), (middle + 2, seq_len + 10)])
+    return ranges
 
 
 def plan_for_batch(

@@ -52,7 +52,16 @@ PHASES = {"decode": 1, "specdecode": 4, "prefill": 512, "decode_batch": 1}  # qu
 # tiles such launches differently; on sm_90 they take pipelined_decode.py).
 NUM_SEQS = {"decode_batch": 256}
 # Each switch that changes the kernels' constexprs, alone, and all together.
-FEATURES = ("non_causal", "per_seq_causal", "sliding_window", "softcap", "alibi", "sinks", "all")
+FEATURES = (
+    "non_causal",
+    "per_seq_causal",
+    "mm_prefix",
+    "sliding_window",
+    "softcap",
+    "alibi",
+    "sinks",
+    "all",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +159,10 @@ def _launches(variant: Variant, target: str):
         sinks=torch.empty(num_q_heads) if on("sinks") else None,
         k_scale=scale if fp8 else None,
         v_scale=scale if fp8 else None,
+        mm_prefix_ranges=torch.zeros(num_seqs, 2, 2, dtype=torch.int32)
+        if on("mm_prefix")
+        else None,
+        mm_prefix_clamp_sliding_window=on("mm_prefix") and on("sliding_window"),
     )
     plan = plan_attention(
         num_tokens=q.shape[0],

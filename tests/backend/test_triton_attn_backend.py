@@ -94,10 +94,21 @@ class Layer(torch.nn.Module):
 
 
 def run_step(
-    builder, impl, kv_cache, q_lens, seq_lens, padded_reqs=0, padded_tokens=0, causal=True
+    builder,
+    impl,
+    kv_cache,
+    q_lens,
+    seq_lens,
+    padded_reqs=0,
+    padded_tokens=0,
+    causal=True,
+    mm_ranges=None,
+    mm_clamp=False,
 ):
     """One model step the way vLLM drives a layer: metadata, cache write, forward.
-    ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor)."""
+    ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor).
+    ``mm_ranges``: vLLM's ``mm_req_doc_ranges`` (request index -> inclusive
+    ranges); ``mm_clamp``: the layer's ``mm_prefix_clamp_sliding_window``."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -128,13 +139,21 @@ def run_step(
         causal=causal
         if isinstance(causal, bool)
         else torch.tensor(causal + [1] * padded_reqs, dtype=torch.int32),
+        mm_req_doc_ranges=mm_ranges,
     )
     metadata = builder.build(0, common)
+    reference_ranges = None
+    if mm_ranges:  # padded with (0, 0) to one count, built here independently
+        count = max(len(r) for r in mm_ranges.values())
+        padded = [mm_ranges.get(req, []) for req in range(len(q_lens))]
+        padded = [r + [(0, 0)] * (count - len(r)) for r in padded]
+        reference_ranges = torch.tensor(padded, dtype=torch.int32)
 
     query = torch.randn(total, NUM_Q_HEADS, HEAD_SIZE, generator=gen)
     key = torch.randn(total, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
     value = torch.randn(total, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
     layer = Layer()
+    layer.mm_prefix_clamp_sliding_window = mm_clamp
     impl.do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
     output = torch.full_like(query, float("nan"))
     impl.forward(layer, query, key, value, kv_cache, metadata, output)
@@ -151,6 +170,8 @@ def run_step(
         sliding_window=impl.window,
         sinks=impl.sinks,
         causal=common.causal,
+        mm_prefix_ranges=reference_ranges,
+        mm_prefix_clamp_sliding_window=mm_clamp,
     )
     torch.testing.assert_close(
         output[:num_tokens], expected[:num_tokens], **TOLERANCES[torch.float32]
@@ -293,6 +314,51 @@ def test_per_request_causal_flags(vllm_config):
         builder.build(0, common)
 
 
+def test_multimodal_prefix_ranges(vllm_config, monkeypatch):
+    """Prefix-LM image ranges as vLLM's runner hands them to the builder
+    (``mm_req_doc_ranges``): a range across the cached prefix and the new
+    chunk, one inside a chunk, a decode whose range lies behind it, requests
+    without ranges; on a windowed layer whose ranges reach past the window,
+    with and without Gemma 4's clamp. Every kernel reads them: decodes, spec
+    verifications, chunks and a mixed batch."""
+    from vllm.utils import torch_utils
+
+    # vLLM stages the ranges in pinned memory, which the stand-in platform of
+    # this GPU-less process claims but cannot allocate.
+    monkeypatch.setattr(torch_utils, "PIN_MEMORY", False)
+    builder = make_builder(vllm_config)
+    assert TritonAttentionBackend.supports_mm_prefix()
+    full = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
+    windowed = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 8, "auto")
+    cache = packed_cache()
+    steps = (
+        # decodes, then a chunk whose image starts in the cached prefix and one
+        # with an image inside it
+        ([1, 1, 40, 30], [50, 9, 90, 30], {0: [(20, 49)], 2: [(40, 70)], 3: [(3, 12), (15, 29)]}),
+        ([4, 4], [40, 61], {1: [(50, 59)]}),  # verification tokens inside a range
+        ([25], [60], {0: [(30, 44), (46, 58)]}),
+    )
+    for impl in (full, windowed):
+        for clamp in (False, True):
+            for q_lens, seq_lens, ranges in steps:
+                md = run_step(
+                    builder, impl, cache, q_lens, seq_lens, mm_ranges=ranges, mm_clamp=clamp
+                )
+                assert md.mm_prefix_range_tensor is not None and md.plan is not None
+    no_ranges = run_step(builder, full, cache, [1, 20], [30, 20], mm_ranges={0: [], 1: []})
+    assert no_ranges.mm_prefix_range_tensor is None
+
+
+def test_prefix_lm_models_capture_single_token_decodes(vllm_config, monkeypatch):
+    from vllm.v1.attention.backend import AttentionCGSupport
+
+    spec = make_builder(vllm_config).kv_cache_spec
+    support = TritonAttentionMetadataBuilder.get_cudagraph_support
+    assert support(vllm_config, spec) == AttentionCGSupport.ALWAYS
+    monkeypatch.setattr(type(vllm_config.model_config), "is_mm_prefix_lm", property(lambda _: True))
+    assert support(vllm_config, spec) == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
+
 def test_encoder_self_attention_without_cache(vllm_config):
     builder = make_builder(vllm_config)
     impl = TritonAttentionImpl(
@@ -432,7 +498,7 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     assert "head_size not supported" in reasons(head_size=16)
     assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="int8_per_token_head")
     assert "block_size not supported" in reasons(block_size=8)
-    assert "partial multimodal token full attention not supported" in reasons(use_mm_prefix=True)
+    assert reasons(use_mm_prefix=True, has_sliding_window=True) == []
     assert "MLA not supported" in reasons(use_mla=True)
     assert "R-SWA not supported" in reasons(use_rswa=True)
     assert "batch invariance not supported" in reasons(use_batch_invariant=True)
@@ -477,6 +543,8 @@ if sys.argv[1] == "rocm":
                 result[f"aiter={found}"] = RocmPlatform.get_attn_backend_cls(None, config, 32)
         result["fp8_e5m2"] = RocmPlatform.get_attn_backend_cls(
             None, config._replace(kv_cache_dtype="fp8_e5m2"), 32)
+        result["mm_prefix"] = RocmPlatform.get_attn_backend_cls(
+            None, config._replace(use_mm_prefix=True), 32)
 else:
     # its compiled ops need libcuda; nothing here calls them
     sys.modules["vllm._C_stable_libtorch"] = types.ModuleType("vllm._C_stable_libtorch")
@@ -485,6 +553,8 @@ else:
                            return_value=DeviceCapability(9, 0)):
         result["flag"] = CudaPlatform.get_attn_backend_cls(
             AttentionBackendEnum.TRITON_ATTN, config, 32)
+        result["mm_prefix"] = CudaPlatform.get_attn_backend_cls(
+            AttentionBackendEnum.TRITON_ATTN, config._replace(use_mm_prefix=True), 32)
         try:
             CudaPlatform.get_attn_backend_cls(AttentionBackendEnum.TRITON_ATTN,
                                               config._replace(head_size=512), 32)
@@ -516,6 +586,7 @@ def test_rocm_selects_ours_by_default(gfx, capability):
     ROCM_ATTN, as upstream sends it there."""
     result = _select("rocm", gfx, *capability.split())
     assert result.pop("fp8_e5m2") == "vllm.v1.attention.backends.rocm_attn.RocmAttentionBackend"
+    assert result.pop("mm_prefix") == OUR_CLASS  # multimodal prefix-LMs (Gemma 3, PaliGemma...)
     assert set(result) == {"aiter=False", "aiter=True"}
     for case, path in result.items():
         assert path == OUR_CLASS, case
@@ -524,6 +595,7 @@ def test_rocm_selects_ours_by_default(gfx, capability):
 def test_cuda_selects_ours_by_flag_and_says_why_it_refuses():
     result = _select("cuda")
     assert result["flag"] == OUR_CLASS
+    assert result["mm_prefix"] == OUR_CLASS
     assert "head_size not supported" in result["refused"]
 
 

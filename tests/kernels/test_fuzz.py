@@ -3,8 +3,9 @@
 """Property-based fuzzing of paged_attention against the reference (hypothesis).
 
 Random batches: sequence count, per-sequence query and context lengths (empty
-padding rows included), block size, head size, GQA ratio, feature switches,
-dtype, cache layout, shared prefix blocks, padding tokens. Examples are
+padding rows included), block size, head size, GQA ratio, feature switches
+(multimodal ranges included), dtype, cache layout, shared prefix blocks,
+padding tokens. Examples are
 seeded (same inputs every run, no reruns). Batches that start with short
 queries also run as a ``MixedBatchPlan``. The CPU profile runs a bounded number
 through the interpreter; on a GPU the examples are cut into shards (one test
@@ -29,6 +30,23 @@ DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_GPU else [])
 
 
 @st.composite
+def _mm_ranges(draw, seq_lens):
+    """Up to two disjoint inclusive ranges per sequence, some past its length,
+    padded with vLLM's (0, 0) to one count."""
+    ranges = []
+    for seq_len in seq_lens:
+        count = draw(st.integers(0, 2))
+        ends = draw(
+            st.lists(
+                st.integers(0, seq_len + 8), min_size=2 * count, max_size=2 * count, unique=True
+            )
+        )
+        ends.sort()
+        ranges.append(list(zip(ends[::2], ends[1::2], strict=True)) + [(0, 0)] * (2 - count))
+    return ranges
+
+
+@st.composite
 def batches(draw):
     num_seqs = draw(st.integers(1, 4))
     decode = draw(st.booleans())
@@ -44,6 +62,8 @@ def batches(draw):
         alibi=draw(st.booleans()),
         sinks=draw(st.booleans()),
         mixed_plan=draw(st.booleans()),
+        mm_prefix_ranges=draw(st.one_of(st.none(), _mm_ranges(seq_lens))),
+        mm_prefix_clamp_sliding_window=draw(st.booleans()),
     )
     shape = dict(
         head_size=draw(st.sampled_from([32, 64, 80])),
@@ -74,6 +94,7 @@ def check_against_reference(case):
         device=device,
         layout=shape["layout"],
         sliding_window=features["sliding_window"],
+        mm_prefix_ranges=features["mm_prefix_ranges"],
         padding_tokens=shape["padding_tokens"],
         shared_prefix_blocks=shape["shared_prefix_blocks"],
         generator=torch.Generator().manual_seed(shape["seed"]),
@@ -90,6 +111,10 @@ def check_against_reference(case):
         if features["alibi"]
         else None,
         sinks=torch.randn(num_q_heads, generator=gen).to(device) if features["sinks"] else None,
+        mm_prefix_ranges=None
+        if features["mm_prefix_ranges"] is None
+        else torch.tensor(features["mm_prefix_ranges"], dtype=torch.int32, device=device),
+        mm_prefix_clamp_sliding_window=features["mm_prefix_clamp_sliding_window"],
     )
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import HAS_GPU
 
-from devtools.batches import TOLERANCES, make_batch, plan_for_batch
+from devtools.batches import TOLERANCES, make_batch, mm_prefix_ranges_for, plan_for_batch
 from vllm.v1.attention.ops.triton_attention import (
     AttentionFeatures,
     GpuArch,
@@ -55,6 +55,13 @@ FEATURES = {
     # a causal flag per sequence: every other one bidirectional
     "per_seq_causal": dict(causal="per_seq"),
     "per_seq_causal_window": dict(causal="per_seq", sliding_window=19),
+    # multimodal prefix ranges (devtools.batches.mm_prefix_ranges_for): alone, past a
+    # window (a 31-key range reaches beyond 19 keys), and kept inside it
+    "mm_prefix": dict(mm_prefix_ranges="ranges"),
+    "mm_prefix_window": dict(mm_prefix_ranges="ranges", sliding_window=19),
+    "mm_prefix_clamped": dict(
+        mm_prefix_ranges="ranges", sliding_window=19, mm_prefix_clamp_sliding_window=True
+    ),
     "softcap": dict(logits_soft_cap=4.0),
     "alibi": dict(alibi_slopes=True),
     "sinks": dict(sinks=True),
@@ -88,6 +95,7 @@ def _cpu_cases() -> list[Case]:
     cases += [Case("decode", feature) for feature in FEATURES if feature != "plain"]
     # non-causal sequences of many tokens: on the long-query and the split-KV kernel
     cases += [Case(p, "per_seq_causal_window") for p in ("chunked_prefill", "specdecode4")]
+    cases += [Case(p, "mm_prefix_window") for p in ("chunked_prefill", "specdecode4")]
     cases += [Case(p, dtype=torch.float32) for p in ("decode", "prefill", "mixed")]
     cases += [Case("mixed", head_size=d) for d in (32, 80, 128, 256)]
     cases += [Case("decode", head_size=d) for d in (80, 256)]
@@ -134,11 +142,14 @@ def _gpu_cases() -> list[Case]:
 CASES = _gpu_cases() if HAS_GPU else _cpu_cases()
 
 
-def _feature_args(feature: str, num_q_heads: int, device, num_seqs: int = 0) -> dict:
+def _feature_args(feature: str, num_q_heads: int, device, q_lens=(), seq_lens=()) -> dict:
     args = dict(FEATURES[feature])
     gen = torch.Generator().manual_seed(1)
     if args.get("causal") == "per_seq":
-        args["causal"] = (torch.arange(num_seqs, dtype=torch.int32) % 2).to(device)
+        args["causal"] = (torch.arange(len(q_lens), dtype=torch.int32) % 2).to(device)
+    if args.get("mm_prefix_ranges") == "ranges":
+        ranges = mm_prefix_ranges_for(q_lens, seq_lens)
+        args["mm_prefix_ranges"] = torch.tensor(ranges, dtype=torch.int32, device=device)
     if args.get("alibi_slopes"):
         slopes = 2.0 ** (-8.0 * torch.arange(1, num_q_heads + 1) / num_q_heads)
         args["alibi_slopes"] = slopes.to(device=device, dtype=torch.float32)
@@ -150,7 +161,8 @@ def _feature_args(feature: str, num_q_heads: int, device, num_seqs: int = 0) -> 
 def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False):
     q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
     num_q_heads = case.num_kv_heads * case.queries_per_kv
-    features = _feature_args(case.feature, num_q_heads, device, len(q_lens))
+    features = _feature_args(case.feature, num_q_heads, device, q_lens, seq_lens)
+    mm_ranges = features.get("mm_prefix_ranges")
     batch = make_batch(
         q_lens,
         seq_lens,
@@ -163,6 +175,7 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
         device=device,
         layout=case.layout,
         sliding_window=features.get("sliding_window"),
+        mm_prefix_ranges=mm_ranges.tolist() if mm_ranges is not None else None,
         padding_tokens=padding_tokens,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -22,7 +22,9 @@ of its size, so that plan may only depend on what is fixed for the size. With
 decode batches are captured, whose plan is fixed. When mixed batches are
 captured too (``FULL``), a small mixed batch can replay a graph captured from
 decodes, so every batch then takes the long-query kernel, which is correct
-for every query length.
+for every query length. Multimodal prefix-LM ranges come per batch and are
+not in a captured launch: such models capture single-token decodes only
+(``get_cudagraph_support``).
 
 The class names, attributes and metadata fields that upstream subclasses read
 (``triton_attn_diffkv``, the ``TRITON_FLASH_ATTN``/``TRITON_FLASHINFER``
@@ -52,6 +54,7 @@ from vllm.v1.attention.backend import (
     max_decode_query_len,
 )
 from vllm.v1.attention.backends.utils import (
+    compute_mm_prefix_range_tensor,
     get_num_attention_heads_from_layers,
     set_triton_ptr_range,
     split_decodes_and_prefills,
@@ -110,11 +113,14 @@ class TritonAttentionMetadata:
 
     causal: bool | torch.Tensor = True
 
-    # Upstream fields kept for subclasses; this backend refuses the features
-    # (multimodal prefix ranges, R-SWA) at selection time.
-    scheduler_metadata: torch.Tensor | None = None
+    # Multimodal prefix-LM ranges per request (vLLM's dict and its padded
+    # [num_reqs, ranges, 2] int32 tensor), None when the batch has none.
     mm_prefix_range: dict[int, list[tuple[int, int]]] | None = None
     mm_prefix_range_tensor: torch.Tensor | None = None
+
+    # Upstream fields kept for subclasses; this backend refuses R-SWA at
+    # selection time.
+    scheduler_metadata: torch.Tensor | None = None
     rswa_prefix_lens: torch.Tensor | None = None
     rswa_window: int | None = None
 
@@ -130,6 +136,20 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
     # Nothing in the metadata is restaged per drafting step.
     supports_draft_decode_metadata_update = True
+
+    @classmethod
+    def get_cudagraph_support(
+        cls, vllm_config: VllmConfig, kv_cache_spec: AttentionSpec
+    ) -> AttentionCGSupport:
+        """A captured graph replays its launch without the batch's multimodal
+        ranges. For one-token decodes that is exact: the query is the last key
+        (nothing in its range lies ahead) and vLLM drops ranges longer than an
+        unclamped window (the range keys behind it are visible anyway). So a
+        prefix-LM model captures those alone."""
+        model_config = vllm_config.model_config
+        if model_config is not None and model_config.is_mm_prefix_lm:
+            return AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+        return cls._cudagraph_support
 
     def __init__(
         self,
@@ -175,7 +195,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         # One persistent split-KV scratch, sized for the largest plan that the
         # decodes of a batch the scheduler can form (graph capture sizes
         # included) get: alone, or beside a long query (their split counts
-        # differ, see plan.num_kv_splits_for).
+        # differ, see plan.num_kv_splits_for), with the features a batch may
+        # add to the layers' own.
         max_num_seqs = vllm_config.scheduler_config.max_num_seqs
         decode_len = self.max_decode_query_len
         long_len = SPLIT_KV_MAX_QUERY_LEN + 1
@@ -188,10 +209,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
                     seqs,
                     seqs * decode_len,
                     per_seq_causal=per_seq_causal,
+                    mm_prefix=mm_prefix,
                 )
                 for seqs in range(1, max_num_seqs + 1)
                 for mixed in (0, 1)
-                for per_seq_causal in (False, True)  # batches may carry per-request flags
+                for per_seq_causal, mm_prefix in ((False, False), (True, False), (False, True))
             ],
             device,
         )
@@ -215,10 +237,12 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         num_decodes: int,
         num_decode_tokens: int,
         per_seq_causal: bool = False,
+        mm_prefix: bool = False,
     ) -> AttentionPlan | MixedBatchPlan:
         """The plan of a batch whose first ``num_decodes`` sequences are decodes
         (host facts only, see the module docstring); ``per_seq_causal``: the
-        batch carries a causal flag per request."""
+        batch carries a causal flag per request; ``mm_prefix``: multimodal
+        ranges."""
         return plan_batch(
             num_tokens=num_tokens,
             num_seqs=num_seqs,
@@ -231,7 +255,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             head_size=self.headdim,
             arch=self.arch,
             dtype=self.dtype,
-            features=self.features._replace(per_seq_causal=per_seq_causal),
+            features=self.features._replace(per_seq_causal=per_seq_causal, mm_prefix=mm_prefix),
             layout=self.layout,
             long_query_only=self.mixed_batches_in_full_graphs,
         )
@@ -260,8 +284,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
                 f"TRITON_ATTN: per-request causal flags must be an int32 tensor, got "
                 f"{md.causal.dtype}"
             )
-        if md.mm_req_doc_ranges is not None:
-            raise NotImplementedError("TRITON_ATTN: multimodal prefix ranges are not supported")
+        # vLLM's padded tensor of the batch's ranges, None if no request has one.
+        mm_ranges = compute_mm_prefix_range_tensor(md.mm_req_doc_ranges, md.num_reqs, self.device)
         # Reads query_start_loc_cpu only (no device sync); returns at once for
         # a batch of decodes.
         num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(
@@ -274,6 +298,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             num_decodes,
             num_decode_tokens,
             per_seq_causal=per_seq_causal,
+            mm_prefix=mm_ranges is not None,
         )
         return TritonAttentionMetadata(
             num_actual_tokens=md.num_actual_tokens,
@@ -291,6 +316,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             softmax_segm_max=self.softmax_segm_max,
             softmax_segm_expsum=self.softmax_segm_expsum,
             causal=md.causal,
+            mm_prefix_range=md.mm_req_doc_ranges if mm_ranges is not None else None,
+            mm_prefix_range_tensor=mm_ranges,
         )
 
     def update_draft_decode_metadata(self, _metadata: TritonAttentionMetadata) -> None:
@@ -346,6 +373,10 @@ class TritonAttentionBackend(AttentionBackend):
 
     @classmethod
     def supports_non_causal(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_mm_prefix(cls) -> bool:
         return True
 
     @classmethod
@@ -557,6 +588,7 @@ class TritonAttentionImpl(AttentionImpl):
 
         md = attn_metadata
         num_tokens = md.num_actual_tokens
+        decoder = self.attn_type == AttentionType.DECODER
         if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
             key_cache, value_cache, block_table, seq_lens = self._encoder_kv(key, value, md)
             max_seq_len = md.max_query_len
@@ -577,8 +609,11 @@ class TritonAttentionImpl(AttentionImpl):
             max_seq_len=max_seq_len,
             scale=self.scale,
             # per-request flags (a tensor) or one for the batch; encoders see everything
-            causal=md.causal if self.attn_type == AttentionType.DECODER else False,
+            causal=md.causal if decoder else False,
             sliding_window=self.window,
+            mm_prefix_ranges=md.mm_prefix_range_tensor if decoder else None,
+            # Gemma 4's sliding layers keep their window on the ranges too
+            mm_prefix_clamp_sliding_window=getattr(layer, "mm_prefix_clamp_sliding_window", False),
             logits_soft_cap=self.soft_cap,
             alibi_slopes=self.alibi_slopes,
             sinks=self.sinks,

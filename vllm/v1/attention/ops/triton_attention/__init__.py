@@ -19,6 +19,12 @@ Shapes and semantics (vLLM's conventions):
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).
+* ``mm_prefix_ranges``: ``[num_seqs, num_ranges, 2]`` int32, per sequence
+  disjoint inclusive ``(start, end)`` key positions (valid when ``start <
+  end``; vLLM pads with ``(0, 0)``): a query inside a range also sees every
+  key of that range, ``(causal AND window) OR same range``; with
+  ``mm_prefix_clamp_sliding_window`` the range part keeps the window's past
+  edge (``p - j < W``).
 * scores: ``scale * q.k``, then ``c * tanh(s / c)`` for softcap ``c``, then
   ``+ alibi_slopes[h] * (j - p)``, then masks; ``sinks[h]`` is one more
   logit in the softmax denominator with no value.

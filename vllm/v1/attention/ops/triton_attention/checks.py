@@ -45,6 +45,8 @@ class AttentionCall(NamedTuple):
     sinks: torch.Tensor | None = None
     k_scale: torch.Tensor | None = None
     v_scale: torch.Tensor | None = None
+    mm_prefix_ranges: torch.Tensor | None = None  # [num_seqs, ranges, 2] int32
+    mm_prefix_clamp_sliding_window: bool = False
 
     @property
     def kv_is_fp8(self) -> bool:
@@ -57,6 +59,7 @@ class AttentionCall(NamedTuple):
             alibi=self.alibi_slopes is not None,
             sinks=self.sinks is not None,
             per_seq_causal=isinstance(self.causal, torch.Tensor),
+            mm_prefix=self.mm_prefix_ranges is not None,
         )
 
     def layout(self, strides=None) -> TensorLayout:
@@ -106,7 +109,7 @@ def check_paged_attention_inputs(
     """Raise a clear error for anything the kernels (or ``plan``) cannot run."""
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
-     logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale) = call  # fmt: skip
+     logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -151,6 +154,18 @@ def check_paged_attention_inputs(
         got = f"{causal.dtype} of shape {tuple(causal.shape)}"
         expected = f"a bool or a 1-D int32 tensor of at least {num_seqs} flags"
         fail(ValueError, fn, "causal", expected, got)
+    if mm_ranges is not None and (
+        mm_ranges.dim() != 3
+        or mm_ranges.shape[0] < num_seqs
+        or mm_ranges.shape[2] != 2
+        or mm_ranges.dtype != torch.int32
+    ):
+        got = f"{mm_ranges.dtype} of shape {tuple(mm_ranges.shape)}"
+        expected = f"an int32 tensor [at least {num_seqs}, num_ranges, 2]"
+        fail(ValueError, fn, "mm_prefix_ranges", expected, got)
+    if mm_ranges is not None and mm_ranges.shape[1] and mm_ranges.stride()[1:] != (2, 1):
+        expected = "(2, 1) (each sequence's ranges contiguous)"
+        fail(ValueError, fn, "mm_prefix_ranges.stride()[1:]", expected, mm_ranges.stride()[1:])
     device = q.device
     for name, tensor in (
         ("k_cache", k_cache),
@@ -160,6 +175,7 @@ def check_paged_attention_inputs(
         ("seq_lens", seq_lens),
         ("block_table", block_table),
         *((("causal", causal),) if per_seq_causal else ()),
+        *((("mm_prefix_ranges", mm_ranges),) if mm_ranges is not None else ()),
     ):
         if tensor.device != device:
             fail(ValueError, fn, f"{name}.device", f"q.device ({device})", tensor.device)

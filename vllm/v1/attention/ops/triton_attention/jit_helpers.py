@@ -56,6 +56,47 @@ def key_range(
 
 
 @triton.jit
+def mm_prefix_rows(
+    mm_ranges_ptr,
+    stride_mm_seq,
+    num_mm_ranges,
+    seq,
+    query_pos,
+    seq_len,
+    sliding_window,
+    CLAMP_TO_WINDOW: tl.constexpr,
+):
+    """Per query row, the keys ``[mm_lo, mm_hi)`` its multimodal prefix range
+    lets it see besides the causal (and window) ones: the whole range that
+    holds the query, up to the keys cached so far (an empty ``[0, 0)`` for a
+    row in no range). Ranges are ``(start, end)``, inclusive, valid when
+    ``start < end``; a sequence's ranges are disjoint (vLLM's placeholders
+    are), so "query and key in one range" is "key in the query's range".
+    ``CLAMP_TO_WINDOW``: the range part keeps the window's past edge too."""
+    mm_lo = tl.zeros_like(query_pos)
+    mm_hi = tl.zeros_like(query_pos)
+    ranges_ptr = mm_ranges_ptr + seq.to(tl.int64) * stride_mm_seq
+    for i in range(num_mm_ranges):
+        start = tl.load(ranges_ptr + 2 * i)
+        end = tl.load(ranges_ptr + 2 * i + 1)
+        inside = (start < end) & (query_pos >= start) & (query_pos <= end)
+        mm_lo = tl.where(inside, start, mm_lo)
+        mm_hi = tl.where(inside, tl.minimum(end + 1, seq_len), mm_hi)
+    if CLAMP_TO_WINDOW:
+        mm_lo = tl.maximum(mm_lo, query_pos - sliding_window + 1)
+    return mm_lo, mm_hi
+
+
+@triton.jit
+def widen_key_range(kv_lo, kv_hi, mm_lo, mm_hi, row_valid):
+    """``[kv_lo, kv_hi)`` grown to hold every valid row's range keys."""
+    has_range = row_valid & (mm_lo < mm_hi)
+    kv_lo = tl.minimum(kv_lo, tl.min(tl.where(has_range, mm_lo, kv_lo), 0))
+    kv_hi = tl.maximum(kv_hi, tl.max(tl.where(has_range, mm_hi, kv_hi), 0))
+    return kv_lo, kv_hi
+
+
+@triton.jit
 def find_q_tile(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr):
     """The Q tile and KV head of this program of the long-query grid (Q tiles
     x KV heads): (its sequence, the sequence's first query row, its query
@@ -210,9 +251,13 @@ def visible_mask(
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     seq_causal=None,
+    mm_lo=None,
+    mm_hi=None,
 ):
     """[M, N]: may query position ``query_pos[i]`` see key ``key_idx[j]``?
-    ``seq_causal``: the sequence's own flag, which then replaces ``IS_CAUSAL``."""
+    ``seq_causal``: the sequence's own flag, which then replaces ``IS_CAUSAL``.
+    ``mm_lo``/``mm_hi``: each row's multimodal range keys (``mm_prefix_rows``),
+    visible whatever the causal and window masks say."""
     offset = key_idx[None, :] - query_pos[:, None]
     visible = key_idx[None, :] < seq_len
     if seq_causal is not None:
@@ -225,6 +270,8 @@ def visible_mask(
             visible &= tl.where(seq_causal, True, offset < sliding_window)
         elif not IS_CAUSAL:
             visible &= offset < sliding_window
+    if mm_lo is not None:  # mm_hi <= seq_len
+        visible |= (key_idx[None, :] >= mm_lo[:, None]) & (key_idx[None, :] < mm_hi[:, None])
     return visible
 
 
@@ -317,6 +364,8 @@ def attend_key_tiles(
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
     seq_causal=None,
+    mm_lo=None,
+    mm_hi=None,
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
@@ -387,6 +436,8 @@ def attend_key_tiles(
                 sliding_window,
                 IS_CAUSAL=IS_CAUSAL,
                 seq_causal=seq_causal,
+                mm_lo=mm_lo,
+                mm_hi=mm_hi,
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             )
             s = tl.where(visible, s, float("-inf"))

@@ -176,6 +176,8 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
     """Arguments the portable kernels (split-KV and long-query) share."""
     kv_is_fp8 = call.kv_is_fp8
     per_seq_causal = isinstance(call.causal, torch.Tensor)
+    mm_ranges = call.mm_prefix_ranges
+    has_mm = mm_ranges is not None
     args = _paged_tensor_args(call, strides)
     args.update(
         alibi_slopes_ptr=call.alibi_slopes,
@@ -183,6 +185,9 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         k_scale_ptr=call.k_scale if kv_is_fp8 else None,
         v_scale_ptr=call.v_scale if kv_is_fp8 else None,
         causal_ptr=call.causal if per_seq_causal else None,
+        mm_ranges_ptr=mm_ranges,
+        stride_mm_seq=mm_ranges.stride(0) if has_mm else 0,
+        num_mm_ranges=mm_ranges.shape[1] if has_mm else 0,
         scale=call.scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
         sliding_window=call.sliding_window if call.sliding_window is not None else 0,
@@ -198,6 +203,10 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         TILE_N=plan.kv_tile_size,
         IS_CAUSAL=per_seq_causal or call.causal,  # a constexpr; per-sequence flags override it
         PER_SEQ_CAUSAL=per_seq_causal,
+        HAS_MM_PREFIX=has_mm,
+        MM_CLAMP_TO_WINDOW=has_mm
+        and call.mm_prefix_clamp_sliding_window
+        and call.sliding_window is not None,
         HAS_SLIDING_WINDOW=call.sliding_window is not None,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
         HAS_ALIBI=call.alibi_slopes is not None,
@@ -410,6 +419,8 @@ def paged_attention(
     sinks: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    mm_prefix_ranges: torch.Tensor | None = None,
+    mm_prefix_clamp_sliding_window: bool = False,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -439,6 +450,8 @@ def paged_attention(
         sinks=sinks,
         k_scale=k_scale,
         v_scale=v_scale,
+        mm_prefix_ranges=mm_prefix_ranges,
+        mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
     )
     if isinstance(plan, MixedBatchPlan):
         return _mixed_batch_attention(call, max_query_len, plan, workspace)
@@ -480,6 +493,7 @@ def _mixed_batch_attention(
     """
     decodes, decode_tokens = plan.num_decodes, plan.num_decode_tokens
     per_seq_causal = isinstance(call.causal, torch.Tensor)
+    mm_ranges = call.mm_prefix_ranges
     decode = call._replace(
         q=call.q[:decode_tokens],
         out=call.out[:decode_tokens],
@@ -487,6 +501,7 @@ def _mixed_batch_attention(
         seq_lens=call.seq_lens[:decodes],
         block_table=call.block_table[:decodes],
         causal=call.causal[:decodes] if per_seq_causal else call.causal,
+        mm_prefix_ranges=mm_ranges[:decodes] if mm_ranges is not None else None,
     )
     # Full q and out: the long queries' offsets in query_start_loc are absolute.
     prefill = call._replace(
@@ -494,6 +509,7 @@ def _mixed_batch_attention(
         seq_lens=call.seq_lens[decodes:],
         block_table=call.block_table[decodes:],
         causal=call.causal[decodes:] if per_seq_causal else call.causal,
+        mm_prefix_ranges=mm_ranges[decodes:] if mm_ranges is not None else None,
     )
     check_paged_attention_inputs(decode, plan.max_decode_query_len, plan.decode, plan.arch)
     check_paged_attention_inputs(prefill, max_query_len, plan.prefill, plan.arch)

@@ -22,7 +22,9 @@ from .jit_helpers import (
     key_range,
     load_qk_scale,
     load_v_scale,
+    mm_prefix_rows,
     query_rows,
+    widen_key_range,
 )
 
 
@@ -41,6 +43,7 @@ def long_query_attention_kernel(
     k_scale_ptr,
     v_scale_ptr,
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
+    mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -53,8 +56,10 @@ def long_query_attention_kernel(
     stride_v_slot,
     stride_v_head,
     stride_block_table_seq,
+    stride_mm_seq,
     # scalars
     num_seqs,
+    num_mm_ranges,
     scale,
     soft_cap,
     sliding_window,
@@ -71,6 +76,8 @@ def long_query_attention_kernel(
     TILE_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     PER_SEQ_CAUSAL: tl.constexpr,
+    HAS_MM_PREFIX: tl.constexpr,
+    MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
@@ -117,6 +124,20 @@ def long_query_attention_kernel(
     kv_lo, kv_hi, full_lo, full_hi = key_range(
         first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW, seq_causal
     )
+    mm_lo = None  # no multimodal ranges
+    mm_hi = None
+    if HAS_MM_PREFIX:  # range keys widen what the tile reads, never what all rows see
+        mm_lo, mm_hi = mm_prefix_rows(
+            mm_ranges_ptr,
+            stride_mm_seq,
+            num_mm_ranges,
+            seq,
+            query_pos,
+            seq_len,
+            sliding_window,
+            CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
+        )
+        kv_lo, kv_hi = widen_key_range(kv_lo, kv_hi, mm_lo, mm_hi, row_valid)
     full_lo = tl.cdiv(full_lo, TILE_N) * TILE_N
     full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
     tile_lo = kv_lo // TILE_N * TILE_N
@@ -156,6 +177,8 @@ def long_query_attention_kernel(
             TILE_N=TILE_N,
             IS_CAUSAL=IS_CAUSAL,
             seq_causal=seq_causal,
+            mm_lo=mm_lo,
+            mm_hi=mm_hi,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             HAS_SOFTCAP=HAS_SOFTCAP,
             HAS_ALIBI=HAS_ALIBI,
@@ -197,6 +220,8 @@ def long_query_attention_kernel(
         TILE_N=TILE_N,
         IS_CAUSAL=IS_CAUSAL,
         seq_causal=seq_causal,
+        mm_lo=mm_lo,
+        mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
         HAS_ALIBI=HAS_ALIBI,
@@ -238,6 +263,8 @@ def long_query_attention_kernel(
         TILE_N=TILE_N,
         IS_CAUSAL=IS_CAUSAL,
         seq_causal=seq_causal,
+        mm_lo=mm_lo,
+        mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
         HAS_ALIBI=HAS_ALIBI,

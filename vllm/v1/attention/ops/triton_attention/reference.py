@@ -16,6 +16,8 @@ def _visible_keys(
     seq_len: int,
     causal: bool,
     sliding_window: int | None,
+    mm_ranges: list[list[int]],
+    mm_clamp_sliding_window: bool,
 ) -> torch.Tensor:
     """Boolean [q_len, seq_len]: may the query at ``query_pos[i]`` see key ``j``?"""
     key_pos = torch.arange(seq_len, device=query_pos.device)
@@ -27,6 +29,16 @@ def _visible_keys(
         visible &= offset > -sliding_window  # keys p-W+1 .. p
         if not causal:  # non-causal (encoder layers, some drafters): a symmetric window
             visible &= offset < sliding_window
+    # Multimodal prefix ranges: (causal AND window) OR (query and key in one range).
+    for start, end in mm_ranges:
+        if start >= end:  # padding
+            continue
+        query_in = (query_pos >= start) & (query_pos <= end)
+        key_in = (key_pos >= start) & (key_pos <= end)
+        in_range = query_in[:, None] & key_in[None, :]
+        if mm_clamp_sliding_window and sliding_window is not None:
+            in_range &= offset > -sliding_window
+        visible |= in_range
     return visible
 
 
@@ -49,6 +61,8 @@ def reference_paged_attention(
     sinks: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    mm_prefix_ranges: torch.Tensor | None = None,
+    mm_prefix_clamp_sliding_window: bool = False,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
@@ -67,6 +81,7 @@ def reference_paged_attention(
 
     starts = query_start_loc.tolist()
     per_seq_causal = causal.tolist() if isinstance(causal, torch.Tensor) else None
+    mm_ranges = mm_prefix_ranges.tolist() if mm_prefix_ranges is not None else None
     for seq, seq_len in enumerate(seq_lens.tolist()):
         q_start, q_end = starts[seq], starts[seq + 1]
         q_len = q_end - q_start
@@ -91,7 +106,14 @@ def reference_paged_attention(
             distance = (key_idx[None, :] - query_pos[:, None]).to(compute_dtype)
             scores = scores + alibi_slopes.to(compute_dtype)[:, None, None] * distance
         seq_causal = causal if per_seq_causal is None else bool(per_seq_causal[seq])
-        visible = _visible_keys(query_pos, seq_len, seq_causal, sliding_window)
+        visible = _visible_keys(
+            query_pos,
+            seq_len,
+            seq_causal,
+            sliding_window,
+            mm_ranges[seq] if mm_ranges is not None else [],
+            mm_prefix_clamp_sliding_window,
+        )
         scores = scores.masked_fill(~visible, float("-inf"))
         # Keys no query sees (outside every window) may be stale or NaN: drop them.
         values = values.masked_fill(~visible.any(0)[:, None, None], 0.0)

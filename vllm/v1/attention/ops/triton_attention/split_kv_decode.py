@@ -24,9 +24,11 @@ from .jit_helpers import (
     init_softmax_state,
     load_qk_scale,
     load_v_scale,
+    mm_prefix_rows,
     query_rows,
     split_key_range,
     store_split_result,
+    widen_key_range,
 )
 
 
@@ -47,6 +49,7 @@ def split_kv_decode_kernel(
     k_scale_ptr,
     v_scale_ptr,
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
+    mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     # strides
     stride_q_token,
     stride_q_head,
@@ -61,7 +64,9 @@ def split_kv_decode_kernel(
     stride_block_table_seq,
     stride_partial_token,
     stride_partial_head,
+    stride_mm_seq,
     # scalars
+    num_mm_ranges,
     scale,
     soft_cap,
     sliding_window,
@@ -79,6 +84,8 @@ def split_kv_decode_kernel(
     NUM_KV_SPLITS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     PER_SEQ_CAUSAL: tl.constexpr,
+    HAS_MM_PREFIX: tl.constexpr,
+    MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
@@ -130,6 +137,20 @@ def split_kv_decode_kernel(
     kv_lo = 0
     if HAS_SLIDING_WINDOW:
         kv_lo = tl.maximum(context_len - sliding_window + 1, 0)
+    mm_lo = None  # no multimodal ranges
+    mm_hi = None
+    if HAS_MM_PREFIX:
+        mm_lo, mm_hi = mm_prefix_rows(
+            mm_ranges_ptr,
+            stride_mm_seq,
+            num_mm_ranges,
+            seq,
+            query_pos,
+            seq_len,
+            sliding_window,
+            CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
+        )
+        kv_lo, _ = widen_key_range(kv_lo, seq_len, mm_lo, mm_hi, row_valid)
     split_lo, split_hi = split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS, TILE_N)
 
     # The sink joins the softmax once per row, through the first split. (A
@@ -177,6 +198,8 @@ def split_kv_decode_kernel(
         MASKED=True,
         IS_CAUSAL=IS_CAUSAL,
         seq_causal=seq_causal,
+        mm_lo=mm_lo,
+        mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
         HAS_ALIBI=HAS_ALIBI,
