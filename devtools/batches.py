@@ -249,12 +249,13 @@ def plan_for_batch(
     arch: GpuArch | None = None,
     features: AttentionFeatures | None = None,
     layout: TensorLayout | None = None,
+    batch_invariant: bool = False,
 ):
     """``plan_batch`` for a reordered batch of these query lengths, as vLLM's
     builder calls it: the leading queries of at most ``max_decode_query_len``
     tokens are its decodes. ``arch``: the GPU to plan for, when not
     ``device``'s; ``features``/``layout``: those of the calls (default: none,
-    and vLLM's packed cache of ``dtype``)."""
+    and vLLM's packed cache of ``dtype``); ``batch_invariant``: the plan mode."""
     num_decodes = next(
         (i for i, q_len in enumerate(q_lens) if q_len > max_decode_query_len), len(q_lens)
     )
@@ -272,4 +273,5 @@ def plan_for_batch(
         dtype=dtype,
         features=features or AttentionFeatures(),
         layout=layout or TensorLayout.of_packed_kv_cache(head_size, dtype, block_size=16),
+        batch_invariant=batch_invariant,
     )

@@ -60,6 +60,7 @@ FEATURES = (
     "softcap",
     "alibi",
     "sinks",
+    "batch_invariant",  # a plan mode, not a call argument
     "all",
 )
 
@@ -95,21 +96,23 @@ def variants(subset: str) -> list[Variant]:
         ]
     out = [
         Variant(phase, head, group)
-        for phase, head, group in itertools.product(PHASES, (64, 80, 128, 256), (1, 4, 8))
+        for phase, head, group in itertools.product(PHASES, (64, 80, 128, 256, 512), (1, 4, 8))
     ]
     out += [Variant(phase, head, 4, dtype="float16") for phase in PHASES for head in (64, 128)]
     # 4-byte queries: the plan halves the tuned 2-byte tiles, shared memory must still fit
-    out += [Variant(phase, head, 4, dtype="float32") for phase in PHASES for head in (64, 128, 256)]
+    out += [
+        Variant(phase, head, 4, dtype="float32") for phase in PHASES for head in (64, 128, 256, 512)
+    ]
     out += [
         Variant(phase, head, 4, features=f)
         for phase in PHASES
-        for head in (64, 128)
+        for head in (64, 128, 512)
         for f in FEATURES
     ]
     out += [
         Variant(phase, head, 4, kv_dtype=kv)
         for phase in PHASES
-        for head in (64, 128)
+        for head in (64, 128, 512)
         for kv in ("float8_e4m3fn", "float8_e4m3fnuz")
     ]
     return out
@@ -175,6 +178,7 @@ def _launches(variant: Variant, target: str):
         dtype=dtype,
         features=call.features(),
         layout=call.layout(),
+        batch_invariant=on("batch_invariant"),
     )
     return kernel_launches(call, plan, SplitKVWorkspace.allocate(plan, "cpu"))
 
@@ -324,8 +328,15 @@ def gate_failures(records: list[dict]) -> list[str]:
     return failures
 
 
-def run(subset: str, targets: list[str], workers: int, ptx_dir: Path | None = None) -> list[dict]:
-    jobs = [(v, t, ptx_dir) for t in targets for v in variants(subset)]
+def run(
+    subset: str,
+    targets: list[str],
+    workers: int,
+    ptx_dir: Path | None = None,
+    head_sizes: list[int] | None = None,
+) -> list[dict]:
+    chosen = [v for v in variants(subset) if head_sizes is None or v.head_size in head_sizes]
+    jobs = [(v, t, ptx_dir) for t in targets for v in chosen]
     records = []
     with ProcessPoolExecutor(workers) as pool:
         for done, result in enumerate(pool.map(compile_variant, jobs), 1):
@@ -357,11 +368,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subset", choices=("full", "hot"), default="full")
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument(
+        "--head-sizes", nargs="+", type=int, help="only the subset's variants of these head sizes"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--out", default="compile_matrix.json")
     parser.add_argument("--ptx", type=Path, help="also write each NVIDIA kernel's PTX here")
     args = parser.parse_args()
-    records = run(args.subset, args.targets, args.workers, args.ptx)
+    records = run(args.subset, args.targets, args.workers, args.ptx, args.head_sizes)
     out = Path(args.out)
     out.write_text(json.dumps(records, indent=1))
     out.with_suffix(".md").write_text(markdown(records))

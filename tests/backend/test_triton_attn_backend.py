@@ -359,6 +359,52 @@ def test_prefix_lm_models_capture_single_token_decodes(vllm_config, monkeypatch)
     assert support(vllm_config, spec) == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
 
 
+def test_batch_invariant_mode(vllm_config, monkeypatch):
+    """VLLM_BATCH_INVARIANT=1 reaches the plan: a request's output through the
+    builder and impl is bitwise the same alone, among other decodes, behind
+    graph padding and beside a prefill, and long sequences are still split."""
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "1")
+    builder = make_builder(vllm_config)
+    assert builder.batch_invariant and TritonAttentionBackend.supports_batch_invariance()
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
+    cache = packed_cache(num_blocks=4 * 48 + 1)
+    gen = torch.Generator().manual_seed(0)
+    # (query length, keys): the request under test first, then its company
+    requests = [(1, 700), (1, 90), (1, 333), (1, 5), (24, 60)]
+    blocks = [torch.arange(48 * i + 1, 48 * i + 49, dtype=torch.int32) for i in range(4)]
+    queries = [torch.randn(q, NUM_Q_HEADS, HEAD_SIZE, generator=gen) for q, _ in requests]
+
+    def output_of_first(members, padded=0):
+        """Request 0's output in a batch of ``members`` (decodes first)."""
+        lens = [requests[m][0] for m in members] + [0] * padded
+        qsl = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+        common = CommonAttentionMetadata(
+            query_start_loc=qsl,
+            query_start_loc_cpu=qsl.clone(),
+            seq_lens=torch.tensor([requests[m][1] for m in members] + [0] * padded),
+            num_reqs=len(lens),
+            num_actual_tokens=int(qsl[-1]),
+            max_query_len=max(lens),
+            max_seq_len=max(requests[m][1] for m in members),
+            block_table_tensor=torch.stack([blocks[m % 4] for m in members + [0] * padded]),
+            slot_mapping=torch.zeros(int(qsl[-1]), dtype=torch.int64),
+        )
+        common.seq_lens = common.seq_lens.to(torch.int32)
+        metadata = builder.build(0, common)
+        query = torch.cat([queries[m] for m in members])
+        output = torch.full_like(query, float("nan"))
+        impl.forward(Layer(), query, query, query, cache, metadata, output)
+        row = int(qsl[members.index(0)])
+        return output[row : row + 1], metadata.plan
+
+    alone, plan = output_of_first([0])
+    assert plan.min_split_keys > 0 and plan.num_kv_splits > 1
+    for members, padded in (([1, 0, 2], 0), ([2, 3, 1, 0], 0), ([0, 1], 2), ([3, 0, 4], 0)):
+        output, plan = output_of_first(members, padded)
+        assert torch.equal(output, alone), members
+    assert isinstance(plan, MixedBatchPlan)
+
+
 def test_encoder_self_attention_without_cache(vllm_config):
     builder = make_builder(vllm_config)
     impl = TritonAttentionImpl(
@@ -412,8 +458,8 @@ def test_profiling_run_and_refusals(vllm_config):
         TritonAttentionImpl(8, 64, 0.1, 2, [0.1] * 8, None, "auto", use_alibi_sqrt=True)
     with pytest.raises(NotImplementedError, match="kv_cache_dtype='int8_per_token_head'"):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int8_per_token_head")
-    with pytest.raises(NotImplementedError, match="head sizes 32..256, got 512"):
-        TritonAttentionImpl(8, 512, 0.1, 2, None, None, "auto")
+    with pytest.raises(NotImplementedError, match="head sizes 32..512, got 576"):
+        TritonAttentionImpl(8, 576, 0.1, 2, None, None, "auto")
     with pytest.raises(NotImplementedError, match="chunked"):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", chunk_lookback=4)
 
@@ -494,14 +540,15 @@ def test_validate_configuration_gives_reasons(monkeypatch):
 
     assert reasons() == []
     assert reasons(has_sink=True, has_sliding_window=True, kv_cache_dtype="fp8") == []
-    assert "head_size not supported" in reasons(head_size=512)
+    assert reasons(head_size=512, has_sliding_window=True) == []  # Gemma 4's global layers
+    assert "head_size not supported" in reasons(head_size=576)
     assert "head_size not supported" in reasons(head_size=16)
     assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="int8_per_token_head")
     assert "block_size not supported" in reasons(block_size=8)
     assert reasons(use_mm_prefix=True, has_sliding_window=True) == []
     assert "MLA not supported" in reasons(use_mla=True)
     assert "R-SWA not supported" in reasons(use_rswa=True)
-    assert "batch invariance not supported" in reasons(use_batch_invariant=True)
+    assert reasons(use_batch_invariant=True) == []
     monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: True)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 9)) == []
     refused = reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 0))
@@ -545,6 +592,8 @@ if sys.argv[1] == "rocm":
             None, config._replace(kv_cache_dtype="fp8_e5m2"), 32)
         result["mm_prefix"] = RocmPlatform.get_attn_backend_cls(
             None, config._replace(use_mm_prefix=True), 32)
+        result["head_512"] = RocmPlatform.get_attn_backend_cls(
+            None, config._replace(head_size=512), 32)
 else:
     # its compiled ops need libcuda; nothing here calls them
     sys.modules["vllm._C_stable_libtorch"] = types.ModuleType("vllm._C_stable_libtorch")
@@ -553,11 +602,15 @@ else:
                            return_value=DeviceCapability(9, 0)):
         result["flag"] = CudaPlatform.get_attn_backend_cls(
             AttentionBackendEnum.TRITON_ATTN, config, 32)
+        result["head_512"] = CudaPlatform.get_attn_backend_cls(
+            AttentionBackendEnum.TRITON_ATTN, config._replace(head_size=512), 32)
+        result["batch_invariant"] = CudaPlatform.get_attn_backend_cls(
+            AttentionBackendEnum.TRITON_ATTN, config._replace(use_batch_invariant=True), 32)
         result["mm_prefix"] = CudaPlatform.get_attn_backend_cls(
             AttentionBackendEnum.TRITON_ATTN, config._replace(use_mm_prefix=True), 32)
         try:
             CudaPlatform.get_attn_backend_cls(AttentionBackendEnum.TRITON_ATTN,
-                                              config._replace(head_size=512), 32)
+                                              config._replace(head_size=576), 32)
         except Exception as error:
             result["refused"] = str(error)
 print(json.dumps(result))
@@ -587,6 +640,7 @@ def test_rocm_selects_ours_by_default(gfx, capability):
     result = _select("rocm", gfx, *capability.split())
     assert result.pop("fp8_e5m2") == "vllm.v1.attention.backends.rocm_attn.RocmAttentionBackend"
     assert result.pop("mm_prefix") == OUR_CLASS  # multimodal prefix-LMs (Gemma 3, PaliGemma...)
+    assert result.pop("head_512") == OUR_CLASS  # Gemma 4's global layers
     assert set(result) == {"aiter=False", "aiter=True"}
     for case, path in result.items():
         assert path == OUR_CLASS, case
@@ -596,6 +650,8 @@ def test_cuda_selects_ours_by_flag_and_says_why_it_refuses():
     result = _select("cuda")
     assert result["flag"] == OUR_CLASS
     assert result["mm_prefix"] == OUR_CLASS
+    assert result["head_512"] == OUR_CLASS
+    assert result["batch_invariant"] == OUR_CLASS
     assert "head_size not supported" in result["refused"]
 
 

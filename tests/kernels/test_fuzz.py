@@ -5,7 +5,7 @@
 Random batches: sequence count, per-sequence query and context lengths (empty
 padding rows included), block size, head size, GQA ratio, feature switches
 (multimodal ranges included), dtype, cache layout, shared prefix blocks,
-padding tokens. Examples are
+padding tokens, batch-invariant plans. Examples are
 seeded (same inputs every run, no reruns). Batches that start with short
 queries also run as a ``MixedBatchPlan``. The CPU profile runs a bounded number
 through the interpreter; on a GPU the examples are cut into shards (one test
@@ -62,11 +62,12 @@ def batches(draw):
         alibi=draw(st.booleans()),
         sinks=draw(st.booleans()),
         mixed_plan=draw(st.booleans()),
+        batch_invariant=draw(st.booleans()),
         mm_prefix_ranges=draw(st.one_of(st.none(), _mm_ranges(seq_lens))),
         mm_prefix_clamp_sliding_window=draw(st.booleans()),
     )
     shape = dict(
-        head_size=draw(st.sampled_from([32, 64, 80])),
+        head_size=draw(st.sampled_from([32, 64, 80, 512])),
         num_kv_heads=draw(st.sampled_from([1, 2])),
         group=draw(st.sampled_from([1, 2, 3, 4, 7])),
         block_size=draw(st.sampled_from([16, 32])),
@@ -119,7 +120,7 @@ def check_against_reference(case):
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))
     plan = None
-    if features["mixed_plan"]:
+    if features["mixed_plan"] or features["batch_invariant"]:
         plan = plan_for_batch(
             q_lens,
             num_tokens=batch.q.shape[0],
@@ -128,6 +129,7 @@ def check_against_reference(case):
             head_size=shape["head_size"],
             device=device,
             dtype=shape["dtype"],
+            batch_invariant=features["batch_invariant"],
             **batch.plan_facts(**extra),
         )
     paged_attention(

@@ -97,8 +97,9 @@ def _cpu_cases() -> list[Case]:
     cases += [Case(p, "per_seq_causal_window") for p in ("chunked_prefill", "specdecode4")]
     cases += [Case(p, "mm_prefix_window") for p in ("chunked_prefill", "specdecode4")]
     cases += [Case(p, dtype=torch.float32) for p in ("decode", "prefill", "mixed")]
-    cases += [Case("mixed", head_size=d) for d in (32, 80, 128, 256)]
+    cases += [Case("mixed", head_size=d) for d in (32, 80, 128, 256, 512)]
     cases += [Case("decode", head_size=d) for d in (80, 256)]
+    cases += [Case(p, "all", head_size=512) for p in ("decode", "chunked_prefill")]
     cases += [Case(p, queries_per_kv=g) for p in ("mixed", "decode") for g in (1, 7, 8)]
     cases += [Case("mixed", block_size=b) for b in (32, 64)]
     cases += [
@@ -115,14 +116,16 @@ def _gpu_cases() -> list[Case]:
         QUERY_PATTERNS, FEATURES, (torch.float16, torch.bfloat16, torch.float32)
     ):
         cases.append(Case(pattern, feature, dtype))
-    shapes = itertools.product((32, 64, 80, 96, 112, 128, 256), (1, 4, 7, 8, 16))
+    shapes = itertools.product((32, 64, 80, 96, 112, 128, 192, 256, 512), (1, 4, 7, 8, 16))
     block_sizes = itertools.cycle((16, 32, 64))
     for (head_size, group), block_size in zip(shapes, block_sizes, strict=False):
         for pattern in ("decode", "specdecode4", "prefill", "mixed"):
             cases.append(
                 Case(pattern, "plain", torch.bfloat16, None, head_size, 2, group, block_size)
             )
-    for pattern, head_size in itertools.product(QUERY_PATTERNS, (128, 256)):
+    for pattern, feature in itertools.product(QUERY_PATTERNS, FEATURES):
+        cases.append(Case(pattern, feature, torch.bfloat16, head_size=512))  # Gemma 4's globals
+    for pattern, head_size in itertools.product(QUERY_PATTERNS, (128, 256, 512)):
         # 4-byte tiles: the plan halves the tuned 2-byte tiles to fit shared memory
         cases.append(Case(pattern, "plain", torch.float32, None, head_size))
     for pattern, layout, dtype in itertools.product(
@@ -131,7 +134,7 @@ def _gpu_cases() -> list[Case]:
         cases.append(Case(pattern, "sliding_window", dtype, layout=layout))
     arch = GpuArch.of_device("cuda") if HAS_GPU else None
     for pattern, feature, dtype, head_size in itertools.product(
-        QUERY_PATTERNS, ("plain", "all"), (torch.float16, torch.bfloat16), (64, 128)
+        QUERY_PATTERNS, ("plain", "all"), (torch.float16, torch.bfloat16), (64, 128, 512)
     ):
         for kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
             if arch.supports_kv_dtype(kv_dtype):

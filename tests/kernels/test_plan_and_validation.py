@@ -468,8 +468,8 @@ def call(batch, **overrides):
 
 def test_bad_inputs_get_clear_errors(batch, device):
     q = batch.q
-    with pytest.raises(NotImplementedError, match=r"head_size must be in \[32, 256\], got 512"):
-        big = torch.zeros(q.shape[0], 8, 512, dtype=q.dtype, device=device)
+    with pytest.raises(NotImplementedError, match=r"head_size must be in \[32, 512\], got 576"):
+        big = torch.zeros(q.shape[0], 8, 576, dtype=q.dtype, device=device)
         call(batch, q=big, out=big.clone())
     with pytest.raises(TypeError, match="q.dtype must be float16, bfloat16 or float32"):
         call(batch, q=q.to(torch.float64), out=q.to(torch.float64))

@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import torch
 
+from vllm import envs
 from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.config.cache import CacheDType
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
@@ -191,6 +192,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.mixed_batches_in_full_graphs = (
             mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
         )
+        # VLLM_BATCH_INVARIANT=1: every request's output bitwise independent of
+        # its batch (the plan fixes each sequence's split-KV reduction order).
+        self.batch_invariant = envs.VLLM_BATCH_INVARIANT
 
         # One persistent split-KV scratch, sized for the largest plan that the
         # decodes of a batch the scheduler can form (graph capture sizes
@@ -258,6 +262,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             features=self.features._replace(per_seq_causal=per_seq_causal, mm_prefix=mm_prefix),
             layout=self.layout,
             long_query_only=self.mixed_batches_in_full_graphs,
+            batch_invariant=self.batch_invariant,
         )
 
     def build_for_cudagraph_capture(
@@ -377,6 +382,10 @@ class TritonAttentionBackend(AttentionBackend):
 
     @classmethod
     def supports_mm_prefix(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_batch_invariance(cls) -> bool:
         return True
 
     @classmethod

@@ -448,13 +448,47 @@ def attend_key_tiles(
 
 
 @triton.jit
-def split_key_range(seq_len, kv_lo, split, NUM_KV_SPLITS: tl.constexpr, TILE_N: tl.constexpr):
+def split_key_range(seq_len, kv_lo, split, num_splits, TILE_N: tl.constexpr):
     """Keys ``[split_lo, split_hi)`` of split ``split``: the sequence's keys from
-    ``kv_lo`` on, cut into ``NUM_KV_SPLITS`` ranges of whole key tiles. The
+    ``kv_lo`` on, cut into ``num_splits`` ranges of whole key tiles. The
     length of a range follows the sequence, so the grid does not."""
-    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_KV_SPLITS), TILE_N) * TILE_N
+    keys_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, num_splits), TILE_N) * TILE_N
     split_lo = kv_lo + split * keys_per_split
     return split_lo, tl.minimum(split_lo + keys_per_split, seq_len)
+
+
+@triton.jit
+def split_count(num_keys, MIN_SPLIT_KEYS: tl.constexpr, MAX_SPLITS: tl.constexpr):
+    """Splits of a sequence in batch-invariant mode: enough for ranges of at
+    least ``MIN_SPLIT_KEYS`` keys, at most ``MAX_SPLITS``; a function of the
+    sequence's own key count only, so its reduction order is too."""
+    return tl.minimum(tl.maximum(tl.cdiv(num_keys, MIN_SPLIT_KEYS), 1), MAX_SPLITS)
+
+
+@triton.jit
+def mark_empty_splits(
+    partial_lse_ptr,
+    q_start,
+    token,
+    head,
+    row_valid,
+    num_splits,
+    stride_partial_token,
+    BLOCK_M: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    NUM_KV_SPLITS: tl.constexpr,
+):
+    """A log2-sum-exp of -inf for the rows' splits ``num_splits`` and above,
+    which no program computes: the merge gives them no weight (and reads
+    none of their partials)."""
+    splits = tl.arange(0, NUM_KV_SPLITS)
+    lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
+    lse_offset += head * NUM_KV_SPLITS
+    tl.store(
+        partial_lse_ptr + lse_offset[:, None] + splits[None, :],
+        tl.full([BLOCK_M, NUM_KV_SPLITS], float("-inf"), tl.float32),
+        mask=row_valid[:, None] & (splits >= num_splits)[None, :],
+    )
 
 
 @triton.jit

@@ -289,6 +289,7 @@ def split_kv_decode_launch(
     args.update(
         _partials_args(partials),
         NUM_KV_SPLITS=plan.num_kv_splits,
+        MIN_SPLIT_KEYS=plan.min_split_keys,
         EARLY_DEPENDENTS=early_dependents,
         PREFETCH_BLOCKS=plan.prefetch_blocks,
         **pdl,
@@ -350,6 +351,7 @@ def merge_launch(
         DIMS_PER_PROGRAM=dims_per_program,
         NUM_KV_SPLITS=plan.num_kv_splits,
         SPLITS_PAD=next_power_of_2(plan.num_kv_splits),
+        SPARSE_SPLITS=plan.min_split_keys > 0,
         KV_IS_FP8=call.kv_is_fp8,
         **pdl,
     )

@@ -38,7 +38,7 @@ PIPELINED_KERNELS = (SPLIT_KV_DECODE_PIPELINED, LONG_QUERY_PIPELINED)
 MIN_DOT_SIZE = 16
 # Head sizes the kernels serve (and the test matrix covers).
 MIN_HEAD_SIZE = 32
-MAX_HEAD_SIZE = 256
+MAX_HEAD_SIZE = 512
 
 # Queries of at most this many tokens per sequence (decode, and speculative
 # decode verification with up to 7 draft tokens) go to split-KV decode.
@@ -72,6 +72,15 @@ FINE_KV_SPLITS = 4
 # the call. DECISIONS.md: "Early merge release".
 EARLY_MERGE_PROGRAMS_PER_COMPUTE_UNIT = 2
 EARLY_MERGE_MAX_ROWS = 16
+
+# Batch-invariant mode (a request's output bitwise the same in any batch):
+# split-KV cuts each sequence into as many ranges of at least this many keys
+# as its own length needs, at most this many ranges, and always merges them;
+# the grid's programs per sequence still follow the batch and take the
+# ranges in turn. The tiles are those of a finely split launch, whatever the
+# batch. DECISIONS.md: "Batch-invariant splits".
+BATCH_INVARIANT_SPLIT_KEYS = 256
+BATCH_INVARIANT_KV_SPLITS = 32
 
 # Partial values (heads x splits x dims) one merge program combines: 4096 was
 # 2% faster than 2048 and even with 8192. DECISIONS.md: "Merge tile".
@@ -227,6 +236,11 @@ class AttentionPlan:
     # for the long-query one the FMA exp2 share (PIPELINED_LONG_QUERY_TILES).
     kv_buffers: int = 0
     fma_exp2_every: int = 0
+    # Batch-invariant split-KV: splits of at least this many keys, up to
+    # num_kv_splits per sequence, taken in turn by split_programs programs
+    # per (sequence, KV head). 0: one program per split, num_kv_splits of them.
+    min_split_keys: int = 0
+    split_programs: int = 0
 
     @property
     def is_split_kv(self) -> bool:
@@ -243,7 +257,7 @@ class AttentionPlan:
     @functools.cached_property  # read per launch, so derived once per plan
     def grid(self) -> tuple[int, int, int]:
         if self.is_split_kv:
-            return self.num_seqs, self.num_kv_heads, self.num_kv_splits
+            return self.num_seqs, self.num_kv_heads, self.split_programs or self.num_kv_splits
         q_blocks = long_query_grid_size(self.num_tokens, self.num_seqs, self.tokens_per_q_block)
         return q_blocks, self.num_kv_heads, 1
 
@@ -389,6 +403,8 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
         return tuple(tuned)
     if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
         return 64, 64, 4, 1
+    if head_pad > 256:
+        return _long_query_tiles_512(arch)
     if arch.vendor == "cuda":
         if head_pad > 128:  # before Hopper 64-key tiles spill ~1 KB at head 256
             if arch.sm < 90:
@@ -410,6 +426,19 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     return (128, 32, 8, 2) if head_pad <= 128 else (64, 32, 4, 2)
 
 
+def _long_query_tiles_512(arch: GpuArch) -> tuple[int, int, int, int]:
+    """Head sizes above 256 (Gemma 4's 512): 32-row Q tiles on 8 warps, the
+    largest that compile without spills on sm_80/90/100 (32-key tiles) and
+    gfx90a/942/950 (16-key tiles); 64 rows or 4 warps spill, on sm_90 by
+    several KB. RDNA spills at any tile (RDNA4 least with 16 rows,
+    RDNA3 ~0.9 KB). DECISIONS.md: "Head size 512"."""
+    if arch.vendor == "cuda":
+        return 32, 32, 8, 2
+    if arch.is_rdna:
+        return 16, 16, 8, 1
+    return 32, 16, 8, 1
+
+
 def _split_kv_tiles(
     head_pad: int, block_m: int, num_kv_splits: int, arch: GpuArch
 ) -> tuple[int, int, int]:
@@ -429,6 +458,10 @@ def _split_kv_tiles(
         return tuple(tuned)
     if arch.vendor == "interpreter":
         return 64, 4, 1
+    if head_pad > 256:  # 8 warps: with 4, 16-row tiles already spill (DECISIONS.md)
+        if arch.vendor == "cuda":
+            return (32, 8, 2) if arch.sm >= 90 else (32, 8, 1)
+        return 16, 8, 1
     if arch.is_rdna:
         return (32, 4, 1) if head_pad <= 64 else (16, 8, 1) if head_pad > 128 else (16, 4, 1)
     if arch.vendor == "hip":  # larger tiles spill on CDNA (gfx90a: 32-key tiles too)
@@ -454,17 +487,25 @@ def _plan_split_kv(
     features,
     layout,
     beside_long_query,
+    batch_invariant,
 ) -> AttentionPlan:
     head_pad = head_pad_of(head_size)
     wide = dtype.itemsize > 2
     block_m = split_kv_block_m(max_query_len, num_q_heads // num_kv_heads)
     splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch, beside_long_query)
+    min_split_keys = split_programs = 0
+    if batch_invariant:  # every batch gets the same splits and tiles
+        split_programs = splits
+        splits = min(BATCH_INVARIANT_KV_SPLITS, max_kv_splits(block_m))
+        split_programs, min_split_keys = min(split_programs, splits), BATCH_INVARIANT_SPLIT_KEYS
     kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, block_m, splits, arch)
     if wide:
         kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
     kernel, kv_buffers = SPLIT_KV_DECODE, 0
     pipelined = None
-    if arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128:
+    if batch_invariant:
+        pass  # the pipelined kernels' split counts and tiles follow the batch
+    elif arch.vendor == "cuda" and arch.sm == 90 and not wide and head_pad == 128:
         max_splits, tiles, per_unit = PIPELINED_DECODE_FEW_SPLITS.get(block_m, (0, None, 0))
         if 2 <= splits <= max_splits and not beside_long_query:
             pipelined = tiles
@@ -496,6 +537,8 @@ def _plan_split_kv(
         arch=arch,
         dtype=dtype,
         kv_buffers=kv_buffers,
+        min_split_keys=min_split_keys,
+        split_programs=split_programs,
     )
 
 
@@ -553,6 +596,7 @@ def plan_attention(
     features: AttentionFeatures = NO_FEATURES,
     layout: TensorLayout = PACKED_LAYOUT,
     beside_long_query: bool = False,
+    batch_invariant: bool = False,
 ) -> AttentionPlan:
     """Choose the kernel and its launch for one batch of one kind (host facts only).
 
@@ -562,7 +606,9 @@ def plan_attention(
     needs (e.g. 128 x 128 at head 128 would need 256 KB on an H200, which has
     227 KB). ``features`` and ``layout``: what the calls that run this plan
     use and pass (the pipelined kernels cover only part of it).
-    ``beside_long_query``: see ``num_kv_splits_for``."""
+    ``beside_long_query``: see ``num_kv_splits_for``. ``batch_invariant``:
+    every reduction of a sequence in an order that depends on that sequence
+    alone (``BATCH_INVARIANT_*``); the long-query kernels' order already does."""
     if max_query_len <= SPLIT_KV_MAX_QUERY_LEN:
         return _plan_split_kv(
             num_tokens,
@@ -576,6 +622,7 @@ def plan_attention(
             features,
             layout,
             beside_long_query,
+            batch_invariant,
         )
     return _plan_long_query(
         num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size, arch, dtype, features, layout
@@ -619,6 +666,7 @@ def plan_batch(
     features: AttentionFeatures = NO_FEATURES,
     layout: TensorLayout = PACKED_LAYOUT,
     long_query_only: bool = False,
+    batch_invariant: bool = False,
 ) -> AttentionPlan | MixedBatchPlan:
     """The plan of a batch as vLLM forms it: its first ``num_decodes`` sequences
     have at most ``max_decode_query_len`` (<= ``SPLIT_KV_MAX_QUERY_LEN``)
@@ -630,7 +678,8 @@ def plan_batch(
     graph size, and a workspace sized once covers them).
     ``long_query_only``: every sequence on the long-query kernel, which is
     correct for any query length (for graphs captured from mixed batches,
-    which a batch of decodes may replay).
+    which a batch of decodes may replay). ``batch_invariant``: see
+    ``plan_attention``.
     """
     if not 0 <= num_decodes <= num_seqs or max_decode_query_len > SPLIT_KV_MAX_QUERY_LEN:
         raise ValueError(
@@ -646,6 +695,7 @@ def plan_batch(
         dtype=dtype,
         features=features,
         layout=layout,
+        batch_invariant=batch_invariant,
     )
     long_query_len = max(max_query_len, SPLIT_KV_MAX_QUERY_LEN + 1)
     if long_query_only:
