@@ -41,6 +41,7 @@ MODELS = {  # name: (num_q_heads, num_kv_heads, head_size)
     "llama3-8b": (32, 8, 128),
     "qwen-7to1": (28, 4, 128),
     "gemma2-9b": (16, 8, 256),
+    "gemma4-global": (32, 4, 512),  # Gemma 4's full-attention layers
     "d64-gqa4": (32, 8, 64),
 }
 SWEEPS = {
@@ -93,10 +94,10 @@ def gemm_tflops() -> float:
     return 2 * 8192**3 / us / 1e6
 
 
-def backend_plan(model, q_lens, num_tokens=None, arch=None):
+def backend_plan(model, q_lens, num_tokens=None, arch=None, **plan_args):
     """Our plan for a batch, as the backend makes it: mixed when decodes (q_len 1)
     precede long queries; spec-decode cells (q_len <= 8) take split-KV. ``arch``:
-    the GPU to plan for, when not this machine's."""
+    the GPU to plan for, when not this machine's; ``plan_args``: features, mode."""
     hq, hkv, d = model
     longest = max(q_lens)
     return plan_for_batch(
@@ -108,6 +109,7 @@ def backend_plan(model, q_lens, num_tokens=None, arch=None):
         device="cuda",
         arch=arch,
         max_decode_query_len=longest if longest <= 8 else 1,
+        **plan_args,
     )
 
 
@@ -168,7 +170,7 @@ def ragged_inputs(model, q_lens, seq_lens, dtype, block_size=16, distinct_blocks
     return q, k_cache, v_cache, qsl, lens, block_table
 
 
-def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
+def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None, **call_args):
     """Our call on ``inputs`` (``ragged_inputs``), planned as the backend plans it
     unless ``plan`` is given. Every implementation in a cell reads the same inputs:
     timed on separately allocated multi-GB caches, our eager calls at 2M+ tokens took
@@ -194,6 +196,7 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None):
             scale=d**-0.5,
             plan=plan,
             workspace=workspace,
+            **call_args,
         )
 
     return time_us(run, graphs), plan
@@ -224,19 +227,35 @@ def upstream_module():
         sys.modules.update(ours)
 
 
-def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_len, context):
+def run_upstream(
+    model,
+    q,
+    k_cache,
+    v_cache,
+    out,
+    qsl,
+    seq_lens,
+    block_table,
+    q_len,
+    context,
+    causal=True,
+    mm_prefix_ranges=None,
+    batch_invariant=False,
+):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
-    128 // num_kv_heads sequences)."""
+    128 // num_kv_heads sequences); ``batch_invariant``: as under
+    VLLM_BATCH_INVARIANT=1 (which its module reads at import)."""
     hq, hkv, d = model
     threshold = 128 // hkv
     rows = min(threshold, seq_lens.shape[0]) * q_len
     scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device=q.device)
     segm_max = torch.empty(rows, hq, 16, device=q.device)
     segm_sum = torch.empty(rows, hq, 16, device=q.device)
-    unified_attention = upstream_module().unified_attention
+    module = upstream_module()
 
     def run():
-        unified_attention(
+        module.is_batch_invariant = batch_invariant
+        module.unified_attention(
             q,
             k_cache,
             v_cache,
@@ -246,7 +265,7 @@ def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_
             seq_lens,
             context,
             d**-0.5,
-            True,
+            causal,
             (-1, -1),
             block_table,
             0,
@@ -258,17 +277,18 @@ def run_upstream(model, q, k_cache, v_cache, out, qsl, seq_lens, block_table, q_
             softmax_segm_output=scratch,
             softmax_segm_max=segm_max,
             softmax_segm_expsum=segm_sum,
+            mm_prefix_range=mm_prefix_ranges,
         )
 
     return run
 
 
-def bench_upstream(model, q_lens, seq_lens, inputs, graphs):
+def bench_upstream(model, q_lens, seq_lens, inputs, graphs, **call_args):
     out = torch.empty_like(inputs[0])
-    return time_us(
-        run_upstream(model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens), max(seq_lens)),
-        graphs,
+    run = run_upstream(
+        model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens), max(seq_lens), **call_args
     )
+    return time_us(run, graphs)
 
 
 def check_upstream_small(model, q_lens, seq_lens, dtype):
@@ -331,6 +351,12 @@ def main():
         action="store_true",
         help="also time the pinned vLLM's kernel (devtools/fetch_upstream_kernel.py)",
     )
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="only the feature cells: multimodal ranges and per-sequence causal flags "
+        "in prefills, batch-invariant decodes (see bench_features)",
+    )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
         parser.error(f"{UPSTREAM} is missing: run devtools/fetch_upstream_kernel.py first")
@@ -362,6 +388,11 @@ def main():
             flush=True,
         )
         Path(args.out).write_text(json.dumps(records, indent=1))
+
+    if args.features:
+        for name in args.models:
+            bench_features(MODELS[name], name, base, dtype, args.upstream, emit, copy)
+        return
 
     sweep = SWEEPS[args.sweep]
     for name in args.models:
@@ -527,6 +558,113 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
         emit(rec)
         if upstream:
             emit(dict(rec, impl="upstream", us=uus, tflops=chunk_flops / uus / 1e6))
+
+
+# Feature cells. Prefills with multimodal ranges: one 256-token image (Gemma 3's
+# size) every 1024 tokens; with per-sequence causal flags: every sequence
+# causal (the plain cell's work through the flag path) and every other one
+# bidirectional. Batch-invariant decodes beside the default ones.
+FEATURE_PREFILLS = [(1, 4096), (4, 4096), (1, 16384)]
+IMAGE_TOKENS, IMAGE_EVERY = 256, 1024
+INVARIANT_DECODES = [(b, c) for b in (1, 4, 32, 128) for c in (1024, 16384, 65536)]
+
+
+def image_ranges(batch_size: int, seq: int) -> torch.Tensor:
+    starts = range(IMAGE_EVERY // 8, seq - IMAGE_TOKENS, IMAGE_EVERY)
+    ranges = [(start, start + IMAGE_TOKENS - 1) for start in starts]
+    return torch.tensor([ranges] * batch_size, dtype=torch.int32, device="cuda")
+
+
+def bench_features(model, name, base, dtype, upstream, emit, copy):
+    hq, hkv, d = model
+    for batch_size, seq in FEATURE_PREFILLS:
+        cell = ([seq] * batch_size, [seq] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        flops = 4 * batch_size * hq * d * seq * seq / 2  # causal; ranges add little
+        alternating = torch.arange(batch_size, dtype=torch.int32, device="cuda") % 2 == 0
+        variants = {
+            "plain": {},
+            "mm_ranges": dict(mm_prefix_ranges=image_ranges(batch_size, seq)),
+            "causal_flags": dict(causal=torch.ones(batch_size, dtype=torch.int32, device="cuda")),
+            "mixed_flags": dict(causal=alternating.to(torch.int32)),
+        }
+        plain_us = None
+        for variant, call_args in variants.items():
+            plan = backend_plan(model, cell[0], features=_features(call_args))
+            us, _ = bench_ours(model, *cell, inputs, True, plan, **call_args)
+            plain_us = plain_us or us
+            rec = dict(
+                base,
+                kind="prefill",
+                impl="ours",
+                feature=variant,
+                model=name,
+                batch=batch_size,
+                context=seq,
+                q_len=seq,
+                head_size=d,
+                num_q_heads=hq,
+                num_kv_heads=hkv,
+                graphs=True,
+                us=us,
+                tflops=flops / us / 1e6,
+                ratio_plain=us / plain_us,
+            )
+            if upstream:
+                uus = bench_upstream(model, *cell, inputs, True, **call_args)
+                rec["ratio_upstream"] = uus / us
+            emit(rec)
+            if upstream:
+                emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
+        del inputs
+        torch.cuda.empty_cache()
+    for batch_size, context in INVARIANT_DECODES:
+        kv_bytes = 2 * batch_size * context * hkv * d * 2
+        if kv_bytes > 24e9:  # as in the main sweep
+            continue
+        cell = ([1] * batch_size, [context] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        default_us = None
+        for invariant in (False, True):
+            plan = backend_plan(model, cell[0], batch_invariant=invariant)
+            us, _ = bench_ours(model, *cell, inputs, True, plan)
+            default_us = default_us or us
+            rec = dict(
+                base,
+                kind="decode",
+                impl="ours",
+                feature="batch_invariant" if invariant else "plain",
+                model=name,
+                batch=batch_size,
+                context=context,
+                q_len=1,
+                head_size=d,
+                num_q_heads=hq,
+                num_kv_heads=hkv,
+                graphs=True,
+                us=us,
+                gbps=kv_bytes / us / 1e3,
+                ratio_copy=kv_bytes / us / 1e3 / copy,
+                ratio_plain=us / default_us,
+                kv_splits=plan.num_kv_splits,
+            )
+            if upstream:
+                uus = bench_upstream(model, *cell, inputs, True, batch_invariant=invariant)
+                rec["ratio_upstream"] = uus / us
+            emit(rec)
+            if upstream:
+                ugbps = kv_bytes / uus / 1e3
+                emit(dict(rec, impl="upstream", us=uus, gbps=ugbps, ratio_copy=ugbps / copy))
+        del inputs
+        torch.cuda.empty_cache()
+
+
+def _features(call_args):
+    from vllm.v1.attention.ops.triton_attention import AttentionFeatures
+
+    return AttentionFeatures(
+        per_seq_causal="causal" in call_args, mm_prefix="mm_prefix_ranges" in call_args
+    )
 
 
 if __name__ == "__main__":
