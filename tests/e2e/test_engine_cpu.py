@@ -49,15 +49,19 @@ ENGINE_ARGS = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+def _make_tiny_model(out: Path, arch: str) -> Path:
+    script = REPO / "scripts" / "make_tiny_model.py"
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(out)],
+        [sys.executable, str(script), "--out", str(out), "--arch", arch],
         check=True,
         capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return _make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama")
 
 
 def transformers_greedy(model_dir: Path, dtype: str) -> list[list[int]]:
@@ -131,6 +135,16 @@ def test_offline_engine_matches_transformers_fp32(tiny_model):
     # the engine really ran our implementation in every attention layer
     assert result["impls"] == ["vllm.v1.attention.backends.triton_attn.TritonAttentionImpl"]
     assert result["tokens"] == transformers_greedy(tiny_model, "float32")
+
+
+def test_gemma4_style_model_with_512_wide_heads(tmp_path):
+    """Gemma 4's layout: a sliding-window layer of head size 64, then a global
+    layer of head size 512 (which vLLM sends to TRITON_ATTN where FA4 is
+    absent), through decodes and chunked prefills beside them."""
+    model = _make_tiny_model(tmp_path / "tiny-gemma4", "gemma4")
+    result = run_offline(model, "float32")
+    assert result["impls"] == ["vllm.v1.attention.backends.triton_attn.TritonAttentionImpl"]
+    assert result["tokens"] == transformers_greedy(model, "float32")
 
 
 def test_offline_engine_fp16_logprobs_match_transformers(tiny_model):
