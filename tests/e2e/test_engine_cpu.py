@@ -147,6 +147,104 @@ def test_gemma4_style_model_with_512_wide_heads(tmp_path):
     assert result["tokens"] == transformers_greedy(model, "float32")
 
 
+_MULTIMODAL = """
+import json, sys
+import numpy as np
+from PIL import Image
+from vllm import LLM, SamplingParams
+
+if __name__ == "__main__":
+    model, engine_args, prompts, max_tokens = sys.argv[1:]
+    llm = LLM(model=model, dtype="float32", attention_config={"backend": "TRITON_ATTN"},
+              limit_mm_per_prompt={"image": 1}, **json.loads(engine_args))
+    pixels = (np.random.RandomState(0).rand(56, 56, 3) * 255).astype("uint8")
+    image = Image.fromarray(pixels)
+    requests = [{"prompt": p, "multi_modal_data": {"image": image}} if "<start_of_image>" in p
+                else p for p in json.loads(prompts)]
+    params = SamplingParams(temperature=0.0, max_tokens=int(max_tokens), ignore_eos=True,
+                            logprobs=0, prompt_logprobs=0)
+    result = []
+    for o in llm.generate(requests, params):
+        ids = list(o.prompt_token_ids) + list(o.outputs[0].token_ids)
+        steps = o.prompt_logprobs[1:] + o.outputs[0].logprobs
+        result.append({"ids": ids, "prompt_len": len(o.prompt_token_ids),
+                       "logprobs": [step[token].logprob for step, token in zip(steps, ids[1:])]})
+    print("RESULT " + json.dumps(result))
+"""
+MULTIMODAL_PROMPTS = [
+    "Here is a picture: <start_of_image> and what it shows, in a few words, is",
+    "A text-only request runs beside it.",
+]
+
+
+def test_multimodal_prefix_lm_image_tokens_attend_both_ways(tmp_path):
+    """Gemma 3 with a vision tower, a multimodal prefix-LM: vLLM hands our
+    builder each request's image range, and the image tokens attend to each
+    other both ways. Every log-probability (prompt and generated, through
+    chunked prefill and decodes beside a text-only request) matches
+    transformers, which masks the same way; with the image attending only
+    causally they would be far off."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    model_dir = _make_tiny_model(tmp_path / "tiny-gemma3-vision", "gemma3-vision")
+    engine_args = dict(ENGINE_ARGS, max_num_batched_tokens=48)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MULTIMODAL,
+            str(model_dir),
+            json.dumps(engine_args),
+            json.dumps(MULTIMODAL_PROMPTS),
+            str(MAX_TOKENS),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(ENV, VLLM_ENABLE_V1_MULTIPROCESSING="0"),
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    outputs = json.loads(line[len("RESULT ") :])
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Gemma3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    image = Image.fromarray((np.random.RandomState(0).rand(56, 56, 3) * 255).astype("uint8"))
+    for prompt, output in zip(MULTIMODAL_PROMPTS, outputs, strict=True):
+        has_image = "<start_of_image>" in prompt
+        inputs = processor(
+            text=[prompt], images=[[image]] if has_image else None, return_tensors="pt"
+        )
+        assert inputs["input_ids"][0].tolist() == output["ids"][: output["prompt_len"]]
+        ids = torch.tensor([output["ids"]])
+        extra = {"token_type_ids": torch.zeros_like(ids)}
+        if has_image:
+            extra["pixel_values"] = inputs["pixel_values"]
+            extra["token_type_ids"][0, : output["prompt_len"]] = inputs["token_type_ids"][0]
+            assert extra["token_type_ids"].sum() == 16  # the image tokens
+
+        expected = _teacher_forced_logprobs(model, ids, **extra)
+        # fp32 on both sides: only summation order differs
+        torch.testing.assert_close(torch.tensor(output["logprobs"]), expected, atol=2e-3, rtol=0)
+        if has_image:  # the test can tell: image tokens seeing only the past score otherwise
+            causal = _teacher_forced_logprobs(
+                model, ids, **dict(extra, token_type_ids=torch.zeros_like(ids))
+            )
+            assert (causal - expected).abs().max() > 0.1
+
+
+def _teacher_forced_logprobs(model, ids, **inputs):
+    """Log-probability of each token after the first, given the ones before it."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=ids, **inputs).logits
+    return logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+
+
 def test_offline_engine_fp16_logprobs_match_transformers(tiny_model):
     """fp16 may break greedy ties differently; its log-probabilities must still
     agree with fp32 transformers scoring the same tokens (teacher forcing)."""
