@@ -7,7 +7,9 @@ host's launch cost shows).
 
     python -m devtools.summarize_bench benchmarks/results/nvidia-h100/bench_full.json
 
-Writes SUMMARY.md beside the first JSON (rooflines come from the first).
+Writes SUMMARY.md beside the first JSON, or ``--out`` (rooflines come from the
+first). Records of ``bench_attention --features`` get a table of their own: each
+feature cell against the same cell without it and against upstream.
 """
 
 import argparse
@@ -18,8 +20,11 @@ from pathlib import Path
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+")
+    parser.add_argument("--out", help="the markdown file (default: SUMMARY.md beside the JSON)")
     args = parser.parse_args()
     records = [r for path in args.json for r in json.loads(Path(path).read_text())]
+    features = [r for r in records if "feature" in r]
+    records = [r for r in records if "feature" not in r]
     copy = next(r["gbps"] for r in records if r["impl"] == "copy")
     gemm = next(r["tflops"] for r in records if r["impl"] == "gemm")
     cells = {
@@ -122,9 +127,38 @@ def main():
             f"{upstream['us'] / ours['us'] if upstream else float('nan'):.2f} | "
             f"{ours.get('one_launch_us', float('nan')):.0f} |"
         )
-    out = Path(args.json[0]).with_name("SUMMARY.md")
+    lines += feature_table(features)
+    out = Path(args.out) if args.out else Path(args.json[0]).with_name("SUMMARY.md")
     out.write_text("\n".join(lines) + "\n")
     print(out)
+
+
+def feature_table(records: list[dict]) -> list[str]:
+    if not records:
+        return []
+    lines = [
+        "",
+        "## Feature cells",
+        "",
+        "Prefill: `mm_ranges` one 256-token image every 1024 tokens; `causal_flags` a causal "
+        "flag per sequence, all set (the plain cell's work through the flag path); "
+        "`mixed_flags` every other sequence bidirectional. Decode: `batch_invariant` plans "
+        "against the default ones; upstream in the same mode (VLLM_BATCH_INVARIANT).",
+        "",
+        "| model | kind | feature | batch | context | ours us | / same cell plain | "
+        "upstream / ours | x copy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if r["impl"] != "ours":
+            continue
+        lines.append(
+            f"| {r['model']} | {r['kind']} | {r['feature']} | {r['batch']} | {r['context']} | "
+            f"{r['us']:.1f} | {r['ratio_plain']:.3f} | "
+            f"{r.get('ratio_upstream', float('nan')):.2f} | "
+            f"{r.get('ratio_copy', float('nan')):.2f} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

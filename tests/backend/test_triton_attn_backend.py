@@ -594,6 +594,8 @@ if sys.argv[1] == "rocm":
             None, config._replace(use_mm_prefix=True), 32)
         result["head_512"] = RocmPlatform.get_attn_backend_cls(
             None, config._replace(head_size=512), 32)
+        result["batch_invariant"] = RocmPlatform.get_attn_backend_cls(
+            None, config._replace(use_batch_invariant=True), 32)
 else:
     # its compiled ops need libcuda; nothing here calls them
     sys.modules["vllm._C_stable_libtorch"] = types.ModuleType("vllm._C_stable_libtorch")
@@ -641,6 +643,7 @@ def test_rocm_selects_ours_by_default(gfx, capability):
     assert result.pop("fp8_e5m2") == "vllm.v1.attention.backends.rocm_attn.RocmAttentionBackend"
     assert result.pop("mm_prefix") == OUR_CLASS  # multimodal prefix-LMs (Gemma 3, PaliGemma...)
     assert result.pop("head_512") == OUR_CLASS  # Gemma 4's global layers
+    assert result.pop("batch_invariant") == OUR_CLASS
     assert set(result) == {"aiter=False", "aiter=True"}
     for case, path in result.items():
         assert path == OUR_CLASS, case
