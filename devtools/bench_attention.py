@@ -240,6 +240,8 @@ def run_upstream(
     context,
     causal=True,
     mm_prefix_ranges=None,
+    alibi_slopes=None,
+    alibi_sqrt=False,
     batch_invariant=False,
 ):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
@@ -277,7 +279,9 @@ def run_upstream(
             softmax_segm_output=scratch,
             softmax_segm_max=segm_max,
             softmax_segm_expsum=segm_sum,
+            alibi_slopes=alibi_slopes,
             mm_prefix_range=mm_prefix_ranges,
+            use_alibi_sqrt=alibi_sqrt,
         )
 
     return run
@@ -563,7 +567,8 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
 # Feature cells. Prefills with multimodal ranges: one 256-token image (Gemma 3's
 # size) every 1024 tokens; with per-sequence causal flags: every sequence
 # causal (the plain cell's work through the flag path) and every other one
-# bidirectional. Batch-invariant decodes beside the default ones.
+# bidirectional; with ALiBi and ALiBi-sqrt. Batch-invariant decodes beside the
+# default ones.
 FEATURE_PREFILLS = [(1, 4096), (4, 4096), (1, 16384)]
 IMAGE_TOKENS, IMAGE_EVERY = 256, 1024
 INVARIANT_DECODES = [(b, c) for b in (1, 4, 32, 128) for c in (1024, 16384, 65536)]
@@ -582,11 +587,14 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
         inputs = ragged_inputs(model, *cell, dtype)
         flops = 4 * batch_size * hq * d * seq * seq / 2  # causal; ranges add little
         alternating = torch.arange(batch_size, dtype=torch.int32, device="cuda") % 2 == 0
+        slopes = 2.0 ** (-8.0 * torch.arange(1, hq + 1, device="cuda") / hq)
         variants = {
             "plain": {},
             "mm_ranges": dict(mm_prefix_ranges=image_ranges(batch_size, seq)),
             "causal_flags": dict(causal=torch.ones(batch_size, dtype=torch.int32, device="cuda")),
             "mixed_flags": dict(causal=alternating.to(torch.int32)),
+            "alibi": dict(alibi_slopes=slopes),
+            "alibi_sqrt": dict(alibi_slopes=slopes, alibi_sqrt=True),
         }
         plain_us = None
         for variant, call_args in variants.items():
@@ -663,7 +671,9 @@ def _features(call_args):
     from vllm.v1.attention.ops.triton_attention import AttentionFeatures
 
     return AttentionFeatures(
-        per_seq_causal="causal" in call_args, mm_prefix="mm_prefix_ranges" in call_args
+        alibi="alibi_slopes" in call_args,
+        per_seq_causal="causal" in call_args,
+        mm_prefix="mm_prefix_ranges" in call_args,
     )
 
 

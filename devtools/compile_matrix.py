@@ -59,6 +59,7 @@ FEATURES = (
     "sliding_window",
     "softcap",
     "alibi",
+    "alibi_sqrt",
     "sinks",
     "batch_invariant",  # a plan mode, not a call argument
     "all",
@@ -158,7 +159,8 @@ def _launches(variant: Variant, target: str):
         else variant.features != "non_causal",
         sliding_window=64 if on("sliding_window") else None,
         logits_soft_cap=30.0 if on("softcap") else None,
-        alibi_slopes=torch.empty(num_q_heads) if on("alibi") else None,
+        alibi_slopes=torch.empty(num_q_heads) if on("alibi") or on("alibi_sqrt") else None,
+        alibi_sqrt=on("alibi_sqrt"),
         sinks=torch.empty(num_q_heads) if on("sinks") else None,
         k_scale=scale if fp8 else None,
         v_scale=scale if fp8 else None,

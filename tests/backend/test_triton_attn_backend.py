@@ -169,6 +169,9 @@ def run_step(
         scale=impl.scale,
         sliding_window=impl.window,
         sinks=impl.sinks,
+        logits_soft_cap=impl.soft_cap,
+        alibi_slopes=impl.alibi_slopes,
+        alibi_sqrt=impl.use_alibi_sqrt,
         causal=common.causal,
         mm_prefix_ranges=reference_ranges,
         mm_prefix_clamp_sliding_window=mm_clamp,
@@ -228,6 +231,17 @@ def test_features_through_the_impl(vllm_config):
     assert impl.sliding_window == (23, 0)  # upstream's tuple form, for subclasses
     run_step(builder, impl, packed_cache(), [1, 37], [80, 37])
     run_step(builder, impl, packed_cache(), [1, 1], [80, 37])
+
+
+def test_alibi_sqrt_through_the_impl(vllm_config):
+    """StepFun Step1's layers (use_alibi_sqrt): -slope * sqrt(distance) on past keys."""
+    assert TritonAttentionBackend.supports_alibi_sqrt()
+    builder = make_builder(vllm_config)
+    slopes = [2.0 ** (-h) for h in range(1, NUM_Q_HEADS + 1)]
+    impl = TritonAttentionImpl(
+        NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, slopes, None, "auto", use_alibi_sqrt=True
+    )
+    run_step(builder, impl, packed_cache(), [1, 1, 30], [80, 37, 50])
 
 
 def test_cache_views_are_made_once_per_cache_tensor():
@@ -454,8 +468,8 @@ def test_profiling_run_and_refusals(vllm_config):
     impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
     out = torch.full((3, NUM_Q_HEADS, HEAD_SIZE), 5.0)
     assert impl.forward(Layer(), out, None, None, torch.empty(0), None, out).abs().sum() == 0
-    with pytest.raises(NotImplementedError, match="ALiBi-sqrt"):
-        TritonAttentionImpl(8, 64, 0.1, 2, [0.1] * 8, None, "auto", use_alibi_sqrt=True)
+    with pytest.raises(ValueError, match="use_alibi_sqrt needs alibi_slopes"):
+        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", use_alibi_sqrt=True)
     with pytest.raises(NotImplementedError, match="kv_cache_dtype='int8_per_token_head'"):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int8_per_token_head")
     with pytest.raises(NotImplementedError, match="head sizes 32..512, got 576"):

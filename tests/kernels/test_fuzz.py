@@ -59,7 +59,7 @@ def batches(draw):
         ),
         sliding_window=draw(st.sampled_from([None, None, 1, 7, 40])),
         logits_soft_cap=draw(st.sampled_from([None, None, 5.0])),
-        alibi=draw(st.booleans()),
+        alibi=draw(st.sampled_from([None, None, "linear", "sqrt"])),
         sinks=draw(st.booleans()),
         mixed_plan=draw(st.booleans()),
         batch_invariant=draw(st.booleans()),
@@ -111,6 +111,7 @@ def check_against_reference(case):
         alibi_slopes=torch.rand(num_q_heads, generator=gen).to(device)
         if features["alibi"]
         else None,
+        alibi_sqrt=features["alibi"] == "sqrt",
         sinks=torch.randn(num_q_heads, generator=gen).to(device) if features["sinks"] else None,
         mm_prefix_ranges=None
         if features["mm_prefix_ranges"] is None

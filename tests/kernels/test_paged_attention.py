@@ -64,6 +64,9 @@ FEATURES = {
     ),
     "softcap": dict(logits_soft_cap=4.0),
     "alibi": dict(alibi_slopes=True),
+    # StepFun Step1's bias: -slope * sqrt(p - j) on past keys, none on later ones
+    "alibi_sqrt": dict(alibi_slopes=True, alibi_sqrt=True),
+    "alibi_sqrt_non_causal": dict(alibi_slopes=True, alibi_sqrt=True, causal=False),
     "sinks": dict(sinks=True),
     "all": dict(logits_soft_cap=4.0, alibi_slopes=True, sinks=True, sliding_window=33),
 }

@@ -389,6 +389,10 @@ class TritonAttentionBackend(AttentionBackend):
         return True
 
     @classmethod
+    def supports_alibi_sqrt(cls) -> bool:
+        return True
+
+    @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:
         return attn_type in (
             AttentionType.DECODER,
@@ -482,8 +486,8 @@ class TritonAttentionImpl(AttentionImpl):
         use_alibi_sqrt: bool = False,
         chunk_lookback: int = -1,
     ) -> None:
-        if use_alibi_sqrt:
-            raise NotImplementedError("TRITON_ATTN does not support ALiBi-sqrt")
+        if use_alibi_sqrt and alibi_slopes is None:
+            raise ValueError("TRITON_ATTN: use_alibi_sqrt needs alibi_slopes")
         if chunk_lookback > -1:
             raise NotImplementedError("TRITON_ATTN does not support chunked (lookback) attention")
         if kv_cache_dtype not in TritonAttentionBackend.supported_kv_cache_dtypes:
@@ -625,6 +629,7 @@ class TritonAttentionImpl(AttentionImpl):
             mm_prefix_clamp_sliding_window=getattr(layer, "mm_prefix_clamp_sliding_window", False),
             logits_soft_cap=self.soft_cap,
             alibi_slopes=self.alibi_slopes,
+            alibi_sqrt=self.use_alibi_sqrt,
             sinks=self.sinks,
             plan=md.plan,
             workspace=md.workspace,

@@ -26,8 +26,9 @@ Shapes and semantics (vLLM's conventions):
   ``mm_prefix_clamp_sliding_window`` the range part keeps the window's past
   edge (``p - j < W``).
 * scores: ``scale * q.k``, then ``c * tanh(s / c)`` for softcap ``c``, then
-  ``+ alibi_slopes[h] * (j - p)``, then masks; ``sinks[h]`` is one more
-  logit in the softmax denominator with no value.
+  ``+ alibi_slopes[h] * (j - p)`` (with ``alibi_sqrt``: ``- alibi_slopes[h] *
+  sqrt(p - j)`` for ``j <= p``, nothing for later keys), then masks;
+  ``sinks[h]`` is one more logit in the softmax denominator with no value.
 * query head ``h`` reads KV head ``h // (num_q_heads // num_kv_heads)``.
 * cache slots past ``seq_lens[b]``, blocks outside the window and padding
   rows (``q_len == 0``) may hold anything, NaN included: they never reach a

@@ -47,6 +47,7 @@ class AttentionCall(NamedTuple):
     v_scale: torch.Tensor | None = None
     mm_prefix_ranges: torch.Tensor | None = None  # [num_seqs, ranges, 2] int32
     mm_prefix_clamp_sliding_window: bool = False
+    alibi_sqrt: bool = False  # ALiBi's bias as -slope * sqrt(distance), on past keys
 
     @property
     def kv_is_fp8(self) -> bool:
@@ -109,7 +110,8 @@ def check_paged_attention_inputs(
     """Raise a clear error for anything the kernels (or ``plan``) cannot run."""
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
-     logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _) = call  # fmt: skip
+     logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _, alibi_sqrt,
+     ) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -189,6 +191,8 @@ def check_paged_attention_inputs(
             fail(ValueError, fn, f"{name}.shape", f"({num_q_heads},)", tuple(tensor.shape))
     if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
         fail(TypeError, fn, "alibi_slopes.dtype", "torch.float32", alibi_slopes.dtype)
+    if alibi_sqrt and alibi_slopes is None:
+        fail(ValueError, fn, "alibi_slopes", "given with alibi_sqrt=True", None)
 
     if plan is None:
         if max_query_len < 0:

@@ -225,19 +225,23 @@ def attention_scores(
     query_pos,
     key_idx,
     HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     DOT_PRECISION: tl.constexpr,
 ):
     """Scores in the log2 domain: scale, then softcap, then ALiBi (the API's order).
 
     Without softcap ``qk_scale`` already holds ``log2(e)``; with it, the scale
-    is natural and the conversion happens after ``tanh``.
+    is natural and the conversion happens after ``tanh``. ALiBi adds
+    ``slope * (j - p)``, or for ``"sqrt"`` ``-slope * sqrt(p - j)`` on past
+    keys and nothing on later ones.
     """
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
     if HAS_SOFTCAP:
         s = soft_cap * tanh(s / soft_cap) * LOG2E
-    if HAS_ALIBI:
+    if ALIBI is not None:
         distance = (key_idx[None, :] - query_pos[:, None]).to(tl.float32)
+        if ALIBI == "sqrt":
+            distance = -tl.sqrt(tl.maximum(-distance, 0.0))
         s += (alibi_slope * LOG2E)[:, None] * distance
     return s
 
@@ -360,7 +364,7 @@ def attend_key_tiles(
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
     seq_causal=None,
@@ -425,7 +429,7 @@ def attend_key_tiles(
             query_pos,
             key_idx,
             HAS_SOFTCAP=HAS_SOFTCAP,
-            HAS_ALIBI=HAS_ALIBI,
+            ALIBI=ALIBI,
             DOT_PRECISION=DOT_PRECISION,
         )
         if MASKED:

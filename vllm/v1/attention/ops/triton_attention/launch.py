@@ -209,7 +209,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         and call.sliding_window is not None,
         HAS_SLIDING_WINDOW=call.sliding_window is not None,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
-        HAS_ALIBI=call.alibi_slopes is not None,
+        ALIBI=None if call.alibi_slopes is None else "sqrt" if call.alibi_sqrt else "linear",
         HAS_SINKS=call.sinks is not None,
         KV_IS_FP8=kv_is_fp8,
         DOT_PRECISION=_dot_precision(call.q.dtype),
@@ -423,6 +423,7 @@ def paged_attention(
     v_scale: torch.Tensor | None = None,
     mm_prefix_ranges: torch.Tensor | None = None,
     mm_prefix_clamp_sliding_window: bool = False,
+    alibi_sqrt: bool = False,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -454,6 +455,7 @@ def paged_attention(
         v_scale=v_scale,
         mm_prefix_ranges=mm_prefix_ranges,
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
+        alibi_sqrt=alibi_sqrt,
     )
     if isinstance(plan, MixedBatchPlan):
         return _mixed_batch_attention(call, max_query_len, plan, workspace)

@@ -80,7 +80,7 @@ def long_query_attention_kernel(
     MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -114,7 +114,7 @@ def long_query_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
     alibi_slope = 0.0
-    if HAS_ALIBI:
+    if ALIBI is not None:
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
 
     # Keys this tile can need: [kv_lo, kv_hi). Keys every valid row sees:
@@ -181,7 +181,7 @@ def long_query_attention_kernel(
             mm_hi=mm_hi,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             HAS_SOFTCAP=HAS_SOFTCAP,
-            HAS_ALIBI=HAS_ALIBI,
+            ALIBI=ALIBI,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=False,
             MASKED=True,
@@ -224,7 +224,7 @@ def long_query_attention_kernel(
         mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI,
+        ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=False,
         MASKED=False,
@@ -267,7 +267,7 @@ def long_query_attention_kernel(
         mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI,
+        ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=False,
         MASKED=True,

@@ -63,6 +63,7 @@ def reference_paged_attention(
     v_scale: torch.Tensor | None = None,
     mm_prefix_ranges: torch.Tensor | None = None,
     mm_prefix_clamp_sliding_window: bool = False,
+    alibi_sqrt: bool = False,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
@@ -104,6 +105,8 @@ def reference_paged_attention(
             scores = logits_soft_cap * torch.tanh(scores / logits_soft_cap)
         if alibi_slopes is not None:
             distance = (key_idx[None, :] - query_pos[:, None]).to(compute_dtype)
+            if alibi_sqrt:  # -sqrt(p - j) on past keys, no bias on later ones
+                distance = -(-distance).clamp(min=0).sqrt()
             scores = scores + alibi_slopes.to(compute_dtype)[:, None, None] * distance
         seq_causal = causal if per_seq_causal is None else bool(per_seq_causal[seq])
         visible = _visible_keys(

@@ -91,7 +91,7 @@ def split_kv_decode_kernel(
     MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -225,7 +225,7 @@ def split_kv_decode_kernel(
                 IS_CAUSAL=IS_CAUSAL,
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
                 HAS_SOFTCAP=HAS_SOFTCAP,
-                HAS_ALIBI=HAS_ALIBI,
+                ALIBI=ALIBI,
                 HAS_SINKS=HAS_SINKS,
                 KV_IS_FP8=KV_IS_FP8,
                 DOT_PRECISION=DOT_PRECISION,
@@ -285,7 +285,7 @@ def split_kv_decode_kernel(
             IS_CAUSAL=IS_CAUSAL,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             HAS_SOFTCAP=HAS_SOFTCAP,
-            HAS_ALIBI=HAS_ALIBI,
+            ALIBI=ALIBI,
             HAS_SINKS=HAS_SINKS,
             KV_IS_FP8=KV_IS_FP8,
             DOT_PRECISION=DOT_PRECISION,
@@ -349,7 +349,7 @@ def _decode_split(
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -366,7 +366,7 @@ def _decode_split(
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
     alibi_slope = 0.0
-    if HAS_ALIBI:
+    if ALIBI is not None:
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
 
     block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
@@ -408,7 +408,7 @@ def _decode_split(
         mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
         HAS_SOFTCAP=HAS_SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI,
+        ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=PREFETCH_BLOCKS,
     )
