@@ -94,11 +94,14 @@ def save_gemma3_vision(model, tokenizer, out: Path) -> None:
     # level that published Gemma 3 checkpoints (and vLLM 0.34's loader) have.
     path = out / "model.safetensors"
     state = load_file(path)
-    tower = "vision_tower."
-    renamed = {
-        (f"{tower}vision_model.{key[len(tower) :]}" if key.startswith(tower) else key): value
-        for key, value in state.items()
-    }
+    tower, level = "vision_tower.", "vision_tower.vision_model."
+
+    def published_name(key: str) -> str:
+        if key.startswith(tower) and not key.startswith(level):
+            return level + key[len(tower) :]
+        return key
+
+    renamed = {published_name(key): value for key, value in state.items()}
     save_file(renamed, path, metadata={"format": "pt"})
 
 
