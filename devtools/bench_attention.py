@@ -242,6 +242,8 @@ def run_upstream(
     mm_prefix_ranges=None,
     alibi_slopes=None,
     alibi_sqrt=False,
+    sliding_window=None,
+    chunk_lookback=None,
     batch_invariant=False,
 ):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
@@ -268,7 +270,7 @@ def run_upstream(
             context,
             d**-0.5,
             causal,
-            (-1, -1),
+            (sliding_window - 1, 0) if sliding_window else (-1, -1),
             block_table,
             0,
             None,
@@ -282,6 +284,7 @@ def run_upstream(
             alibi_slopes=alibi_slopes,
             mm_prefix_range=mm_prefix_ranges,
             use_alibi_sqrt=alibi_sqrt,
+            chunk_lookback=-1 if chunk_lookback is None else chunk_lookback,
         )
 
     return run
@@ -567,8 +570,8 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
 # Feature cells. Prefills with multimodal ranges: one 256-token image (Gemma 3's
 # size) every 1024 tokens; with per-sequence causal flags: every sequence
 # causal (the plain cell's work through the flag path) and every other one
-# bidirectional; with ALiBi and ALiBi-sqrt. Batch-invariant decodes beside the
-# default ones.
+# bidirectional; with ALiBi and ALiBi-sqrt; with a 1024-key window, plain and in
+# chunks of 512 (chunk_lookback 1). Batch-invariant decodes beside the default ones.
 FEATURE_PREFILLS = [(1, 4096), (4, 4096), (1, 16384)]
 IMAGE_TOKENS, IMAGE_EVERY = 256, 1024
 INVARIANT_DECODES = [(b, c) for b in (1, 4, 32, 128) for c in (1024, 16384, 65536)]
@@ -595,6 +598,8 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
             "mixed_flags": dict(causal=alternating.to(torch.int32)),
             "alibi": dict(alibi_slopes=slopes),
             "alibi_sqrt": dict(alibi_slopes=slopes, alibi_sqrt=True),
+            "window": dict(sliding_window=1024),
+            "chunked_window": dict(sliding_window=1024, chunk_lookback=1),
         }
         plain_us = None
         for variant, call_args in variants.items():
@@ -671,6 +676,8 @@ def _features(call_args):
     from vllm.v1.attention.ops.triton_attention import AttentionFeatures
 
     return AttentionFeatures(
+        sliding_window="sliding_window" in call_args,
+        chunked_window="chunk_lookback" in call_args,
         alibi="alibi_slopes" in call_args,
         per_seq_causal="causal" in call_args,
         mm_prefix="mm_prefix_ranges" in call_args,

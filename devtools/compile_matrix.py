@@ -57,6 +57,7 @@ FEATURES = (
     "per_seq_causal",
     "mm_prefix",
     "sliding_window",
+    "chunked_window",
     "softcap",
     "alibi",
     "alibi_sqrt",
@@ -157,7 +158,8 @@ def _launches(variant: Variant, target: str):
         causal=torch.ones(num_seqs, dtype=torch.int32)
         if on("per_seq_causal")
         else variant.features != "non_causal",
-        sliding_window=64 if on("sliding_window") else None,
+        sliding_window=64 if on("sliding_window") or on("chunked_window") else None,
+        chunk_lookback=1 if on("chunked_window") and not on("mm_prefix") else None,
         logits_soft_cap=30.0 if on("softcap") else None,
         alibi_slopes=torch.empty(num_q_heads) if on("alibi") or on("alibi_sqrt") else None,
         alibi_sqrt=on("alibi_sqrt"),

@@ -143,7 +143,8 @@ def feature_table(records: list[dict]) -> list[str]:
         "Prefill: `mm_ranges` one 256-token image every 1024 tokens; `causal_flags` a causal "
         "flag per sequence, all set (the plain cell's work through the flag path); "
         "`mixed_flags` every other sequence bidirectional; `alibi`, `alibi_sqrt` the two "
-        "ALiBi biases. Decode: `batch_invariant` plans "
+        "ALiBi biases; `window`, `chunked_window` a 1024-key window, plain and in chunks "
+        "of 512 (chunk_lookback 1). Decode: `batch_invariant` plans "
         "against the default ones; upstream in the same mode (VLLM_BATCH_INVARIANT).",
         "",
         "| model | kind | feature | batch | context | ours us | / same cell plain | "

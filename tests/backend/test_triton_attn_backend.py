@@ -172,6 +172,7 @@ def run_step(
         logits_soft_cap=impl.soft_cap,
         alibi_slopes=impl.alibi_slopes,
         alibi_sqrt=impl.use_alibi_sqrt,
+        chunk_lookback=impl.chunk_lookback if impl.chunk_lookback > -1 else None,
         causal=common.causal,
         mm_prefix_ranges=reference_ranges,
         mm_prefix_clamp_sliding_window=mm_clamp,
@@ -240,6 +241,16 @@ def test_alibi_sqrt_through_the_impl(vllm_config):
     slopes = [2.0 ** (-h) for h in range(1, NUM_Q_HEADS + 1)]
     impl = TritonAttentionImpl(
         NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, slopes, None, "auto", use_alibi_sqrt=True
+    )
+    run_step(builder, impl, packed_cache(), [1, 1, 30], [80, 37, 50])
+
+
+def test_chunked_window_through_the_impl(vllm_config):
+    """rnj1's chunked layers (chunk_lookback=1 on a 32-key window): chunks of
+    16 keys, the query's own and the one before it."""
+    builder = make_builder(vllm_config)
+    impl = TritonAttentionImpl(
+        NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, 32, "auto", chunk_lookback=1
     )
     run_step(builder, impl, packed_cache(), [1, 1, 30], [80, 37, 50])
 
@@ -474,7 +485,7 @@ def test_profiling_run_and_refusals(vllm_config):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int8_per_token_head")
     with pytest.raises(NotImplementedError, match="head sizes 32..512, got 576"):
         TritonAttentionImpl(8, 576, 0.1, 2, None, None, "auto")
-    with pytest.raises(NotImplementedError, match="chunked"):
+    with pytest.raises(ValueError, match="chunk_lookback=4 needs a sliding window"):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", chunk_lookback=4)
 
 
@@ -496,7 +507,8 @@ def test_builder_plans_for_its_layers_features(model_dir):
     """The plan's features are those of the layers the builder serves (any of
     them); without registered layers, every feature (kernels that run any call)."""
     config = _vllm_config(model_dir)
-    assert make_builder(config).features == AttentionFeatures(True, True, True, True)
+    every = AttentionFeatures(True, True, True, True)._replace(chunked_window=True)
+    assert make_builder(config).features == every
     layers = config.compilation_config.static_forward_context
     layers["layer.0"] = RegisteredLayer(
         TritonAttentionImpl(

@@ -58,6 +58,7 @@ def batches(draw):
             st.one_of(st.booleans(), st.lists(st.booleans(), min_size=num_seqs, max_size=num_seqs))
         ),
         sliding_window=draw(st.sampled_from([None, None, 1, 7, 40])),
+        chunk_lookback=draw(st.sampled_from([None, None, 0, 1, 3])),
         logits_soft_cap=draw(st.sampled_from([None, None, 5.0])),
         alibi=draw(st.sampled_from([None, None, "linear", "sqrt"])),
         sinks=draw(st.booleans()),
@@ -101,6 +102,11 @@ def check_against_reference(case):
         generator=torch.Generator().manual_seed(shape["seed"]),
     )
     gen = torch.Generator().manual_seed(shape["seed"] + 1)
+    window, chunk_lookback = features["sliding_window"], features["chunk_lookback"]
+    if window is None or chunk_lookback is None or chunk_lookback >= window:
+        chunk_lookback = None  # a chunked window needs W // (L + 1) >= 1
+    if features["mm_prefix_ranges"] is not None:
+        chunk_lookback = None  # not combined (paged_attention refuses it)
     causal = features["causal"]
     if isinstance(causal, list):
         causal = torch.tensor(causal, dtype=torch.int32, device=device)
@@ -108,6 +114,7 @@ def check_against_reference(case):
         causal=causal,
         sliding_window=features["sliding_window"],
         logits_soft_cap=features["logits_soft_cap"],
+        chunk_lookback=chunk_lookback,
         alibi_slopes=torch.rand(num_q_heads, generator=gen).to(device)
         if features["alibi"]
         else None,

@@ -62,6 +62,9 @@ FEATURES = {
     "mm_prefix_clamped": dict(
         mm_prefix_ranges="ranges", sliding_window=19, mm_prefix_clamp_sliding_window=True
     ),
+    # chunked local attention: chunks of 24 // 2 = 12 keys, the query's and the one before
+    "chunked_window": dict(sliding_window=24, chunk_lookback=1),
+    "chunked_window_non_causal": dict(sliding_window=24, chunk_lookback=1, causal=False),
     "softcap": dict(logits_soft_cap=4.0),
     "alibi": dict(alibi_slopes=True),
     # StepFun Step1's bias: -slope * sqrt(p - j) on past keys, none on later ones

@@ -452,7 +452,8 @@ def _layer_features(
     impls = [getattr(layer, "impl", None) for layer in layers.values()]
     impls = [impl for impl in impls if impl is not None]
     if not impls:
-        return AttentionFeatures(sliding_window=True, softcap=True, alibi=True, sinks=True), False
+        every = AttentionFeatures(sliding_window=True, softcap=True, alibi=True, sinks=True)
+        return every._replace(chunked_window=True), False
     features = AttentionFeatures(
         sliding_window=any(
             tuple(getattr(i, "sliding_window", (-1, -1))) != (-1, -1) for i in impls
@@ -460,6 +461,7 @@ def _layer_features(
         softcap=any(bool(getattr(i, "logits_soft_cap", 0)) for i in impls),
         alibi=any(getattr(i, "alibi_slopes", None) is not None for i in impls),
         sinks=any(getattr(i, "sinks", None) is not None for i in impls),
+        chunked_window=any(getattr(i, "chunk_lookback", -1) > -1 for i in impls),
     )
     encoder = any(
         getattr(i, "attn_type", AttentionType.DECODER)
@@ -488,8 +490,12 @@ class TritonAttentionImpl(AttentionImpl):
     ) -> None:
         if use_alibi_sqrt and alibi_slopes is None:
             raise ValueError("TRITON_ATTN: use_alibi_sqrt needs alibi_slopes")
-        if chunk_lookback > -1:
-            raise NotImplementedError("TRITON_ATTN does not support chunked (lookback) attention")
+        if chunk_lookback > -1 and (sliding_window is None or chunk_lookback >= sliding_window):
+            raise ValueError(
+                f"TRITON_ATTN: chunk_lookback={chunk_lookback} needs a sliding window of more "
+                f"than {chunk_lookback} keys (chunks of window // (lookback + 1)), got "
+                f"{sliding_window}"
+            )
         if kv_cache_dtype not in TritonAttentionBackend.supported_kv_cache_dtypes:
             raise NotImplementedError(
                 f"TRITON_ATTN does not support kv_cache_dtype={kv_cache_dtype!r}; supported: "
@@ -630,6 +636,7 @@ class TritonAttentionImpl(AttentionImpl):
             logits_soft_cap=self.soft_cap,
             alibi_slopes=self.alibi_slopes,
             alibi_sqrt=self.use_alibi_sqrt,
+            chunk_lookback=self.chunk_lookback if self.chunk_lookback > -1 else None,
             sinks=self.sinks,
             plan=md.plan,
             workspace=md.workspace,

@@ -19,6 +19,9 @@ Shapes and semantics (vLLM's conventions):
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).
+  ``chunk_lookback=L`` with ``sliding_window=W`` makes the window chunked
+  (vLLM's chunked local attention): chunks of ``C = W // (L + 1)`` keys, key
+  ``j`` visible to ``p`` when ``p // C - j // C <= L`` (the past only).
 * ``mm_prefix_ranges``: ``[num_seqs, num_ranges, 2]`` int32, per sequence
   disjoint inclusive ``(start, end)`` key positions (valid when ``start <
   end``; vLLM pads with ``(0, 0)``): a query inside a range also sees every

@@ -48,10 +48,19 @@ class AttentionCall(NamedTuple):
     mm_prefix_ranges: torch.Tensor | None = None  # [num_seqs, ranges, 2] int32
     mm_prefix_clamp_sliding_window: bool = False
     alibi_sqrt: bool = False  # ALiBi's bias as -slope * sqrt(distance), on past keys
+    chunk_lookback: int | None = None  # the window in chunks of W // (lookback + 1) keys
 
     @property
     def kv_is_fp8(self) -> bool:
         return self.k_cache.dtype in FP8_DTYPES
+
+    def window_size(self) -> int:
+        """The kernels' ``sliding_window``: W, the chunk size of a chunked window, or 0."""
+        if self.sliding_window is None:
+            return 0
+        if self.chunk_lookback is not None:
+            return self.sliding_window // (self.chunk_lookback + 1)
+        return self.sliding_window
 
     def features(self) -> AttentionFeatures:
         return AttentionFeatures(
@@ -61,6 +70,7 @@ class AttentionCall(NamedTuple):
             sinks=self.sinks is not None,
             per_seq_causal=isinstance(self.causal, torch.Tensor),
             mm_prefix=self.mm_prefix_ranges is not None,
+            chunked_window=self.chunk_lookback is not None,
         )
 
     def layout(self, strides=None) -> TensorLayout:
@@ -111,7 +121,7 @@ def check_paged_attention_inputs(
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
      logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _, alibi_sqrt,
-     ) = call  # fmt: skip
+     chunk_lookback) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -184,6 +194,13 @@ def check_paged_attention_inputs(
 
     if sliding_window is not None and sliding_window <= 0:
         fail(ValueError, fn, "sliding_window", "None or a positive int", sliding_window)
+    if chunk_lookback is not None:
+        if sliding_window is None or not 0 <= chunk_lookback < sliding_window:
+            expected = "in [0, sliding_window) with a sliding_window (chunks of W // (L + 1))"
+            fail(ValueError, fn, "chunk_lookback", expected, chunk_lookback)
+        if mm_ranges is not None:
+            expected = "None with chunk_lookback (no model combines them)"
+            fail(NotImplementedError, fn, "mm_prefix_ranges", expected, "a tensor")
     if logits_soft_cap is not None and logits_soft_cap <= 0:
         fail(ValueError, fn, "logits_soft_cap", "None or positive", logits_soft_cap)
     for name, tensor in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):

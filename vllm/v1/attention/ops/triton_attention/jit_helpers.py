@@ -26,12 +26,14 @@ def key_range(
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     seq_causal=None,
+    CHUNK_LOOKBACK: tl.constexpr = -1,
 ):
     """Keys a Q tile of query positions ``first_pos`` to ``last_pos`` can need,
     ``[kv_lo, kv_hi)``, and the keys every one of its rows sees, ``[full_lo,
     full_hi)`` (not rounded to key tiles). ``seq_causal``: the sequence's own
-    flag, which then replaces ``IS_CAUSAL``. Layout-free, so that Gluon kernels
-    can call it too."""
+    flag, which then replaces ``IS_CAUSAL``. ``CHUNK_LOOKBACK`` >= 0: the window
+    is chunked (``window_start``). Layout-free, so that Gluon kernels can call
+    it too."""
     kv_lo = 0
     full_lo = 0
     if seq_causal is not None:
@@ -43,7 +45,10 @@ def key_range(
     else:
         kv_hi = seq_len
         full_hi = seq_len
-    if HAS_SLIDING_WINDOW:
+    if CHUNK_LOOKBACK >= 0:  # bounds the past only, causal or not
+        kv_lo = tl.maximum(window_start(first_pos, sliding_window, CHUNK_LOOKBACK), 0)
+        full_lo = tl.maximum(window_start(last_pos, sliding_window, CHUNK_LOOKBACK), 0)
+    elif HAS_SLIDING_WINDOW:
         kv_lo = tl.maximum(first_pos - sliding_window + 1, 0)
         full_lo = tl.maximum(last_pos - sliding_window + 1, 0)
         if seq_causal is not None:  # a two-sided window for a non-causal sequence
@@ -53,6 +58,14 @@ def key_range(
             kv_hi = tl.minimum(last_pos + sliding_window, seq_len)
             full_hi = tl.minimum(first_pos + sliding_window, seq_len)
     return kv_lo, kv_hi, full_lo, full_hi
+
+
+@triton.jit
+def window_start(pos, chunk_size, CHUNK_LOOKBACK: tl.constexpr):
+    """First key a query at ``pos`` sees in a chunked window: the start of the
+    chunk ``CHUNK_LOOKBACK`` chunks before its own (``pos // C - j // C <=
+    CHUNK_LOOKBACK``). Layout-free."""
+    return (pos // chunk_size - CHUNK_LOOKBACK) * chunk_size
 
 
 @triton.jit
@@ -257,6 +270,7 @@ def visible_mask(
     seq_causal=None,
     mm_lo=None,
     mm_hi=None,
+    CHUNK_LOOKBACK: tl.constexpr = -1,
 ):
     """[M, N]: may query position ``query_pos[i]`` see key ``key_idx[j]``?
     ``seq_causal``: the sequence's own flag, which then replaces ``IS_CAUSAL``.
@@ -268,7 +282,10 @@ def visible_mask(
         visible &= tl.where(seq_causal, offset <= 0, True)
     elif IS_CAUSAL:
         visible &= offset <= 0
-    if HAS_SLIDING_WINDOW:
+    if CHUNK_LOOKBACK >= 0:  # sliding_window holds the chunk size
+        first = window_start(query_pos, sliding_window, CHUNK_LOOKBACK)
+        visible &= key_idx[None, :] >= first[:, None]
+    elif HAS_SLIDING_WINDOW:
         visible &= offset > -sliding_window
         if seq_causal is not None:  # a two-sided window for a non-causal sequence
             visible &= tl.where(seq_causal, True, offset < sliding_window)
@@ -370,6 +387,7 @@ def attend_key_tiles(
     seq_causal=None,
     mm_lo=None,
     mm_hi=None,
+    CHUNK_LOOKBACK: tl.constexpr = -1,
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
@@ -443,6 +461,7 @@ def attend_key_tiles(
                 mm_lo=mm_lo,
                 mm_hi=mm_hi,
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+                CHUNK_LOOKBACK=CHUNK_LOOKBACK,
             )
             s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION=DOT_PRECISION)

@@ -190,7 +190,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         num_mm_ranges=mm_ranges.shape[1] if has_mm else 0,
         scale=call.scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
-        sliding_window=call.sliding_window if call.sliding_window is not None else 0,
+        sliding_window=call.window_size(),
         STRIDE_Q_DIM=strides.q[2],
         STRIDE_OUT_DIM=strides.out[2],
         STRIDE_K_DIM=strides.k[3],
@@ -208,6 +208,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         and call.mm_prefix_clamp_sliding_window
         and call.sliding_window is not None,
         HAS_SLIDING_WINDOW=call.sliding_window is not None,
+        CHUNK_LOOKBACK=call.chunk_lookback if call.chunk_lookback is not None else -1,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
         ALIBI=None if call.alibi_slopes is None else "sqrt" if call.alibi_sqrt else "linear",
         HAS_SINKS=call.sinks is not None,
@@ -424,6 +425,7 @@ def paged_attention(
     mm_prefix_ranges: torch.Tensor | None = None,
     mm_prefix_clamp_sliding_window: bool = False,
     alibi_sqrt: bool = False,
+    chunk_lookback: int | None = None,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -456,6 +458,7 @@ def paged_attention(
         mm_prefix_ranges=mm_prefix_ranges,
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
         alibi_sqrt=alibi_sqrt,
+        chunk_lookback=chunk_lookback,
     )
     if isinstance(plan, MixedBatchPlan):
         return _mixed_batch_attention(call, max_query_len, plan, workspace)

@@ -79,6 +79,7 @@ def long_query_attention_kernel(
     HAS_MM_PREFIX: tl.constexpr,
     MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
@@ -122,7 +123,14 @@ def long_query_attention_kernel(
     first_pos = context_len + first_token
     last_pos = context_len + tl.minimum(first_token + BLOCK_Q, q_len) - 1
     kv_lo, kv_hi, full_lo, full_hi = key_range(
-        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW, seq_causal
+        first_pos,
+        last_pos,
+        seq_len,
+        sliding_window,
+        IS_CAUSAL,
+        HAS_SLIDING_WINDOW,
+        seq_causal,
+        CHUNK_LOOKBACK=CHUNK_LOOKBACK,
     )
     mm_lo = None  # no multimodal ranges
     mm_hi = None
@@ -180,6 +188,7 @@ def long_query_attention_kernel(
             mm_lo=mm_lo,
             mm_hi=mm_hi,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+            CHUNK_LOOKBACK=CHUNK_LOOKBACK,
             HAS_SOFTCAP=HAS_SOFTCAP,
             ALIBI=ALIBI,
             DOT_PRECISION=DOT_PRECISION,
@@ -223,6 +232,7 @@ def long_query_attention_kernel(
         mm_lo=mm_lo,
         mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+        CHUNK_LOOKBACK=CHUNK_LOOKBACK,
         HAS_SOFTCAP=HAS_SOFTCAP,
         ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,
@@ -266,6 +276,7 @@ def long_query_attention_kernel(
         mm_lo=mm_lo,
         mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+        CHUNK_LOOKBACK=CHUNK_LOOKBACK,
         HAS_SOFTCAP=HAS_SOFTCAP,
         ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,

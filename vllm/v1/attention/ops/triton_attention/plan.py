@@ -119,6 +119,7 @@ class AttentionFeatures(NamedTuple):  # made per call by the checks: cheaper tha
     sinks: bool = False
     per_seq_causal: bool = False  # a causal flag per sequence (a tensor), not per call
     mm_prefix: bool = False  # multimodal bidirectional ranges per sequence
+    chunked_window: bool = False  # the window in whole chunks (chunk_lookback)
 
 
 NO_FEATURES = AttentionFeatures()
@@ -196,14 +197,15 @@ def pipelined_kernel_covers(
     """Whether a Gluon kernel computes calls of these facts: 2-byte queries
     and cache of one dtype, a power-of-two head size, the 16-byte copies of
     :class:`TensorLayout`, and none of the features it lacks (ALiBi, sinks,
-    per-sequence causal flags and multimodal ranges for both; sliding window
-    and softcap for the decode one). The long-query kernel also needs a power-of-two block size
-    and K and V of one stride."""
+    per-sequence causal flags, multimodal ranges and chunked windows for both;
+    sliding window and softcap for the decode one). The long-query kernel
+    also needs a power-of-two block size and K and V of one stride."""
     if dtype.itemsize != 2 or layout.kv_dtype not in (None, dtype):
         return False
     if head_size != head_pad_of(head_size) or not layout.vector_copies:
         return False
-    if features.alibi or features.sinks or features.per_seq_causal or features.mm_prefix:
+    lacked = (features.alibi, features.sinks, features.per_seq_causal, features.mm_prefix)
+    if any(lacked) or features.chunked_window:
         return False
     if kernel == SPLIT_KV_DECODE_PIPELINED:
         return not (features.sliding_window or features.softcap)

@@ -18,6 +18,7 @@ def _visible_keys(
     sliding_window: int | None,
     mm_ranges: list[list[int]],
     mm_clamp_sliding_window: bool,
+    chunk_lookback: int | None,
 ) -> torch.Tensor:
     """Boolean [q_len, seq_len]: may the query at ``query_pos[i]`` see key ``j``?"""
     key_pos = torch.arange(seq_len, device=query_pos.device)
@@ -25,7 +26,10 @@ def _visible_keys(
     visible = torch.ones_like(offset, dtype=torch.bool)
     if causal:
         visible &= offset <= 0
-    if sliding_window is not None:
+    if sliding_window is not None and chunk_lookback is not None:
+        chunk = sliding_window // (chunk_lookback + 1)  # p // C - j // C <= lookback
+        visible &= query_pos[:, None] // chunk - key_pos[None, :] // chunk <= chunk_lookback
+    elif sliding_window is not None:
         visible &= offset > -sliding_window  # keys p-W+1 .. p
         if not causal:  # non-causal (encoder layers, some drafters): a symmetric window
             visible &= offset < sliding_window
@@ -64,6 +68,7 @@ def reference_paged_attention(
     mm_prefix_ranges: torch.Tensor | None = None,
     mm_prefix_clamp_sliding_window: bool = False,
     alibi_sqrt: bool = False,
+    chunk_lookback: int | None = None,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
@@ -116,6 +121,7 @@ def reference_paged_attention(
             sliding_window,
             mm_ranges[seq] if mm_ranges is not None else [],
             mm_prefix_clamp_sliding_window,
+            chunk_lookback,
         )
         scores = scores.masked_fill(~visible, float("-inf"))
         # Keys no query sees (outside every window) may be stale or NaN: drop them.

@@ -31,6 +31,7 @@ from .jit_helpers import (
     split_key_range,
     store_split_result,
     widen_key_range,
+    window_start,
 )
 
 
@@ -90,6 +91,7 @@ def split_kv_decode_kernel(
     HAS_MM_PREFIX: tl.constexpr,
     MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
@@ -138,7 +140,9 @@ def split_kv_decode_kernel(
 
     # This program's share of the keys any row can see, in whole key tiles.
     kv_lo = 0
-    if HAS_SLIDING_WINDOW:
+    if CHUNK_LOOKBACK >= 0:
+        kv_lo = tl.maximum(window_start(context_len, sliding_window, CHUNK_LOOKBACK), 0)
+    elif HAS_SLIDING_WINDOW:
         kv_lo = tl.maximum(context_len - sliding_window + 1, 0)
     mm_lo = None  # no multimodal ranges
     mm_hi = None
@@ -224,6 +228,7 @@ def split_kv_decode_kernel(
                 NUM_KV_SPLITS=NUM_KV_SPLITS,
                 IS_CAUSAL=IS_CAUSAL,
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+                CHUNK_LOOKBACK=CHUNK_LOOKBACK,
                 HAS_SOFTCAP=HAS_SOFTCAP,
                 ALIBI=ALIBI,
                 HAS_SINKS=HAS_SINKS,
@@ -284,6 +289,7 @@ def split_kv_decode_kernel(
             NUM_KV_SPLITS=NUM_KV_SPLITS,
             IS_CAUSAL=IS_CAUSAL,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+            CHUNK_LOOKBACK=CHUNK_LOOKBACK,
             HAS_SOFTCAP=HAS_SOFTCAP,
             ALIBI=ALIBI,
             HAS_SINKS=HAS_SINKS,
@@ -348,6 +354,7 @@ def _decode_split(
     NUM_KV_SPLITS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
@@ -407,6 +414,7 @@ def _decode_split(
         mm_lo=mm_lo,
         mm_hi=mm_hi,
         HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+        CHUNK_LOOKBACK=CHUNK_LOOKBACK,
         HAS_SOFTCAP=HAS_SOFTCAP,
         ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,
