@@ -158,12 +158,17 @@ def split_kv_decode_kernel(
             CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
         )
         kv_lo, _ = widen_key_range(kv_lo, seq_len, mm_lo, mm_hi, row_valid)
+    # One split per program: num_splits = NUM_KV_SPLITS, the grid's third
+    # dimension, and a loop of one trip (a constant, so it compiles away).
+    # Batch-invariant (MIN_SPLIT_KEYS): the sequence's own length sets its
+    # splits (split_count), and the grid's programs take them in turn.
+    num_splits = NUM_KV_SPLITS
+    programs = NUM_KV_SPLITS
+    trips = 1
     if MIN_SPLIT_KEYS > 0:
-        # Batch-invariant: the sequence's own length sets its splits
-        # (split_count), and the grid's programs take them in turn. A loop in
-        # the default mode too would cost its programs registers (sm_90 decode
-        # at head 128: 104 instead of 80).
         num_splits = split_count(seq_len - kv_lo, MIN_SPLIT_KEYS, NUM_KV_SPLITS)
+        programs = tl.num_programs(2)
+        trips = tl.cdiv(num_splits - split, programs)
         if split == 0:
             mark_empty_splits(
                 partial_lse_ptr,
@@ -177,68 +182,7 @@ def split_kv_decode_kernel(
                 HEAD_PAD=HEAD_PAD,
                 NUM_KV_SPLITS=NUM_KV_SPLITS,
             )
-        for chunk in range(split, num_splits, tl.num_programs(2)):
-            _decode_split(
-                q=q,
-                token=token,
-                head=head,
-                row_valid=row_valid,
-                query_pos=query_pos,
-                dim=dim,
-                dim_mask=dim_mask,
-                seq=seq,
-                q_start=q_start,
-                seq_len=seq_len,
-                kv_lo=kv_lo,
-                kv_head=kv_head,
-                seq_causal=seq_causal,
-                mm_lo=mm_lo,
-                mm_hi=mm_hi,
-                k_cache_ptr=k_cache_ptr,
-                v_cache_ptr=v_cache_ptr,
-                out_ptr=out_ptr,
-                partial_out_ptr=partial_out_ptr,
-                partial_lse_ptr=partial_lse_ptr,
-                block_table_ptr=block_table_ptr,
-                alibi_slopes_ptr=alibi_slopes_ptr,
-                sinks_ptr=sinks_ptr,
-                k_scale_ptr=k_scale_ptr,
-                v_scale_ptr=v_scale_ptr,
-                stride_out_token=stride_out_token,
-                stride_out_head=stride_out_head,
-                stride_k_block=stride_k_block,
-                stride_k_slot=stride_k_slot,
-                stride_k_head=stride_k_head,
-                stride_v_block=stride_v_block,
-                stride_v_slot=stride_v_slot,
-                stride_v_head=stride_v_head,
-                stride_block_table_seq=stride_block_table_seq,
-                stride_partial_token=stride_partial_token,
-                stride_partial_head=stride_partial_head,
-                scale=scale,
-                soft_cap=soft_cap,
-                sliding_window=sliding_window,
-                STRIDE_OUT_DIM=STRIDE_OUT_DIM,
-                STRIDE_K_DIM=STRIDE_K_DIM,
-                STRIDE_V_DIM=STRIDE_V_DIM,
-                HEAD_PAD=HEAD_PAD,
-                BLOCK_SIZE=BLOCK_SIZE,
-                BLOCK_M=BLOCK_M,
-                TILE_N=TILE_N,
-                NUM_KV_SPLITS=NUM_KV_SPLITS,
-                IS_CAUSAL=IS_CAUSAL,
-                HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
-                CHUNK_LOOKBACK=CHUNK_LOOKBACK,
-                HAS_SOFTCAP=HAS_SOFTCAP,
-                ALIBI=ALIBI,
-                HAS_SINKS=HAS_SINKS,
-                KV_IS_FP8=KV_IS_FP8,
-                DOT_PRECISION=DOT_PRECISION,
-                PREFETCH_BLOCKS=PREFETCH_BLOCKS,
-                split=chunk,
-                num_splits=num_splits,
-            )
-    else:
+    for i in range(trips):
         _decode_split(
             q=q,
             token=token,
@@ -296,8 +240,8 @@ def split_kv_decode_kernel(
             KV_IS_FP8=KV_IS_FP8,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
-            split=split,
-            num_splits=NUM_KV_SPLITS,
+            split=split + i * programs,
+            num_splits=num_splits,
         )
 
 
