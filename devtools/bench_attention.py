@@ -348,6 +348,26 @@ def bench_sdpa(model, batch_size, q_len, context, dtype, backend, graphs):
         return None, str(error).splitlines()[0]
 
 
+def ours_record(base, kind, name, model, batch, context, q_len, graphs, us, **fields) -> dict:
+    """One timed cell of ours: the run's facts (``base``), the cell, the model's shape."""
+    hq, hkv, d = model
+    return dict(
+        base,
+        kind=kind,
+        impl="ours",
+        model=name,
+        batch=batch,
+        context=context,
+        q_len=q_len,
+        head_size=d,
+        num_q_heads=hq,
+        num_kv_heads=hkv,
+        graphs=graphs,
+        us=us,
+        **fields,
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", choices=SWEEPS, default="quick")
@@ -427,17 +447,14 @@ def main():
                 inputs = ragged_inputs(model, *cell, dtype)
                 for graphs in (True, False):
                     us, plan = bench_ours(model, *cell, inputs, graphs)
-                    rec = dict(
+                    rec = ours_record(
                         base,
-                        kind=kind,
-                        impl="ours",
-                        model=name,
+                        kind,
+                        name,
+                        model,
                         batch=batch_size,
                         context=context,
                         q_len=q_len,
-                        head_size=d,
-                        num_q_heads=hq,
-                        num_kv_heads=hkv,
                         graphs=graphs,
                         us=us,
                         gbps=kv_bytes / us / 1e3,
@@ -487,17 +504,14 @@ def main():
             cell = ([seq] * batch_size, [seq] * batch_size)
             inputs = ragged_inputs(model, *cell, dtype)
             us, plan = bench_ours(model, *cell, inputs, True)
-            rec = dict(
+            rec = ours_record(
                 base,
-                kind="prefill",
-                impl="ours",
-                model=name,
+                "prefill",
+                name,
+                model,
                 batch=batch_size,
                 context=seq,
                 q_len=seq,
-                head_size=d,
-                num_q_heads=hq,
-                num_kv_heads=hkv,
                 graphs=True,
                 us=us,
                 tflops=flops / us / 1e6,
@@ -530,17 +544,14 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
     ):
         inputs = ragged_inputs(model, q_lens, seq_lens, dtype)
         us, _ = bench_ours(model, q_lens, seq_lens, inputs, True)
-        rec = dict(
+        rec = ours_record(
             base,
-            kind=kind,
-            impl="ours",
-            model=name,
+            kind,
+            name,
+            model,
             batch=len(q_lens),
             context=max(seq_lens),
             q_len=chunk,
-            head_size=d,
-            num_q_heads=hq,
-            num_kv_heads=hkv,
             graphs=True,
             us=us,
             cached_prefix=cached,
@@ -606,20 +617,17 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
             plan = backend_plan(model, cell[0], features=_features(call_args))
             us, _ = bench_ours(model, *cell, inputs, True, plan, **call_args)
             plain_us = plain_us or us
-            rec = dict(
+            rec = ours_record(
                 base,
-                kind="prefill",
-                impl="ours",
-                feature=variant,
-                model=name,
+                "prefill",
+                name,
+                model,
                 batch=batch_size,
                 context=seq,
                 q_len=seq,
-                head_size=d,
-                num_q_heads=hq,
-                num_kv_heads=hkv,
                 graphs=True,
                 us=us,
+                feature=variant,
                 tflops=flops / us / 1e6,
                 ratio_plain=us / plain_us,
             )
@@ -642,20 +650,17 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
             plan = backend_plan(model, cell[0], batch_invariant=invariant)
             us, _ = bench_ours(model, *cell, inputs, True, plan)
             default_us = default_us or us
-            rec = dict(
+            rec = ours_record(
                 base,
-                kind="decode",
-                impl="ours",
-                feature="batch_invariant" if invariant else "plain",
-                model=name,
+                "decode",
+                name,
+                model,
                 batch=batch_size,
                 context=context,
                 q_len=1,
-                head_size=d,
-                num_q_heads=hq,
-                num_kv_heads=hkv,
                 graphs=True,
                 us=us,
+                feature="batch_invariant" if invariant else "plain",
                 gbps=kv_bytes / us / 1e3,
                 ratio_copy=kv_bytes / us / 1e3 / copy,
                 ratio_plain=us / default_us,
