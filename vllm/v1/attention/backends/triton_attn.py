@@ -532,7 +532,8 @@ class TritonAttentionImpl(AttentionImpl):
         self.attn_type = attn_type
         self.sinks = sinks
         self.use_alibi_sqrt = use_alibi_sqrt
-        self.chunk_lookback = chunk_lookback
+        self.chunk_lookback = chunk_lookback  # upstream's form (-1 = off), for subclasses
+        self._chunk_lookback = chunk_lookback if chunk_lookback > -1 else None  # the kernels'
         self.fp8_dtype = current_platform.fp8_dtype()
         self.supports_quant_query_input = False
         self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype)
@@ -636,7 +637,7 @@ class TritonAttentionImpl(AttentionImpl):
             logits_soft_cap=self.soft_cap,
             alibi_slopes=self.alibi_slopes,
             alibi_sqrt=self.use_alibi_sqrt,
-            chunk_lookback=self.chunk_lookback if self.chunk_lookback > -1 else None,
+            chunk_lookback=self._chunk_lookback,
             sinks=self.sinks,
             plan=md.plan,
             workspace=md.workspace,
