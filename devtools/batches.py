@@ -236,6 +236,17 @@ def mm_prefix_ranges_for(
     return ranges
 
 
+def small_gpu(kv_dtype: torch.dtype | None = None) -> GpuArch:
+    """A 16-unit GPU for the CPU suite to plan for: its tiles and splits make
+    short test sequences cross tile and split boundaries, which the
+    interpreter's own plan (one program per sequence and KV head, the largest
+    tiles) never does. Ada (no Hopper-only kernels or launches), or MI300 for
+    the fnuz fp8 format."""
+    if kv_dtype == torch.float8_e4m3fnuz:
+        return GpuArch("hip", "gfx942", 16)
+    return GpuArch("cuda", "sm_89", 16)
+
+
 def plan_for_batch(
     q_lens: list[int],
     *,

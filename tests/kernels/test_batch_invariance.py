@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import HAS_GPU
 
-from devtools.batches import make_batch, plan_for_batch
+from devtools.batches import make_batch, plan_for_batch, small_gpu
 from vllm.v1.attention.ops.triton_attention import MixedBatchPlan, paged_attention
 
 if HAS_GPU:
@@ -76,6 +76,7 @@ def _run(pool, q_lens, seq_lens, requests, max_decode_query_len, padded, batch_i
         num_kv_heads=NUM_KV_HEADS,
         head_size=HEAD_SIZE,
         device=device,
+        arch=None if HAS_GPU else small_gpu(),  # whose grid follows the batch
         max_decode_query_len=max_decode_query_len,
         dtype=DTYPE,
         batch_invariant=batch_invariant,

@@ -19,7 +19,13 @@ import pytest
 import torch
 from conftest import HAS_GPU
 
-from devtools.batches import TOLERANCES, make_batch, mm_prefix_ranges_for, plan_for_batch
+from devtools.batches import (
+    TOLERANCES,
+    make_batch,
+    mm_prefix_ranges_for,
+    plan_for_batch,
+    small_gpu,
+)
 from vllm.v1.attention.ops.triton_attention import (
     AttentionFeatures,
     GpuArch,
@@ -167,7 +173,13 @@ def _feature_args(feature: str, num_q_heads: int, device, q_lens=(), seq_lens=()
     return args
 
 
-def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False):
+def run_case(
+    case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False, arch=None
+):
+    """Our output and the reference's on the case's batch. ``arch``: the GPU to plan
+    for; by default the device's own, and on the CPU ``small_gpu``."""
+    if arch is None and not HAS_GPU:
+        arch = small_gpu(case.kv_dtype)
     q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
     num_q_heads = case.num_kv_heads * case.queries_per_kv
     features = _feature_args(case.feature, num_q_heads, device, q_lens, seq_lens)
@@ -200,6 +212,7 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
             head_size=case.head_size,
             device=device,
             dtype=case.dtype,
+            arch=arch,
             **batch.plan_facts(**features),
         )
         assert isinstance(plan, MixedBatchPlan)
@@ -210,6 +223,7 @@ def run_case(case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_p
         out,
         scale=scale,
         plan=plan,
+        arch=None if plan else arch,
         **batch.kernel_args(),
         **features,
     )
@@ -225,6 +239,15 @@ def test_paged_attention_matches_reference(case: Case, device):
     out, expected = run_case(case, device)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
+
+
+@pytest.mark.parametrize("pattern", ["decode", "chunked_prefill", "mixed"])
+def test_device_plan_matches_reference(pattern, device):
+    """The plan each device makes for itself; on the CPU the interpreter's (one
+    program per sequence and KV head), which serves the development platform."""
+    out, expected = run_case(Case(pattern, "all"), device, arch=GpuArch.of_device(device))
+    assert not out.isnan().any(), "a valid output row is NaN or was never written"
+    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[torch.float16])
 
 
 MIXED_CASES = (

@@ -36,8 +36,8 @@ class GpuArch:
     @functools.cache  # device properties do not change; keep it off the hot path
     def of_device(cls, device: torch.device | str) -> GpuArch:
         device = torch.device(device)
-        if device.type != "cuda":  # tensors on the CPU: the Triton interpreter
-            return cls("interpreter", "cpu", 4)
+        if device.type != "cuda":  # tensors on the CPU: the Triton interpreter,
+            return cls("interpreter", "cpu", 1)  # which runs one program at a time
         props = torch.cuda.get_device_properties(device)
         if torch.version.hip is not None:
             return cls("hip", props.gcnArchName.split(":")[0], props.multi_processor_count)

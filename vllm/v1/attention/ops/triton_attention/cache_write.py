@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Write new keys and values into the paged KV cache (one program per token)."""
+"""Write new keys and values into the paged KV cache (a tile of tokens per program)."""
 
 import triton
 import triton.language as tl
@@ -24,6 +24,7 @@ def write_kv_cache_kernel(
     slot_mapping_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    num_tokens,
     # strides
     stride_key_token,
     stride_key_head,
@@ -47,30 +48,36 @@ def write_kv_cache_kernel(
     BLOCK_SIZE: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     FP8_MAX: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):
-    token = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
-    if slot < 0:  # padding token, or one whose cache entry is not ours to write
-        return
-    block = slot // BLOCK_SIZE
-    offset_in_block = slot % BLOCK_SIZE
+    # [TOKENS, HEADS_PAD, HEAD_PAD] tiles: one token per program on GPUs, many
+    # in the interpreter, where every program costs the same fixed time.
+    tokens = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
+    # padding tokens, and those whose cache entry is not ours to write, have slot < 0
+    slots = tl.load(slot_mapping_ptr + tokens, mask=tokens < num_tokens, other=-1).to(tl.int64)
+    block = slots // BLOCK_SIZE
+    offset_in_block = slots % BLOCK_SIZE
 
     heads = tl.arange(0, HEADS_PAD)
     dim = tl.arange(0, HEAD_PAD)
-    mask = (heads < NUM_KV_HEADS)[:, None] & (dim < HEAD_SIZE)[None, :]
+    mask = (
+        (slots >= 0)[:, None, None]
+        & (heads < NUM_KV_HEADS)[None, :, None]
+        & (dim < HEAD_SIZE)[None, None, :]
+    )
+    tokens = tokens[:, None, None]
+    heads = heads[None, :, None]
+    dim = dim[None, None, :]
 
     key = tl.load(
-        key_ptr
-        + token * stride_key_token
-        + heads[:, None] * stride_key_head
-        + dim[None, :] * STRIDE_KEY_DIM,
+        key_ptr + tokens * stride_key_token + heads * stride_key_head + dim * STRIDE_KEY_DIM,
         mask=mask,
     )
     value = tl.load(
         value_ptr
-        + token * stride_value_token
-        + heads[:, None] * stride_value_head
-        + dim[None, :] * STRIDE_VALUE_DIM,
+        + tokens * stride_value_token
+        + heads * stride_value_head
+        + dim * STRIDE_VALUE_DIM,
         mask=mask,
     )
     if KV_IS_FP8:
@@ -80,15 +87,7 @@ def write_kv_cache_kernel(
         key = key.to(k_cache_ptr.dtype.element_ty)
         value = value.to(v_cache_ptr.dtype.element_ty)
 
-    k_offset = block * stride_k_block + offset_in_block * stride_k_slot
-    v_offset = block * stride_v_block + offset_in_block * stride_v_slot
-    tl.store(
-        k_cache_ptr + k_offset + heads[:, None] * stride_k_head + dim[None, :] * STRIDE_K_DIM,
-        key,
-        mask=mask,
-    )
-    tl.store(
-        v_cache_ptr + v_offset + heads[:, None] * stride_v_head + dim[None, :] * STRIDE_V_DIM,
-        value,
-        mask=mask,
-    )
+    k_offset = (block * stride_k_block + offset_in_block * stride_k_slot)[:, None, None]
+    v_offset = (block * stride_v_block + offset_in_block * stride_v_slot)[:, None, None]
+    tl.store(k_cache_ptr + k_offset + heads * stride_k_head + dim * STRIDE_K_DIM, key, mask=mask)
+    tl.store(v_cache_ptr + v_offset + heads * stride_v_head + dim * STRIDE_V_DIM, value, mask=mask)

@@ -28,6 +28,7 @@ from .long_query import long_query_attention_kernel
 from .pipelined_decode import split_kv_decode_pipelined_kernel
 from .pipelined_long_query import long_query_pipelined_kernel
 from .plan import (
+    INTERPRETER_WRITE_TOKENS,
     LONG_QUERY,
     LONG_QUERY_PIPELINED,
     SPLIT_KV_DECODE,
@@ -552,7 +553,10 @@ def write_kv_cache(
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES
     key_strides, value_strides = key.stride(), value.stride()
     k_strides, v_strides = k_cache.stride(), v_cache.stride()
-    write_kv_cache_kernel[(num_tokens,)](
+    # The interpreter runs programs one after another: a tile of tokens each.
+    interpreted = GpuArch.of_device(key.device).vendor == "interpreter"
+    tokens = min(next_power_of_2(num_tokens), INTERPRETER_WRITE_TOKENS) if interpreted else 1
+    write_kv_cache_kernel[(-(-num_tokens // tokens),)](
         key_ptr=key,
         value_ptr=value,
         k_cache_ptr=k_cache,
@@ -560,6 +564,7 @@ def write_kv_cache(
         slot_mapping_ptr=slot_mapping,
         k_scale_ptr=k_scale if kv_is_fp8 else None,
         v_scale_ptr=v_scale if kv_is_fp8 else None,
+        num_tokens=num_tokens,
         stride_key_token=key_strides[0],
         stride_key_head=key_strides[1],
         stride_value_token=value_strides[0],
@@ -581,5 +586,6 @@ def write_kv_cache(
         BLOCK_SIZE=k_cache.shape[1],
         KV_IS_FP8=kv_is_fp8,
         FP8_MAX=FP8_MAX.get(k_cache.dtype, 0.0),
+        TOKENS=tokens,
         num_warps=4,
     )

@@ -53,6 +53,14 @@ SPLIT_KV_MAX_QUERY_LEN = 8
 # DECISIONS.md: "Split-KV programs per compute unit".
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4}
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT = 2
+# The Triton interpreter (the CPU development platform) runs programs one after
+# another, and each tile step costs about the same whatever its size: it gets
+# the fewest programs (no splits: GpuArch.of_device gives it one unit) and the
+# largest tiles. 16-bit and fp32 tiles alike, as shared memory does not bind.
+# DECISIONS.md: "Interpreter plan".
+INTERPRETER_LONG_QUERY_TILES = (512, 256, 4, 1)  # block_m, kv_tile_size, warps, stages
+INTERPRETER_SPLIT_KV_TILES = (512, 4, 1)  # kv_tile_size, warps, stages
+INTERPRETER_WRITE_TOKENS = 256  # tokens per cache-write program
 # Upper bound on splits per sequence: 128 lets models with few KV heads fill
 # the GPU at batch 1. It holds for 16-row programs; the merge reads splits x
 # rows partials, so programs with more rows get proportionally fewer splits.
@@ -319,6 +327,8 @@ def num_kv_splits_for(
     per_unit = SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT.get(
         block_m, SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT
     )
+    if arch.vendor == "interpreter":  # it runs one program at a time per unit
+        per_unit = 1
     target = arch.num_compute_units * per_unit
     cap = max_kv_splits(block_m)
     if block_m > MIN_DOT_SIZE:
@@ -403,8 +413,8 @@ def _long_query_tiles(head_pad: int, arch: GpuArch) -> tuple[int, int, int, int]
     tuned = tuned_table(arch.name).get(long_query_table_key(head_pad))
     if tuned is not None:
         return tuple(tuned)
-    if arch.vendor == "interpreter":  # fewer, larger steps are faster to interpret
-        return 64, 64, 4, 1
+    if arch.vendor == "interpreter":
+        return INTERPRETER_LONG_QUERY_TILES
     if head_pad > 256:
         return _long_query_tiles_512(arch)
     if arch.vendor == "cuda":
@@ -459,7 +469,7 @@ def _split_kv_tiles(
     if tuned is not None:
         return tuple(tuned)
     if arch.vendor == "interpreter":
-        return 64, 4, 1
+        return INTERPRETER_SPLIT_KV_TILES
     if head_pad > 256:  # 8 warps: with 4, 16-row tiles already spill (DECISIONS.md)
         if arch.vendor == "cuda":
             return (32, 8, 2) if arch.sm >= 90 else (32, 8, 1)
@@ -492,7 +502,7 @@ def _plan_split_kv(
     batch_invariant,
 ) -> AttentionPlan:
     head_pad = head_pad_of(head_size)
-    wide = dtype.itemsize > 2
+    wide = dtype.itemsize > 2 and arch.vendor != "interpreter"  # shared memory
     block_m = split_kv_block_m(max_query_len, num_q_heads // num_kv_heads)
     splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch, beside_long_query)
     min_split_keys = split_programs = 0
@@ -549,7 +559,7 @@ def _plan_long_query(
 ) -> AttentionPlan:
     head_pad = head_pad_of(head_size)
     queries_per_kv = num_q_heads // num_kv_heads
-    wide = dtype.itemsize > 2
+    wide = dtype.itemsize > 2 and arch.vendor != "interpreter"  # shared memory
     block_m, kv_tile_size, num_warps, num_stages = _long_query_tiles(head_pad, arch)
     if wide:
         block_m = max(block_m // 2, MIN_DOT_SIZE)
