@@ -74,6 +74,8 @@ def _cells() -> dict[str, list[Cell]]:
     groups: dict[str, list[Cell]] = {}
     arch = GpuArch.of_device("cuda")
     decode_shapes = [(32, 8, 64, 1), (32, 8, 128, 1), (28, 4, 128, 4), (16, 8, 256, 1)]
+    # Gemma 4's global layers: head 512, GQA 8, decode and 4-token speculative decode
+    decode_shapes += [(32, 4, 512, 1), (32, 4, 512, 4)]
     # Finely split (batch <= 16) and coarsely split cells, short and long contexts:
     # a configuration that wins on few cells can lose badly elsewhere (e.g. 4
     # stages fill shared memory and cut occupancy on long contexts).
@@ -90,7 +92,7 @@ def _cells() -> dict[str, list[Cell]]:
         plan = _plan(Cell(hq, hkv, d, batch, q_len, context), arch)
         key = split_kv_table_key(plan.head_pad, plan.block_m, plan.num_kv_splits)
         groups.setdefault(key, []).append(Cell(hq, hkv, d, batch, q_len, context))
-    for hq, hkv, d in ((32, 8, 64), (32, 8, 128), (16, 8, 256)):
+    for hq, hkv, d in ((32, 8, 64), (32, 8, 128), (16, 8, 256), (32, 4, 512)):
         key = long_query_table_key(max(MIN_DOT_SIZE, next_power_of_2(d)))
         groups[key] = [Cell(hq, hkv, d, 1, 8192, 8192), Cell(hq, hkv, d, 4, 2048, 2048)]
     return groups
@@ -103,8 +105,13 @@ def _head_pad(cells: list[Cell]) -> int:
 
 def _candidates(key: str, cells: list[Cell]) -> list[tuple[int, ...]]:
     """(block_m, tile, warps, stages) for long-query groups, (tile, warps, stages)
-    for split-KV ones; head 256 leaves out the tiles that cannot fit."""
+    for split-KV ones; heads above 128 leave out the tiles that cannot fit, and head
+    512 tries the smaller Q tiles and single-stage pipelines it needs."""
     wide = _head_pad(cells) > 128
+    if _head_pad(cells) > 256:
+        if key == long_query_table_key(_head_pad(cells)):
+            return list(itertools.product((16, 32, 64), (16, 32, 64), (4, 8), (1, 2)))
+        return list(itertools.product((16, 32, 64), (4, 8), (1, 2, 3)))
     if key == long_query_table_key(_head_pad(cells)):
         tiles = (32, 64) if wide else (32, 64, 128)
         return list(itertools.product((64, 128), tiles, (4, 8), (2, 3)))
@@ -372,6 +379,8 @@ def write_table(args, arch: GpuArch, groups, done: dict) -> None:
             speedup=round(rule / scores[best], 3),
             command=command,
             date=time.strftime("%Y-%m-%d"),
+            card=torch.cuda.get_device_name(),
+            triton=__import__("triton").__version__,
         )
         print(f"{key}: {best} {scores[best]:.1f} us (plan before tuning: {rule:.1f} us)")
     table.update(
