@@ -87,7 +87,7 @@ EARLY_MERGE_MAX_ROWS = 16
 # the grid's programs per sequence still follow the batch and take the
 # ranges in turn. The tiles are those of a finely split launch, whatever the
 # batch. DECISIONS.md: "Batch-invariant splits".
-BATCH_INVARIANT_SPLIT_KEYS = 256
+BATCH_INVARIANT_SPLIT_KEYS = 128
 BATCH_INVARIANT_KV_SPLITS = 32
 
 # Partial values (heads x splits x dims) one merge program combines: 4096 was
