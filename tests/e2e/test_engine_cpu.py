@@ -64,19 +64,37 @@ def tiny_model(tmp_path_factory) -> Path:
     return _make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama")
 
 
-def transformers_greedy(model_dir: Path, dtype: str) -> list[list[int]]:
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, real weights (``make serve``'s model), prepared once
+    into the ignored models/ folder."""
+    out = REPO / "models" / "smollm2-135m-instruct"
+    script = REPO / "scripts" / "prepare_smollm2.py"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True)
+    return out
+
+
+def transformers_greedy(
+    model_dir: Path, dtype: str, prompts=PROMPTS, stop_at_eos: bool = False
+) -> list[list[int]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     outputs = []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
+        eos = model.generation_config.eos_token_id if stop_at_eos else None
         generated = model.generate(
-            ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0
+            ids,
+            max_new_tokens=16 if stop_at_eos else MAX_TOKENS,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=0,
         )
-        outputs.append(generated[0, ids.shape[1] :].tolist())
+        tokens = generated[0, ids.shape[1] :].tolist()
+        outputs.append(tokens[:-1] if stop_at_eos and tokens[-1] == eos else tokens)
     return outputs
 
 
@@ -107,7 +125,9 @@ if __name__ == "__main__":
 """
 
 
-def run_offline(model_dir: Path, dtype: str) -> dict:
+def run_offline(model_dir: Path, dtype: str, prompts=PROMPTS, **engine_args) -> dict:
+    """Greedy outputs of ``prompts`` through the real engine (``ENGINE_ARGS``
+    updated with ``engine_args``)."""
     env = dict(ENV, VLLM_ENABLE_V1_MULTIPROCESSING="0")  # one process: rpc returns objects
     result = subprocess.run(
         [
@@ -116,8 +136,8 @@ def run_offline(model_dir: Path, dtype: str) -> dict:
             _OFFLINE,
             str(model_dir),
             dtype,
-            json.dumps(ENGINE_ARGS),
-            json.dumps(PROMPTS),
+            json.dumps(dict(ENGINE_ARGS, **engine_args)),
+            json.dumps(prompts),
             str(MAX_TOKENS),
         ],
         capture_output=True,
@@ -135,6 +155,36 @@ def test_offline_engine_matches_transformers_fp32(tiny_model):
     # the engine really ran our implementation in every attention layer
     assert result["impls"] == ["vllm.v1.attention.backends.triton_attn.TritonAttentionImpl"]
     assert result["tokens"] == transformers_greedy(tiny_model, "float32")
+
+
+# A prompt of more than 256 tokens: prefilled in chunks while the others decode.
+LONG_PROMPT = (
+    " ".join(
+        f"Step {n}: the scheduler splits every long prompt into chunks, and each chunk "
+        "reads the keys cached by the chunks before it."
+        for n in range(1, 16)
+    )
+    + " Summarise the steps above in one sentence:"
+)
+
+
+def test_real_model_matches_transformers(smollm2):
+    """SmolLM2-135M with its real weights: greedy tokens through the engine equal
+    transformers', for a short prompt, a chat prompt and a long one prefilled in
+    64-token chunks beside the others' decodes."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    prompts = [
+        "The three primary colours are",
+        tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
+        LONG_PROMPT,
+    ]
+    assert len(tokenizer(LONG_PROMPT).input_ids) > 256
+    result = run_offline(smollm2, "float32", prompts, max_model_len=1024, max_num_batched_tokens=64)
+    assert result["impls"] == ["vllm.v1.attention.backends.triton_attn.TritonAttentionImpl"]
+    assert result["tokens"] == transformers_greedy(smollm2, "float32", prompts)
 
 
 def test_gemma4_style_model_with_512_wide_heads(tmp_path):
@@ -268,12 +318,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_vllm_serve_answers_a_completion(tiny_model):
+def test_vllm_serve_answers_a_chat_question(smollm2):
+    """``make serve``'s job: vllm serve on SmolLM2 (the Makefile's arguments)
+    answers a chat completion, with transformers' greedy tokens."""
+    from transformers import AutoTokenizer
+
     port = _free_port()
     command = [
         str(Path(sys.executable).parent / "vllm"),
         "serve",
-        str(tiny_model),
+        str(smollm2),
         "--host",
         "127.0.0.1",
         "--port",
@@ -286,11 +340,11 @@ def test_vllm_serve_answers_a_completion(tiny_model):
         "--block-size",
         "16",
         "--max-model-len",
-        "256",
+        "1024",
         "--max-num-seqs",
         "4",
         "--kv-cache-memory-bytes",
-        str(64 << 20),
+        str(128 << 20),
     ]
     server = subprocess.Popen(
         command,
@@ -300,6 +354,7 @@ def test_vllm_serve_answers_a_completion(tiny_model):
         text=True,
         start_new_session=True,
     )
+    question = [{"role": "user", "content": "What is the capital of France?"}]
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -311,24 +366,14 @@ def test_vllm_serve_answers_a_completion(tiny_model):
             except OSError:
                 time.sleep(2)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/completions",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
             data=json.dumps(
-                {
-                    "model": str(tiny_model),
-                    "prompt": PROMPTS[0],
-                    "max_tokens": MAX_TOKENS,
-                    "temperature": 0.0,
-                    "ignore_eos": True,
-                    "return_token_ids": True,
-                }
+                {"model": str(smollm2), "messages": question, "max_tokens": 16, "temperature": 0.0}
             ).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=600) as response:
-            body = json.load(response)
-        choice = body["choices"][0]
-        expected = transformers_greedy(tiny_model, "float32")[0]
-        assert choice["token_ids"] == expected, (choice, expected)
+            answer = json.load(response)["choices"][0]["message"]["content"]
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
@@ -337,3 +382,8 @@ def test_vllm_serve_answers_a_completion(tiny_model):
             os.killpg(server.pid, signal.SIGKILL)
             raise
     assert code in (0, -signal.SIGINT), f"vllm serve exited with {code}"
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+    (expected,) = transformers_greedy(smollm2, "float32", [prompt], stop_at_eos=True)
+    assert answer == tokenizer.decode(expected, skip_special_tokens=True)
+    assert "Paris" in answer

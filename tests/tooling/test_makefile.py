@@ -29,7 +29,8 @@ def test_serve_prints_a_curl_that_pastes(model):
     printed = subprocess.run(["bash", "-c", printer], capture_output=True, text=True, check=True)
     command = printed.stdout.strip().removeprefix("try: ")
     words = shlex.split(command)
-    assert words[:2] == ["curl", "http://127.0.0.1:8123/v1/completions"]
+    assert words[:2] == ["curl", "http://127.0.0.1:8123/v1/chat/completions"]
     body = json.loads(words[words.index("-d") + 1])
-    assert body["model"] == (model or "models/tiny-llama")
-    assert body["max_tokens"] > 0
+    assert body["model"] == (model or "models/smollm2-135m-instruct")
+    assert body["messages"][0]["role"] == "user" and body["max_tokens"] > 0
+    assert body["temperature"] == 0  # greedy: the answer, not a sample of a small model
