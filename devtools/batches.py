@@ -15,6 +15,7 @@ from vllm.v1.attention.ops.triton_attention import (
     TensorLayout,
     plan_batch,
 )
+from vllm.v1.attention.ops.triton_attention.arch import FP8_DTYPES
 from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
 
 # Tolerances per activation dtype, against a float64 reference on the same
@@ -152,7 +153,7 @@ def make_batch(
         num_blocks, block_size, num_kv_heads, head_size, kv_dtype, device, layout
     )
     k_scale = v_scale = None
-    if kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+    if kv_dtype in FP8_DTYPES:
         k_scale = torch.tensor(0.05, device=device)
         v_scale = torch.tensor(0.04, device=device)
         # Values spread over the fp8 range after scaling.

@@ -115,7 +115,7 @@ def variants(subset: str) -> list[Variant]:
         Variant(phase, head, 4, kv_dtype=kv)
         for phase in PHASES
         for head in (64, 128, 512)
-        for kv in ("float8_e4m3fn", "float8_e4m3fnuz")
+        for kv in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2")
     ]
     return out
 

@@ -9,6 +9,7 @@ answered by stand-ins; everything else is vLLM's own code.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -104,11 +105,13 @@ def run_step(
     causal=True,
     mm_ranges=None,
     mm_clamp=False,
+    fp8_dtype=None,
 ):
     """One model step the way vLLM drives a layer: metadata, cache write, forward.
     ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor).
     ``mm_ranges``: vLLM's ``mm_req_doc_ranges`` (request index -> inclusive
-    ranges); ``mm_clamp``: the layer's ``mm_prefix_clamp_sliding_window``."""
+    ranges); ``mm_clamp``: the layer's ``mm_prefix_clamp_sliding_window``;
+    ``fp8_dtype``: what an fp8 cache's bytes hold (the layer's scales 0.05)."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -154,11 +157,17 @@ def run_step(
     value = torch.randn(total, NUM_KV_HEADS, HEAD_SIZE, generator=gen)
     layer = Layer()
     layer.mm_prefix_clamp_sliding_window = mm_clamp
+    scales = {}
+    if fp8_dtype is not None:
+        layer._k_scale = layer._v_scale = torch.tensor(0.05)
+        scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale)
     impl.do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
     output = torch.full_like(query, float("nan"))
     impl.forward(layer, query, key, value, kv_cache, metadata, output)
 
     k_view, v_view = kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
+    if fp8_dtype is not None:  # the reference reads the bytes the write stored
+        k_view, v_view = k_view.view(fp8_dtype), v_view.view(fp8_dtype)
     expected = reference_paged_attention(
         query,
         k_view,
@@ -176,6 +185,7 @@ def run_step(
         causal=common.causal,
         mm_prefix_ranges=reference_ranges,
         mm_prefix_clamp_sliding_window=mm_clamp,
+        **scales,
     )
     torch.testing.assert_close(
         output[:num_tokens], expected[:num_tokens], **TOLERANCES[torch.float32]
@@ -253,6 +263,24 @@ def test_chunked_window_through_the_impl(vllm_config):
         NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, 32, "auto", chunk_lookback=1
     )
     run_step(builder, impl, packed_cache(), [1, 1, 30], [80, 37, 50])
+
+
+def test_fp8_e5m2_cache_through_the_impl(vllm_config):
+    """vLLM allocates an fp8 cache as bytes; with ``--kv-cache-dtype fp8_e5m2`` the
+    builder plans for, the write stores and the kernels read e5m2 (not the
+    platform's e4m3): the reference reads the written bytes as e5m2."""
+    config = copy.deepcopy(vllm_config)
+    config.cache_config.cache_dtype = "fp8_e5m2"
+    builder = make_builder(config)
+    assert builder.layout.kv_dtype == torch.float8_e5m2
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "fp8_e5m2")
+    assert impl.fp8_dtype == torch.float8_e5m2
+    physical = torch.zeros(64, BLOCK_SIZE, NUM_KV_HEADS, 2 * HEAD_SIZE, dtype=torch.uint8)
+    kv_cache = physical.permute(0, 2, 1, 3)
+    for q_lens, seq_lens in (([1, 5, 9], [20, 33, 9]), ([1, 1], [21, 34])):
+        run_step(builder, impl, kv_cache, q_lens, seq_lens, fp8_dtype=torch.float8_e5m2)
+    stored = kv_cache.transpose(1, 2)[..., :HEAD_SIZE].view(torch.float8_e5m2).float()
+    assert stored.abs().max() > 0 and not stored.isnan().any()
 
 
 def test_cache_views_are_made_once_per_cache_tensor():
@@ -579,6 +607,9 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 9)) == []
     refused = reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 0))
     assert any("needs native fp8 conversions, which cuda sm_80 lacks" in r for r in refused)
+    assert reasons(kv_cache_dtype="fp8_e5m2", device_capability=DeviceCapability(9, 0)) == []
+    refused = reasons(kv_cache_dtype="fp8_e5m2", device_capability=DeviceCapability(8, 6))
+    assert any("(torch.float8_e5m2) needs native fp8 conversions" in r for r in refused)
     # ROCm: vLLM's fp8 is e4m3fnuz on MI300 (gfx942), e4m3fn on MI350 (gfx950).
     monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: False)
     monkeypatch.setattr(triton_attn.current_platform, "is_rocm", lambda: True)
@@ -586,8 +617,11 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     monkeypatch.setattr(triton_attn.current_platform, "fp8_dtype", lambda: fnuz)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 4)) == []
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 0))  # MI200
+    refused = reasons(kv_cache_dtype="fp8_e5m2", device_capability=DeviceCapability(9, 4))
+    assert any("which hip gfx942 lacks" in r for r in refused)  # MI300's fp8 is fnuz only
     monkeypatch.setattr(triton_attn.current_platform, "fp8_dtype", lambda: fn)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(9, 5)) == []
+    assert reasons(kv_cache_dtype="fp8_e5m2", device_capability=DeviceCapability(9, 5)) == []
 
 
 _SELECT = """
@@ -607,6 +641,8 @@ if sys.argv[1] == "rocm":
     with mock.patch.object(torch.cuda, "get_device_properties",
                            return_value=types.SimpleNamespace(gcnArchName=gfx)):
         from vllm.platforms.rocm import RocmPlatform
+    import vllm.v1.attention.backends.triton_attn as ours
+    ours.current_platform = RocmPlatform()  # our checks see an AMD machine
     import vllm._aiter_ops as aiter
     with mock.patch.object(RocmPlatform, "get_device_capability",
                            return_value=DeviceCapability(major, minor)):
@@ -663,10 +699,14 @@ def _select(*platform: str) -> dict:
 )
 def test_rocm_selects_ours_by_default(gfx, capability):
     """First on every arch, also where upstream itself swaps TRITON_ATTN ahead of
-    ROCM_ATTN (gfx1100, gfx1201). An fp8_e5m2 cache, which we decline, goes to
-    ROCM_ATTN, as upstream sends it there."""
+    ROCM_ATTN (gfx1100, gfx1201). An fp8_e5m2 cache is ours where the GPU has OCP
+    fp8 (RDNA4); elsewhere we decline it and it goes to ROCM_ATTN."""
     result = _select("rocm", gfx, *capability.split())
-    assert result.pop("fp8_e5m2") == "vllm.v1.attention.backends.rocm_attn.RocmAttentionBackend"
+    e5m2 = result.pop("fp8_e5m2")
+    if gfx == "gfx1201":
+        assert e5m2 == OUR_CLASS
+    else:
+        assert e5m2 == "vllm.v1.attention.backends.rocm_attn.RocmAttentionBackend"
     assert result.pop("mm_prefix") == OUR_CLASS  # multimodal prefix-LMs (Gemma 3, PaliGemma...)
     assert result.pop("head_512") == OUR_CLASS  # Gemma 4's global layers
     assert result.pop("batch_invariant") == OUR_CLASS

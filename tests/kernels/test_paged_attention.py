@@ -118,6 +118,7 @@ def _cpu_cases() -> list[Case]:
         Case(p, layout=layout) for p in ("mixed", "decode") for layout in ("packed_hnd", "separate")
     ]
     cases += [Case(p, kv_dtype=torch.float8_e4m3fn) for p in ("decode", "mixed")]
+    cases += [Case(p, kv_dtype=torch.float8_e5m2) for p in ("decode", "chunked_prefill")]
     cases += [Case("specdecode4", kv_dtype=torch.float8_e4m3fnuz, feature="all")]
     return cases
 
@@ -148,7 +149,7 @@ def _gpu_cases() -> list[Case]:
     for pattern, feature, dtype, head_size in itertools.product(
         QUERY_PATTERNS, ("plain", "all"), (torch.float16, torch.bfloat16), (64, 128, 512)
     ):
-        for kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+        for kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2):
             if arch.supports_kv_dtype(kv_dtype):
                 cases.append(Case(pattern, feature, dtype, kv_dtype, head_size))
     return cases

@@ -526,3 +526,9 @@ def test_fp8_refused_where_the_gpu_has_none(batch):
     assert not H100.supports_kv_dtype(torch.float8_e4m3fnuz)
     assert GpuArch("hip", "gfx942", 304).supports_kv_dtype(torch.float8_e4m3fnuz)
     assert not GpuArch("hip", "gfx942", 304).supports_kv_dtype(torch.float8_e4m3fn)
+    # e5m2, an OCP format: Ada/Hopper/Blackwell, MI350 and RDNA4; not MI300 (fnuz only)
+    assert H100.supports_kv_dtype(torch.float8_e5m2) and not a100.supports_kv_dtype(
+        torch.float8_e5m2
+    )
+    assert not GpuArch("hip", "gfx942", 304).supports_kv_dtype(torch.float8_e5m2)
+    assert GpuArch("hip", "gfx950", 256).supports_kv_dtype(torch.float8_e5m2)

@@ -9,7 +9,7 @@ from conftest import HAS_GPU
 from devtools.batches import kv_cache_views
 from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
 
-FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
+FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,7 @@ FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
         (torch.float16, "separate", 128),
         (torch.float8_e4m3fn, "packed_nhd", 64),
         (torch.float8_e4m3fnuz, "packed_hnd", 96),
+        (torch.float8_e5m2, "separate", 80),
     ],
 )
 def test_write_kv_cache(cache_dtype, layout, head_size, device):

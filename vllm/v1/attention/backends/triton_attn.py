@@ -175,7 +175,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.features, encoder = _layer_features(vllm_config, layer_names)
         cache_dtype = vllm_config.cache_config.cache_dtype
         kv_dtype = (
-            current_platform.fp8_dtype()
+            fp8_cache_dtype(cache_dtype)
             if is_quantized_kv_cache(cache_dtype)
             else kv_cache_spec.dtype
         )
@@ -341,6 +341,7 @@ class TritonAttentionBackend(AttentionBackend):
         "bfloat16",
         "fp8",
         "fp8_e4m3",
+        "fp8_e5m2",
     ]
     forward_includes_kv_cache_update: bool = False
 
@@ -419,15 +420,21 @@ class TritonAttentionBackend(AttentionBackend):
         device_capability: DeviceCapability,
     ) -> str | None:
         if kv_cache_dtype is not None and kv_cache_dtype.startswith("fp8"):
-            fp8_dtype = current_platform.fp8_dtype()
+            fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
             arch = _arch_of(device_capability)
             if not arch.supports_kv_dtype(fp8_dtype):
                 return (
                     f"an fp8 KV cache ({fp8_dtype}) needs native fp8 conversions, which "
-                    f"{arch.vendor} {arch.name} lacks (NVIDIA needs compute capability 8.9+, "
-                    "AMD gfx942/gfx950/gfx12)"
+                    f"{arch.vendor} {arch.name} lacks (NVIDIA needs compute capability 8.9+; "
+                    "AMD: e4m3 on gfx942, gfx950 and gfx12, e5m2 on gfx950 and gfx12)"
                 )
         return None
+
+
+def fp8_cache_dtype(cache_dtype: str) -> torch.dtype:
+    """The fp8 format of a quantised KV cache (vLLM allocates its bytes as uint8):
+    e5m2 when named, else the platform's e4m3 (the fnuz variant on MI300)."""
+    return torch.float8_e5m2 if cache_dtype == "fp8_e5m2" else current_platform.fp8_dtype()
 
 
 def _arch_of(capability: DeviceCapability) -> GpuArch:
@@ -534,7 +541,7 @@ class TritonAttentionImpl(AttentionImpl):
         self.use_alibi_sqrt = use_alibi_sqrt
         self.chunk_lookback = chunk_lookback  # upstream's form (-1 = off), for subclasses
         self._chunk_lookback = chunk_lookback if chunk_lookback > -1 else None  # the kernels'
-        self.fp8_dtype = current_platform.fp8_dtype()
+        self.fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
         self.supports_quant_query_input = False
         self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype)
         self._set_kv_ptr_range = current_platform.is_rocm()

@@ -16,8 +16,8 @@ import torch
 # Queries and outputs.
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # KV caches may also be fp8 with per-tensor scales.
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
-FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
 
 # vLLM reports an AMD GPU's gfx number as a compute capability: gfx942 ->
 # (9, 4), gfx90a -> (9, 0), gfx1100 -> (11, 0).
@@ -83,9 +83,9 @@ class GpuArch:
         conversions; the interpreter converts in software)."""
         if dtype not in FP8_DTYPES or self.vendor == "interpreter":
             return True
-        if self.vendor == "cuda":  # e4m3fn needs sm_89+; NVIDIA has no fnuz format
-            return dtype == torch.float8_e4m3fn and self.sm >= 89
-        # AMD: MI300 (gfx942) has fnuz, MI350 (gfx950) and RDNA4 (gfx12) the OCP format.
+        if self.vendor == "cuda":  # the OCP formats need sm_89+; NVIDIA has no fnuz format
+            return dtype != torch.float8_e4m3fnuz and self.sm >= 89
+        # AMD: MI300 (gfx942) has fnuz, MI350 (gfx950) and RDNA4 (gfx12) the OCP formats.
         if dtype == torch.float8_e4m3fnuz:
             return self.name == "gfx942"
         return self.name == "gfx950" or self.name.startswith("gfx12")
