@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Every tool starts: the developer tools (``python -m devtools.<tool>``), the
-packaging tool and the main job's model maker (``scripts/``) answer ``--help``,
+packaging tool and the model makers (``scripts/``) answer ``--help``,
 which imports all they import."""
 
 import os
@@ -33,7 +33,11 @@ def _help(command: list[str]) -> str:
 
 def test_every_tool_is_listed():
     assert "bench_attention" in DEVTOOLS and "compile_matrix" in DEVTOOLS
-    assert {path.name for path in SCRIPTS} == {"patchset.py", "make_tiny_model.py"}
+    assert {path.name for path in SCRIPTS} == {
+        "patchset.py",
+        "make_tiny_model.py",
+        "prepare_smollm2.py",
+    }
 
 
 @pytest.mark.parametrize("tool", DEVTOOLS)
