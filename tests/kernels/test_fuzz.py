@@ -20,7 +20,7 @@ from conftest import HAS_GPU
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from devtools.batches import TOLERANCES, make_batch, plan_for_batch
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch, small_gpu
 from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
@@ -64,6 +64,8 @@ def batches(draw):
         sinks=draw(st.booleans()),
         mixed_plan=draw(st.booleans()),
         batch_invariant=draw(st.booleans()),
+        # in the interpreter: its own plan (no splits, the largest tiles), or a small GPU's
+        small_gpu=draw(st.booleans()),
         mm_prefix_ranges=draw(st.one_of(st.none(), _mm_ranges(seq_lens))),
         mm_prefix_clamp_sliding_window=draw(st.booleans()),
     )
@@ -128,6 +130,7 @@ def check_against_reference(case):
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))
     plan = None
+    arch = small_gpu() if features["small_gpu"] and not HAS_GPU else None
     if features["mixed_plan"] or features["batch_invariant"]:
         plan = plan_for_batch(
             q_lens,
@@ -136,6 +139,7 @@ def check_against_reference(case):
             num_kv_heads=shape["num_kv_heads"],
             head_size=shape["head_size"],
             device=device,
+            arch=arch,
             dtype=shape["dtype"],
             batch_invariant=features["batch_invariant"],
             **batch.plan_facts(**extra),
@@ -147,6 +151,7 @@ def check_against_reference(case):
         out,
         scale=scale,
         plan=plan,
+        arch=None if plan else arch,
         **batch.kernel_args(),
         **extra,
     )
