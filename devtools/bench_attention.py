@@ -245,10 +245,13 @@ def run_upstream(
     sliding_window=None,
     chunk_lookback=None,
     batch_invariant=False,
+    k_scale=None,
+    v_scale=None,
 ):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
     128 // num_kv_heads sequences); ``batch_invariant``: as under
-    VLLM_BATCH_INVARIANT=1 (which its module reads at import)."""
+    VLLM_BATCH_INVARIANT=1 (which its module reads at import); ``k_scale`` and
+    ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode)."""
     hq, hkv, d = model
     threshold = 128 // hkv
     rows = min(threshold, seq_lens.shape[0]) * q_len
@@ -256,6 +259,7 @@ def run_upstream(
     segm_max = torch.empty(rows, hq, 16, device=q.device)
     segm_sum = torch.empty(rows, hq, 16, device=q.device)
     module = upstream_module()
+    fp8 = module.KVQuantMode.FP8_PER_TENSOR if k_scale is not None else module.KVQuantMode.NONE
 
     def run():
         module.is_batch_invariant = batch_invariant
@@ -274,8 +278,8 @@ def run_upstream(
             block_table,
             0,
             None,
-            None,
-            None,
+            k_scale,
+            v_scale,
             seq_threshold_3D=threshold,
             num_par_softmax_segments=16,
             softmax_segm_output=scratch,
@@ -285,6 +289,7 @@ def run_upstream(
             mm_prefix_range=mm_prefix_ranges,
             use_alibi_sqrt=alibi_sqrt,
             chunk_lookback=-1 if chunk_lookback is None else chunk_lookback,
+            kv_quant_mode=fp8,
         )
 
     return run
@@ -419,6 +424,8 @@ def main():
     if args.features:
         for name in args.models:
             bench_features(MODELS[name], name, base, dtype, args.upstream, emit, copy)
+        for name in args.models:
+            bench_fp8_decodes(MODELS[name], name, base, dtype, args.upstream, emit, copy)
         return
 
     sweep = SWEEPS[args.sweep]
@@ -586,6 +593,7 @@ def bench_chunks(model, name, base, dtype, upstream, emit):
 FEATURE_PREFILLS = [(1, 4096), (4, 4096), (1, 16384)]
 IMAGE_TOKENS, IMAGE_EVERY = 256, 1024
 INVARIANT_DECODES = [(b, c) for b in (1, 4, 32, 128) for c in (1024, 16384, 65536)]
+FP8_DECODES = [(1, 16384), (32, 16384), (128, 4096)]
 
 
 def image_ranges(batch_size: int, seq: int) -> torch.Tensor:
@@ -675,6 +683,64 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
                 emit(dict(rec, impl="upstream", us=uus, gbps=ugbps, ratio_copy=ugbps / copy))
         del inputs
         torch.cuda.empty_cache()
+
+
+def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
+    """Decodes on fp8 caches (per-tensor scales, e4m3 and e5m2 where this GPU reads
+    them) against the same cell on the 16-bit cache: half the bytes."""
+    hq, hkv, d = model
+    arch = GpuArch.of_device("cuda")
+    kv_dtypes = [t for t in (torch.float8_e4m3fn, torch.float8_e5m2) if arch.supports_kv_dtype(t)]
+    for batch_size, context in FP8_DECODES:
+        cell = ([1] * batch_size, [context] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        plain_us = None
+        for kv_dtype in (dtype, *kv_dtypes):
+            call_args, cell_inputs = {}, inputs
+            if kv_dtype != dtype:  # N(0, 1) values: well inside both formats at scale 1
+                scale = torch.ones(1, device="cuda")
+                call_args = dict(k_scale=scale, v_scale=scale)
+                cell_inputs = (
+                    inputs[0],
+                    inputs[1].to(kv_dtype),
+                    inputs[2].to(kv_dtype),
+                    *inputs[3:],
+                )
+            kv_bytes = 2 * batch_size * context * hkv * d * kv_dtype.itemsize
+            plan = backend_plan(model, cell[0], layout=_layout(d, kv_dtype))
+            us, _ = bench_ours(model, *cell, cell_inputs, True, plan, **call_args)
+            plain_us = plain_us or us
+            rec = ours_record(
+                base,
+                "decode",
+                name,
+                model,
+                batch=batch_size,
+                context=context,
+                q_len=1,
+                graphs=True,
+                us=us,
+                feature=f"kv_{str(kv_dtype)[6:]}",
+                gbps=kv_bytes / us / 1e3,
+                ratio_copy=kv_bytes / us / 1e3 / copy,
+                ratio_plain=us / plain_us,
+            )
+            if upstream:
+                uus = bench_upstream(model, *cell, cell_inputs, True, **call_args)
+                rec["ratio_upstream"] = uus / us
+            emit(rec)
+            if upstream:
+                ugbps = kv_bytes / uus / 1e3
+                emit(dict(rec, impl="upstream", us=uus, gbps=ugbps, ratio_copy=ugbps / copy))
+            del cell_inputs
+        del inputs
+        torch.cuda.empty_cache()
+
+
+def _layout(head_size, kv_dtype):
+    from vllm.v1.attention.ops.triton_attention import TensorLayout
+
+    return TensorLayout.of_packed_kv_cache(head_size, kv_dtype, block_size=16)
 
 
 def _features(call_args):

@@ -145,7 +145,9 @@ def feature_table(records: list[dict]) -> list[str]:
         "`mixed_flags` every other sequence bidirectional; `alibi`, `alibi_sqrt` the two "
         "ALiBi biases; `window`, `chunked_window` a 1024-key window, plain and in chunks "
         "of 512 (chunk_lookback 1). Decode: `batch_invariant` plans "
-        "against the default ones; upstream in the same mode (VLLM_BATCH_INVARIANT).",
+        "against the default ones; upstream in the same mode (VLLM_BATCH_INVARIANT); "
+        "`kv_float8_*` an fp8 cache (per-tensor scales) against the 16-bit one, upstream "
+        "in its FP8_PER_TENSOR mode.",
         "",
         "| model | kind | feature | batch | context | ours us | / same cell plain | "
         "upstream / ours | x copy |",
