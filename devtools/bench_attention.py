@@ -30,6 +30,7 @@ from devtools.batches import TOLERANCES, make_batch, plan_for_batch
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,
+    TensorLayout,
     paged_attention,
     plan_attention,
     reference_paged_attention,
@@ -656,31 +657,23 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
         default_us = None
         for invariant in (False, True):
             plan = backend_plan(model, cell[0], batch_invariant=invariant)
-            us, _ = bench_ours(model, *cell, inputs, True, plan)
-            default_us = default_us or us
-            rec = ours_record(
-                base,
-                "decode",
-                name,
+            us = _decode_variant(
                 model,
-                batch=batch_size,
-                context=context,
-                q_len=1,
-                graphs=True,
-                us=us,
+                name,
+                base,
+                cell,
+                inputs,
+                plan,
+                emit,
+                copy,
+                kv_bytes=kv_bytes,
+                plain_us=default_us,
+                upstream=upstream,
                 feature="batch_invariant" if invariant else "plain",
-                gbps=kv_bytes / us / 1e3,
-                ratio_copy=kv_bytes / us / 1e3 / copy,
-                ratio_plain=us / default_us,
+                upstream_args=dict(batch_invariant=invariant),
                 kv_splits=plan.num_kv_splits,
             )
-            if upstream:
-                uus = bench_upstream(model, *cell, inputs, True, batch_invariant=invariant)
-                rec["ratio_upstream"] = uus / us
-            emit(rec)
-            if upstream:
-                ugbps = kv_bytes / uus / 1e3
-                emit(dict(rec, impl="upstream", us=uus, gbps=ugbps, ratio_copy=ugbps / copy))
+            default_us = default_us or us
         del inputs
         torch.cuda.empty_cache()
 
@@ -698,7 +691,7 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
         for kv_dtype in (dtype, *kv_dtypes):
             call_args, cell_inputs = {}, inputs
             if kv_dtype != dtype:  # N(0, 1) values: well inside both formats at scale 1
-                scale = torch.ones(1, device="cuda")
+                scale = torch.ones(1, device=inputs[0].device)
                 call_args = dict(k_scale=scale, v_scale=scale)
                 cell_inputs = (
                     inputs[0],
@@ -706,41 +699,77 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
                     inputs[2].to(kv_dtype),
                     *inputs[3:],
                 )
-            kv_bytes = 2 * batch_size * context * hkv * d * kv_dtype.itemsize
-            plan = backend_plan(model, cell[0], layout=_layout(d, kv_dtype))
-            us, _ = bench_ours(model, *cell, cell_inputs, True, plan, **call_args)
-            plain_us = plain_us or us
-            rec = ours_record(
-                base,
-                "decode",
-                name,
+            layout = TensorLayout.of_packed_kv_cache(d, kv_dtype, block_size=16)
+            plan = backend_plan(model, cell[0], layout=layout)
+            us = _decode_variant(
                 model,
-                batch=batch_size,
-                context=context,
-                q_len=1,
-                graphs=True,
-                us=us,
+                name,
+                base,
+                cell,
+                cell_inputs,
+                plan,
+                emit,
+                copy,
+                kv_bytes=2 * batch_size * context * hkv * d * kv_dtype.itemsize,
+                plain_us=plain_us,
+                upstream=upstream,
                 feature=f"kv_{str(kv_dtype)[6:]}",
-                gbps=kv_bytes / us / 1e3,
-                ratio_copy=kv_bytes / us / 1e3 / copy,
-                ratio_plain=us / plain_us,
+                ours_args=call_args,
+                upstream_args=call_args,
             )
-            if upstream:
-                uus = bench_upstream(model, *cell, cell_inputs, True, **call_args)
-                rec["ratio_upstream"] = uus / us
-            emit(rec)
-            if upstream:
-                ugbps = kv_bytes / uus / 1e3
-                emit(dict(rec, impl="upstream", us=uus, gbps=ugbps, ratio_copy=ugbps / copy))
+            plain_us = plain_us or us
             del cell_inputs
         del inputs
         torch.cuda.empty_cache()
 
 
-def _layout(head_size, kv_dtype):
-    from vllm.v1.attention.ops.triton_attention import TensorLayout
-
-    return TensorLayout.of_packed_kv_cache(head_size, kv_dtype, block_size=16)
+def _decode_variant(
+    model,
+    name,
+    base,
+    cell,
+    inputs,
+    plan,
+    emit,
+    copy,
+    *,
+    kv_bytes,
+    plain_us,
+    upstream,
+    feature,
+    ours_args=None,
+    upstream_args=None,
+    **fields,
+) -> float:
+    """One decode cell in one variant (``feature``): ours on ``plan`` with
+    ``ours_args``, upstream with ``upstream_args``; emits both records against
+    the cell's plain time (``plain_us``; None: this is the plain one). Our us."""
+    q_lens, seq_lens = cell
+    us, _ = bench_ours(model, *cell, inputs, True, plan, **(ours_args or {}))
+    rec = ours_record(
+        base,
+        "decode",
+        name,
+        model,
+        batch=len(q_lens),
+        context=seq_lens[0],
+        q_len=1,
+        graphs=True,
+        us=us,
+        feature=feature,
+        gbps=kv_bytes / us / 1e3,
+        ratio_copy=kv_bytes / us / 1e3 / copy,
+        ratio_plain=us / (plain_us or us),
+        **fields,
+    )
+    if upstream:
+        uus = bench_upstream(model, *cell, inputs, True, **(upstream_args or {}))
+        rec["ratio_upstream"] = uus / us
+    emit(rec)
+    if upstream:
+        ugbps = kv_bytes / uus / 1e3
+        emit(dict(rec, impl="upstream", us=uus, gbps=ugbps, ratio_copy=ugbps / copy))
+    return us
 
 
 def _features(call_args):

@@ -75,7 +75,11 @@ def smollm2() -> Path:
 
 
 def transformers_greedy(
-    model_dir: Path, dtype: str, prompts=PROMPTS, stop_at_eos: bool = False
+    model_dir: Path,
+    dtype: str,
+    prompts=PROMPTS,
+    max_new_tokens: int = MAX_TOKENS,
+    stop_at_eos: bool = False,
 ) -> list[list[int]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -88,7 +92,7 @@ def transformers_greedy(
         eos = model.generation_config.eos_token_id if stop_at_eos else None
         generated = model.generate(
             ids,
-            max_new_tokens=16 if stop_at_eos else MAX_TOKENS,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=0,
@@ -384,6 +388,8 @@ def test_vllm_serve_answers_a_chat_question(smollm2):
     assert code in (0, -signal.SIGINT), f"vllm serve exited with {code}"
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
-    (expected,) = transformers_greedy(smollm2, "float32", [prompt], stop_at_eos=True)
+    (expected,) = transformers_greedy(
+        smollm2, "float32", [prompt], max_new_tokens=16, stop_at_eos=True
+    )
     assert answer == tokenizer.decode(expected, skip_special_tokens=True)
     assert "Paris" in answer

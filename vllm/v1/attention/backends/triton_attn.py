@@ -459,8 +459,8 @@ def _layer_features(
     impls = [getattr(layer, "impl", None) for layer in layers.values()]
     impls = [impl for impl in impls if impl is not None]
     if not impls:
-        every = AttentionFeatures(sliding_window=True, softcap=True, alibi=True, sinks=True)
-        return every._replace(chunked_window=True), False
+        every = dict(sliding_window=True, softcap=True, alibi=True, sinks=True, chunked_window=True)
+        return AttentionFeatures(**every), False
     features = AttentionFeatures(
         sliding_window=any(
             tuple(getattr(i, "sliding_window", (-1, -1))) != (-1, -1) for i in impls

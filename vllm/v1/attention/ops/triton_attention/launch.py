@@ -553,9 +553,9 @@ def write_kv_cache(
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES
     key_strides, value_strides = key.stride(), value.stride()
     k_strides, v_strides = k_cache.stride(), v_cache.stride()
-    # The interpreter runs programs one after another: a tile of tokens each.
-    interpreted = GpuArch.of_device(key.device).vendor == "interpreter"
-    tokens = min(next_power_of_2(num_tokens), INTERPRETER_WRITE_TOKENS) if interpreted else 1
+    # One token per program on GPUs; the interpreter (CPU tensors, as in
+    # GpuArch.of_device) runs programs one after another: a tile of tokens each.
+    tokens = 1 if key.is_cuda else min(next_power_of_2(num_tokens), INTERPRETER_WRITE_TOKENS)
     write_kv_cache_kernel[(-(-num_tokens // tokens),)](
         key_ptr=key,
         value_ptr=value,
