@@ -108,7 +108,7 @@ def variants(subset: str) -> list[Variant]:
     out += [
         Variant(phase, head, 4, features=f)
         for phase in PHASES
-        for head in (64, 128, 512)
+        for head in (64, 128, 256, 512)
         for f in FEATURES
     ]
     out += [

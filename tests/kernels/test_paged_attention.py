@@ -358,12 +358,10 @@ def test_split_kv_and_single_program_agree(device, num_q_heads, num_kv_heads, he
     torch.testing.assert_close(out_one, out_many, **TOLERANCES[torch.float32])
 
 
-def _check_forced_kernel(
-    batch, plan, causal, kernel_name, sliding_window=None, logits_soft_cap=None
-):
+def _check_forced_kernel(batch, plan, causal, kernel_name, **features):
     """``plan`` runs ``kernel_name`` first, and its output matches the reference
-    on every valid row (NaN-filled beforehand: a row never written fails)."""
-    features = dict(sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
+    on every valid row (NaN-filled beforehand: a row never written fails);
+    ``features``: keyword arguments of ``paged_attention`` (window, ranges...)."""
     call = AttentionCall(
         q=batch.q,
         k_cache=batch.k_cache,
@@ -567,7 +565,82 @@ def test_pipelined_long_query_matches_reference(
         block_m=128,
         num_warps=8,
     )
-    _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel", window, soft_cap)
+    _check_forced_kernel(
+        batch,
+        plan,
+        causal,
+        "long_query_pipelined_kernel",
+        sliding_window=window,
+        logits_soft_cap=soft_cap,
+    )
+
+
+# (feature, head, tiles): both key loops at each head the plan sends there.
+_PIPELINED_LONG_QUERY_MASK_CASES = [
+    (feature, head_size, tiles)
+    for feature in (
+        "per_seq_causal",
+        "per_seq_causal_window",
+        "mm_prefix",
+        "mm_prefix_window",
+        "mm_prefix_clamped",
+    )
+    for head_size, tiles in (
+        (64, (64, 4, 4)),
+        (128, (64, 4, 0)),
+        (128, (64, 2, 0)),
+        (256, (64, 2, 0)),
+    )
+]
+
+
+@pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
+@pytest.mark.parametrize("feature,head_size,tiles", _PIPELINED_LONG_QUERY_MASK_CASES)
+def test_pipelined_long_query_masks(feature, head_size, tiles, device):
+    """Per-sequence causal flags and multimodal ranges in the Gluon long-query
+    kernel: ranges across the cached prefix and the new chunk, past the
+    keys cached so far, reaching further back than the window or clamped to
+    it; a bidirectional sequence with a two-sided window. Prompts of several
+    key tiles, chunks on a prefix and a decode row beside them."""
+    q_lens, seq_lens = [300, 150, 1, 37], [300, 600, 90, 500]
+    num_q_heads = 2 * 4
+    features = _feature_args(feature, num_q_heads, device, q_lens, seq_lens)
+    mm_ranges = features.get("mm_prefix_ranges")
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=2,
+        head_size=head_size,
+        block_size=16,
+        dtype=torch.bfloat16,
+        device=device,
+        sliding_window=features.get("sliding_window"),
+        mm_prefix_ranges=mm_ranges.tolist() if mm_ranges is not None else None,
+        padding_tokens=3,
+    )
+    plan = plan_attention(
+        num_tokens=batch.q.shape[0],
+        num_seqs=len(q_lens),
+        max_query_len=max(q_lens),
+        num_q_heads=num_q_heads,
+        num_kv_heads=2,
+        head_size=head_size,
+        arch=GpuArch.of_device(device),
+        dtype=torch.bfloat16,
+    )
+    tile, buffers, fma_exp2_every = tiles
+    plan = dataclasses.replace(
+        plan,
+        kernel=LONG_QUERY_PIPELINED,
+        kv_tile_size=tile,
+        kv_buffers=buffers,
+        fma_exp2_every=fma_exp2_every,
+        block_m=128,
+        num_warps=8,
+    )
+    causal = features.pop("causal", True)
+    _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel", **features)
 
 
 def test_long_query_kernel_handles_decode_rows(device):

@@ -92,6 +92,20 @@ def test_split_count_fills_the_gpu_and_never_grows_with_batch():
     assert plan_d64(**spec_one_seq).num_kv_splits == MAX_KV_SPLITS // 2
 
 
+def test_head_512_splits_fit_one_wave_of_two_programs_per_sm():
+    """Head-512 programs fill an SM's shared memory two at a time (one with a
+    64-key tile): their launches stay within one such wave."""
+    gemma4_global = dict(num_q_heads=32, num_kv_heads=4, head_size=512)
+    for q_len, batch, splits in ((1, 1, 66), (1, 4, 16), (1, 32, 2), (1, 128, 1), (4, 8, 8)):
+        p = plan(num_seqs=batch, num_tokens=q_len * batch, max_query_len=q_len, **gemma4_global)
+        assert p.num_kv_splits == splits
+        per_sm = 1 if p.kv_tile_size >= 64 else 2
+        if p.num_kv_splits > 1:  # one split can be more than a wave
+            assert batch * 4 * p.num_kv_splits <= per_sm * H100.num_compute_units
+    spec_batch_32 = plan(num_seqs=32, num_tokens=128, max_query_len=4, **gemma4_global)
+    assert (spec_batch_32.kv_tile_size, spec_batch_32.num_kv_splits) == (64, 1)
+
+
 def test_merge_programs_cover_every_head_and_dimension_once():
     for batch in (1, 4, 16, 32):
         for heads, kv_heads, head_size in ((32, 8, 128), (28, 4, 128), (14, 2, 80), (8, 2, 256)):
@@ -363,20 +377,23 @@ def test_pipelined_long_query_only_where_measured_and_covered():
         GpuArch("hip", "gfx942", 304),
     ):
         assert plan(**prefill, arch=arch).kernel == LONG_QUERY
-    # It covers sliding window and softcap (Gemma-2's layers); ALiBi, sinks,
-    # per-sequence causal flags, block sizes that are not powers of two and K
-    # and V caches of different strides take the portable kernel.
+    # It covers sliding window and softcap (Gemma-2's layers), per-sequence
+    # causal flags and multimodal ranges (Gemma 3's); ALiBi, sinks, chunked
+    # windows, block sizes that are not powers of two and K and V caches of
+    # different strides take the portable kernel.
     covered = [
         AttentionFeatures(sliding_window=True),
         AttentionFeatures(softcap=True),
         AttentionFeatures(sliding_window=True, softcap=True),
+        AttentionFeatures(per_seq_causal=True, sliding_window=True),
+        AttentionFeatures(mm_prefix=True, sliding_window=True, softcap=True),
     ]
     for features in covered:
         assert plan(**prefill, features=features).kernel == LONG_QUERY_PIPELINED
     for facts in (
         dict(features=AttentionFeatures(alibi=True)),
         dict(features=AttentionFeatures(sinks=True)),
-        dict(features=AttentionFeatures(per_seq_causal=True)),
+        dict(features=AttentionFeatures(sliding_window=True, chunked_window=True)),
         dict(layout=TensorLayout(block_size=24)),
         dict(layout=TensorLayout(kv_same_strides=False)),
     ):
@@ -394,6 +411,17 @@ def test_pipelined_long_query_only_where_measured_and_covered():
     (launch,) = kernel_launches(_call(batch, sliding_window=16, logits_soft_cap=30.0), p)
     assert launch.kernel.__name__ == "long_query_pipelined_kernel"
     assert launch.args["HAS_SLIDING_WINDOW"] and launch.args["HAS_SOFTCAP"]
+    ranges = torch.tensor([[[3, 40], [0, 0]]], dtype=torch.int32)
+    flags = torch.ones(1, dtype=torch.int32)
+    call = _call(batch, causal=flags, mm_prefix_ranges=ranges, sliding_window=16)
+    p = plan(
+        **prefill | dict(num_tokens=64, max_query_len=64),
+        features=AttentionFeatures(sliding_window=True, per_seq_causal=True, mm_prefix=True),
+    )
+    (launch,) = kernel_launches(call, p)
+    assert launch.kernel.__name__ == "long_query_pipelined_kernel"
+    assert launch.args["PER_SEQ_CAUSAL"] and launch.args["HAS_MM_PREFIX"]
+    assert (launch.args["num_mm_ranges"], launch.args["stride_mm_seq"]) == (2, 4)
 
 
 def test_kernel_package_imports_only_torch_triton_stdlib():

@@ -85,9 +85,10 @@ def mm_prefix_rows(
     row in no range). Ranges are ``(start, end)``, inclusive, valid when
     ``start < end``; a sequence's ranges are disjoint (vLLM's placeholders
     are), so "query and key in one range" is "key in the query's range".
-    ``CLAMP_TO_WINDOW``: the range part keeps the window's past edge too."""
-    mm_lo = tl.zeros_like(query_pos)
-    mm_hi = tl.zeros_like(query_pos)
+    ``CLAMP_TO_WINDOW``: the range part keeps the window's past edge too.
+    Layout-free."""
+    mm_lo = query_pos * 0  # zeros in query_pos's layout: Gluon kernels call this too
+    mm_hi = mm_lo
     ranges_ptr = mm_ranges_ptr + seq.to(tl.int64) * stride_mm_seq
     for i in range(num_mm_ranges):
         start = tl.load(ranges_ptr + 2 * i)
@@ -102,7 +103,7 @@ def mm_prefix_rows(
 
 @triton.jit
 def widen_key_range(kv_lo, kv_hi, mm_lo, mm_hi, row_valid):
-    """``[kv_lo, kv_hi)`` grown to hold every valid row's range keys."""
+    """``[kv_lo, kv_hi)`` grown to hold every valid row's range keys. Layout-free."""
     has_range = row_valid & (mm_lo < mm_hi)
     kv_lo = tl.minimum(kv_lo, tl.min(tl.where(has_range, mm_lo, kv_lo), 0))
     kv_hi = tl.maximum(kv_hi, tl.max(tl.where(has_range, mm_hi, kv_hi), 0))
@@ -275,7 +276,7 @@ def visible_mask(
     """[M, N]: may query position ``query_pos[i]`` see key ``key_idx[j]``?
     ``seq_causal``: the sequence's own flag, which then replaces ``IS_CAUSAL``.
     ``mm_lo``/``mm_hi``: each row's multimodal range keys (``mm_prefix_rows``),
-    visible whatever the causal and window masks say."""
+    visible whatever the causal and window masks say. Layout-free."""
     offset = key_idx[None, :] - query_pos[:, None]
     visible = key_idx[None, :] < seq_len
     if seq_causal is not None:

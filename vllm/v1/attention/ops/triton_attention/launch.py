@@ -173,25 +173,40 @@ def _paged_tensor_args(call: AttentionCall, strides: CallStrides) -> dict:
     )
 
 
-def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPlan) -> dict:
-    """Arguments the portable kernels (split-KV and long-query) share."""
-    kv_is_fp8 = call.kv_is_fp8
+def _mask_args(call: AttentionCall) -> dict:
+    """Which keys each query sees: the arguments every kernel with per-sequence
+    causal flags and multimodal ranges takes (all but the pipelined decode)."""
     per_seq_causal = isinstance(call.causal, torch.Tensor)
     mm_ranges = call.mm_prefix_ranges
     has_mm = mm_ranges is not None
-    args = _paged_tensor_args(call, strides)
-    args.update(
-        alibi_slopes_ptr=call.alibi_slopes,
-        sinks_ptr=call.sinks,
-        k_scale_ptr=call.k_scale if kv_is_fp8 else None,
-        v_scale_ptr=call.v_scale if kv_is_fp8 else None,
+    return dict(
         causal_ptr=call.causal if per_seq_causal else None,
         mm_ranges_ptr=mm_ranges,
         stride_mm_seq=mm_ranges.stride(0) if has_mm else 0,
         num_mm_ranges=mm_ranges.shape[1] if has_mm else 0,
+        sliding_window=call.window_size(),
+        IS_CAUSAL=per_seq_causal or call.causal,  # a constexpr; per-sequence flags override it
+        PER_SEQ_CAUSAL=per_seq_causal,
+        HAS_MM_PREFIX=has_mm,
+        MM_CLAMP_TO_WINDOW=has_mm
+        and call.mm_prefix_clamp_sliding_window
+        and call.sliding_window is not None,
+        HAS_SLIDING_WINDOW=call.sliding_window is not None,
+    )
+
+
+def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPlan) -> dict:
+    """Arguments the portable kernels (split-KV and long-query) share."""
+    kv_is_fp8 = call.kv_is_fp8
+    args = _paged_tensor_args(call, strides)
+    args.update(
+        _mask_args(call),
+        alibi_slopes_ptr=call.alibi_slopes,
+        sinks_ptr=call.sinks,
+        k_scale_ptr=call.k_scale if kv_is_fp8 else None,
+        v_scale_ptr=call.v_scale if kv_is_fp8 else None,
         scale=call.scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
-        sliding_window=call.window_size(),
         STRIDE_Q_DIM=strides.q[2],
         STRIDE_OUT_DIM=strides.out[2],
         STRIDE_K_DIM=strides.k[3],
@@ -202,13 +217,6 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         BLOCK_SIZE=call.k_cache.shape[1],
         BLOCK_M=plan.block_m,
         TILE_N=plan.kv_tile_size,
-        IS_CAUSAL=per_seq_causal or call.causal,  # a constexpr; per-sequence flags override it
-        PER_SEQ_CAUSAL=per_seq_causal,
-        HAS_MM_PREFIX=has_mm,
-        MM_CLAMP_TO_WINDOW=has_mm
-        and call.mm_prefix_clamp_sliding_window
-        and call.sliding_window is not None,
-        HAS_SLIDING_WINDOW=call.sliding_window is not None,
         CHUNK_LOOKBACK=call.chunk_lookback if call.chunk_lookback is not None else -1,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
         ALIBI=None if call.alibi_slopes is None else "sqrt" if call.alibi_sqrt else "linear",
@@ -238,17 +246,15 @@ def long_query_pipelined_launch(
         for axis in ("block", "slot", "head"):
             args[f"stride_kv_{axis}"] = args.pop(f"stride_{name}_{axis}")
     args.update(
+        _mask_args(call),
         num_seqs=call.seq_lens.shape[0],
         scale=call.scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
-        sliding_window=call.sliding_window if call.sliding_window is not None else 0,
         HEAD_PAD=plan.head_pad,
         QUERIES_PER_KV=plan.queries_per_kv,
         BLOCK_SIZE=call.k_cache.shape[1],
         BLOCK_M=plan.block_m,
         TILE_N=plan.kv_tile_size,
-        IS_CAUSAL=call.causal,
-        HAS_SLIDING_WINDOW=call.sliding_window is not None,
         HAS_SOFTCAP=call.logits_soft_cap is not None,
         KV_BUFFERS=plan.kv_buffers,
         FMA_EXP2_EVERY=plan.fma_exp2_every,

@@ -30,8 +30,9 @@ buffers filled by ``cp.async`` (a paged cache is a gather; Hopper's TMA has
 no row gather), ``KV_BUFFERS - 2`` tiles ahead of the one in the softmax
 (with two buffers, one tile ahead), one block-table load per group of rows in
 one cache block. It covers 2-byte queries and cache, power-of-two head and
-block sizes, K and V caches of the same strides, causal or not, sliding
-window and softcap, and neither ALiBi nor sinks; the plan picks it
+block sizes, K and V caches of the same strides, causal or not (per call or
+per sequence), sliding window, softcap and multimodal prefix ranges, and
+neither ALiBi, sinks nor chunked windows; the plan picks it
 (``AttentionPlan.pipelined_long_query``) where it was measured faster.
 """
 
@@ -46,7 +47,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.language.extra.cuda import gdc_wait
 
 from .gluon_helpers import async_load, cta_barrier
-from .jit_helpers import LOG2E, find_q_tile, key_range, tanh
+from .jit_helpers import (
+    LOG2E,
+    find_q_tile,
+    key_range,
+    mm_prefix_rows,
+    tanh,
+    visible_mask,
+    widen_key_range,
+)
 
 
 @gluon.constexpr_function
@@ -185,27 +194,33 @@ def _mask_tile(
     query_pos,
     key_offsets,
     sliding_window,
+    seq_causal,
+    mm_lo,
+    mm_hi,
     IS_CAUSAL: gl.constexpr,
     HAS_SLIDING_WINDOW: gl.constexpr,
 ):
-    """-inf where a row may not see a key, on the tiles that need it (the causal
-    diagonal, the ragged end, the sliding window's edges): keys before
-    ``full_lo`` or at or past ``full_hi`` may be hidden. Positions may be
-    relative to any key (masks depend on differences)."""
+    """-inf where a row may not see a key (``visible_mask``), on the tiles that
+    need it (the causal diagonal, the ragged end, the sliding window's edges,
+    multimodal range keys outside them): keys before ``full_lo`` or at or past
+    ``full_hi`` may be hidden. Positions may be relative to any key (masks
+    depend on differences); ``kv_hi`` bounds the keys any row sees."""
     TILE_N: gl.constexpr = key_offsets.shape[0]
     needs_mask = tile_start + TILE_N > full_hi
     if HAS_SLIDING_WINDOW:
         needs_mask |= tile_start < full_lo
     if needs_mask:
-        key_idx = tile_start + key_offsets
-        visible = key_idx[None, :] < kv_hi
-        if IS_CAUSAL:
-            visible &= key_idx[None, :] <= query_pos[:, None]
-        if HAS_SLIDING_WINDOW:
-            offset = key_idx[None, :] - query_pos[:, None]
-            visible &= offset > -sliding_window
-            if not IS_CAUSAL:
-                visible &= offset < sliding_window
+        visible = visible_mask(
+            query_pos,
+            tile_start + key_offsets,
+            kv_hi,
+            sliding_window,
+            IS_CAUSAL=IS_CAUSAL,
+            HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+            seq_causal=seq_causal,
+            mm_lo=mm_lo,
+            mm_hi=mm_hi,
+        )
         s = gl.where(visible, s, float("-inf"))
     return s
 
@@ -223,6 +238,9 @@ def _probabilities(
     query_pos,
     key_offsets,
     sliding_window,
+    seq_causal,
+    mm_lo,
+    mm_hi,
     soft_cap_log2,
     IS_CAUSAL: gl.constexpr,
     HAS_SLIDING_WINDOW: gl.constexpr,
@@ -248,6 +266,9 @@ def _probabilities(
         query_pos,
         key_offsets,
         sliding_window,
+        seq_causal,
+        mm_lo,
+        mm_hi,
         IS_CAUSAL,
         HAS_SLIDING_WINDOW,
     )
@@ -443,6 +464,9 @@ def _key_loop(
     query_pos,
     key_offsets,
     sliding_window,
+    seq_causal,
+    mm_lo,
+    mm_hi,
     qk_scale,
     soft_cap_log2,
     m_i,
@@ -518,6 +542,9 @@ def _key_loop(
             query_pos,
             key_offsets,
             sliding_window,
+            seq_causal,
+            mm_lo,
+            mm_hi,
             soft_cap_log2,
             IS_CAUSAL,
             HAS_SLIDING_WINDOW,
@@ -590,6 +617,9 @@ def _key_loop(
                 query_pos,
                 key_offsets,
                 sliding_window,
+                seq_causal,
+                mm_lo,
+                mm_hi,
                 soft_cap_log2,
                 IS_CAUSAL,
                 HAS_SLIDING_WINDOW,
@@ -643,6 +673,9 @@ def _key_loop(
                 query_pos,
                 key_offsets,
                 sliding_window,
+                seq_causal,
+                mm_lo,
+                mm_hi,
                 soft_cap_log2,
                 IS_CAUSAL,
                 HAS_SLIDING_WINDOW,
@@ -689,6 +722,9 @@ def _key_loop(
                 query_pos,
                 key_offsets,
                 sliding_window,
+                seq_causal,
+                mm_lo,
+                mm_hi,
                 soft_cap_log2,
                 IS_CAUSAL,
                 HAS_SLIDING_WINDOW,
@@ -748,6 +784,9 @@ def _key_loop(
                 query_pos,
                 key_offsets,
                 sliding_window,
+                seq_causal,
+                mm_lo,
+                mm_hi,
                 soft_cap_log2,
                 IS_CAUSAL,
                 HAS_SLIDING_WINDOW,
@@ -775,6 +814,8 @@ def long_query_pipelined_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     block_table_ptr,
+    causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
+    mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     # strides (K and V share theirs; head dimensions contiguous)
     stride_q_token,
     stride_q_head,
@@ -784,8 +825,10 @@ def long_query_pipelined_kernel(
     stride_kv_slot,
     stride_kv_head,
     stride_block_table_seq,
+    stride_mm_seq,
     # scalars
     num_seqs,
+    num_mm_ranges,
     scale,
     soft_cap,
     sliding_window,
@@ -796,6 +839,9 @@ def long_query_pipelined_kernel(
     BLOCK_M: gl.constexpr,
     TILE_N: gl.constexpr,
     IS_CAUSAL: gl.constexpr,
+    PER_SEQ_CAUSAL: gl.constexpr,
+    HAS_MM_PREFIX: gl.constexpr,
+    MM_CLAMP_TO_WINDOW: gl.constexpr,
     HAS_SLIDING_WINDOW: gl.constexpr,
     HAS_SOFTCAP: gl.constexpr,
     KV_BUFFERS: gl.constexpr,
@@ -823,14 +869,37 @@ def long_query_pipelined_kernel(
         return
     seq_len = gl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
+    seq_causal = None  # IS_CAUSAL holds for every sequence
+    if PER_SEQ_CAUSAL:
+        seq_causal = gl.load(causal_ptr + seq) != 0
 
     # Keys this tile can need: [kv_lo, kv_hi); keys every row sees: [full_lo,
     # full_hi), rounded inwards to whole key tiles below.
     first_pos = context_len + first_token
     last_pos = context_len + gl.minimum(first_token + BLOCK_Q, q_len) - 1
     kv_lo, kv_hi, full_lo, full_hi = key_range(
-        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW
+        first_pos, last_pos, seq_len, sliding_window, IS_CAUSAL, HAS_SLIDING_WINDOW, seq_causal
     )
+    # The rows' key positions (the score tile's rows), and their multimodal
+    # range keys: those widen what the tile reads, never what all rows see.
+    score_token, _, score_valid = _tile_rows(
+        first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV, gl.SliceLayout(1, SCORE_LAYOUT)
+    )
+    query_pos = context_len + score_token
+    mm_lo = None  # no multimodal ranges
+    mm_hi = None
+    if HAS_MM_PREFIX:
+        mm_lo, mm_hi = mm_prefix_rows(
+            mm_ranges_ptr,
+            stride_mm_seq,
+            num_mm_ranges,
+            seq,
+            query_pos,
+            seq_len,
+            sliding_window,
+            CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
+        )
+        kv_lo, kv_hi = widen_key_range(kv_lo, kv_hi, mm_lo, mm_hi, score_valid)
     # Key positions from here on count from key_base, the first key of the
     # first tile, which starts a cache block: the key loop walks tiles 0 to
     # num_tiles - 1 of the sequence's keys from there. The copies skip keys
@@ -844,6 +913,10 @@ def long_query_pipelined_kernel(
         full_hi = gl.maximum((full_hi - key_base) // TILE_N * TILE_N, full_lo)
         copy_lo = kv_lo - key_base
         kv_hi -= key_base
+        query_pos -= key_base
+        if HAS_MM_PREFIX:
+            mm_lo -= key_base
+            mm_hi -= key_base
     else:
         full_hi = full_hi // TILE_N * TILE_N
     num_tiles = gl.cdiv(kv_hi, TILE_N)  # >= 1: every row sees a key
@@ -907,10 +980,6 @@ def long_query_pipelined_kernel(
         q = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_PAD], KV_SHARED, q)
         fence_async_shared()  # for wgmma, after the barrier below
 
-    score_token, _, _ = _tile_rows(
-        first_token, q_len, kv_head, BLOCK_M, QUERIES_PER_KV, gl.SliceLayout(1, SCORE_LAYOUT)
-    )
-    query_pos = context_len - key_base + score_token
     key_offsets = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, SCORE_LAYOUT))
     if HAS_SOFTCAP:  # see _probabilities
         qk_scale = scale / soft_cap
@@ -941,6 +1010,9 @@ def long_query_pipelined_kernel(
         query_pos,
         key_offsets,
         sliding_window,
+        seq_causal,
+        mm_lo,
+        mm_hi,
         qk_scale,
         soft_cap_log2,
         m_i,

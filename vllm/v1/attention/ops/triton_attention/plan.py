@@ -53,6 +53,13 @@ SPLIT_KV_MAX_QUERY_LEN = 8
 # DECISIONS.md: "Split-KV programs per compute unit".
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT = {16: 4}
 SPLIT_KV_PROGRAMS_PER_COMPUTE_UNIT_DEFAULT = 2
+# Head 512: a split-KV program's K/V tiles take 64 KB of shared memory (128
+# KB with a 64-key tile), so an SM holds two of them (one): such launches aim
+# at that many and round down to one wave. Gemma 4's global layers on an H100
+# took 0.70-0.93x the time of the rule above at batch 1-32.
+# DECISIONS.md: "Head-512 split counts".
+WIDE_HEAD_PAD = 512
+WIDE_HEAD_PROGRAMS_PER_COMPUTE_UNIT = 2
 # The Triton interpreter (the CPU development platform) runs programs one after
 # another, and each tile step costs about the same whatever its size: it gets
 # the fewest programs (no splits: GpuArch.of_device gives it one unit) and the
@@ -204,19 +211,19 @@ def pipelined_kernel_covers(
 ) -> bool:
     """Whether a Gluon kernel computes calls of these facts: 2-byte queries
     and cache of one dtype, a power-of-two head size, the 16-byte copies of
-    :class:`TensorLayout`, and none of the features it lacks (ALiBi, sinks,
-    per-sequence causal flags, multimodal ranges and chunked windows for both;
-    sliding window and softcap for the decode one). The long-query kernel
+    :class:`TensorLayout`, and none of the features it lacks (ALiBi, sinks and
+    chunked windows for both; sliding window, softcap, per-sequence causal
+    flags and multimodal ranges for the decode one). The long-query kernel
     also needs a power-of-two block size and K and V of one stride."""
     if dtype.itemsize != 2 or layout.kv_dtype not in (None, dtype):
         return False
     if head_size != head_pad_of(head_size) or not layout.vector_copies:
         return False
-    lacked = (features.alibi, features.sinks, features.per_seq_causal, features.mm_prefix)
-    if any(lacked) or features.chunked_window:
+    if features.alibi or features.sinks or features.chunked_window:
         return False
     if kernel == SPLIT_KV_DECODE_PIPELINED:
-        return not (features.sliding_window or features.softcap)
+        masks = (features.sliding_window, features.softcap, features.per_seq_causal)
+        return not (any(masks) or features.mm_prefix)
     block_size = layout.block_size
     return block_size & (block_size - 1) == 0 and layout.kv_same_strides
 
@@ -505,6 +512,11 @@ def _plan_split_kv(
     wide = dtype.itemsize > 2 and arch.vendor != "interpreter"  # shared memory
     block_m = split_kv_block_m(max_query_len, num_q_heads // num_kv_heads)
     splits = num_kv_splits_for(num_seqs, num_kv_heads, block_m, arch, beside_long_query)
+    if head_pad >= WIDE_HEAD_PAD and arch.vendor != "interpreter":
+        kv_tile_size = _split_kv_tiles(head_pad, block_m, splits, arch)[0]
+        # a 64-key tile takes twice the shared memory: one program per SM
+        per_unit = 1 if kv_tile_size >= 64 else WIDE_HEAD_PROGRAMS_PER_COMPUTE_UNIT
+        splits = one_wave_splits(splits, num_seqs * num_kv_heads, per_unit, arch)
     min_split_keys = split_programs = 0
     if batch_invariant:  # every batch gets the same splits and tiles
         split_programs = splits
