@@ -207,11 +207,11 @@ UPSTREAM = REPO / "benchmarks" / "upstream"  # devtools/fetch_upstream_kernel.py
 
 
 @functools.cache
-def upstream_module():
-    """the pinned vLLM's ``triton_unified_attention`` module (its own Triton launcher),
-    with stand-ins for its vLLM imports, from the folder the fetch script fills;
-    also where a vLLM package is installed: the imported ``vllm`` modules are set
-    aside while it imports."""
+def upstream_module(name: str = "triton_unified_attention"):
+    """the pinned vLLM's ``vllm.v1.attention.ops`` module ``name`` (by default its
+    attention kernel with its own Triton launcher), with stand-ins for its vLLM
+    imports, from the folder the fetch script fills; also where a vLLM package
+    is installed: the imported ``vllm`` modules are set aside while it imports."""
     ours = {
         name: sys.modules.pop(name)
         for name in list(sys.modules)
@@ -221,7 +221,7 @@ def upstream_module():
     package.__path__ = [str(UPSTREAM / "vllm")]
     sys.modules["vllm"] = package
     try:
-        return importlib.import_module("vllm.v1.attention.ops.triton_unified_attention")
+        return importlib.import_module(f"vllm.v1.attention.ops.{name}")
     finally:
         for name in [name for name in sys.modules if name == "vllm" or name.startswith("vllm.")]:
             del sys.modules[name]

@@ -2,10 +2,11 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Put the pinned vLLM's own Triton attention kernel beside ours, for benchmarks only.
 
-Extracts upstream's two kernel files from the pinned wheel (downloaded by the
-patch tool, ``scripts/patchset.py fetch wheel``) into the ignored folder
-``benchmarks/upstream/`` (never committed) and writes minimal stand-ins for the
-six vLLM modules they import, so they run on a GPU machine without vLLM. Take
+Extracts upstream's attention kernel files and its Triton cache write from the
+pinned wheel (downloaded by the patch tool, ``scripts/patchset.py fetch
+wheel``) into the ignored folder ``benchmarks/upstream/`` (never committed) and
+writes minimal stand-ins for the seven vLLM modules they import, so they run on
+a GPU machine without vLLM. Take
 the folder there with the working tree and run the benchmarks with
 ``--upstream``.
 """
@@ -22,6 +23,8 @@ OUT = REPO / "benchmarks" / "upstream"
 KERNEL_FILES = [
     "vllm/v1/attention/ops/triton_unified_attention.py",
     "vllm/v1/attention/ops/triton_attention_helpers.py",
+    # its Triton cache write, for whole-step timings (devtools/host_overhead.py --steps)
+    "vllm/v1/attention/ops/triton_reshape_and_cache_flash.py",
 ]
 STAND_INS = {
     "vllm/envs.py": "VLLM_BATCH_INVARIANT = False\n",
@@ -39,6 +42,11 @@ STAND_INS = {
         "        return torch.float8_e4m3fn\n\n"
         "    def is_rocm(self):\n"
         "        return torch.version.hip is not None\n\n"
+        "    def is_xpu(self):\n"
+        "        return False\n\n"
+        "    def has_device_capability(self, capability):\n"
+        "        major, minor = torch.cuda.get_device_capability()\n"
+        "        return major * 10 + minor >= capability\n\n"
         "    def is_device_capability_family(self, family):\n"
         "        major, minor = torch.cuda.get_device_capability()\n"
         "        return (major * 10 + minor) // 10 == family // 10\n\n\n"
@@ -62,7 +70,17 @@ STAND_INS = {
         "    FP8_PER_TENSOR = 1\n"
         "    INT8_PER_TOKEN_HEAD = 2\n"
         "    FP8_PER_TOKEN_HEAD = 3\n"
-        "    INT4_PER_TOKEN_HEAD = 4\n"
+        "    INT4_PER_TOKEN_HEAD = 4\n\n\n"
+        "def is_quantized_kv_cache(kv_cache_dtype):\n"
+        "    native = ('auto', 'float16', 'bfloat16', 'float32', 'half', 'float')\n"
+        "    return kv_cache_dtype not in native\n"
+    ),
+    "vllm/model_executor/layers/quantization/utils/quant_utils.py": (
+        "import torch\n\n"
+        "FP8_DTYPE = torch.float8_e4m3fn\n\n\n"
+        "def get_fp8_min_max():\n"
+        "    info = torch.finfo(FP8_DTYPE)\n"
+        "    return info.min, info.max\n"
     ),
 }
 

@@ -63,6 +63,7 @@ from vllm.v1.attention.backends.utils import (
 from vllm.v1.attention.ops.triton_attention import (
     AttentionFeatures,
     AttentionPlan,
+    BatchLaunches,
     GpuArch,
     MixedBatchPlan,
     SplitKVWorkspace,
@@ -118,6 +119,10 @@ class TritonAttentionMetadata:
     # [num_reqs, ranges, 2] int32 tensor), None when the batch has none.
     mm_prefix_range: dict[int, list[tuple[int, int]]] | None = None
     mm_prefix_range_tensor: torch.Tensor | None = None
+
+    # The decoder layers' attention with this batch bound (made by the builder):
+    # layers after the first launch without re-checking and re-binding.
+    launches: BatchLaunches | None = None
 
     # Upstream fields kept for subclasses; this backend refuses R-SWA at
     # selection time.
@@ -323,6 +328,16 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             causal=md.causal,
             mm_prefix_range=md.mm_req_doc_ranges if mm_ranges is not None else None,
             mm_prefix_range_tensor=mm_ranges,
+            launches=BatchLaunches(
+                query_start_loc=md.query_start_loc,
+                seq_lens=md.seq_lens,
+                block_table=md.block_table_tensor,
+                max_query_len=md.max_query_len,
+                plan=plan,
+                workspace=self.workspace,
+                causal=md.causal,
+                mm_prefix_ranges=mm_ranges,
+            ),
         )
 
     def update_draft_decode_metadata(self, _metadata: TritonAttentionMetadata) -> None:
@@ -606,7 +621,8 @@ class TritonAttentionImpl(AttentionImpl):
         """query/output ``[num_tokens, num_heads, head_size]``; returns ``output``.
 
         Under piecewise CUDA graphs this runs eagerly for every layer, so it
-        only slices views and launches: the plan was made in ``build``.
+        only slices views and launches: the plan and the batch's launches
+        (``BatchLaunches``) were made in ``build``.
         """
         if output_scale is not None or output_block_scale is not None:
             raise NotImplementedError("TRITON_ATTN does not fuse output quantization")
@@ -616,39 +632,45 @@ class TritonAttentionImpl(AttentionImpl):
         md = attn_metadata
         num_tokens = md.num_actual_tokens
         decoder = self.attn_type == AttentionType.DECODER
-        if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
-            key_cache, value_cache, block_table, seq_lens = self._encoder_kv(key, value, md)
-            max_seq_len = md.max_query_len
-            scales = {}
-        else:
-            key_cache, value_cache = self._cache_views(kv_cache)
-            block_table, seq_lens, max_seq_len = md.block_table, md.seq_lens, md.max_seq_len
-            scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale) if self._is_fp8 else {}
-        paged_attention(
-            query[:num_tokens],
-            key_cache,
-            value_cache,
-            output[:num_tokens],
-            query_start_loc=md.query_start_loc,
-            seq_lens=seq_lens,
-            block_table=block_table,
-            max_query_len=md.max_query_len,
-            max_seq_len=max_seq_len,
+        layer_args = dict(
             scale=self.scale,
-            # per-request flags (a tensor) or one for the batch; encoders see everything
-            causal=md.causal if decoder else False,
             sliding_window=self.window,
-            mm_prefix_ranges=md.mm_prefix_range_tensor if decoder else None,
-            # Gemma 4's sliding layers keep their window on the ranges too
-            mm_prefix_clamp_sliding_window=getattr(layer, "mm_prefix_clamp_sliding_window", False),
             logits_soft_cap=self.soft_cap,
             alibi_slopes=self.alibi_slopes,
             alibi_sqrt=self.use_alibi_sqrt,
             chunk_lookback=self._chunk_lookback,
             sinks=self.sinks,
+            # Gemma 4's sliding layers keep their window on the ranges too
+            mm_prefix_clamp_sliding_window=getattr(layer, "mm_prefix_clamp_sliding_window", False),
+        )
+        if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
+            key_cache, value_cache, block_table, seq_lens = self._encoder_kv(key, value, md)
+            max_seq_len = md.max_query_len
+        else:
+            key_cache, value_cache = self._cache_views(kv_cache)
+            block_table, seq_lens, max_seq_len = md.block_table, md.seq_lens, md.max_seq_len
+            if self._is_fp8:
+                layer_args.update(k_scale=layer._k_scale, v_scale=layer._v_scale)
+        q, out = query[:num_tokens], output[:num_tokens]
+        if decoder and md.launches is not None:  # the batch's side, bound by the builder
+            md.launches(q, key_cache, value_cache, out, **layer_args)
+            return output
+        paged_attention(
+            q,
+            key_cache,
+            value_cache,
+            out,
+            query_start_loc=md.query_start_loc,
+            seq_lens=seq_lens,
+            block_table=block_table,
+            max_query_len=md.max_query_len,
+            max_seq_len=max_seq_len,
+            # per-request flags (a tensor) or one for the batch; encoders see everything
+            causal=md.causal if decoder else False,
+            mm_prefix_ranges=md.mm_prefix_range_tensor if decoder else None,
             plan=md.plan,
             workspace=md.workspace,
-            **scales,
+            **layer_args,
         )
         return output
 

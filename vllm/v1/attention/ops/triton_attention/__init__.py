@@ -53,10 +53,19 @@ Example::
     paged_attention(q, k_cache, v_cache, out, query_start_loc=qsl, seq_lens=lens,
                     block_table=bt, max_query_len=1, max_seq_len=4096,
                     scale=128**-0.5, plan=plan)
+
+Serving calls attention once per layer with the same batch: ``BatchLaunches``
+binds the batch once (vLLM's metadata builder makes one per batch) and
+launches later layers' calls without re-checking or re-binding them::
+
+    launches = BatchLaunches(query_start_loc=qsl, seq_lens=lens, block_table=bt,
+                             max_query_len=1, plan=plan, workspace=workspace)
+    for layer in layers:
+        launches(layer.q, layer.k_cache, layer.v_cache, layer.out, scale=128**-0.5)
 """
 
 from .arch import GpuArch
-from .launch import SplitKVWorkspace, paged_attention, write_kv_cache
+from .launch import BatchLaunches, SplitKVWorkspace, paged_attention, write_kv_cache
 from .plan import (
     AttentionFeatures,
     AttentionPlan,
@@ -70,6 +79,7 @@ from .reference import reference_paged_attention
 __all__ = [
     "AttentionFeatures",
     "AttentionPlan",
+    "BatchLaunches",
     "GpuArch",
     "MixedBatchPlan",
     "SplitKVWorkspace",

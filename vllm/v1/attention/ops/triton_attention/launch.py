@@ -15,6 +15,7 @@ import operator
 from typing import NamedTuple
 
 import torch
+from triton.compiler import CompiledKernel
 
 from .arch import FP8_DTYPES, FP8_MAX, GpuArch
 from .cache_write import write_kv_cache_kernel
@@ -101,10 +102,15 @@ class KernelLaunch(NamedTuple):  # made per layer: builds in half a frozen datac
     args: dict  # every kernel parameter, by name (constexprs included)
     options: dict  # num_warps, num_stages, launch_pdl
 
-    def run(self) -> None:
+    def run(self):
+        """Launch through Triton's dispatch; returns the compiled kernel (None
+        in the interpreter)."""
+        return self.kernel[self.grid](*self.ordered_args(), **self.options)
+
+    def ordered_args(self) -> tuple:
         # Passed in the signature's order: Triton binds 40-50 keyword arguments
         # ~3.5 us slower per launch than positional ones.
-        self.kernel[self.grid](*_in_signature_order(self.kernel)(self.args), **self.options)
+        return _in_signature_order(self.kernel)(self.args)
 
 
 @functools.cache
@@ -467,12 +473,187 @@ def paged_attention(
         alibi_sqrt=alibi_sqrt,
         chunk_lookback=chunk_lookback,
     )
+    for launch in _checked_launches(call, max_query_len, plan, workspace, arch):
+        launch.run()
+    return out
+
+
+# The arguments a layer supplies to a batch's launches: kernel parameter ->
+# the AttentionCall field it comes from.
+_LAYER_TENSORS = {
+    "q_ptr": "q",
+    "out_ptr": "out",
+    "k_cache_ptr": "k_cache",
+    "v_cache_ptr": "v_cache",
+    "alibi_slopes_ptr": "alibi_slopes",
+    "sinks_ptr": "sinks",
+    "k_scale_ptr": "k_scale",
+    "v_scale_ptr": "v_scale",
+}
+
+
+class _BoundLaunch(NamedTuple):
+    """One launch of a layer configuration: its arguments in signature order,
+    where each layer's own tensors go in them, and the compiled kernel the
+    first launch returned (None in the interpreter)."""
+
+    launch: KernelLaunch
+    args: tuple
+    layer_slots: tuple[tuple[int, str], ...]  # (argument index, AttentionCall field)
+    compiled: CompiledKernel | None
+
+    def run_with(self, call: AttentionCall) -> None:
+        args = list(self.args)
+        for index, field in self.layer_slots:
+            args[index] = getattr(call, field)
+        if self.compiled is None:
+            self.launch.kernel[self.launch.grid](*args, **self.launch.options)
+        else:  # what Triton's dispatch ends with, once it has found the kernel
+            self.compiled[self.launch.grid](*args)
+
+
+def _layer_key(call: AttentionCall) -> tuple:
+    """What the checks and the kernels' specialisation read from a layer's side
+    of a call: shapes, strides, dtypes, devices and 16-byte alignment of its
+    tensors (Triton specialises pointers on it), and its scalars."""
+    key = [
+        call.scale,
+        call.sliding_window,
+        call.logits_soft_cap,
+        call.alibi_sqrt,
+        call.chunk_lookback,
+        call.mm_prefix_clamp_sliding_window,
+    ]
+    for field in _LAYER_TENSORS.values():
+        t = getattr(call, field)
+        if t is None:
+            key.append(None)
+        else:
+            key += (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+    return tuple(key)
+
+
+class BatchLaunches:
+    """:func:`paged_attention` for every layer of one batch, the batch's side
+    (lengths, block table, plan, workspace, causal flags, multimodal ranges)
+    bound once; vLLM's metadata builder makes one per batch.
+
+    The first call of each layer configuration (``_layer_key``) checks it and
+    builds its launches as ``paged_attention`` does. Later calls with that
+    configuration, the other layers, only put their own tensors into those
+    launches and start the compiled kernels directly: no checks, no argument
+    building, none of Triton's per-launch dispatch (binding, specialisation,
+    cache lookup), which together cost more host time than the launch itself.
+    Their key holds everything the checks and the specialisation read, so a
+    reused launch is the one those would have built."""
+
+    def __init__(
+        self,
+        *,
+        query_start_loc: torch.Tensor,
+        seq_lens: torch.Tensor,
+        block_table: torch.Tensor,
+        max_query_len: int,
+        plan: AttentionPlan | MixedBatchPlan,
+        workspace: SplitKVWorkspace | None = None,
+        causal: bool | torch.Tensor = True,
+        mm_prefix_ranges: torch.Tensor | None = None,
+    ):
+        self._batch = dict(
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens,
+            block_table=block_table,
+            causal=causal,
+            mm_prefix_ranges=mm_prefix_ranges,
+        )
+        self._max_query_len = max_query_len
+        self._plan = plan
+        self._workspace = workspace
+        self._layers: dict[tuple, list[_BoundLaunch]] = {}
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        out: torch.Tensor,
+        *,
+        scale: float,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        sinks: torch.Tensor | None = None,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
+        mm_prefix_clamp_sliding_window: bool = False,
+        alibi_sqrt: bool = False,
+        chunk_lookback: int | None = None,
+    ) -> torch.Tensor:
+        """As :func:`paged_attention` with this batch's tensors; returns ``out``."""
+        call = AttentionCall(
+            q=q,
+            k_cache=k_cache,
+            v_cache=v_cache,
+            out=out,
+            scale=scale,
+            sliding_window=sliding_window,
+            logits_soft_cap=logits_soft_cap,
+            alibi_slopes=alibi_slopes,
+            sinks=sinks,
+            k_scale=k_scale,
+            v_scale=v_scale,
+            mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
+            alibi_sqrt=alibi_sqrt,
+            chunk_lookback=chunk_lookback,
+            **self._batch,
+        )
+        key = _layer_key(call)
+        bound = self._layers.get(key)
+        if bound is None:
+            self._layers[key] = self._first_launches(call)
+        else:
+            for launch in bound:
+                launch.run_with(call)
+        return out
+
+    def _first_launches(self, call: AttentionCall) -> list[_BoundLaunch]:
+        launches = _checked_launches(
+            call, self._max_query_len, self._plan, self._workspace, arch=None
+        )
+        bound = []
+        for launch in launches:
+            compiled = launch.run()
+            names = launch.kernel.arg_names
+            slots = tuple(
+                (names.index(name), field)
+                for name, field in _LAYER_TENSORS.items()
+                if launch.args.get(name) is not None
+            )
+            args = list(launch.ordered_args())
+            for index, _ in slots:  # each layer brings its own; keep none alive
+                args[index] = None
+            if not isinstance(compiled, CompiledKernel):
+                compiled = None
+            bound.append(_BoundLaunch(launch, tuple(args), slots, compiled))
+        return bound
+
+
+def _checked_launches(
+    call: AttentionCall,
+    max_query_len: int,
+    plan: AttentionPlan | MixedBatchPlan | None,
+    workspace: SplitKVWorkspace | None,
+    arch: GpuArch | None,
+) -> list[KernelLaunch]:
+    """``call``'s launches in launch order, after its checks (planned here
+    when ``plan`` is None); none for an empty batch."""
     if isinstance(plan, MixedBatchPlan):
-        return _mixed_batch_attention(call, max_query_len, plan, workspace)
+        return _mixed_batch_launches(call, max_query_len, plan, workspace)
+    q, k_cache = call.q, call.k_cache
     arch = arch or (plan.arch if plan is not None else GpuArch.of_device(q.device))
     check_paged_attention_inputs(call, max_query_len, plan, arch)
     num_tokens, num_q_heads, head_size = q.shape
-    num_seqs = seq_lens.shape[0]
+    num_seqs = call.seq_lens.shape[0]
     if plan is None:
         plan = plan_attention(
             num_tokens=num_tokens,
@@ -487,18 +668,16 @@ def paged_attention(
             layout=call.layout(),
         )
     if num_tokens == 0 or num_seqs == 0:
-        return out
-    for launch in kernel_launches(call, plan, workspace):
-        launch.run()
-    return out
+        return []
+    return kernel_launches(call, plan, workspace)
 
 
-def _mixed_batch_attention(
+def _mixed_batch_launches(
     call: AttentionCall,
     max_query_len: int,
     plan: MixedBatchPlan,
     workspace: SplitKVWorkspace | None,
-) -> torch.Tensor:
+) -> list[KernelLaunch]:
     """Decodes (the first sequences and tokens) on split-KV, the rest on long-query.
 
     The long queries launch right after the split-KV kernel and before its
@@ -528,12 +707,10 @@ def _mixed_batch_attention(
     check_paged_attention_inputs(decode, plan.max_decode_query_len, plan.decode, plan.arch)
     check_paged_attention_inputs(prefill, max_query_len, plan.prefill, plan.arch)
     if call.q.shape[0] == 0:
-        return call.out
+        return []
     split_kv, *merge = kernel_launches(decode, plan.decode, workspace, early_dependents=True)
     (long_query,) = kernel_launches(prefill, plan.prefill, beside_split_kv=True)
-    for launch in (split_kv, long_query, *merge):
-        launch.run()
-    return call.out
+    return [split_kv, long_query, *merge]
 
 
 def write_kv_cache(

@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""``BatchLaunches``: one batch, many layers, each layer's output against the
+reference. Layers of one configuration reuse the first one's launches (on a
+GPU without Triton's dispatch); a layer that differs in anything the checks or
+the kernels' specialisation read gets launches of its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import HAS_GPU
+from triton.runtime.jit import JITFunction
+
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch, small_gpu
+from vllm.v1.attention.ops.triton_attention import (
+    BatchLaunches,
+    MixedBatchPlan,
+    SplitKVWorkspace,
+    reference_paged_attention,
+)
+
+HEADS, KV_HEADS, HEAD_SIZE = 8, 2, 64
+# decodes of one and two tokens, then chunks on cached prefixes: a mixed plan
+PATTERNS = {"mixed": ([1, 2, 40, 7], [60, 33, 90, 7]), "decode": ([1, 1, 1], [17, 80, 3])}
+
+
+def _layer(batch, generator, offset: int = 0):
+    """A layer's q, caches and output for ``batch`` (same shapes, new values);
+    ``offset``: q starts that many elements into its storage."""
+    q = torch.randn(batch.q.numel() + offset, generator=generator)
+    q = q.to(device=batch.q.device, dtype=batch.q.dtype)[offset:].view(batch.q.shape)
+    k_cache = torch.randn(batch.k_cache.shape, generator=generator).to(batch.k_cache)
+    v_cache = torch.randn(batch.v_cache.shape, generator=generator).to(batch.v_cache)
+    return q, k_cache, v_cache, torch.full_like(q, float("nan"))
+
+
+def _dispatches(launches, layer, **layer_args) -> int:
+    """Launches that went through Triton's JIT dispatch during one layer's call."""
+    count = 0
+    run = JITFunction.run
+
+    def counted(self, *args, **kwargs):
+        nonlocal count
+        count += 1
+        return run(self, *args, **kwargs)
+
+    JITFunction.run = counted
+    try:
+        launches(*layer, **layer_args)
+    finally:
+        JITFunction.run = run
+    return count
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_layers_of_one_batch_match_reference(pattern, device):
+    q_lens, seq_lens = PATTERNS[pattern]
+    dtype = torch.float16
+    batch = make_batch(
+        q_lens,
+        seq_lens,
+        num_q_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_size=HEAD_SIZE,
+        block_size=16,
+        dtype=dtype,
+        device=device,
+        padding_tokens=2,
+    )
+    plan = plan_for_batch(
+        q_lens,
+        num_tokens=batch.q.shape[0],
+        num_q_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_size=HEAD_SIZE,
+        device=device,
+        dtype=dtype,
+        arch=None if HAS_GPU else small_gpu(),
+        **batch.plan_facts(sliding_window=24, logits_soft_cap=5.0),
+    )
+    assert isinstance(plan, MixedBatchPlan) == (pattern == "mixed")
+    launches = BatchLaunches(
+        query_start_loc=batch.query_start_loc,
+        seq_lens=batch.seq_lens,
+        block_table=batch.block_table,
+        max_query_len=batch.max_query_len,
+        plan=plan,
+        workspace=SplitKVWorkspace.allocate(plan, device),
+    )
+    generator = torch.Generator().manual_seed(0)
+    # (layer arguments, q offset): two layers of one configuration, one with a
+    # window and softcap, one whose q is not 16-byte aligned, then the first
+    # configuration again.
+    layers = [({}, 0), ({}, 0), (dict(sliding_window=24, logits_soft_cap=5.0), 0), ({}, 1), ({}, 0)]
+    rows = batch.num_actual_tokens
+    for i, (layer_args, offset) in enumerate(layers):
+        layer = _layer(batch, generator, offset)
+        dispatched = _dispatches(launches, layer, scale=0.125, **layer_args)
+        if HAS_GPU and i in (1, 4):  # same key as layer 0: the compiled kernels directly
+            assert dispatched == 0
+        q, k_cache, v_cache, out = layer
+        expected = reference_paged_attention(
+            q, k_cache, v_cache, scale=0.125, **batch.kernel_args(), **layer_args
+        )
+        assert not out[:rows].isnan().any(), f"layer {i}: a valid row was never written"
+        torch.testing.assert_close(out[:rows], expected[:rows], **TOLERANCES[dtype])
+        assert out[rows:].isnan().all(), f"layer {i}: a padding row was written"
