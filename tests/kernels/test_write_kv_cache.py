@@ -5,6 +5,7 @@
 import pytest
 import torch
 from conftest import HAS_GPU
+from triton.runtime.jit import JITFunction
 
 from devtools.batches import kv_cache_views
 from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
@@ -81,3 +82,40 @@ def test_write_kv_cache_rejects_bad_shapes(device):
     fp8_k, fp8_v = kv_cache_views(2, 16, 3, 64, torch.float8_e4m3fn, device, "separate")
     with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
         write_kv_cache(key, key, fp8_k, fp8_v, slots)
+
+
+def test_repeated_writes_reuse_the_first_launch(device):
+    """Layers of a step write same-shaped tensors: each write lands in its own
+    cache, and on a GPU the repeats start the compiled kernel without Triton's
+    dispatch; a key that is not 16-byte aligned (specialised differently) gets
+    a launch of its own."""
+    gen = torch.Generator().manual_seed(1)
+    num_tokens, num_kv_heads, head_size, block_size = 9, 2, 64, 16
+    slots = torch.randperm(4 * block_size, generator=gen)[:num_tokens].to(device)
+    dispatches = []
+    run = JITFunction.run
+
+    def counted(self, *args, **kwargs):
+        dispatches[-1] += 1
+        return run(self, *args, **kwargs)
+
+    for offset in (0, 0, 1, 0):
+        shape = (num_tokens, num_kv_heads, head_size)
+        storage = torch.randn(num_tokens * num_kv_heads * head_size + offset, generator=gen)
+        key = storage.half().to(device)[offset:].view(shape)  # offset 1: 2 bytes into it
+        value = torch.randn(key.shape, generator=gen).half().to(device)
+        k_cache, v_cache = kv_cache_views(
+            4, block_size, num_kv_heads, head_size, torch.float16, device, "packed_nhd"
+        )
+        dispatches.append(0)
+        JITFunction.run = counted
+        try:
+            write_kv_cache(key, value, k_cache, v_cache, slots)
+        finally:
+            JITFunction.run = run
+        for x, cache in ((key, k_cache), (value, v_cache)):
+            stored = cache[slots // block_size, slots % block_size]
+            torch.testing.assert_close(stored, x, atol=0, rtol=0)
+    if HAS_GPU:
+        assert dispatches[1] == 0 and dispatches[3] == 0
+        assert dispatches[2] == 1  # misaligned: its own launch, through Triton's dispatch

@@ -15,7 +15,9 @@ import operator
 from typing import NamedTuple
 
 import torch
+from triton import knobs
 from triton.compiler import CompiledKernel
+from triton.runtime import driver
 
 from .arch import FP8_DTYPES, FP8_MAX, GpuArch
 from .cache_write import write_kv_cache_kernel
@@ -478,56 +480,80 @@ def paged_attention(
     return out
 
 
-# The arguments a layer supplies to a batch's launches: kernel parameter ->
-# the AttentionCall field it comes from.
-_LAYER_TENSORS = {
-    "q_ptr": "q",
-    "out_ptr": "out",
-    "k_cache_ptr": "k_cache",
-    "v_cache_ptr": "v_cache",
-    "alibi_slopes_ptr": "alibi_slopes",
-    "sinks_ptr": "sinks",
-    "k_scale_ptr": "k_scale",
-    "v_scale_ptr": "v_scale",
-}
+class _LayerTensors(NamedTuple):
+    """The tensors a layer brings to its batch's launches (AttentionCall's names)."""
+
+    q: torch.Tensor
+    out: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    alibi_slopes: torch.Tensor | None
+    sinks: torch.Tensor | None
+    k_scale: torch.Tensor | None
+    v_scale: torch.Tensor | None
+
+
+_LAYER_TENSORS = {f"{field}_ptr": field for field in _LayerTensors._fields}
 
 
 class _BoundLaunch(NamedTuple):
-    """One launch of a layer configuration: its arguments in signature order,
-    where each layer's own tensors go in them, and the compiled kernel the
+    """A launch to repeat with other tensors: its arguments in signature order,
+    where the tensors of each repeat go in them, and the compiled kernel the
     first launch returned (None in the interpreter)."""
 
     launch: KernelLaunch
-    args: tuple
-    layer_slots: tuple[tuple[int, str], ...]  # (argument index, AttentionCall field)
+    args: tuple  # None where a repeat's tensors go: the first call's are not kept alive
+    tensor_slots: tuple[tuple[int, str], ...]  # (argument index, field of a repeat's call)
     compiled: CompiledKernel | None
 
-    def run_with(self, call: AttentionCall) -> None:
+    @classmethod
+    def of_first_run(cls, launch: KernelLaunch, tensor_fields: dict[str, str]) -> _BoundLaunch:
+        """Runs ``launch`` and binds it; ``tensor_fields``: kernel parameter ->
+        the field of a later call's tuple that holds its tensor."""
+        compiled = launch.run()
+        names = launch.kernel.arg_names
+        slots = tuple(
+            (names.index(name), field)
+            for name, field in tensor_fields.items()
+            if launch.args.get(name) is not None
+        )
+        args = list(launch.ordered_args())
+        for index, _ in slots:
+            args[index] = None
+        if not isinstance(compiled, CompiledKernel):
+            compiled = None
+        return cls(launch, tuple(args), slots, compiled)
+
+    def run_with(self, call: NamedTuple) -> None:
         args = list(self.args)
-        for index, field in self.layer_slots:
+        for index, field in self.tensor_slots:
             args[index] = getattr(call, field)
-        if self.compiled is None:
-            self.launch.kernel[self.launch.grid](*args, **self.launch.options)
-        else:  # what Triton's dispatch ends with, once it has found the kernel
-            self.compiled[self.launch.grid](*args)
+        kernel, grid = self.compiled, self.launch.grid
+        if kernel is None:
+            self.launch.kernel[grid](*args, **self.launch.options)
+            return
+        # What Triton's dispatch ends with, once it has found the kernel.
+        stream = driver.active.get_current_stream(driver.active.get_current_device())
+        kernel.run(
+            *grid,
+            stream,
+            kernel.function,
+            kernel.packed_metadata,
+            kernel.launch_metadata(grid, stream, *args),
+            knobs.runtime.launch_enter_hook,
+            knobs.runtime.launch_exit_hook,
+            *args,
+        )
 
 
-def _layer_key(call: AttentionCall) -> tuple:
-    """What the checks and the kernels' specialisation read from a layer's side
-    of a call: shapes, strides, dtypes, devices and 16-byte alignment of its
-    tensors (Triton specialises pointers on it), and its scalars."""
-    key = [
-        call.scale,
-        call.sliding_window,
-        call.logits_soft_cap,
-        call.alibi_sqrt,
-        call.chunk_lookback,
-        call.mm_prefix_clamp_sliding_window,
-    ]
-    for field in _LAYER_TENSORS.values():
+def _tensors_key(call: NamedTuple, fields, key: list) -> tuple:
+    """``key`` extended with what checks and Triton's specialisation read from
+    the tensors in ``fields`` of ``call``: shapes, strides, dtypes, devices and
+    16-byte alignment (Triton specialises pointers on it)."""
+    for field in fields:
         t = getattr(call, field)
-        if t is None:
-            key.append(None)
+        if not isinstance(t, torch.Tensor):  # None, or a bad argument the checks refuse
+            key.append(t)
         else:
             key += (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
     return tuple(key)
@@ -538,7 +564,8 @@ class BatchLaunches:
     (lengths, block table, plan, workspace, causal flags, multimodal ranges)
     bound once; vLLM's metadata builder makes one per batch.
 
-    The first call of each layer configuration (``_layer_key``) checks it and
+    The first call of each layer configuration (its tensors' ``_tensors_key``
+    and its scalars) checks it and
     builds its launches as ``paged_attention`` does. Later calls with that
     configuration, the other layers, only put their own tensors into those
     launches and start the compiled kernels directly: no checks, no argument
@@ -590,52 +617,39 @@ class BatchLaunches:
         chunk_lookback: int | None = None,
     ) -> torch.Tensor:
         """As :func:`paged_attention` with this batch's tensors; returns ``out``."""
+        layer = _LayerTensors(q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale)
+        scalars = [
+            scale,
+            sliding_window,
+            logits_soft_cap,
+            alibi_sqrt,
+            chunk_lookback,
+            mm_prefix_clamp_sliding_window,
+        ]
+        key = _tensors_key(layer, _LayerTensors._fields, scalars)
+        bound = self._layers.get(key)
+        if bound is not None:
+            for launch in bound:
+                launch.run_with(layer)
+            return out
         call = AttentionCall(
-            q=q,
-            k_cache=k_cache,
-            v_cache=v_cache,
-            out=out,
             scale=scale,
             sliding_window=sliding_window,
             logits_soft_cap=logits_soft_cap,
-            alibi_slopes=alibi_slopes,
-            sinks=sinks,
-            k_scale=k_scale,
-            v_scale=v_scale,
             mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
             alibi_sqrt=alibi_sqrt,
             chunk_lookback=chunk_lookback,
+            **layer._asdict(),
             **self._batch,
         )
-        key = _layer_key(call)
-        bound = self._layers.get(key)
-        if bound is None:
-            self._layers[key] = self._first_launches(call)
-        else:
-            for launch in bound:
-                launch.run_with(call)
+        self._layers[key] = self._first_launches(call)
         return out
 
     def _first_launches(self, call: AttentionCall) -> list[_BoundLaunch]:
         launches = _checked_launches(
             call, self._max_query_len, self._plan, self._workspace, arch=None
         )
-        bound = []
-        for launch in launches:
-            compiled = launch.run()
-            names = launch.kernel.arg_names
-            slots = tuple(
-                (names.index(name), field)
-                for name, field in _LAYER_TENSORS.items()
-                if launch.args.get(name) is not None
-            )
-            args = list(launch.ordered_args())
-            for index, _ in slots:  # each layer brings its own; keep none alive
-                args[index] = None
-            if not isinstance(compiled, CompiledKernel):
-                compiled = None
-            bound.append(_BoundLaunch(launch, tuple(args), slots, compiled))
-        return bound
+        return [_BoundLaunch.of_first_run(launch, _LAYER_TENSORS) for launch in launches]
 
 
 def _checked_launches(
@@ -713,6 +727,25 @@ def _mixed_batch_launches(
     return [split_kv, long_query, *merge]
 
 
+class _CacheWrite(NamedTuple):
+    key: torch.Tensor
+    value: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    slot_mapping: torch.Tensor
+    k_scale: torch.Tensor | None
+    v_scale: torch.Tensor | None
+
+
+_WRITE_TENSORS = {f"{field}_ptr": field for field in _CacheWrite._fields}
+# The cache write's launches by what its checks and Triton's specialisation
+# read (_tensors_key): every layer of a step writes tensors of the same
+# shapes, and the next steps mostly repeat those. Emptied when it reaches
+# MAX_REUSED_WRITES entries (one per token count a run sees, and per layout).
+_write_launches: dict[tuple, _BoundLaunch] = {}
+MAX_REUSED_WRITES = 512
+
+
 def write_kv_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -728,18 +761,34 @@ def write_kv_cache(
     Token ``t`` goes to block ``slot_mapping[t] // block_size``, offset
     ``slot_mapping[t] % block_size``; tokens with ``slot_mapping[t] < 0`` are
     skipped. An fp8 cache stores ``x / scale``, saturated to the format's range.
+    A call like an earlier one in everything but the tensors' addresses (the
+    other layers of a step) repeats that one's launch: no checks, no argument
+    building, the compiled kernel started directly.
     """
-    check_write_kv_cache_inputs(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
-    num_tokens, num_kv_heads, head_size = key.shape
-    if num_tokens == 0:
+    write = _CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    signature = _tensors_key(write, _CacheWrite._fields, [])
+    bound = _write_launches.get(signature)
+    if bound is not None:
+        bound.run_with(write)
         return
+    check_write_kv_cache_inputs(*write)
+    if key.shape[0] == 0:
+        return
+    if len(_write_launches) >= MAX_REUSED_WRITES:
+        _write_launches.clear()
+    _write_launches[signature] = _BoundLaunch.of_first_run(_write_launch(write), _WRITE_TENSORS)
+
+
+def _write_launch(write: _CacheWrite) -> KernelLaunch:
+    key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale = write
+    num_tokens, num_kv_heads, head_size = key.shape
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES
     key_strides, value_strides = key.stride(), value.stride()
     k_strides, v_strides = k_cache.stride(), v_cache.stride()
     # One token per program on GPUs; the interpreter (CPU tensors, as in
     # GpuArch.of_device) runs programs one after another: a tile of tokens each.
     tokens = 1 if key.is_cuda else min(next_power_of_2(num_tokens), INTERPRETER_WRITE_TOKENS)
-    write_kv_cache_kernel[(-(-num_tokens // tokens),)](
+    args = dict(
         key_ptr=key,
         value_ptr=value,
         k_cache_ptr=k_cache,
@@ -770,5 +819,6 @@ def write_kv_cache(
         KV_IS_FP8=kv_is_fp8,
         FP8_MAX=FP8_MAX.get(k_cache.dtype, 0.0),
         TOKENS=tokens,
-        num_warps=4,
     )
+    grid = (-(-num_tokens // tokens), 1, 1)
+    return KernelLaunch(write_kv_cache_kernel, grid, args, dict(num_warps=4))
