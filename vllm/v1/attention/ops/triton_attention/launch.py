@@ -15,9 +15,7 @@ import operator
 from typing import NamedTuple
 
 import torch
-from triton import knobs
 from triton.compiler import CompiledKernel
-from triton.runtime import driver
 
 from .arch import FP8_DTYPES, FP8_MAX, GpuArch
 from .cache_write import write_kv_cache_kernel
@@ -528,22 +526,10 @@ class _BoundLaunch(NamedTuple):
         args = list(self.args)
         for index, field in self.tensor_slots:
             args[index] = getattr(call, field)
-        kernel, grid = self.compiled, self.launch.grid
-        if kernel is None:
-            self.launch.kernel[grid](*args, **self.launch.options)
-            return
-        # What Triton's dispatch ends with, once it has found the kernel.
-        stream = driver.active.get_current_stream(driver.active.get_current_device())
-        kernel.run(
-            *grid,
-            stream,
-            kernel.function,
-            kernel.packed_metadata,
-            kernel.launch_metadata(grid, stream, *args),
-            knobs.runtime.launch_enter_hook,
-            knobs.runtime.launch_exit_hook,
-            *args,
-        )
+        if self.compiled is None:
+            self.launch.kernel[self.launch.grid](*args, **self.launch.options)
+        else:  # what Triton's dispatch ends with, once it has found the kernel
+            self.compiled[self.launch.grid](*args)
 
 
 def _tensors_key(call: NamedTuple, fields, key: list) -> tuple:
