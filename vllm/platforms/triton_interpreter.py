@@ -27,7 +27,64 @@ def register() -> str | None:
             f"{ENABLE_ENV}=1 runs attention in the Triton interpreter: set "
             "TRITON_INTERPRET=1 in the environment too, before Python starts"
         )
+    patch_language_once_per_launch()
     return "vllm.platforms.triton_interpreter.TritonInterpreterPlatform"
+
+
+def patch_language_once_per_launch() -> None:
+    """Make Triton's interpreter swap ``triton.language`` once per launch.
+
+    The interpreter runs a kernel with the language's builtins swapped for
+    NumPy ones (``interpreter._patch_lang``) when the launch starts, and swaps
+    them again on every call of a ``@triton.jit`` helper inside it although
+    they are swapped already: about a third of the interpreter's time
+    (SmolLM2-135M's decode attention: 38.5 -> 24.7 ms per call; the CPU
+    attention kernel tests: 69 -> 45 s). Within a launch a helper now swaps
+    only the language modules the launch has not yet (Triton's own
+    standard-library helpers bring ``triton.language.core``). Nothing changes
+    where the interpreter lacks these hooks (Triton 3.6-3.9 have them)."""
+    import inspect
+    import threading
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    swap = getattr(interpreter, "_patch_lang", None)
+    executor = getattr(interpreter, "GridExecutor", None)
+    if swap is None or executor is None or getattr(swap, "once_per_launch", False):
+        return
+    launch = executor.__call__
+    state = threading.local()  # the language modules swapped in this thread's launch
+
+    class _NothingToRestore:
+        def restore(self):
+            pass
+
+    @functools.cache
+    def languages(fn) -> frozenset:
+        modules = (value for value in fn.__globals__.values() if inspect.ismodule(value))
+        return frozenset(id(module) for module in modules if module in (tl, tl.core))
+
+    def swap_once(fn):
+        swapped = getattr(state, "swapped", None)
+        if swapped is None:  # outside a launch: as Triton does
+            return swap(fn)
+        needed = languages(fn)
+        if needed <= swapped:
+            return _NothingToRestore()
+        swapped |= needed
+        return swap(fn)
+
+    def launch_swapping_once(self, *args, **kwargs):
+        state.swapped = set()
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            state.swapped = None
+
+    swap_once.once_per_launch = True
+    interpreter._patch_lang = swap_once
+    executor.__call__ = launch_swapping_once
 
 
 @functools.cache
