@@ -496,6 +496,32 @@ _PIPELINED_LONG_QUERY_FEATURE_CASES = [
 ]
 
 
+def _pipelined_long_query_plan(batch, num_seqs, head_size, tiles):
+    """The device's plan for ``batch``, forced onto the Gluon long-query kernel
+    with ``tiles`` (key tile, buffers, FMA exp2 share)."""
+    num_tokens, num_q_heads, _ = batch.q.shape
+    plan = plan_attention(
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        max_query_len=batch.max_query_len,
+        num_q_heads=num_q_heads,
+        num_kv_heads=batch.k_cache.shape[2],
+        head_size=head_size,
+        arch=GpuArch.of_device(batch.q.device),
+        dtype=batch.q.dtype,
+    )
+    tile, buffers, fma_exp2_every = tiles
+    return dataclasses.replace(
+        plan,
+        kernel=LONG_QUERY_PIPELINED,
+        kv_tile_size=tile,
+        kv_buffers=buffers,
+        fma_exp2_every=fma_exp2_every,
+        block_m=128,
+        num_warps=8,
+    )
+
+
 @pytest.mark.skipif(not NVIDIA_SM90, reason="pipelined_long_query.py targets NVIDIA sm_90")
 @pytest.mark.parametrize(
     "q_lens,seq_lens,head_size,queries_per_kv,block_size,dtype,causal,window,soft_cap,tiles",
@@ -545,26 +571,7 @@ def test_pipelined_long_query_matches_reference(
         sliding_window=window,
         padding_tokens=3,
     )
-    plan = plan_attention(
-        num_tokens=batch.q.shape[0],
-        num_seqs=len(q_lens),
-        max_query_len=max(q_lens),
-        num_q_heads=num_q_heads,
-        num_kv_heads=2,
-        head_size=head_size,
-        arch=GpuArch.of_device(device),
-        dtype=dtype,
-    )
-    tile, buffers, fma_exp2_every = tiles
-    plan = dataclasses.replace(
-        plan,
-        kernel=LONG_QUERY_PIPELINED,
-        kv_tile_size=tile,
-        kv_buffers=buffers,
-        fma_exp2_every=fma_exp2_every,
-        block_m=128,
-        num_warps=8,
-    )
+    plan = _pipelined_long_query_plan(batch, len(q_lens), head_size, tiles)
     _check_forced_kernel(
         batch,
         plan,
@@ -619,26 +626,7 @@ def test_pipelined_long_query_masks(feature, head_size, tiles, device):
         mm_prefix_ranges=mm_ranges.tolist() if mm_ranges is not None else None,
         padding_tokens=3,
     )
-    plan = plan_attention(
-        num_tokens=batch.q.shape[0],
-        num_seqs=len(q_lens),
-        max_query_len=max(q_lens),
-        num_q_heads=num_q_heads,
-        num_kv_heads=2,
-        head_size=head_size,
-        arch=GpuArch.of_device(device),
-        dtype=torch.bfloat16,
-    )
-    tile, buffers, fma_exp2_every = tiles
-    plan = dataclasses.replace(
-        plan,
-        kernel=LONG_QUERY_PIPELINED,
-        kv_tile_size=tile,
-        kv_buffers=buffers,
-        fma_exp2_every=fma_exp2_every,
-        block_m=128,
-        num_warps=8,
-    )
+    plan = _pipelined_long_query_plan(batch, len(q_lens), head_size, tiles)
     causal = features.pop("causal", True)
     _check_forced_kernel(batch, plan, causal, "long_query_pipelined_kernel", **features)
 
