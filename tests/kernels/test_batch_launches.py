@@ -7,6 +7,9 @@ the kernels' specialisation read gets launches of its own."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import HAS_GPU
@@ -94,8 +97,11 @@ def test_layers_of_one_batch_match_reference(pattern, device):
     # configuration again.
     layers = [({}, 0), ({}, 0), (dict(sliding_window=24, logits_soft_cap=5.0), 0), ({}, 1), ({}, 0)]
     rows = batch.num_actual_tokens
+    first_layer = []
     for i, (layer_args, offset) in enumerate(layers):
         layer = _layer(batch, generator, offset)
+        if i == 0:
+            first_layer = [weakref.ref(t) for t in layer]
         dispatched = _dispatches(launches, layer, scale=0.125, **layer_args)
         if HAS_GPU and i in (1, 4):  # same key as layer 0: the compiled kernels directly
             assert dispatched == 0
@@ -106,3 +112,7 @@ def test_layers_of_one_batch_match_reference(pattern, device):
         assert not out[:rows].isnan().any(), f"layer {i}: a valid row was never written"
         torch.testing.assert_close(out[:rows], expected[:rows], **TOLERANCES[dtype])
         assert out[rows:].isnan().all(), f"layer {i}: a padding row was written"
+    # The launches kept for later layers hold none of the first layer's tensors.
+    del layer, q, k_cache, v_cache, out
+    gc.collect()
+    assert all(ref() is None for ref in first_layer)

@@ -2,6 +2,9 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """write_kv_cache against plain indexing: any layout, skipped slots, fp8."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import HAS_GPU
@@ -92,7 +95,7 @@ def test_repeated_writes_reuse_the_first_launch(device):
     gen = torch.Generator().manual_seed(1)
     num_tokens, num_kv_heads, head_size, block_size = 9, 2, 64, 16
     slots = torch.randperm(4 * block_size, generator=gen)[:num_tokens].to(device)
-    dispatches = []
+    dispatches, written = [], []
     run = JITFunction.run
 
     def counted(self, *args, **kwargs):
@@ -104,6 +107,7 @@ def test_repeated_writes_reuse_the_first_launch(device):
         storage = torch.randn(num_tokens * num_kv_heads * head_size + offset, generator=gen)
         key = storage.half().to(device)[offset:].view(shape)  # offset 1: 2 bytes into it
         value = torch.randn(key.shape, generator=gen).half().to(device)
+        written.append(weakref.ref(key))
         k_cache, v_cache = kv_cache_views(
             4, block_size, num_kv_heads, head_size, torch.float16, device, "packed_nhd"
         )
@@ -119,3 +123,7 @@ def test_repeated_writes_reuse_the_first_launch(device):
     if HAS_GPU:
         assert dispatches[1] == 0 and dispatches[3] == 0
         assert dispatches[2] == 1  # misaligned: its own launch, through Triton's dispatch
+    # The kept launches hold none of the tensors they were built with.
+    del key, value, x, k_cache, v_cache, cache, stored
+    gc.collect()
+    assert all(ref() is None for ref in written)

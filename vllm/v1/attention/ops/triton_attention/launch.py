@@ -495,12 +495,15 @@ _LAYER_TENSORS = {f"{field}_ptr": field for field in _LayerTensors._fields}
 
 
 class _BoundLaunch(NamedTuple):
-    """A launch to repeat with other tensors: its arguments in signature order,
-    where the tensors of each repeat go in them, and the compiled kernel the
-    first launch returned (None in the interpreter)."""
+    """A launch to repeat with other tensors: its kernel, grid and options, its
+    arguments in signature order with None where each repeat's tensors go (no
+    tensor of the first call is kept alive), and the compiled kernel the first
+    launch returned (None in the interpreter)."""
 
-    launch: KernelLaunch
-    args: tuple  # None where a repeat's tensors go: the first call's are not kept alive
+    kernel: object
+    grid: tuple[int, int, int]
+    options: dict
+    args: tuple
     tensor_slots: tuple[tuple[int, str], ...]  # (argument index, field of a repeat's call)
     compiled: CompiledKernel | None
 
@@ -520,16 +523,16 @@ class _BoundLaunch(NamedTuple):
             args[index] = None
         if not isinstance(compiled, CompiledKernel):
             compiled = None
-        return cls(launch, tuple(args), slots, compiled)
+        return cls(launch.kernel, launch.grid, launch.options, tuple(args), slots, compiled)
 
     def run_with(self, call: NamedTuple) -> None:
         args = list(self.args)
         for index, field in self.tensor_slots:
             args[index] = getattr(call, field)
         if self.compiled is None:
-            self.launch.kernel[self.launch.grid](*args, **self.launch.options)
+            self.kernel[self.grid](*args, **self.options)
         else:  # what Triton's dispatch ends with, once it has found the kernel
-            self.compiled[self.launch.grid](*args)
+            self.compiled[self.grid](*args)
 
 
 def _tensors_key(call: NamedTuple, fields, key: list) -> tuple:
