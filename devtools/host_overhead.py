@@ -110,10 +110,9 @@ def batch_launches(model, inputs, q_lens, arch, workspace=None):
     )
 
 
-def ours(model, inputs, q_lens, max_seq_len, arch):
+def ours(model, inputs, q_lens, arch):
     """The call vLLM's backend makes for every layer after a batch's first, and
     the kernels it launches."""
-    del max_seq_len  # the kernels read each sequence's own length
     q, k_cache, v_cache = inputs[:3]
     launches = batch_launches(model, inputs, q_lens, arch)
     out = torch.empty_like(q)
@@ -382,7 +381,7 @@ def main():
         model = MODELS[name]
         for kind, q_lens, seq_lens in cells(args.context, args.batches, args.q_lens):
             inputs = batch_inputs(model, q_lens, seq_lens, device)
-            call, names = ours(model, inputs, q_lens, max(seq_lens), arch)
+            call, names = ours(model, inputs, q_lens, arch)
             record = dict(
                 machine=machine,
                 launch=launch,
