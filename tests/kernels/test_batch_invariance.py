@@ -18,7 +18,7 @@ import torch
 from conftest import HAS_GPU
 
 from devtools.batches import make_batch, plan_for_batch, small_gpu
-from vllm.v1.attention.ops.triton_attention import MixedBatchPlan, paged_attention
+from vllm.v1.attention.ops.triton_attention import GpuArch, MixedBatchPlan, paged_attention
 
 if HAS_GPU:
     DTYPE, HEAD_SIZE, NUM_KV_HEADS, GROUP = torch.bfloat16, 128, 8, 4
@@ -26,6 +26,17 @@ if HAS_GPU:
 else:
     DTYPE, HEAD_SIZE, NUM_KV_HEADS, GROUP = torch.float32, 32, 2, 2
     NUM_REQUESTS, LONGEST = 8, 1200
+# The GPU's own plans; in the interpreter, plans for GPUs whose grids follow
+# these small batches: 16 units split every batch's sequences, 2 units fold
+# the splits of the larger batches in one program each. With whether the
+# batches' invariant plans fold their splits (``AttentionPlan.folds_splits``).
+if HAS_GPU:
+    ARCHS = {"gpu": (None, {True, False})}
+else:
+    ARCHS = {
+        "16_units": (small_gpu(), {False}),
+        "2_units": (GpuArch("cuda", "sm_89", 2), {True, False}),
+    }
 
 
 def _pool(max_decode_query_len: int):
@@ -57,7 +68,7 @@ def _pool(max_decode_query_len: int):
     return pool, q_lens, seq_lens
 
 
-def _run(pool, q_lens, seq_lens, requests, max_decode_query_len, padded, batch_invariant):
+def _run(pool, q_lens, seq_lens, requests, max_decode_query_len, padded, batch_invariant, arch):
     """Outputs of ``requests`` (pool indices) run as one batch, decodes first,
     with ``padded`` empty requests after them (a graph-padded batch)."""
     requests = sorted(requests, key=lambda r: q_lens[r] > max_decode_query_len)
@@ -76,7 +87,7 @@ def _run(pool, q_lens, seq_lens, requests, max_decode_query_len, padded, batch_i
         num_kv_heads=NUM_KV_HEADS,
         head_size=HEAD_SIZE,
         device=device,
-        arch=None if HAS_GPU else small_gpu(),  # whose grid follows the batch
+        arch=arch,
         max_decode_query_len=max_decode_query_len,
         dtype=DTYPE,
         batch_invariant=batch_invariant,
@@ -118,22 +129,31 @@ def _batches(q_lens, max_decode_query_len):
     return batches
 
 
+@pytest.mark.parametrize(("arch", "folds_seen"), ARCHS.values(), ids=ARCHS.keys())
 @pytest.mark.parametrize("max_decode_query_len", [1, 4] if HAS_GPU else [1])
-def test_outputs_are_bitwise_invariant_to_the_batch(max_decode_query_len):
+def test_outputs_are_bitwise_invariant_to_the_batch(max_decode_query_len, arch, folds_seen):
     pool, q_lens, seq_lens = _pool(max_decode_query_len)
     batches = _batches(q_lens, max_decode_query_len)
     prefill = next(r for r in range(NUM_REQUESTS) if q_lens[r] > max_decode_query_len)
     for batch_invariant in (True, False):
         first = {}
         varied = False
-        split_programs, kernels = set(), set()
+        split_programs, folds, kernels = set(), set(), set()
         for requests, padded in batches:
             outputs, plan = _run(
-                pool, q_lens, seq_lens, requests, max_decode_query_len, padded, batch_invariant
+                pool,
+                q_lens,
+                seq_lens,
+                requests,
+                max_decode_query_len,
+                padded,
+                batch_invariant,
+                arch,
             )
             decode_plan = plan.decode if isinstance(plan, MixedBatchPlan) else plan
             if decode_plan.is_split_kv:
                 split_programs.add(decode_plan.grid[2])
+                folds.add(decode_plan.folds_splits)
             kernels.add(type(plan).__name__)
             for request in (0, prefill):
                 if request not in outputs:
@@ -149,5 +169,6 @@ def test_outputs_are_bitwise_invariant_to_the_batch(max_decode_query_len):
         if batch_invariant:
             # the grid followed the batch, the long first request took many splits
             assert len(split_programs) > 1
+            assert folds == folds_seen
         else:
             assert varied, "the default plans should be the control that can differ"

@@ -542,12 +542,9 @@ def store_split_result(
     """One split's softmax state for its rows: the output itself when there is
     one split, else the normalised partial and its log2-sum-exp for the merge.
     Layout-free: both split-KV kernels store through it."""
-    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
-    has_keys = l_i != 0.0
-    l_safe = tl.where(has_keys, l_i, 1.0)
     store_mask = row_valid[:, None] & dim_mask[None, :]
     if NUM_KV_SPLITS == 1:
-        result = acc * (v_scale / l_safe)[:, None]
+        result = normalised_output(acc, l_i, v_scale)
         out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
         tl.store(
             out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
@@ -555,14 +552,53 @@ def store_split_result(
             mask=store_mask,
         )
     else:
+        partial, lse = split_partial(acc, m_i, l_i)
         row_offset = (q_start + token).to(tl.int64) * stride_partial_token
         row_offset += head * stride_partial_head + split * HEAD_PAD
-        tl.store(
-            partial_out_ptr + row_offset[:, None] + dim[None, :],
-            acc / l_safe[:, None],
-            mask=store_mask,
-        )
-        lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
+        tl.store(partial_out_ptr + row_offset[:, None] + dim[None, :], partial, mask=store_mask)
         lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
         lse_offset += head * NUM_KV_SPLITS + split
         tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
+
+
+@triton.jit
+def split_partial(acc, m_i, l_i):
+    """A split's normalised partial output and its log2-sum-exp (-inf for rows
+    without keys): what the merge reads, and what a folding program folds."""
+    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
+    has_keys = l_i != 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
+    return acc / l_safe[:, None], lse
+
+
+@triton.jit
+def normalised_output(acc, l_i, v_scale):
+    """``acc / l`` times the V scale (1 unless the cache is fp8); rows without
+    keys stay zero."""
+    l_safe = tl.where(l_i != 0.0, l_i, 1.0)
+    return acc * (v_scale / l_safe)[:, None]
+
+
+@triton.jit
+def fold_split(lse_ref, total, acc, partial, lse):
+    """Adds one split's partial (weight ``2**lse``) to a running sum kept
+    against ``lse_ref``: ``acc / total`` is the softmax-weighted mean so far.
+
+    Batch-invariant mode merges a sequence's splits by folding them one at a
+    time in split order, and a program that holds all of them and the merge
+    kernel reading them back do exactly these operations in that order, so
+    their outputs are bitwise equal. A split without keys (``lse`` -inf)
+    leaves every bit of the sum as it was."""
+    new_ref = tl.maximum(lse_ref, lse)
+    ref = tl.where(new_ref == float("-inf"), 0.0, new_ref)
+    old_weight = tl.math.exp2(lse_ref - ref)
+    weight = tl.math.exp2(lse - ref)
+    empty = lse == float("-inf")
+    new_total = total * old_weight + weight
+    new_acc = acc * old_weight[:, None] + partial * weight[:, None]
+    return (
+        tl.where(empty, lse_ref, new_ref),
+        tl.where(empty, total, new_total),
+        tl.where(empty[:, None], acc, new_acc),
+    )

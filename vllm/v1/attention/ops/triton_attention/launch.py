@@ -304,6 +304,7 @@ def split_kv_decode_launch(
         _partials_args(partials),
         NUM_KV_SPLITS=plan.num_kv_splits,
         MIN_SPLIT_KEYS=plan.min_split_keys,
+        FOLD_SPLITS=plan.folds_splits,
         EARLY_DEPENDENTS=early_dependents,
         PREFETCH_BLOCKS=plan.prefetch_blocks,
         **pdl,
@@ -399,7 +400,7 @@ def kernel_launches(
     if plan.kernel == LONG_QUERY_PIPELINED:
         return [long_query_pipelined_launch(call, strides, plan, beside_split_kv=beside_split_kv)]
     partials = None
-    if plan.num_kv_splits > 1:
+    if plan.merges_splits:
         workspace = workspace or SplitKVWorkspace.allocate(plan, call.q.device)
         partials = workspace.views(plan)
     early = plan.arch.programmatic_launch and (early_dependents or plan.releases_merge_early)

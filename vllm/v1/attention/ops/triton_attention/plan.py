@@ -285,12 +285,24 @@ class AttentionPlan:
         each (DECISIONS.md: "Block-number prefetch")."""
         return self.num_kv_splits >= FINE_KV_SPLITS
 
+    @property
+    def folds_splits(self) -> bool:
+        """Batch-invariant plans whose one program per (sequence, KV head) takes
+        all of the sequence's splits: it folds each split's result into the
+        output in the merge kernel's order, with no partials and no merge."""
+        return self.min_split_keys > 0 and self.split_programs == 1
+
+    @property
+    def merges_splits(self) -> bool:
+        return self.num_kv_splits > 1 and not self.folds_splits
+
     @functools.cached_property
     def merge_tile(self) -> tuple[int, int]:
-        """(heads, dims) one merge program combines, every split of each: at most
-        ``MERGE_TILE_ELEMENTS`` partial values. Few splits: whole heads, several
-        per program; many: part of one head's dimensions."""
-        splits = next_power_of_2(self.num_kv_splits)
+        """(heads, dims) one merge program combines: at most ``MERGE_TILE_ELEMENTS``
+        partial values, every split of each at once (few splits: whole heads,
+        several per program; many: part of one head's dimensions), or one split
+        at a time in batch-invariant mode (the merge folds them in order)."""
+        splits = 1 if self.min_split_keys else next_power_of_2(self.num_kv_splits)
         dims = min(self.head_pad, max(MIN_DOT_SIZE, MERGE_TILE_ELEMENTS // splits))
         heads = max(
             1, min(next_power_of_2(self.num_q_heads), MERGE_TILE_ELEMENTS // (splits * dims))
@@ -299,7 +311,7 @@ class AttentionPlan:
 
     @functools.cached_property
     def merge_grid(self) -> tuple[int, int, int] | None:
-        if self.num_kv_splits == 1:
+        if not self.merges_splits:
             return None
         heads, dims = self.merge_tile
         return (self.num_tokens, math.ceil(self.num_q_heads / heads), self.head_pad // dims)
@@ -317,7 +329,7 @@ class AttentionPlan:
 
     def workspace_elements(self) -> tuple[int, int]:
         """float32 elements of (partial outputs, partial log-sum-exps) the plan needs."""
-        if self.num_kv_splits == 1:
+        if not self.merges_splits:
             return 0, 0
         rows = self.num_tokens * self.num_q_heads * self.num_kv_splits
         return rows * self.head_pad, rows

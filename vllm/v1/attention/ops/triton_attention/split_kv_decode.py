@@ -21,14 +21,17 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .jit_helpers import (
     attend_key_tiles,
+    fold_split,
     init_softmax_state,
     load_qk_scale,
     load_v_scale,
     mark_empty_splits,
     mm_prefix_rows,
+    normalised_output,
     query_rows,
     split_count,
     split_key_range,
+    split_partial,
     store_split_result,
     widen_key_range,
     window_start,
@@ -86,6 +89,7 @@ def split_kv_decode_kernel(
     TILE_N: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
     MIN_SPLIT_KEYS: tl.constexpr,  # 0, or batch-invariant splits of at least this many keys
+    FOLD_SPLITS: tl.constexpr,  # batch-invariant, one program per sequence: no merge
     IS_CAUSAL: tl.constexpr,
     PER_SEQ_CAUSAL: tl.constexpr,
     HAS_MM_PREFIX: tl.constexpr,
@@ -161,7 +165,9 @@ def split_kv_decode_kernel(
     # One split per program: num_splits = NUM_KV_SPLITS, the grid's third
     # dimension, and a loop of one trip (a constant, so it compiles away).
     # Batch-invariant (MIN_SPLIT_KEYS): the sequence's own length sets its
-    # splits (split_count), and the grid's programs take them in turn.
+    # splits (split_count), and the grid's programs take them in turn; a
+    # program that takes them all (FOLD_SPLITS) folds each into the output as
+    # the merge kernel would (fold_split) instead of storing partials.
     num_splits = NUM_KV_SPLITS
     programs = NUM_KV_SPLITS
     trips = 1
@@ -169,7 +175,7 @@ def split_kv_decode_kernel(
         num_splits = split_count(seq_len - kv_lo, MIN_SPLIT_KEYS, NUM_KV_SPLITS)
         programs = tl.num_programs(2)
         trips = tl.cdiv(num_splits - split, programs)
-        if split == 0:
+        if (split == 0) and not FOLD_SPLITS:
             mark_empty_splits(
                 partial_lse_ptr,
                 q_start,
@@ -182,17 +188,21 @@ def split_kv_decode_kernel(
                 HEAD_PAD=HEAD_PAD,
                 NUM_KV_SPLITS=NUM_KV_SPLITS,
             )
+    if FOLD_SPLITS:
+        lse_ref = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        total = tl.zeros([BLOCK_M], dtype=tl.float32)
+        folded = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     for i in range(trips):
-        _decode_split(
+        this_split = split + i * programs
+        acc, m_i, l_i = _decode_split(
             q=q,
-            token=token,
             head=head,
             row_valid=row_valid,
             query_pos=query_pos,
             dim=dim,
             dim_mask=dim_mask,
             seq=seq,
-            q_start=q_start,
             seq_len=seq_len,
             kv_lo=kv_lo,
             kv_head=kv_head,
@@ -201,16 +211,10 @@ def split_kv_decode_kernel(
             mm_hi=mm_hi,
             k_cache_ptr=k_cache_ptr,
             v_cache_ptr=v_cache_ptr,
-            out_ptr=out_ptr,
-            partial_out_ptr=partial_out_ptr,
-            partial_lse_ptr=partial_lse_ptr,
             block_table_ptr=block_table_ptr,
             alibi_slopes_ptr=alibi_slopes_ptr,
             sinks_ptr=sinks_ptr,
             k_scale_ptr=k_scale_ptr,
-            v_scale_ptr=v_scale_ptr,
-            stride_out_token=stride_out_token,
-            stride_out_head=stride_out_head,
             stride_k_block=stride_k_block,
             stride_k_slot=stride_k_slot,
             stride_k_head=stride_k_head,
@@ -218,19 +222,15 @@ def split_kv_decode_kernel(
             stride_v_slot=stride_v_slot,
             stride_v_head=stride_v_head,
             stride_block_table_seq=stride_block_table_seq,
-            stride_partial_token=stride_partial_token,
-            stride_partial_head=stride_partial_head,
             scale=scale,
             soft_cap=soft_cap,
             sliding_window=sliding_window,
-            STRIDE_OUT_DIM=STRIDE_OUT_DIM,
             STRIDE_K_DIM=STRIDE_K_DIM,
             STRIDE_V_DIM=STRIDE_V_DIM,
             HEAD_PAD=HEAD_PAD,
             BLOCK_SIZE=BLOCK_SIZE,
             BLOCK_M=BLOCK_M,
             TILE_N=TILE_N,
-            NUM_KV_SPLITS=NUM_KV_SPLITS,
             IS_CAUSAL=IS_CAUSAL,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             CHUNK_LOOKBACK=CHUNK_LOOKBACK,
@@ -240,22 +240,71 @@ def split_kv_decode_kernel(
             KV_IS_FP8=KV_IS_FP8,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
-            split=split + i * programs,
+            split=this_split,
             num_splits=num_splits,
+        )
+        if FOLD_SPLITS:
+            partial, lse = split_partial(acc, m_i, l_i)
+            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, lse)
+        else:
+            store_split_result(
+                out_ptr,
+                partial_out_ptr,
+                partial_lse_ptr,
+                acc,
+                m_i,
+                l_i,
+                q_start,
+                token,
+                head,
+                this_split,
+                row_valid,
+                dim,
+                dim_mask,
+                v_scale=v_scale,
+                stride_out_token=stride_out_token,
+                stride_out_head=stride_out_head,
+                stride_partial_token=stride_partial_token,
+                stride_partial_head=stride_partial_head,
+                STRIDE_OUT_DIM=STRIDE_OUT_DIM,
+                HEAD_PAD=HEAD_PAD,
+                NUM_KV_SPLITS=NUM_KV_SPLITS,
+            )
+    if FOLD_SPLITS:  # the folded sum as the output, as a single split stores it
+        store_split_result(
+            out_ptr,
+            partial_out_ptr,
+            partial_lse_ptr,
+            folded,
+            lse_ref,
+            total,
+            q_start,
+            token,
+            head,
+            0,
+            row_valid,
+            dim,
+            dim_mask,
+            v_scale=v_scale,
+            stride_out_token=stride_out_token,
+            stride_out_head=stride_out_head,
+            stride_partial_token=stride_partial_token,
+            stride_partial_head=stride_partial_head,
+            STRIDE_OUT_DIM=STRIDE_OUT_DIM,
+            HEAD_PAD=HEAD_PAD,
+            NUM_KV_SPLITS=1,
         )
 
 
 @triton.jit
 def _decode_split(
     q,
-    token,
     head,
     row_valid,
     query_pos,
     dim,
     dim_mask,
     seq,
-    q_start,
     seq_len,
     kv_lo,
     kv_head,
@@ -264,16 +313,10 @@ def _decode_split(
     mm_hi,
     k_cache_ptr,
     v_cache_ptr,
-    out_ptr,
-    partial_out_ptr,
-    partial_lse_ptr,
     block_table_ptr,
     alibi_slopes_ptr,
     sinks_ptr,
     k_scale_ptr,
-    v_scale_ptr,
-    stride_out_token,
-    stride_out_head,
     stride_k_block,
     stride_k_slot,
     stride_k_head,
@@ -281,21 +324,17 @@ def _decode_split(
     stride_v_slot,
     stride_v_head,
     stride_block_table_seq,
-    stride_partial_token,
-    stride_partial_head,
     scale,
     soft_cap,
     sliding_window,
     split,
     num_splits,
-    STRIDE_OUT_DIM: tl.constexpr,
     STRIDE_K_DIM: tl.constexpr,
     STRIDE_V_DIM: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr,
-    NUM_KV_SPLITS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
@@ -307,7 +346,7 @@ def _decode_split(
     PREFETCH_BLOCKS: tl.constexpr,
 ):
     """Split ``split`` of ``num_splits`` of one (sequence, KV head): its key
-    range, the online softmax over it, and its result (``store_split_result``)."""
+    range and the online softmax over it, ``(acc, m_i, l_i)`` of its rows."""
     split_lo, split_hi = split_key_range(seq_len, kv_lo, split, num_splits, TILE_N)
 
     # The sink joins the softmax once per row, through the first split. (A
@@ -321,7 +360,7 @@ def _decode_split(
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
 
     block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
-    acc, m_i, l_i = attend_key_tiles(
+    return attend_key_tiles(
         acc,
         m_i,
         l_i,
@@ -365,30 +404,6 @@ def _decode_split(
         PREFETCH_BLOCKS=PREFETCH_BLOCKS,
     )
 
-    store_split_result(
-        out_ptr,
-        partial_out_ptr,
-        partial_lse_ptr,
-        acc,
-        m_i,
-        l_i,
-        q_start,
-        token,
-        head,
-        split,
-        row_valid,
-        dim,
-        dim_mask,
-        v_scale=load_v_scale(v_scale_ptr, KV_IS_FP8),
-        stride_out_token=stride_out_token,
-        stride_out_head=stride_out_head,
-        stride_partial_token=stride_partial_token,
-        stride_partial_head=stride_partial_head,
-        STRIDE_OUT_DIM=STRIDE_OUT_DIM,
-        HEAD_PAD=HEAD_PAD,
-        NUM_KV_SPLITS=NUM_KV_SPLITS,
-    )
-
 
 @triton.jit
 def merge_kv_splits_kernel(
@@ -422,7 +437,10 @@ def merge_kv_splits_kernel(
 
     A program combines a tile of ``HEADS_PER_PROGRAM`` consecutive heads of one
     token (their partials are contiguous) by ``DIMS_PER_PROGRAM`` dimensions;
-    see ``AttentionPlan.merge_tile`` for how the plan sizes it."""
+    see ``AttentionPlan.merge_tile`` for how the plan sizes it. Batch-invariant
+    splits (``SPARSE_SPLITS``) are folded one at a time in split order
+    (``fold_split``), exactly as a program that takes all of a sequence's
+    splits folds them."""
     token = tl.program_id(0)
     # Tokens outside this launch's sequences (padding, or the long queries of a
     # mixed batch) have no partials.
@@ -433,37 +451,54 @@ def merge_kv_splits_kernel(
         gdc_wait()
     head = tl.program_id(1) * HEADS_PER_PROGRAM + tl.arange(0, HEADS_PER_PROGRAM)
     head_mask = head < NUM_Q_HEADS
+    dim = tl.program_id(2) * DIMS_PER_PROGRAM + tl.arange(0, DIMS_PER_PROGRAM)
+    dim_mask = dim < HEAD_SIZE
+    lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
+    row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
+    v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     splits = tl.arange(0, SPLITS_PAD)
     split_mask = head_mask[:, None] & (splits < NUM_KV_SPLITS)[None, :]  # [heads, splits]
-    dim = tl.program_id(2) * DIMS_PER_PROGRAM + tl.arange(0, DIMS_PER_PROGRAM)
-    # Both loads are issued before either is used: the partials do not wait
-    # for the weights (a split without keys stored zeros, so its rows are
-    # finite and its weight of 0 removes them).
-    lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
     lse = tl.load(
         partial_lse_ptr + lse_row[:, None] + splits[None, :], mask=split_mask, other=float("-inf")
     )
-    row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
-    if SPARSE_SPLITS:  # batch-invariant splits: no partial is stored past the sequence's own
-        split_mask &= lse != float("-inf")
-    partial = tl.load(
-        partial_out_ptr
-        + row[:, None, None]
-        + splits[None, :, None] * HEAD_PAD
-        + dim[None, None, :],
-        mask=split_mask[:, :, None] & (dim < HEAD_SIZE)[None, None, :],
-        other=0.0,
-    )
-    lse_max = tl.max(lse, 1)
-    lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    weight = tl.math.exp2(lse - lse_ref[:, None])
-    total = tl.sum(weight, 1)
-    total = tl.where(total == 0.0, 1.0, total)
-    weighted = tl.where(weight[:, :, None] != 0.0, partial * weight[:, :, None], 0.0)
-    result = tl.sum(weighted, 1) * (load_v_scale(v_scale_ptr, KV_IS_FP8) / total)[:, None]
+    if SPARSE_SPLITS:
+        lse_ref = tl.full([HEADS_PER_PROGRAM], float("-inf"), tl.float32)
+        total = tl.zeros([HEADS_PER_PROGRAM], dtype=tl.float32)
+        folded = tl.zeros([HEADS_PER_PROGRAM, DIMS_PER_PROGRAM], dtype=tl.float32)
+        # Up to the sequence's last split with keys: the ones past it hold no
+        # partial (their lse is -inf, and folding them would change nothing).
+        used = tl.max(tl.max(tl.where(lse != float("-inf"), splits[None, :] + 1, 0), 1), 0)
+        for split in range(used):
+            split_lse = tl.max(tl.where(splits[None, :] == split, lse, float("-inf")), 1)
+            partial = tl.load(
+                partial_out_ptr + row[:, None] + split * HEAD_PAD + dim[None, :],
+                mask=head_mask[:, None] & dim_mask[None, :],
+                other=0.0,
+            )
+            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, split_lse)
+        result = normalised_output(folded, total, v_scale)
+    else:
+        # Both loads are issued before either is used: the partials do not wait
+        # for the weights (a split without keys stored zeros, so its rows are
+        # finite and its weight of 0 removes them).
+        partial = tl.load(
+            partial_out_ptr
+            + row[:, None, None]
+            + splits[None, :, None] * HEAD_PAD
+            + dim[None, None, :],
+            mask=split_mask[:, :, None] & dim_mask[None, None, :],
+            other=0.0,
+        )
+        lse_max = tl.max(lse, 1)
+        lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+        weight = tl.math.exp2(lse - lse_ref[:, None])
+        total = tl.sum(weight, 1)
+        total = tl.where(total == 0.0, 1.0, total)
+        weighted = tl.where(weight[:, :, None] != 0.0, partial * weight[:, :, None], 0.0)
+        result = tl.sum(weighted, 1) * (v_scale / total)[:, None]
     out_offset = token.to(tl.int64) * stride_out_token + head * stride_out_head
     tl.store(
         out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
         result.to(out_ptr.dtype.element_ty),
-        mask=head_mask[:, None] & (dim < HEAD_SIZE)[None, :],
+        mask=head_mask[:, None] & dim_mask[None, :],
     )
