@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from triton.compiler import CompiledKernel
+from triton.runtime import driver
 
 from .arch import FP8_DTYPES, FP8_MAX, GpuArch
 from .cache_write import write_kv_cache_kernel
@@ -498,15 +500,15 @@ _LAYER_TENSORS = {f"{field}_ptr": field for field in _LayerTensors._fields}
 class _BoundLaunch(NamedTuple):
     """A launch to repeat with other tensors: its kernel, grid and options, its
     arguments in signature order with None where each repeat's tensors go (no
-    tensor of the first call is kept alive), and the compiled kernel the first
-    launch returned (None in the interpreter)."""
+    tensor of the first call is kept alive), and the compiled kernel's
+    launcher for the grid, from the first launch (None in the interpreter)."""
 
     kernel: object
     grid: tuple[int, int, int]
     options: dict
     args: tuple
     tensor_slots: tuple[tuple[int, str], ...]  # (argument index, field of a repeat's call)
-    compiled: CompiledKernel | None
+    start: Callable | None
 
     @classmethod
     def of_first_run(cls, launch: KernelLaunch, tensor_fields: dict[str, str]) -> _BoundLaunch:
@@ -522,18 +524,26 @@ class _BoundLaunch(NamedTuple):
         args = list(launch.ordered_args())
         for index, _ in slots:
             args[index] = None
-        if not isinstance(compiled, CompiledKernel):
-            compiled = None
-        return cls(launch.kernel, launch.grid, launch.options, tuple(args), slots, compiled)
+        # what Triton's dispatch ends with, once it has found the kernel
+        start = compiled[launch.grid] if isinstance(compiled, CompiledKernel) else None
+        return cls(launch.kernel, launch.grid, launch.options, tuple(args), slots, start)
 
-    def run_with(self, call: NamedTuple) -> None:
+    def run_with(self, call: NamedTuple, stream: int | None = None) -> None:
+        """Launches with ``call``'s tensors on ``stream`` (None: the current
+        one, looked up by the launcher)."""
         args = list(self.args)
         for index, field in self.tensor_slots:
             args[index] = getattr(call, field)
-        if self.compiled is None:
+        if self.start is None:
             self.kernel[self.grid](*args, **self.options)
-        else:  # what Triton's dispatch ends with, once it has found the kernel
-            self.compiled[self.grid](*args)
+        else:
+            self.start(*args, stream=stream)
+
+
+def _current_stream() -> int:
+    """The stream a Triton launch would use now (a graph's capture stream
+    included): looked up once for a call's several launches."""
+    return driver.active.get_current_stream(driver.active.get_current_device())
 
 
 def _tensors_key(call: NamedTuple, fields, key: list) -> tuple:
@@ -619,8 +629,9 @@ class BatchLaunches:
         key = _tensors_key(layer, _LayerTensors._fields, scalars)
         bound = self._layers.get(key)
         if bound is not None:
+            stream = _current_stream() if len(bound) > 1 and bound[0].start is not None else None
             for launch in bound:
-                launch.run_with(layer)
+                launch.run_with(layer, stream)
             return out
         call = AttentionCall(
             scale=scale,
