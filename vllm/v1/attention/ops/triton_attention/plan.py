@@ -298,11 +298,10 @@ class AttentionPlan:
 
     @functools.cached_property
     def merge_tile(self) -> tuple[int, int]:
-        """(heads, dims) one merge program combines: at most ``MERGE_TILE_ELEMENTS``
-        partial values, every split of each at once (few splits: whole heads,
-        several per program; many: part of one head's dimensions), or one split
-        at a time in batch-invariant mode (the merge folds them in order)."""
-        splits = 1 if self.min_split_keys else next_power_of_2(self.num_kv_splits)
+        """(heads, dims) one merge program combines, every split of each: at most
+        ``MERGE_TILE_ELEMENTS`` partial values. Few splits: whole heads, several
+        per program; many: part of one head's dimensions."""
+        splits = next_power_of_2(self.num_kv_splits)
         dims = min(self.head_pad, max(MIN_DOT_SIZE, MERGE_TILE_ELEMENTS // splits))
         heads = max(
             1, min(next_power_of_2(self.num_q_heads), MERGE_TILE_ELEMENTS // (splits * dims))

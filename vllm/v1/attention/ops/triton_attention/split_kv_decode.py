@@ -455,40 +455,38 @@ def merge_kv_splits_kernel(
     dim_mask = dim < HEAD_SIZE
     lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
     row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
-    v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     splits = tl.arange(0, SPLITS_PAD)
     split_mask = head_mask[:, None] & (splits < NUM_KV_SPLITS)[None, :]  # [heads, splits]
+    # Both loads are issued before either is used: the partials do not wait
+    # for the weights (a split without keys stored zeros, so its rows are
+    # finite and its weight of 0 removes them).
     lse = tl.load(
         partial_lse_ptr + lse_row[:, None] + splits[None, :], mask=split_mask, other=float("-inf")
     )
+    if SPARSE_SPLITS:  # batch-invariant splits: no partial is stored past the sequence's own
+        split_mask &= lse != float("-inf")
+    partial = tl.load(
+        partial_out_ptr
+        + row[:, None, None]
+        + splits[None, :, None] * HEAD_PAD
+        + dim[None, None, :],
+        mask=split_mask[:, :, None] & dim_mask[None, None, :],
+        other=0.0,
+    )
+    v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     if SPARSE_SPLITS:
         lse_ref = tl.full([HEADS_PER_PROGRAM], float("-inf"), tl.float32)
         total = tl.zeros([HEADS_PER_PROGRAM], dtype=tl.float32)
         folded = tl.zeros([HEADS_PER_PROGRAM, DIMS_PER_PROGRAM], dtype=tl.float32)
-        # Up to the sequence's last split with keys: the ones past it hold no
-        # partial (their lse is -inf, and folding them would change nothing).
-        used = tl.max(tl.max(tl.where(lse != float("-inf"), splits[None, :] + 1, 0), 1), 0)
-        for split in range(used):
-            split_lse = tl.max(tl.where(splits[None, :] == split, lse, float("-inf")), 1)
-            partial = tl.load(
-                partial_out_ptr + row[:, None] + split * HEAD_PAD + dim[None, :],
-                mask=head_mask[:, None] & dim_mask[None, :],
-                other=0.0,
-            )
-            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, split_lse)
+        for split in tl.static_range(SPLITS_PAD):
+            # one split's values out of the loaded tile, exactly (a sum of the
+            # value and zeros, a max of it and -infs)
+            pick = splits == split
+            split_lse = tl.max(tl.where(pick[None, :], lse, float("-inf")), 1)
+            split_partial = tl.sum(tl.where(pick[None, :, None], partial, 0.0), 1)
+            lse_ref, total, folded = fold_split(lse_ref, total, folded, split_partial, split_lse)
         result = normalised_output(folded, total, v_scale)
     else:
-        # Both loads are issued before either is used: the partials do not wait
-        # for the weights (a split without keys stored zeros, so its rows are
-        # finite and its weight of 0 removes them).
-        partial = tl.load(
-            partial_out_ptr
-            + row[:, None, None]
-            + splits[None, :, None] * HEAD_PAD
-            + dim[None, None, :],
-            mask=split_mask[:, :, None] & dim_mask[None, None, :],
-            other=0.0,
-        )
         lse_max = tl.max(lse, 1)
         lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
         weight = tl.math.exp2(lse - lse_ref[:, None])
