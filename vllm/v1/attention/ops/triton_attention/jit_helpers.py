@@ -552,24 +552,30 @@ def store_split_result(
             mask=store_mask,
         )
     else:
-        partial, lse = split_partial(acc, m_i, l_i)
         row_offset = (q_start + token).to(tl.int64) * stride_partial_token
         row_offset += head * stride_partial_head + split * HEAD_PAD
-        tl.store(partial_out_ptr + row_offset[:, None] + dim[None, :], partial, mask=store_mask)
+        tl.store(
+            partial_out_ptr + row_offset[:, None] + dim[None, :],
+            split_partial(acc, l_i),
+            mask=store_mask,
+        )
         lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
         lse_offset += head * NUM_KV_SPLITS + split
-        tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
+        tl.store(partial_lse_ptr + lse_offset, split_lse(m_i, l_i), mask=row_valid)
+
+
+# A split's result as the merge reads it and a folding program folds it. "!= 0"
+# rather than "> 0": a NaN from real data must reach the output.
+@triton.jit
+def split_partial(acc, l_i):
+    """The split's normalised partial output (zero for rows without keys)."""
+    return acc / tl.where(l_i != 0.0, l_i, 1.0)[:, None]
 
 
 @triton.jit
-def split_partial(acc, m_i, l_i):
-    """A split's normalised partial output and its log2-sum-exp (-inf for rows
-    without keys): what the merge reads, and what a folding program folds."""
-    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
-    has_keys = l_i != 0.0
-    l_safe = tl.where(has_keys, l_i, 1.0)
-    lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
-    return acc / l_safe[:, None], lse
+def split_lse(m_i, l_i):
+    """The split's log2-sum-exp, -inf for rows without keys."""
+    return tl.where(l_i != 0.0, m_i + tl.math.log2(tl.where(l_i != 0.0, l_i, 1.0)), float("-inf"))
 
 
 @triton.jit

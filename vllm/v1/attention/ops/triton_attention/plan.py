@@ -90,10 +90,12 @@ EARLY_MERGE_MAX_ROWS = 16
 
 # Batch-invariant mode (a request's output bitwise the same in any batch):
 # split-KV cuts each sequence into as many ranges of at least this many keys
-# as its own length needs, at most this many ranges, and always merges them;
-# the grid's programs per sequence still follow the batch and take the
-# ranges in turn. The tiles are those of a finely split launch, whatever the
-# batch. DECISIONS.md: "Batch-invariant splits".
+# as its own length needs, at most this many ranges, and always combines them
+# in split order (fold_split): the merge kernel does, or, when one program per
+# sequence takes them all, that program. The grid's programs per sequence
+# still follow the batch and take the ranges in turn. The tiles are those of
+# a finely split launch, whatever the batch. DECISIONS.md: "Batch-invariant
+# splits".
 BATCH_INVARIANT_SPLIT_KEYS = 128
 BATCH_INVARIANT_KV_SPLITS = 32
 

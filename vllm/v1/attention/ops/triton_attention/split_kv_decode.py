@@ -31,6 +31,7 @@ from .jit_helpers import (
     query_rows,
     split_count,
     split_key_range,
+    split_lse,
     split_partial,
     store_split_result,
     widen_key_range,
@@ -192,17 +193,17 @@ def split_kv_decode_kernel(
         lse_ref = tl.full([BLOCK_M], float("-inf"), tl.float32)
         total = tl.zeros([BLOCK_M], dtype=tl.float32)
         folded = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     for i in range(trips):
-        this_split = split + i * programs
         acc, m_i, l_i = _decode_split(
             q=q,
+            token=token,
             head=head,
             row_valid=row_valid,
             query_pos=query_pos,
             dim=dim,
             dim_mask=dim_mask,
             seq=seq,
+            q_start=q_start,
             seq_len=seq_len,
             kv_lo=kv_lo,
             kv_head=kv_head,
@@ -211,10 +212,16 @@ def split_kv_decode_kernel(
             mm_hi=mm_hi,
             k_cache_ptr=k_cache_ptr,
             v_cache_ptr=v_cache_ptr,
+            out_ptr=out_ptr,
+            partial_out_ptr=partial_out_ptr,
+            partial_lse_ptr=partial_lse_ptr,
             block_table_ptr=block_table_ptr,
             alibi_slopes_ptr=alibi_slopes_ptr,
             sinks_ptr=sinks_ptr,
             k_scale_ptr=k_scale_ptr,
+            v_scale_ptr=v_scale_ptr,
+            stride_out_token=stride_out_token,
+            stride_out_head=stride_out_head,
             stride_k_block=stride_k_block,
             stride_k_slot=stride_k_slot,
             stride_k_head=stride_k_head,
@@ -222,15 +229,19 @@ def split_kv_decode_kernel(
             stride_v_slot=stride_v_slot,
             stride_v_head=stride_v_head,
             stride_block_table_seq=stride_block_table_seq,
+            stride_partial_token=stride_partial_token,
+            stride_partial_head=stride_partial_head,
             scale=scale,
             soft_cap=soft_cap,
             sliding_window=sliding_window,
+            STRIDE_OUT_DIM=STRIDE_OUT_DIM,
             STRIDE_K_DIM=STRIDE_K_DIM,
             STRIDE_V_DIM=STRIDE_V_DIM,
             HEAD_PAD=HEAD_PAD,
             BLOCK_SIZE=BLOCK_SIZE,
             BLOCK_M=BLOCK_M,
             TILE_N=TILE_N,
+            NUM_KV_SPLITS=NUM_KV_SPLITS,
             IS_CAUSAL=IS_CAUSAL,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
             CHUNK_LOOKBACK=CHUNK_LOOKBACK,
@@ -240,37 +251,15 @@ def split_kv_decode_kernel(
             KV_IS_FP8=KV_IS_FP8,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
-            split=this_split,
+            STORE_RESULT=not FOLD_SPLITS,
+            split=split + i * programs,
             num_splits=num_splits,
         )
         if FOLD_SPLITS:
-            partial, lse = split_partial(acc, m_i, l_i)
-            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, lse)
-        else:
-            store_split_result(
-                out_ptr,
-                partial_out_ptr,
-                partial_lse_ptr,
-                acc,
-                m_i,
-                l_i,
-                q_start,
-                token,
-                head,
-                this_split,
-                row_valid,
-                dim,
-                dim_mask,
-                v_scale=v_scale,
-                stride_out_token=stride_out_token,
-                stride_out_head=stride_out_head,
-                stride_partial_token=stride_partial_token,
-                stride_partial_head=stride_partial_head,
-                STRIDE_OUT_DIM=STRIDE_OUT_DIM,
-                HEAD_PAD=HEAD_PAD,
-                NUM_KV_SPLITS=NUM_KV_SPLITS,
+            lse_ref, total, folded = fold_split(
+                lse_ref, total, folded, split_partial(acc, l_i), split_lse(m_i, l_i)
             )
-    if FOLD_SPLITS:  # the folded sum as the output, as a single split stores it
+    if FOLD_SPLITS:  # the folded sum is the output, stored as a single split's
         store_split_result(
             out_ptr,
             partial_out_ptr,
@@ -285,7 +274,7 @@ def split_kv_decode_kernel(
             row_valid,
             dim,
             dim_mask,
-            v_scale=v_scale,
+            v_scale=load_v_scale(v_scale_ptr, KV_IS_FP8),
             stride_out_token=stride_out_token,
             stride_out_head=stride_out_head,
             stride_partial_token=stride_partial_token,
@@ -299,12 +288,14 @@ def split_kv_decode_kernel(
 @triton.jit
 def _decode_split(
     q,
+    token,
     head,
     row_valid,
     query_pos,
     dim,
     dim_mask,
     seq,
+    q_start,
     seq_len,
     kv_lo,
     kv_head,
@@ -313,10 +304,16 @@ def _decode_split(
     mm_hi,
     k_cache_ptr,
     v_cache_ptr,
+    out_ptr,
+    partial_out_ptr,
+    partial_lse_ptr,
     block_table_ptr,
     alibi_slopes_ptr,
     sinks_ptr,
     k_scale_ptr,
+    v_scale_ptr,
+    stride_out_token,
+    stride_out_head,
     stride_k_block,
     stride_k_slot,
     stride_k_head,
@@ -324,17 +321,21 @@ def _decode_split(
     stride_v_slot,
     stride_v_head,
     stride_block_table_seq,
+    stride_partial_token,
+    stride_partial_head,
     scale,
     soft_cap,
     sliding_window,
     split,
     num_splits,
+    STRIDE_OUT_DIM: tl.constexpr,
     STRIDE_K_DIM: tl.constexpr,
     STRIDE_V_DIM: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr,
+    NUM_KV_SPLITS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
     CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
@@ -344,9 +345,11 @@ def _decode_split(
     KV_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
+    STORE_RESULT: tl.constexpr,
 ):
     """Split ``split`` of ``num_splits`` of one (sequence, KV head): its key
-    range and the online softmax over it, ``(acc, m_i, l_i)`` of its rows."""
+    range, the online softmax over it, and its result (``store_split_result``)
+    unless the caller folds the returned ``(acc, m_i, l_i)`` itself."""
     split_lo, split_hi = split_key_range(seq_len, kv_lo, split, num_splits, TILE_N)
 
     # The sink joins the softmax once per row, through the first split. (A
@@ -360,7 +363,7 @@ def _decode_split(
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
 
     block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
-    return attend_key_tiles(
+    acc, m_i, l_i = attend_key_tiles(
         acc,
         m_i,
         l_i,
@@ -403,6 +406,31 @@ def _decode_split(
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=PREFETCH_BLOCKS,
     )
+    if STORE_RESULT:
+        store_split_result(
+            out_ptr,
+            partial_out_ptr,
+            partial_lse_ptr,
+            acc,
+            m_i,
+            l_i,
+            q_start,
+            token,
+            head,
+            split,
+            row_valid,
+            dim,
+            dim_mask,
+            v_scale=load_v_scale(v_scale_ptr, KV_IS_FP8),
+            stride_out_token=stride_out_token,
+            stride_out_head=stride_out_head,
+            stride_partial_token=stride_partial_token,
+            stride_partial_head=stride_partial_head,
+            STRIDE_OUT_DIM=STRIDE_OUT_DIM,
+            HEAD_PAD=HEAD_PAD,
+            NUM_KV_SPLITS=NUM_KV_SPLITS,
+        )
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -455,38 +483,44 @@ def merge_kv_splits_kernel(
     dim_mask = dim < HEAD_SIZE
     lse_row = token.to(tl.int64) * (stride_partial_token // HEAD_PAD) + head * NUM_KV_SPLITS
     row = token.to(tl.int64) * stride_partial_token + head * stride_partial_head
-    splits = tl.arange(0, SPLITS_PAD)
-    split_mask = head_mask[:, None] & (splits < NUM_KV_SPLITS)[None, :]  # [heads, splits]
-    # Both loads are issued before either is used: the partials do not wait
-    # for the weights (a split without keys stored zeros, so its rows are
-    # finite and its weight of 0 removes them).
-    lse = tl.load(
-        partial_lse_ptr + lse_row[:, None] + splits[None, :], mask=split_mask, other=float("-inf")
-    )
-    if SPARSE_SPLITS:  # batch-invariant splits: no partial is stored past the sequence's own
-        split_mask &= lse != float("-inf")
-    partial = tl.load(
-        partial_out_ptr
-        + row[:, None, None]
-        + splits[None, :, None] * HEAD_PAD
-        + dim[None, None, :],
-        mask=split_mask[:, :, None] & dim_mask[None, None, :],
-        other=0.0,
-    )
     v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     if SPARSE_SPLITS:
         lse_ref = tl.full([HEADS_PER_PROGRAM], float("-inf"), tl.float32)
         total = tl.zeros([HEADS_PER_PROGRAM], dtype=tl.float32)
         folded = tl.zeros([HEADS_PER_PROGRAM, DIMS_PER_PROGRAM], dtype=tl.float32)
-        for split in tl.static_range(SPLITS_PAD):
-            # one split's values out of the loaded tile, exactly (a sum of the
-            # value and zeros, a max of it and -infs)
-            pick = splits == split
-            split_lse = tl.max(tl.where(pick[None, :], lse, float("-inf")), 1)
-            split_partial = tl.sum(tl.where(pick[None, :, None], partial, 0.0), 1)
-            lse_ref, total, folded = fold_split(lse_ref, total, folded, split_partial, split_lse)
+        # Unrolled: every split's loads are independent, so they are all in
+        # flight at once; a split past the sequence's own (lse -inf, no partial
+        # stored) loads nothing and folds as nothing.
+        for split in tl.static_range(NUM_KV_SPLITS):
+            split_lse = tl.load(
+                partial_lse_ptr + lse_row + split, mask=head_mask, other=float("-inf")
+            )
+            partial = tl.load(
+                partial_out_ptr + row[:, None] + split * HEAD_PAD + dim[None, :],
+                mask=(split_lse != float("-inf"))[:, None] & dim_mask[None, :],
+                other=0.0,
+            )
+            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, split_lse)
         result = normalised_output(folded, total, v_scale)
     else:
+        splits = tl.arange(0, SPLITS_PAD)
+        split_mask = head_mask[:, None] & (splits < NUM_KV_SPLITS)[None, :]  # [heads, splits]
+        # Both loads are issued before either is used: the partials do not wait
+        # for the weights (a split without keys stored zeros, so its rows are
+        # finite and its weight of 0 removes them).
+        lse = tl.load(
+            partial_lse_ptr + lse_row[:, None] + splits[None, :],
+            mask=split_mask,
+            other=float("-inf"),
+        )
+        partial = tl.load(
+            partial_out_ptr
+            + row[:, None, None]
+            + splits[None, :, None] * HEAD_PAD
+            + dim[None, None, :],
+            mask=split_mask[:, :, None] & dim_mask[None, None, :],
+            other=0.0,
+        )
         lse_max = tl.max(lse, 1)
         lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
         weight = tl.math.exp2(lse - lse_ref[:, None])
