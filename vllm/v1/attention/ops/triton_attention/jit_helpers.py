@@ -542,9 +542,12 @@ def store_split_result(
     """One split's softmax state for its rows: the output itself when there is
     one split, else the normalised partial and its log2-sum-exp for the merge.
     Layout-free: both split-KV kernels store through it."""
+    # "!= 0" rather than "> 0": a NaN from real data must reach the output.
+    has_keys = l_i != 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
     store_mask = row_valid[:, None] & dim_mask[None, :]
     if NUM_KV_SPLITS == 1:
-        result = normalised_output(acc, l_i, v_scale)
+        result = acc * (v_scale / l_safe)[:, None]
         out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
         tl.store(
             out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
@@ -556,16 +559,17 @@ def store_split_result(
         row_offset += head * stride_partial_head + split * HEAD_PAD
         tl.store(
             partial_out_ptr + row_offset[:, None] + dim[None, :],
-            split_partial(acc, l_i),
+            acc / l_safe[:, None],
             mask=store_mask,
         )
+        lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("-inf"))
         lse_offset = (q_start + token).to(tl.int64) * (stride_partial_token // HEAD_PAD)
         lse_offset += head * NUM_KV_SPLITS + split
-        tl.store(partial_lse_ptr + lse_offset, split_lse(m_i, l_i), mask=row_valid)
+        tl.store(partial_lse_ptr + lse_offset, lse, mask=row_valid)
 
 
-# A split's result as the merge reads it and a folding program folds it. "!= 0"
-# rather than "> 0": a NaN from real data must reach the output.
+# A split's result as a folding program folds it: the operations by which
+# store_split_result stores it for the merge, so both fold the same bits.
 @triton.jit
 def split_partial(acc, l_i):
     """The split's normalised partial output (zero for rows without keys)."""
