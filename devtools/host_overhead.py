@@ -373,7 +373,7 @@ def main():
         f"{triton.__version__}; launches {launch}"
     )
     print(
-        "| model | kind | batch | ours us | launches | upstream us | launches | upstream / ours |"
+        "| model | kind | batch | ours us | launches | upstream us | launches | ours / upstream |"
     )
     print("|---|---|---|---|---|---|---|---|")
     records = []
@@ -405,7 +405,7 @@ def main():
             print(
                 f"| {name} | {kind} | {len(q_lens)} | {record['us']:.1f} | "
                 f"{record['launches']} | {theirs:.1f} | "
-                f"{record.get('upstream_launches', '')} | {theirs / record['us']:.2f} |",
+                f"{record.get('upstream_launches', '')} | {record['us'] / theirs:.2f} |",
                 flush=True,
             )
     if args.steps:
