@@ -77,8 +77,8 @@ def vllm_python_files() -> tuple[Path, list[Path]]:
         return inside[0] != "third_party" or inside[1:] in [(name,) for name in KEPT_THIRD_PARTY]
 
     files = [path.relative_to(site) for path in package.rglob("*.py") if packed(path)]
-    info = Path(distribution._path)  # the dist-info folder: platform detection reads it
-    files += [path.relative_to(site) for path in info.rglob("*") if path.is_file()]
+    # the dist-info folder: platform detection reads it
+    files += [Path(path) for path in distribution.files or () if ".dist-info" in path.parts[0]]
     return site, sorted(files)
 
 

@@ -547,7 +547,7 @@ def store_split_result(
     l_safe = tl.where(has_keys, l_i, 1.0)
     store_mask = row_valid[:, None] & dim_mask[None, :]
     if NUM_KV_SPLITS == 1:
-        result = acc * (v_scale / l_safe)[:, None]
+        result = normalised_output(acc, l_i, v_scale)
         out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
         tl.store(
             out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
@@ -570,6 +570,8 @@ def store_split_result(
 
 # A split's result as a folding program folds it: the operations by which
 # store_split_result stores it for the merge, so both fold the same bits.
+# (store_split_result keeps them inline: through these helpers ptxas spilled
+# in two of its sm_90 head-512 variants.)
 @triton.jit
 def split_partial(acc, l_i):
     """The split's normalised partial output (zero for rows without keys)."""

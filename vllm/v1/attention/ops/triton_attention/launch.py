@@ -629,7 +629,7 @@ class BatchLaunches:
         key = _tensors_key(layer, _LayerTensors._fields, scalars)
         bound = self._layers.get(key)
         if bound is not None:
-            stream = _current_stream() if len(bound) > 1 and bound[0].start is not None else None
+            stream = _current_stream() if bound[0].start is not None else None
             for launch in bound:
                 launch.run_with(layer, stream)
             return out

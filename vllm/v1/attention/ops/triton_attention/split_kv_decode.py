@@ -457,7 +457,7 @@ def merge_kv_splits_kernel(
     DIMS_PER_PROGRAM: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
-    SPARSE_SPLITS: tl.constexpr,  # most splits may be empty: read only those with keys
+    SPARSE_SPLITS: tl.constexpr,  # batch-invariant: fold in split order, only splits with keys
     KV_IS_FP8: tl.constexpr,
     PDL: tl.constexpr,
 ):
