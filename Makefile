@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 # Every cache lives in ignored folders inside the repo.
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 export VLLM_CACHE_ROOT := $(CURDIR)/.cache/vllm
-export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+# No pip cache: it would keep a second copy of the ~5 GB of wheels on a box
+# whose disk may be nearly full (the upstream wheel has its own cache below).
+export PIP_NO_CACHE_DIR := 1
 export VLLM_TRITON_ATTN_CACHE := $(CURDIR)/.cache/upstream
 
 # What `pip install .` is built from: reinstall when any of it changes.

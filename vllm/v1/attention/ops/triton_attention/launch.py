@@ -494,49 +494,62 @@ class _LayerTensors(NamedTuple):
     v_scale: torch.Tensor | None
 
 
-_LAYER_TENSORS = {f"{field}_ptr": field for field in _LayerTensors._fields}
+_LAYER_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_LayerTensors._fields)}
 
 
 class _BoundLaunch(NamedTuple):
     """A launch to repeat with other tensors: its kernel, grid and options, its
     arguments in signature order with None where each repeat's tensors go (no
     tensor of the first call is kept alive), and the compiled kernel's
-    launcher for the grid, from the first launch (None in the interpreter)."""
+    launcher for the grid, from the first launch (None in the interpreter).
+
+    With a launcher, the arguments hold device addresses, not tensors: the
+    launcher takes an int as it is, while a tensor costs it a method call and
+    a driver query per pointer. ``held`` keeps the tensors behind those
+    addresses (the batch's own; a repeat's tensors are its caller's)."""
 
     kernel: object
     grid: tuple[int, int, int]
     options: dict
     args: tuple
-    tensor_slots: tuple[tuple[int, str], ...]  # (argument index, field of a repeat's call)
+    tensor_slots: tuple[tuple[int, int], ...]  # (argument index, index in a repeat's tensors)
     start: Callable | None
+    held: tuple[torch.Tensor, ...]
 
     @classmethod
-    def of_first_run(cls, launch: KernelLaunch, tensor_fields: dict[str, str]) -> _BoundLaunch:
-        """Runs ``launch`` and binds it; ``tensor_fields``: kernel parameter ->
-        the field of a later call's tuple that holds its tensor."""
+    def of_first_run(cls, launch: KernelLaunch, tensor_indices: dict[str, int]) -> _BoundLaunch:
+        """Runs ``launch`` and binds it; ``tensor_indices``: kernel parameter ->
+        the index of its tensor in a later call's tensors."""
         compiled = launch.run()
         names = launch.kernel.arg_names
         slots = tuple(
-            (names.index(name), field)
-            for name, field in tensor_fields.items()
+            (names.index(name), index)
+            for name, index in tensor_indices.items()
             if launch.args.get(name) is not None
         )
         args = list(launch.ordered_args())
         for index, _ in slots:
             args[index] = None
+        if not isinstance(compiled, CompiledKernel):
+            return cls(launch.kernel, launch.grid, launch.options, tuple(args), slots, None, ())
         # what Triton's dispatch ends with, once it has found the kernel
-        start = compiled[launch.grid] if isinstance(compiled, CompiledKernel) else None
-        return cls(launch.kernel, launch.grid, launch.options, tuple(args), slots, start)
+        start = compiled[launch.grid]
+        held = tuple(arg for arg in args if isinstance(arg, torch.Tensor))
+        args = tuple(arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args)
+        return cls(launch.kernel, launch.grid, launch.options, args, slots, start, held)
 
-    def run_with(self, call: NamedTuple, stream: int | None = None) -> None:
-        """Launches with ``call``'s tensors on ``stream`` (None: the current
-        one, looked up by the launcher)."""
+    def run_with(self, tensors: tuple, addresses: list, stream: int | None = None) -> None:
+        """Launches with a repeat's ``tensors`` (their device ``addresses``,
+        see ``_tensors_key``) on ``stream`` (None: the current one, looked up
+        by the launcher)."""
         args = list(self.args)
-        for index, field in self.tensor_slots:
-            args[index] = getattr(call, field)
         if self.start is None:
+            for index, tensor_index in self.tensor_slots:
+                args[index] = tensors[tensor_index]
             self.kernel[self.grid](*args, **self.options)
         else:
+            for index, tensor_index in self.tensor_slots:
+                args[index] = addresses[tensor_index]
             self.start(*args, stream=stream)
 
 
@@ -546,17 +559,21 @@ def _current_stream() -> int:
     return driver.active.get_current_stream(driver.active.get_current_device())
 
 
-def _tensors_key(call: NamedTuple, fields, key: list) -> tuple:
+def _tensors_key(tensors: tuple, key: list) -> tuple[tuple, list]:
     """``key`` extended with what checks and Triton's specialisation read from
-    the tensors in ``fields`` of ``call``: shapes, strides, dtypes, devices and
-    16-byte alignment (Triton specialises pointers on it)."""
-    for field in fields:
-        t = getattr(call, field)
-        if not isinstance(t, torch.Tensor):  # None, or a bad argument the checks refuse
-            key.append(t)
+    ``tensors``: shapes, strides, dtypes, devices and 16-byte alignment (Triton
+    specialises pointers on it); and the tensors' device addresses (None, or
+    the value itself, for what is not a tensor: the checks refuse a bad one)."""
+    addresses = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            address = t.data_ptr()
+            key += (t.shape, t.stride(), t.dtype, t.device, address % 16 == 0)
         else:
-            key += (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
-    return tuple(key)
+            address = t
+            key.append(t)
+        addresses.append(address)
+    return tuple(key), addresses
 
 
 class BatchLaunches:
@@ -626,12 +643,12 @@ class BatchLaunches:
             chunk_lookback,
             mm_prefix_clamp_sliding_window,
         ]
-        key = _tensors_key(layer, _LayerTensors._fields, scalars)
+        key, addresses = _tensors_key(layer, scalars)
         bound = self._layers.get(key)
         if bound is not None:
             stream = _current_stream() if bound[0].start is not None else None
             for launch in bound:
-                launch.run_with(layer, stream)
+                launch.run_with(layer, addresses, stream)
             return out
         call = AttentionCall(
             scale=scale,
@@ -738,7 +755,7 @@ class _CacheWrite(NamedTuple):
     v_scale: torch.Tensor | None
 
 
-_WRITE_TENSORS = {f"{field}_ptr": field for field in _CacheWrite._fields}
+_WRITE_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_CacheWrite._fields)}
 # The cache write's launches by what its checks and Triton's specialisation
 # read (_tensors_key): every layer of a step writes tensors of the same
 # shapes, and the next steps mostly repeat those. Emptied when it reaches
@@ -767,10 +784,10 @@ def write_kv_cache(
     building, the compiled kernel started directly.
     """
     write = _CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
-    signature = _tensors_key(write, _CacheWrite._fields, [])
+    signature, addresses = _tensors_key(write, [])
     bound = _write_launches.get(signature)
     if bound is not None:
-        bound.run_with(write)
+        bound.run_with(write, addresses)
         return
     check_write_kv_cache_inputs(*write)
     if key.shape[0] == 0:
