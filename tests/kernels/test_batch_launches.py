@@ -13,6 +13,7 @@ import weakref
 import pytest
 import torch
 from conftest import HAS_GPU
+from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from devtools.batches import TOLERANCES, make_batch, plan_for_batch, small_gpu
@@ -21,6 +22,13 @@ from vllm.v1.attention.ops.triton_attention import (
     MixedBatchPlan,
     SplitKVWorkspace,
     reference_paged_attention,
+)
+from vllm.v1.attention.ops.triton_attention.launch import (
+    _LAYER_TENSORS,
+    KernelLaunch,
+    _BoundLaunch,
+    _LayerTensors,
+    _tensors_key,
 )
 
 HEADS, KV_HEADS, HEAD_SIZE = 8, 2, 64
@@ -116,3 +124,40 @@ def test_layers_of_one_batch_match_reference(pattern, device):
     del layer, q, k_cache, v_cache, out
     gc.collect()
     assert all(ref() is None for ref in first_layer)
+
+
+def test_a_compiled_launch_repeats_with_device_addresses():
+    """With a compiled kernel (any GPU) a bound launch hands Triton's launcher
+    device addresses: the batch's tensors bound once (and kept alive), each
+    repeat's own tensors by their addresses, None where the first call had none."""
+    started = []
+
+    class Compiled(CompiledKernel):
+        def __init__(self):  # what the launcher sees is all this test needs
+            pass
+
+        def __del__(self):
+            pass
+
+        def __getitem__(self, grid):
+            return lambda *args, stream=None: started.append((args, stream))
+
+    class Kernel:
+        arg_names = ["q_ptr", "block_table_ptr", "num_tokens", "out_ptr", "sinks_ptr"]
+
+        def __getitem__(self, grid):
+            return lambda *args, **options: Compiled()
+
+    block_table = torch.arange(8, dtype=torch.int32)
+    first = torch.zeros(4), torch.zeros(4)
+    args = dict(q_ptr=first[0], block_table_ptr=block_table, num_tokens=3, out_ptr=first[1])
+    launch = KernelLaunch(Kernel(), (2, 1, 1), dict(args, sinks_ptr=None), {})
+    bound = _BoundLaunch.of_first_run(launch, _LAYER_TENSORS)
+    assert bound.args == (None, block_table.data_ptr(), 3, None, None)
+    assert bound.held == (block_table,)
+
+    q, out = torch.ones(4), torch.ones(4)
+    layer = _LayerTensors(q, out, *[torch.ones(2)] * 2, None, None, None, None)
+    _, addresses = _tensors_key(layer, [])
+    bound.run_with(layer, addresses, stream=7)
+    assert started == [((q.data_ptr(), block_table.data_ptr(), 3, out.data_ptr(), None), 7)]
