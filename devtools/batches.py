@@ -127,6 +127,7 @@ def make_batch(
     layout: str = "separate",
     sliding_window: int | None = None,
     mm_prefix_ranges: list[list[tuple[int, int]]] | None = None,
+    rswa_prefix_lens: list[int] | None = None,
     padding_tokens: int = 0,
     shared_prefix_blocks: int = 0,
     generator: torch.Generator | None = None,
@@ -136,10 +137,13 @@ def make_batch(
     ``shared_prefix_blocks``: every sequence's first blocks are the first
     sequence's (prefix caching), where both are long enough. Blocks no query
     sees through ``sliding_window`` are poisoned too, except those a query
-    reaches through its ``mm_prefix_ranges``.
+    reaches through its ``mm_prefix_ranges``; with ``rswa_prefix_lens`` the
+    slots between each prompt prefix and the window (R-SWA's evicted gap).
     """
     if len(q_lens) != len(seq_lens):
         raise ValueError(f"{len(q_lens)} query lengths for {len(seq_lens)} sequences")
+    if rswa_prefix_lens is not None and (sliding_window is None or shared_prefix_blocks):
+        raise ValueError("rswa_prefix_lens: with a sliding_window, and no shared_prefix_blocks")
     kv_dtype = kv_dtype or dtype
     gen = generator or torch.Generator().manual_seed(0)
     blocks_per_seq = [-(-s // block_size) for s in seq_lens]
@@ -192,7 +196,12 @@ def make_batch(
             for start, end in mm_prefix_ranges[seq] if mm_prefix_ranges else ():
                 if start < end and start < seq_len and end >= seq_len - q_len:
                     first_visible = min(first_visible, start)
-            out_of_window.update((seq, ids[i]) for i in range(first_visible // block_size))
+            if rswa_prefix_lens is not None:  # the gap's slots, one by one
+                for key in range(rswa_prefix_lens[seq], first_visible):
+                    k_cache[ids[key // block_size], key % block_size] = float("nan")
+                    v_cache[ids[key // block_size], key % block_size] = float("nan")
+            else:
+                out_of_window.update((seq, ids[i]) for i in range(first_visible // block_size))
     for seq, block in out_of_window:
         others = torch.cat([block_table[:seq], block_table[seq + 1 :]])
         if block not in others.flatten().tolist():
@@ -235,6 +244,16 @@ def mm_prefix_ranges_for(
         middle = context + q_len // 2
         ranges.append([(max(context - reach, 0), middle), (0, 0), (middle + 2, seq_len + 10)])
     return ranges
+
+
+def rswa_prefixes_for(q_lens: list[int], seq_lens: list[int]) -> list[int]:
+    """R-SWA prompt prefixes that meet every case: a third of each sequence's
+    cached keys (a gap before the window in long ones, none in short ones), and
+    for a sequence without cached keys a prefix that ends inside its queries."""
+    return [
+        (seq_len - q_len) // 3 if seq_len > q_len else q_len // 2
+        for q_len, seq_len in zip(q_lens, seq_lens, strict=True)
+    ]
 
 
 def small_gpu(kv_dtype: torch.dtype | None = None) -> GpuArch:

@@ -248,11 +248,14 @@ def run_upstream(
     batch_invariant=False,
     k_scale=None,
     v_scale=None,
+    rswa_prefix_lens=None,
 ):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
     128 // num_kv_heads sequences); ``batch_invariant``: as under
     VLLM_BATCH_INVARIANT=1 (which its module reads at import); ``k_scale`` and
-    ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode)."""
+    ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode);
+    ``rswa_prefix_lens`` with ``sliding_window``: R-SWA (its window then
+    replaces the layer's, which is off)."""
     hq, hkv, d = model
     threshold = 128 // hkv
     rows = min(threshold, seq_lens.shape[0]) * q_len
@@ -275,7 +278,7 @@ def run_upstream(
             context,
             d**-0.5,
             causal,
-            (sliding_window - 1, 0) if sliding_window else (-1, -1),
+            (sliding_window - 1, 0) if sliding_window and rswa_prefix_lens is None else (-1, -1),
             block_table,
             0,
             None,
@@ -291,6 +294,8 @@ def run_upstream(
             use_alibi_sqrt=alibi_sqrt,
             chunk_lookback=-1 if chunk_lookback is None else chunk_lookback,
             kv_quant_mode=fp8,
+            rswa_prefix_lens=rswa_prefix_lens,
+            rswa_window=sliding_window if rswa_prefix_lens is not None else None,
         )
 
     return run
@@ -595,6 +600,8 @@ FEATURE_PREFILLS = [(1, 4096), (4, 4096), (1, 16384)]
 IMAGE_TOKENS, IMAGE_EVERY = 256, 1024
 INVARIANT_DECODES = [(b, c) for b in (1, 4, 32, 128) for c in (1024, 16384, 65536)]
 FP8_DECODES = [(1, 16384), (32, 16384), (128, 4096)]
+# R-SWA decodes: a 2k prompt and a 4k window of a long generation (the gap unread)
+RSWA_DECODES, RSWA_PREFIX, RSWA_WINDOW = [(1, 32768), (32, 16384)], 2048, 4096
 
 
 def image_ranges(batch_size: int, seq: int) -> torch.Tensor:
@@ -620,6 +627,13 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
             "alibi_sqrt": dict(alibi_slopes=slopes, alibi_sqrt=True),
             "window": dict(sliding_window=1024),
             "chunked_window": dict(sliding_window=1024, chunk_lookback=1),
+            # R-SWA: a quarter of the sequence as prompt prefix, beside the window
+            "rswa": dict(
+                sliding_window=1024,
+                rswa_prefix_lens=torch.full(
+                    (batch_size,), seq // 4, dtype=torch.int32, device="cuda"
+                ),
+            ),
         }
         plain_us = None
         for variant, call_args in variants.items():
@@ -674,6 +688,29 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
                 kv_splits=plan.num_kv_splits,
             )
             default_us = default_us or us
+        del inputs
+        torch.cuda.empty_cache()
+    for batch_size, context in RSWA_DECODES:
+        cell = ([1] * batch_size, [context] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        prefixes = torch.full((batch_size,), RSWA_PREFIX, dtype=torch.int32, device="cuda")
+        call_args = dict(sliding_window=RSWA_WINDOW, rswa_prefix_lens=prefixes)
+        _decode_variant(
+            model,
+            name,
+            base,
+            cell,
+            inputs,
+            backend_plan(model, cell[0], features=_features(call_args)),
+            emit,
+            copy,
+            kv_bytes=2 * batch_size * (RSWA_PREFIX + RSWA_WINDOW) * hkv * d * 2,  # keys read
+            plain_us=None,
+            upstream=upstream,
+            feature="rswa",
+            ours_args=call_args,
+            upstream_args=call_args,
+        )
         del inputs
         torch.cuda.empty_cache()
 
@@ -781,6 +818,7 @@ def _features(call_args):
         alibi="alibi_slopes" in call_args,
         per_seq_causal="causal" in call_args,
         mm_prefix="mm_prefix_ranges" in call_args,
+        rswa="rswa_prefix_lens" in call_args,
     )
 
 

@@ -63,6 +63,7 @@ FEATURES = (
     "alibi_sqrt",
     "sinks",
     "batch_invariant",  # a plan mode, not a call argument
+    "rswa",  # alone: it combines with none of per-sequence causal, ranges, chunks
     "all",
 )
 
@@ -146,6 +147,7 @@ def _launches(variant: Variant, target: str):
 
     scale = torch.tensor(1.0)
     fp8 = variant.kv_dtype is not None
+    rswa = variant.features == "rswa"
     call = AttentionCall(
         q=q,
         k_cache=packed[..., : variant.head_size],
@@ -158,7 +160,7 @@ def _launches(variant: Variant, target: str):
         causal=torch.ones(num_seqs, dtype=torch.int32)
         if on("per_seq_causal")
         else variant.features != "non_causal",
-        sliding_window=64 if on("sliding_window") or on("chunked_window") else None,
+        sliding_window=64 if on("sliding_window") or on("chunked_window") or rswa else None,
         chunk_lookback=1 if on("chunked_window") and not on("mm_prefix") else None,
         logits_soft_cap=30.0 if on("softcap") else None,
         alibi_slopes=torch.empty(num_q_heads) if on("alibi") or on("alibi_sqrt") else None,
@@ -170,6 +172,7 @@ def _launches(variant: Variant, target: str):
         if on("mm_prefix")
         else None,
         mm_prefix_clamp_sliding_window=on("mm_prefix") and on("sliding_window"),
+        rswa_prefix_lens=torch.zeros(num_seqs, dtype=torch.int32) if rswa else None,
     )
     plan = plan_attention(
         num_tokens=q.shape[0],

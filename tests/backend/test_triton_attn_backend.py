@@ -106,12 +106,15 @@ def run_step(
     mm_ranges=None,
     mm_clamp=False,
     fp8_dtype=None,
+    rswa_prefix_lens=None,
 ):
     """One model step the way vLLM drives a layer: metadata, cache write, forward.
     ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor).
     ``mm_ranges``: vLLM's ``mm_req_doc_ranges`` (request index -> inclusive
     ranges); ``mm_clamp``: the layer's ``mm_prefix_clamp_sliding_window``;
-    ``fp8_dtype``: what an fp8 cache's bytes hold (the layer's scales 0.05)."""
+    ``fp8_dtype``: what an fp8 cache's bytes hold (the layer's scales 0.05);
+    ``rswa_prefix_lens``: each request's prompt length, as vLLM's runner sends
+    it for R-SWA (the slots between it and the window are then poisoned)."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -143,6 +146,9 @@ def run_step(
         if isinstance(causal, bool)
         else torch.tensor(causal + [1] * padded_reqs, dtype=torch.int32),
         mm_req_doc_ranges=mm_ranges,
+        rswa_prefix_lens=None
+        if rswa_prefix_lens is None
+        else torch.tensor(rswa_prefix_lens + [0] * padded_reqs, dtype=torch.int32),
     )
     metadata = builder.build(0, common)
     reference_ranges = None
@@ -162,6 +168,13 @@ def run_step(
         layer._k_scale = layer._v_scale = torch.tensor(0.05)
         scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale)
     impl.do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
+    window = impl.window
+    if rswa_prefix_lens is not None:  # R-SWA's evicted gap: never read
+        window = metadata.rswa_window
+        for req, prefix in enumerate(rswa_prefix_lens):
+            for pos in range(prefix, seq_lens[req] - q_lens[req] - window + 1):
+                block = block_table[req, pos // BLOCK_SIZE]
+                kv_cache[block, :, pos % BLOCK_SIZE] = float("nan")
     output = torch.full_like(query, float("nan"))
     impl.forward(layer, query, key, value, kv_cache, metadata, output)
 
@@ -176,7 +189,7 @@ def run_step(
         seq_lens=common.seq_lens,
         block_table=block_table,
         scale=impl.scale,
-        sliding_window=impl.window,
+        sliding_window=window,
         sinks=impl.sinks,
         logits_soft_cap=impl.soft_cap,
         alibi_slopes=impl.alibi_slopes,
@@ -185,6 +198,7 @@ def run_step(
         causal=common.causal,
         mm_prefix_ranges=reference_ranges,
         mm_prefix_clamp_sliding_window=mm_clamp,
+        rswa_prefix_lens=common.rswa_prefix_lens,
         **scales,
     )
     torch.testing.assert_close(
@@ -402,6 +416,28 @@ def test_multimodal_prefix_ranges(vllm_config, monkeypatch):
     assert no_ranges.mm_prefix_range_tensor is None
 
 
+def test_rswa_through_the_builder_and_impl(vllm_config, monkeypatch):
+    """R-SWA as vLLM runs it: the model's ``rswa_window`` replaces the layer's
+    own window, each request's prompt length (the runner's
+    ``rswa_prefix_lens``) is staged in the builder's persistent buffer, which
+    graphs replay; the gap between prompt and window is poisoned. Decodes past
+    their prompt, a chunk, spec verifications and a prompt's own prefill."""
+    monkeypatch.setattr(type(vllm_config.model_config), "rswa_window", property(lambda _: 8))
+    builder = make_builder(vllm_config)
+    assert TritonAttentionBackend.supports_rswa()
+    assert builder.features.rswa and not builder.supports_draft_decode_metadata_update
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 16, "auto")
+    for q_lens, seq_lens, prefixes in (
+        ([1, 1, 30], [60, 9, 80], [20, 9, 40]),
+        ([4, 4], [40, 61], [10, 30]),
+        ([25], [25], [25]),
+    ):
+        md = run_step(builder, impl, packed_cache(), q_lens, seq_lens, rswa_prefix_lens=prefixes)
+        assert md.rswa_window == 8
+        assert md.rswa_prefix_lens.data_ptr() == builder.rswa_prefix_lens.data_ptr()
+    assert run_step(builder, impl, packed_cache(), [1], [30]).rswa_prefix_lens is None
+
+
 def test_prefix_lm_models_capture_single_token_decodes(vllm_config, monkeypatch):
     from vllm.v1.attention.backend import AttentionCGSupport
 
@@ -601,7 +637,7 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     assert "block_size not supported" in reasons(block_size=8)
     assert reasons(use_mm_prefix=True, has_sliding_window=True) == []
     assert "MLA not supported" in reasons(use_mla=True)
-    assert "R-SWA not supported" in reasons(use_rswa=True)
+    assert reasons(use_rswa=True, has_sliding_window=True) == []  # R-SWA is served
     assert reasons(use_batch_invariant=True) == []
     monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: True)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 9)) == []

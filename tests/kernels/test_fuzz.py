@@ -68,6 +68,10 @@ def batches(draw):
         small_gpu=draw(st.booleans()),
         mm_prefix_ranges=draw(st.one_of(st.none(), _mm_ranges(seq_lens))),
         mm_prefix_clamp_sliding_window=draw(st.booleans()),
+        # R-SWA's prompt prefixes (with a window on a causal call, without ranges)
+        rswa_prefix_lens=draw(
+            st.one_of(st.none(), st.tuples(*(st.integers(0, s) for s in seq_lens)).map(list))
+        ),
     )
     shape = dict(
         head_size=draw(st.sampled_from([32, 64, 80, 512])),
@@ -87,6 +91,16 @@ def check_against_reference(case):
     q_lens, seq_lens, features, shape = case
     device = "cuda" if HAS_GPU else "cpu"
     num_q_heads = shape["num_kv_heads"] * shape["group"]
+    window, chunk_lookback = features["sliding_window"], features["chunk_lookback"]
+    if window is None or chunk_lookback is None or chunk_lookback >= window:
+        chunk_lookback = None  # a chunked window needs W // (L + 1) >= 1
+    if features["mm_prefix_ranges"] is not None:
+        chunk_lookback = None  # not combined (paged_attention refuses it)
+    prefixes = features["rswa_prefix_lens"]
+    if window is None or features["causal"] is not True or features["mm_prefix_ranges"]:
+        prefixes = None  # R-SWA is served with none of these
+    if prefixes is not None:
+        chunk_lookback = None
     batch = make_batch(
         q_lens,
         seq_lens,
@@ -99,16 +113,12 @@ def check_against_reference(case):
         layout=shape["layout"],
         sliding_window=features["sliding_window"],
         mm_prefix_ranges=features["mm_prefix_ranges"],
+        rswa_prefix_lens=prefixes,
         padding_tokens=shape["padding_tokens"],
-        shared_prefix_blocks=shape["shared_prefix_blocks"],
+        shared_prefix_blocks=shape["shared_prefix_blocks"] if prefixes is None else 0,
         generator=torch.Generator().manual_seed(shape["seed"]),
     )
     gen = torch.Generator().manual_seed(shape["seed"] + 1)
-    window, chunk_lookback = features["sliding_window"], features["chunk_lookback"]
-    if window is None or chunk_lookback is None or chunk_lookback >= window:
-        chunk_lookback = None  # a chunked window needs W // (L + 1) >= 1
-    if features["mm_prefix_ranges"] is not None:
-        chunk_lookback = None  # not combined (paged_attention refuses it)
     causal = features["causal"]
     if isinstance(causal, list):
         causal = torch.tensor(causal, dtype=torch.int32, device=device)
@@ -126,6 +136,9 @@ def check_against_reference(case):
         if features["mm_prefix_ranges"] is None
         else torch.tensor(features["mm_prefix_ranges"], dtype=torch.int32, device=device),
         mm_prefix_clamp_sliding_window=features["mm_prefix_clamp_sliding_window"],
+        rswa_prefix_lens=None
+        if prefixes is None
+        else torch.tensor(prefixes, dtype=torch.int32, device=device),
     )
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))

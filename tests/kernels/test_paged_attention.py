@@ -24,6 +24,7 @@ from devtools.batches import (
     make_batch,
     mm_prefix_ranges_for,
     plan_for_batch,
+    rswa_prefixes_for,
     small_gpu,
 )
 from vllm.v1.attention.ops.triton_attention import (
@@ -71,6 +72,8 @@ FEATURES = {
     # chunked local attention: chunks of 24 // 2 = 12 keys, the query's and the one before
     "chunked_window": dict(sliding_window=24, chunk_lookback=1),
     "chunked_window_non_causal": dict(sliding_window=24, chunk_lookback=1, causal=False),
+    # R-SWA: each prompt prefix (rswa_prefixes_for) stays visible beside a 19-key window
+    "rswa": dict(sliding_window=19, rswa_prefix_lens="prefixes"),
     "softcap": dict(logits_soft_cap=4.0),
     "alibi": dict(alibi_slopes=True),
     # StepFun Step1's bias: -slope * sqrt(p - j) on past keys, none on later ones
@@ -108,6 +111,7 @@ def _cpu_cases() -> list[Case]:
     # non-causal sequences of many tokens: on the long-query and the split-KV kernel
     cases += [Case(p, "per_seq_causal_window") for p in ("chunked_prefill", "specdecode4")]
     cases += [Case(p, "mm_prefix_window") for p in ("chunked_prefill", "specdecode4")]
+    cases += [Case(p, "rswa") for p in ("chunked_prefill", "specdecode4", "prefill")]
     cases += [Case(p, dtype=torch.float32) for p in ("decode", "prefill", "mixed")]
     cases += [Case("mixed", head_size=d) for d in (32, 80, 128, 256, 512)]
     cases += [Case("decode", head_size=d) for d in (80, 256)]
@@ -166,6 +170,9 @@ def _feature_args(feature: str, num_q_heads: int, device, q_lens=(), seq_lens=()
     if args.get("mm_prefix_ranges") == "ranges":
         ranges = mm_prefix_ranges_for(q_lens, seq_lens)
         args["mm_prefix_ranges"] = torch.tensor(ranges, dtype=torch.int32, device=device)
+    if args.get("rswa_prefix_lens") == "prefixes":
+        prefixes = rswa_prefixes_for(q_lens, seq_lens)
+        args["rswa_prefix_lens"] = torch.tensor(prefixes, dtype=torch.int32, device=device)
     if args.get("alibi_slopes"):
         slopes = 2.0 ** (-8.0 * torch.arange(1, num_q_heads + 1) / num_q_heads)
         args["alibi_slopes"] = slopes.to(device=device, dtype=torch.float32)
@@ -185,6 +192,7 @@ def run_case(
     num_q_heads = case.num_kv_heads * case.queries_per_kv
     features = _feature_args(case.feature, num_q_heads, device, q_lens, seq_lens)
     mm_ranges = features.get("mm_prefix_ranges")
+    prefixes = features.get("rswa_prefix_lens")
     batch = make_batch(
         q_lens,
         seq_lens,
@@ -198,6 +206,7 @@ def run_case(
         layout=case.layout,
         sliding_window=features.get("sliding_window"),
         mm_prefix_ranges=mm_ranges.tolist() if mm_ranges is not None else None,
+        rswa_prefix_lens=prefixes.tolist() if prefixes is not None else None,
         padding_tokens=padding_tokens,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -516,6 +516,13 @@ def test_bad_inputs_get_clear_errors(batch, device):
         call(batch, sliding_window=0)
     with pytest.raises(ValueError, match=r"sinks.shape must be \(8,\)"):
         call(batch, sinks=torch.zeros(4, device=device))
+    prefixes = torch.zeros(2, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="sliding_window must be R-SWA's window W"):
+        call(batch, rswa_prefix_lens=prefixes)
+    with pytest.raises(ValueError, match="rswa_prefix_lens must be a 1-D int32 tensor of at least"):
+        call(batch, sliding_window=8, rswa_prefix_lens=prefixes.long())
+    with pytest.raises(NotImplementedError, match="causal must be True with rswa_prefix_lens"):
+        call(batch, sliding_window=8, rswa_prefix_lens=prefixes, causal=False)
     fp8 = batch.k_cache.to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
         call(batch, k_cache=fp8, v_cache=fp8)

@@ -124,11 +124,13 @@ class TritonAttentionMetadata:
     # layers after the first launch without re-checking and re-binding.
     launches: BatchLaunches | None = None
 
-    # Upstream fields kept for subclasses; this backend refuses R-SWA at
-    # selection time.
-    scheduler_metadata: torch.Tensor | None = None
+    # R-SWA: each request's prompt prefix stays visible beside a causal
+    # window of rswa_window keys (the builder's persistent copy), else None.
     rswa_prefix_lens: torch.Tensor | None = None
     rswa_window: int | None = None
+
+    # Upstream field kept for subclasses.
+    scheduler_metadata: torch.Tensor | None = None
 
     # Encoder self-attention reads K/V straight from the layer inputs, as a
     # "cache" of one-token blocks: block j of sequence b is token qsl[b] + j,
@@ -140,7 +142,7 @@ class TritonAttentionMetadata:
 class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMetadata]):
     # ALWAYS: see the module docstring for why every captured plan is right.
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
-    # Nothing in the metadata is restaged per drafting step.
+    # Nothing in the metadata is restaged per drafting step (R-SWA aside, see __init__).
     supports_draft_decode_metadata_update = True
 
     @classmethod
@@ -178,6 +180,17 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.dtype = model_config.dtype  # of the queries: the plan's tiles depend on its width
         self.arch = GpuArch.of_device(device)
         self.features, encoder = _layer_features(vllm_config, layer_names)
+        # R-SWA (model-wide): the runner sends each request's prompt length;
+        # build() stages it in a persistent buffer that graphs replay from.
+        self.rswa_window = model_config.rswa_window
+        self.rswa_prefix_lens = None
+        if self.rswa_window is not None:
+            self.features = self.features._replace(rswa=True)
+            self.rswa_prefix_lens = torch.zeros(
+                vllm_config.scheduler_config.max_num_seqs, dtype=torch.int32, device=device
+            )
+            # update_draft_decode_metadata() would not restage the prefixes
+            self.supports_draft_decode_metadata_update = False
         cache_dtype = vllm_config.cache_config.cache_dtype
         kv_dtype = (
             fp8_cache_dtype(cache_dtype)
@@ -301,6 +314,10 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(
             md, decode_threshold=self.max_decode_query_len
         )
+        prefix_lens = None
+        if self.rswa_prefix_lens is not None and md.rswa_prefix_lens is not None:
+            prefix_lens = self.rswa_prefix_lens[: md.num_reqs]
+            prefix_lens.copy_(md.rswa_prefix_lens[: md.num_reqs], non_blocking=True)
         plan = self.plan_for(
             md.num_actual_tokens,
             md.num_reqs,
@@ -328,6 +345,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             causal=md.causal,
             mm_prefix_range=md.mm_req_doc_ranges if mm_ranges is not None else None,
             mm_prefix_range_tensor=mm_ranges,
+            rswa_prefix_lens=prefix_lens,
+            rswa_window=self.rswa_window if prefix_lens is not None else None,
             launches=BatchLaunches(
                 query_start_loc=md.query_start_loc,
                 seq_lens=md.seq_lens,
@@ -337,6 +356,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
                 workspace=self.workspace,
                 causal=md.causal,
                 mm_prefix_ranges=mm_ranges,
+                rswa_prefix_lens=prefix_lens,
             ),
         )
 
@@ -394,6 +414,10 @@ class TritonAttentionBackend(AttentionBackend):
 
     @classmethod
     def supports_non_causal(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_rswa(cls) -> bool:
         return True
 
     @classmethod
@@ -643,6 +667,8 @@ class TritonAttentionImpl(AttentionImpl):
             # Gemma 4's sliding layers keep their window on the ranges too
             mm_prefix_clamp_sliding_window=getattr(layer, "mm_prefix_clamp_sliding_window", False),
         )
+        if decoder and md.rswa_prefix_lens is not None:  # R-SWA's window replaces the layer's
+            layer_args["sliding_window"] = md.rswa_window
         if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
             key_cache, value_cache, block_table, seq_lens = self._encoder_kv(key, value, md)
             max_seq_len = md.max_query_len
@@ -668,6 +694,7 @@ class TritonAttentionImpl(AttentionImpl):
             # per-request flags (a tensor) or one for the batch; encoders see everything
             causal=md.causal if decoder else False,
             mm_prefix_ranges=md.mm_prefix_range_tensor if decoder else None,
+            rswa_prefix_lens=md.rswa_prefix_lens if decoder else None,
             plan=md.plan,
             workspace=md.workspace,
             **layer_args,

@@ -49,6 +49,7 @@ class AttentionCall(NamedTuple):
     mm_prefix_clamp_sliding_window: bool = False
     alibi_sqrt: bool = False  # ALiBi's bias as -slope * sqrt(distance), on past keys
     chunk_lookback: int | None = None  # the window in chunks of W // (lookback + 1) keys
+    rswa_prefix_lens: torch.Tensor | None = None  # [num_seqs] int32: R-SWA's visible prefixes
 
     @property
     def kv_is_fp8(self) -> bool:
@@ -71,6 +72,7 @@ class AttentionCall(NamedTuple):
             per_seq_causal=isinstance(self.causal, torch.Tensor),
             mm_prefix=self.mm_prefix_ranges is not None,
             chunked_window=self.chunk_lookback is not None,
+            rswa=self.rswa_prefix_lens is not None,
         )
 
     def layout(self, strides=None) -> TensorLayout:
@@ -114,6 +116,25 @@ def check_scales(kv_dtype: torch.dtype, k_scale, v_scale, fn: str) -> None:
             fail(TypeError, fn, f"{name}.dtype", "torch.float32", value.dtype)
 
 
+def check_rswa(prefix_lens: torch.Tensor, num_seqs: int, call: AttentionCall, fn: str) -> None:
+    """R-SWA (a visible prompt prefix beside a causal sliding window) as vLLM
+    serves it: with none of the masks no model combines it with."""
+    if (
+        prefix_lens.dim() != 1
+        or prefix_lens.shape[0] < num_seqs
+        or prefix_lens.dtype != torch.int32
+    ):
+        got = f"{prefix_lens.dtype} of shape {tuple(prefix_lens.shape)}"
+        fail(ValueError, fn, "rswa_prefix_lens", f"a 1-D int32 tensor of at least {num_seqs}", got)
+    if call.sliding_window is None:
+        fail(ValueError, fn, "sliding_window", "R-SWA's window W with rswa_prefix_lens", None)
+    if call.causal is not True:
+        fail(NotImplementedError, fn, "causal", "True with rswa_prefix_lens", call.causal)
+    for name in ("mm_prefix_ranges", "chunk_lookback"):
+        if getattr(call, name) is not None:
+            fail(NotImplementedError, fn, name, "None with rswa_prefix_lens", "a value")
+
+
 def check_paged_attention_inputs(
     call: AttentionCall, max_query_len: int, plan: AttentionPlan | None, arch: GpuArch
 ) -> None:
@@ -121,7 +142,7 @@ def check_paged_attention_inputs(
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
      logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _, alibi_sqrt,
-     chunk_lookback) = call  # fmt: skip
+     chunk_lookback, rswa_prefix_lens) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -188,6 +209,7 @@ def check_paged_attention_inputs(
         ("block_table", block_table),
         *((("causal", causal),) if per_seq_causal else ()),
         *((("mm_prefix_ranges", mm_ranges),) if mm_ranges is not None else ()),
+        *((("rswa_prefix_lens", rswa_prefix_lens),) if rswa_prefix_lens is not None else ()),
     ):
         if tensor.device != device:
             fail(ValueError, fn, f"{name}.device", f"q.device ({device})", tensor.device)
@@ -201,6 +223,8 @@ def check_paged_attention_inputs(
         if mm_ranges is not None:
             expected = "None with chunk_lookback (no model combines them)"
             fail(NotImplementedError, fn, "mm_prefix_ranges", expected, "a tensor")
+    if rswa_prefix_lens is not None:
+        check_rswa(rswa_prefix_lens, num_seqs, call, fn)
     if logits_soft_cap is not None and logits_soft_cap <= 0:
         fail(ValueError, fn, "logits_soft_cap", "None or positive", logits_soft_cap)
     for name, tensor in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):

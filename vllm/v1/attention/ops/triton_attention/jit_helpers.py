@@ -392,7 +392,8 @@ def attend_key_tiles(
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
-    Only keys in ``[kv_lo, kv_hi)`` are read. With ``MASKED`` off the caller
+    Only keys in ``[kv_lo, kv_hi)`` are read and, with ``MASKED``, seen (a
+    range may start or end inside a tile). With ``MASKED`` off the caller
     guarantees that every row sees every key of these tiles.
 
     ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration
@@ -464,7 +465,8 @@ def attend_key_tiles(
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
                 CHUNK_LOOKBACK=CHUNK_LOOKBACK,
             )
-            s = tl.where(visible, s, float("-inf"))
+            # keys outside [kv_lo, kv_hi) were not read: another range holds them
+            s = tl.where(visible & load_mask[None, :], s, float("-inf"))
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION=DOT_PRECISION)
         if PREFETCH_BLOCKS:
             block = next_block

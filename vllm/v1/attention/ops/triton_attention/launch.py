@@ -209,6 +209,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
     args = _paged_tensor_args(call, strides)
     args.update(
         _mask_args(call),
+        rswa_prefix_lens_ptr=call.rswa_prefix_lens,  # R-SWA: the portable kernels only
         alibi_slopes_ptr=call.alibi_slopes,
         sinks_ptr=call.sinks,
         k_scale_ptr=call.k_scale if kv_is_fp8 else None,
@@ -229,6 +230,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         HAS_SOFTCAP=call.logits_soft_cap is not None,
         ALIBI=None if call.alibi_slopes is None else "sqrt" if call.alibi_sqrt else "linear",
         HAS_SINKS=call.sinks is not None,
+        HAS_RSWA=call.rswa_prefix_lens is not None,
         KV_IS_FP8=kv_is_fp8,
         DOT_PRECISION=_dot_precision(call.q.dtype),
     )
@@ -442,6 +444,7 @@ def paged_attention(
     mm_prefix_clamp_sliding_window: bool = False,
     alibi_sqrt: bool = False,
     chunk_lookback: int | None = None,
+    rswa_prefix_lens: torch.Tensor | None = None,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -475,6 +478,7 @@ def paged_attention(
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
         alibi_sqrt=alibi_sqrt,
         chunk_lookback=chunk_lookback,
+        rswa_prefix_lens=rswa_prefix_lens,
     )
     for launch in _checked_launches(call, max_query_len, plan, workspace, arch):
         launch.run()
@@ -578,7 +582,7 @@ def _tensors_key(tensors: tuple, key: list) -> tuple[tuple, list]:
 
 class BatchLaunches:
     """:func:`paged_attention` for every layer of one batch, the batch's side
-    (lengths, block table, plan, workspace, causal flags, multimodal ranges)
+    (lengths, block table, plan, workspace, causal flags, multimodal ranges, R-SWA prefixes)
     bound once; vLLM's metadata builder makes one per batch.
 
     The first call of each layer configuration (its tensors' ``_tensors_key``
@@ -602,6 +606,7 @@ class BatchLaunches:
         workspace: SplitKVWorkspace | None = None,
         causal: bool | torch.Tensor = True,
         mm_prefix_ranges: torch.Tensor | None = None,
+        rswa_prefix_lens: torch.Tensor | None = None,
     ):
         self._batch = dict(
             query_start_loc=query_start_loc,
@@ -609,6 +614,7 @@ class BatchLaunches:
             block_table=block_table,
             causal=causal,
             mm_prefix_ranges=mm_prefix_ranges,
+            rswa_prefix_lens=rswa_prefix_lens,
         )
         self._max_query_len = max_query_len
         self._plan = plan
@@ -718,7 +724,7 @@ def _mixed_batch_launches(
     """
     decodes, decode_tokens = plan.num_decodes, plan.num_decode_tokens
     per_seq_causal = isinstance(call.causal, torch.Tensor)
-    mm_ranges = call.mm_prefix_ranges
+    mm_ranges, prefix_lens = call.mm_prefix_ranges, call.rswa_prefix_lens
     decode = call._replace(
         q=call.q[:decode_tokens],
         out=call.out[:decode_tokens],
@@ -727,6 +733,7 @@ def _mixed_batch_launches(
         block_table=call.block_table[:decodes],
         causal=call.causal[:decodes] if per_seq_causal else call.causal,
         mm_prefix_ranges=mm_ranges[:decodes] if mm_ranges is not None else None,
+        rswa_prefix_lens=prefix_lens[:decodes] if prefix_lens is not None else None,
     )
     # Full q and out: the long queries' offsets in query_start_loc are absolute.
     prefill = call._replace(
@@ -735,6 +742,7 @@ def _mixed_batch_launches(
         block_table=call.block_table[decodes:],
         causal=call.causal[decodes:] if per_seq_causal else call.causal,
         mm_prefix_ranges=mm_ranges[decodes:] if mm_ranges is not None else None,
+        rswa_prefix_lens=prefix_lens[decodes:] if prefix_lens is not None else None,
     )
     check_paged_attention_inputs(decode, plan.max_decode_query_len, plan.decode, plan.arch)
     check_paged_attention_inputs(prefill, max_query_len, plan.prefill, plan.arch)

@@ -44,6 +44,7 @@ def long_query_attention_kernel(
     v_scale_ptr,
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
+    rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -79,6 +80,7 @@ def long_query_attention_kernel(
     HAS_MM_PREFIX: tl.constexpr,
     MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    HAS_RSWA: tl.constexpr,  # keys below the prompt prefix visible beside the window
     CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
@@ -146,11 +148,57 @@ def long_query_attention_kernel(
             CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
         )
         kv_lo, kv_hi = widen_key_range(kv_lo, kv_hi, mm_lo, mm_hi, row_valid)
+    block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
+    if HAS_RSWA:  # the prompt prefix, causal only; then the window past it
+        prefix_len = tl.load(rswa_prefix_lens_ptr + seq)
+        prefix_hi = tl.minimum(prefix_len, kv_hi)
+        for masked in tl.static_range(2):  # tiles every row sees in full, then the rest
+            prefix_full = tl.minimum(prefix_len, full_hi) // TILE_N * TILE_N
+            acc, m_i, l_i = attend_key_tiles(
+                acc,
+                m_i,
+                l_i,
+                q,
+                tile_begin=prefix_full if masked else 0,
+                tile_end=prefix_hi if masked else prefix_full,
+                kv_lo=0,
+                kv_hi=prefix_hi,
+                query_pos=query_pos,
+                seq_len=seq_len,
+                sliding_window=sliding_window,
+                qk_scale=qk_scale,
+                soft_cap=soft_cap,
+                alibi_slope=alibi_slope,
+                k_cache_ptr=k_cache_ptr,
+                v_cache_ptr=v_cache_ptr,
+                block_table_row_ptr=block_table_row_ptr,
+                kv_head=kv_head,
+                dim=dim,
+                dim_mask=dim_mask,
+                stride_k_block=stride_k_block,
+                stride_k_slot=stride_k_slot,
+                stride_k_head=stride_k_head,
+                stride_v_block=stride_v_block,
+                stride_v_slot=stride_v_slot,
+                stride_v_head=stride_v_head,
+                STRIDE_K_DIM=STRIDE_K_DIM,
+                STRIDE_V_DIM=STRIDE_V_DIM,
+                BLOCK_SIZE=BLOCK_SIZE,
+                TILE_N=TILE_N,
+                IS_CAUSAL=IS_CAUSAL,
+                HAS_SLIDING_WINDOW=False,
+                HAS_SOFTCAP=HAS_SOFTCAP,
+                ALIBI=ALIBI,
+                DOT_PRECISION=DOT_PRECISION,
+                PREFETCH_BLOCKS=False,
+                MASKED=masked == 1,
+            )
+        kv_lo = tl.maximum(kv_lo, prefix_hi)
+        full_lo = tl.maximum(full_lo, kv_lo)
     full_lo = tl.cdiv(full_lo, TILE_N) * TILE_N
     full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
     tile_lo = kv_lo // TILE_N * TILE_N
 
-    block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
     if HAS_SLIDING_WINDOW:  # left edge of the window: masked
         acc, m_i, l_i = attend_key_tiles(
             acc,

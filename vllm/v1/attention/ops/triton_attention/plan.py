@@ -137,6 +137,7 @@ class AttentionFeatures(NamedTuple):  # made per call by the checks: cheaper tha
     per_seq_causal: bool = False  # a causal flag per sequence (a tensor), not per call
     mm_prefix: bool = False  # multimodal bidirectional ranges per sequence
     chunked_window: bool = False  # the window in whole chunks (chunk_lookback)
+    rswa: bool = False  # R-SWA: each sequence's prompt prefix visible beside the window
 
 
 NO_FEATURES = AttentionFeatures()
@@ -214,14 +215,14 @@ def pipelined_kernel_covers(
     """Whether a Gluon kernel computes calls of these facts: 2-byte queries
     and cache of one dtype, a power-of-two head size, the 16-byte copies of
     :class:`TensorLayout`, and none of the features it lacks (ALiBi, sinks and
-    chunked windows for both; sliding window, softcap, per-sequence causal
+    chunked windows and R-SWA for both; sliding window, softcap, per-sequence causal
     flags and multimodal ranges for the decode one). The long-query kernel
     also needs a power-of-two block size and K and V of one stride."""
     if dtype.itemsize != 2 or layout.kv_dtype not in (None, dtype):
         return False
     if head_size != head_pad_of(head_size) or not layout.vector_copies:
         return False
-    if features.alibi or features.sinks or features.chunked_window:
+    if features.alibi or features.sinks or features.chunked_window or features.rswa:
         return False
     if kernel == SPLIT_KV_DECODE_PIPELINED:
         masks = (features.sliding_window, features.softcap, features.per_seq_causal)

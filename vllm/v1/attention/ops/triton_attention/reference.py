@@ -19,6 +19,7 @@ def _visible_keys(
     mm_ranges: list[list[int]],
     mm_clamp_sliding_window: bool,
     chunk_lookback: int | None,
+    rswa_prefix_len: int | None,
 ) -> torch.Tensor:
     """Boolean [q_len, seq_len]: may the query at ``query_pos[i]`` see key ``j``?"""
     key_pos = torch.arange(seq_len, device=query_pos.device)
@@ -33,6 +34,8 @@ def _visible_keys(
         visible &= offset > -sliding_window  # keys p-W+1 .. p
         if not causal:  # non-causal (encoder layers, some drafters): a symmetric window
             visible &= offset < sliding_window
+    if rswa_prefix_len is not None:  # R-SWA: the prompt prefix stays visible (causally)
+        visible |= (key_pos[None, :] < rswa_prefix_len) & (offset <= 0)
     # Multimodal prefix ranges: (causal AND window) OR (query and key in one range).
     for start, end in mm_ranges:
         if start >= end:  # padding
@@ -69,6 +72,7 @@ def reference_paged_attention(
     mm_prefix_clamp_sliding_window: bool = False,
     alibi_sqrt: bool = False,
     chunk_lookback: int | None = None,
+    rswa_prefix_lens: torch.Tensor | None = None,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
@@ -88,6 +92,7 @@ def reference_paged_attention(
     starts = query_start_loc.tolist()
     per_seq_causal = causal.tolist() if isinstance(causal, torch.Tensor) else None
     mm_ranges = mm_prefix_ranges.tolist() if mm_prefix_ranges is not None else None
+    prefix_lens = rswa_prefix_lens.tolist() if rswa_prefix_lens is not None else None
     for seq, seq_len in enumerate(seq_lens.tolist()):
         q_start, q_end = starts[seq], starts[seq + 1]
         q_len = q_end - q_start
@@ -122,6 +127,7 @@ def reference_paged_attention(
             mm_ranges[seq] if mm_ranges is not None else [],
             mm_prefix_clamp_sliding_window,
             chunk_lookback,
+            prefix_lens[seq] if prefix_lens is not None else None,
         )
         scores = scores.masked_fill(~visible, float("-inf"))
         # Keys no query sees (outside every window) may be stale or NaN: drop them.

@@ -57,6 +57,7 @@ def split_kv_decode_kernel(
     v_scale_ptr,
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
+    rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
     # strides
     stride_q_token,
     stride_q_head,
@@ -96,6 +97,7 @@ def split_kv_decode_kernel(
     HAS_MM_PREFIX: tl.constexpr,
     MM_CLAMP_TO_WINDOW: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    HAS_RSWA: tl.constexpr,  # keys below the prompt prefix visible beside the window
     CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
@@ -163,6 +165,13 @@ def split_kv_decode_kernel(
             CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
         )
         kv_lo, _ = widen_key_range(kv_lo, seq_len, mm_lo, mm_hi, row_valid)
+    # R-SWA: the prompt prefix [0, prefix_hi), then the window from kv_lo on;
+    # the splits cut the two as one range of num_keys keys (_decode_split).
+    prefix_hi = 0
+    if HAS_RSWA:
+        prefix_hi = tl.minimum(tl.load(rswa_prefix_lens_ptr + seq), seq_len)
+        kv_lo = tl.maximum(kv_lo, prefix_hi)
+    num_keys = prefix_hi + seq_len - kv_lo
     # One split per program: num_splits = NUM_KV_SPLITS, the grid's third
     # dimension, and a loop of one trip (a constant, so it compiles away).
     # Batch-invariant (MIN_SPLIT_KEYS): the sequence's own length sets its
@@ -173,7 +182,7 @@ def split_kv_decode_kernel(
     programs = NUM_KV_SPLITS
     trips = 1
     if MIN_SPLIT_KEYS > 0:
-        num_splits = split_count(seq_len - kv_lo, MIN_SPLIT_KEYS, NUM_KV_SPLITS)
+        num_splits = split_count(num_keys, MIN_SPLIT_KEYS, NUM_KV_SPLITS)
         programs = tl.num_programs(2)
         trips = tl.cdiv(num_splits - split, programs)
         if (split == 0) and not FOLD_SPLITS:
@@ -206,6 +215,8 @@ def split_kv_decode_kernel(
             q_start=q_start,
             seq_len=seq_len,
             kv_lo=kv_lo,
+            prefix_hi=prefix_hi,
+            num_keys=num_keys,
             kv_head=kv_head,
             seq_causal=seq_causal,
             mm_lo=mm_lo,
@@ -244,6 +255,7 @@ def split_kv_decode_kernel(
             NUM_KV_SPLITS=NUM_KV_SPLITS,
             IS_CAUSAL=IS_CAUSAL,
             HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
+            HAS_RSWA=HAS_RSWA,
             CHUNK_LOOKBACK=CHUNK_LOOKBACK,
             HAS_SOFTCAP=HAS_SOFTCAP,
             ALIBI=ALIBI,
@@ -298,6 +310,8 @@ def _decode_split(
     q_start,
     seq_len,
     kv_lo,
+    prefix_hi,
+    num_keys,
     kv_head,
     seq_causal,
     mm_lo,
@@ -338,6 +352,7 @@ def _decode_split(
     NUM_KV_SPLITS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     HAS_SLIDING_WINDOW: tl.constexpr,
+    HAS_RSWA: tl.constexpr,
     CHUNK_LOOKBACK: tl.constexpr,  # -1, or a chunked window (sliding_window = chunk size)
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
@@ -349,8 +364,11 @@ def _decode_split(
 ):
     """Split ``split`` of ``num_splits`` of one (sequence, KV head): its key
     range, the online softmax over it, and its result (``store_split_result``)
-    unless the caller folds the returned ``(acc, m_i, l_i)`` itself."""
-    split_lo, split_hi = split_key_range(seq_len, kv_lo, split, num_splits, TILE_N)
+    unless the caller folds the returned ``(acc, m_i, l_i)`` itself.
+
+    The split's share of the ``num_keys`` keys: the prompt prefix ``[0,
+    prefix_hi)`` (R-SWA; empty otherwise), then the keys from ``kv_lo`` on."""
+    split_lo, split_hi = split_key_range(num_keys, 0, split, num_splits, TILE_N)
 
     # The sink joins the softmax once per row, through the first split. (A
     # where, not `&` with the scalar: Triton 3.9's interpreter rejects that mask.)
@@ -363,6 +381,50 @@ def _decode_split(
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
 
     block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
+    if HAS_RSWA:  # the prefix keys of the split, causal only
+        prefix_end = tl.minimum(split_hi, prefix_hi)
+        acc, m_i, l_i = attend_key_tiles(
+            acc,
+            m_i,
+            l_i,
+            q,
+            tile_begin=split_lo,
+            tile_end=prefix_end,
+            kv_lo=split_lo,
+            kv_hi=prefix_end,
+            query_pos=query_pos,
+            seq_len=seq_len,
+            sliding_window=sliding_window,
+            qk_scale=qk_scale,
+            soft_cap=soft_cap,
+            alibi_slope=alibi_slope,
+            k_cache_ptr=k_cache_ptr,
+            v_cache_ptr=v_cache_ptr,
+            block_table_row_ptr=block_table_row_ptr,
+            kv_head=kv_head,
+            dim=dim,
+            dim_mask=dim_mask,
+            stride_k_block=stride_k_block,
+            stride_k_slot=stride_k_slot,
+            stride_k_head=stride_k_head,
+            stride_v_block=stride_v_block,
+            stride_v_slot=stride_v_slot,
+            stride_v_head=stride_v_head,
+            STRIDE_K_DIM=STRIDE_K_DIM,
+            STRIDE_V_DIM=STRIDE_V_DIM,
+            BLOCK_SIZE=BLOCK_SIZE,
+            TILE_N=TILE_N,
+            MASKED=True,
+            IS_CAUSAL=IS_CAUSAL,
+            HAS_SLIDING_WINDOW=False,
+            HAS_SOFTCAP=HAS_SOFTCAP,
+            ALIBI=ALIBI,
+            DOT_PRECISION=DOT_PRECISION,
+            PREFETCH_BLOCKS=PREFETCH_BLOCKS,
+        )
+    # the window's keys of the split
+    split_lo = tl.maximum(split_lo, prefix_hi) - prefix_hi + kv_lo
+    split_hi = split_hi - prefix_hi + kv_lo
     acc, m_i, l_i = attend_key_tiles(
         acc,
         m_i,
