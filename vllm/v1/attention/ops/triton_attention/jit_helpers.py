@@ -389,12 +389,14 @@ def attend_key_tiles(
     mm_lo=None,
     mm_hi=None,
     CHUNK_LOOKBACK: tl.constexpr = -1,
+    CLIP_TO_RANGE: tl.constexpr = False,
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
-    Only keys in ``[kv_lo, kv_hi)`` are read and, with ``MASKED``, seen (a
-    range may start or end inside a tile). With ``MASKED`` off the caller
-    guarantees that every row sees every key of these tiles.
+    Only keys in ``[kv_lo, kv_hi)`` are read; with ``CLIP_TO_RANGE`` (and
+    ``MASKED``) only they are seen, for ranges that start or end inside a tile
+    beside another range (R-SWA's prefix and window). With ``MASKED`` off the
+    caller guarantees that every row sees every key of these tiles.
 
     ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration
     early. Triton 3.6's pipeliner issues tile i+1's K/V copies at the end of
@@ -465,8 +467,9 @@ def attend_key_tiles(
                 HAS_SLIDING_WINDOW=HAS_SLIDING_WINDOW,
                 CHUNK_LOOKBACK=CHUNK_LOOKBACK,
             )
-            # keys outside [kv_lo, kv_hi) were not read: another range holds them
-            s = tl.where(visible & load_mask[None, :], s, float("-inf"))
+            if CLIP_TO_RANGE:  # keys outside [kv_lo, kv_hi) belong to another range
+                visible &= load_mask[None, :]
+            s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION=DOT_PRECISION)
         if PREFETCH_BLOCKS:
             block = next_block

@@ -192,6 +192,7 @@ def long_query_attention_kernel(
                 DOT_PRECISION=DOT_PRECISION,
                 PREFETCH_BLOCKS=False,
                 MASKED=masked == 1,
+                CLIP_TO_RANGE=True,
             )
         kv_lo = tl.maximum(kv_lo, prefix_hi)
         full_lo = tl.maximum(full_lo, kv_lo)
@@ -242,6 +243,7 @@ def long_query_attention_kernel(
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=False,
             MASKED=True,
+            CLIP_TO_RANGE=HAS_RSWA,
         )
     # the bulk: no masks
     acc, m_i, l_i = attend_key_tiles(
@@ -330,6 +332,7 @@ def long_query_attention_kernel(
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=False,
         MASKED=True,
+        CLIP_TO_RANGE=HAS_RSWA,
     )
 
     v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)

@@ -421,6 +421,7 @@ def _decode_split(
             ALIBI=ALIBI,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
+            CLIP_TO_RANGE=True,
         )
     # the window's keys of the split
     split_lo = tl.maximum(split_lo, prefix_hi) - prefix_hi + kv_lo
@@ -467,6 +468,7 @@ def _decode_split(
         ALIBI=ALIBI,
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=PREFETCH_BLOCKS,
+        CLIP_TO_RANGE=HAS_RSWA,
     )
     if STORE_RESULT:
         store_split_result(
