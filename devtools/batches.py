@@ -15,7 +15,7 @@ from vllm.v1.attention.ops.triton_attention import (
     TensorLayout,
     plan_batch,
 )
-from vllm.v1.attention.ops.triton_attention.arch import FP8_DTYPES
+from vllm.v1.attention.ops.triton_attention.arch import FP8_DTYPES, FP8_MAX
 from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
 
 # Tolerances per activation dtype, against a float64 reference on the same
@@ -124,6 +124,7 @@ def make_batch(
     dtype: torch.dtype,
     device,
     kv_dtype: torch.dtype | None = None,
+    token_head_scales: bool = False,
     layout: str = "separate",
     sliding_window: int | None = None,
     mm_prefix_ranges: list[list[tuple[int, int]]] | None = None,
@@ -157,7 +158,18 @@ def make_batch(
         num_blocks, block_size, num_kv_heads, head_size, kv_dtype, device, layout
     )
     k_scale = v_scale = None
-    if kv_dtype in FP8_DTYPES:
+    if kv_dtype == torch.int8 or token_head_scales:
+        # a scale per slot and KV head, as vLLM's *_per_token_head caches hold
+        k_scale, v_scale = (
+            torch.rand(num_blocks, block_size, num_kv_heads, generator=gen).to(device) * 0.05 + 0.01
+            for _ in range(2)
+        )
+        quant_max = 127 if kv_dtype == torch.int8 else FP8_MAX[kv_dtype]
+        for cache in (k_cache, v_cache):
+            values = randn(num_blocks, block_size, num_kv_heads, head_size) * quant_max / 3
+            values = values.clamp(-quant_max, quant_max)
+            cache.copy_((values.round() if kv_dtype == torch.int8 else values).to(kv_dtype))
+    elif kv_dtype in FP8_DTYPES:
         k_scale = torch.tensor(0.05, device=device)
         v_scale = torch.tensor(0.04, device=device)
         # Values spread over the fp8 range after scaling.
@@ -168,6 +180,15 @@ def make_batch(
     else:
         _fill(k_cache, randn(num_blocks, block_size, num_kv_heads, head_size))
         _fill(v_cache, randn(num_blocks, block_size, num_kv_heads, head_size))
+
+    def poison(block, slots=slice(None)):
+        """NaN in these slots: in the values, and in their per-token-head scales
+        (an int8 value cannot be NaN)."""
+        for cache, scale in ((k_cache, k_scale), (v_cache, v_scale)):
+            if cache.dtype != torch.int8:
+                cache[block, slots] = float("nan")
+            if scale is not None and scale.dim() == 3:
+                scale[block, slots] = float("nan")
 
     # Shuffled block table; entries past a sequence's blocks point nowhere valid.
     order = torch.randperm(num_blocks, generator=gen).tolist()
@@ -187,8 +208,7 @@ def make_batch(
         # Poison the slots at and past seq_len in its last block.
         seq_len, q_len = seq_lens[seq], q_lens[seq]
         if count and seq_len % block_size:
-            k_cache[ids[-1], seq_len % block_size :] = float("nan")
-            v_cache[ids[-1], seq_len % block_size :] = float("nan")
+            poison(ids[-1], slice(seq_len % block_size, None))
         # Blocks that no query of this sequence can see through its window
         # (poisoned below, unless another sequence shares them).
         if sliding_window is not None and q_len:
@@ -198,18 +218,15 @@ def make_batch(
                     first_visible = min(first_visible, start)
             if rswa_prefix_lens is not None:  # the gap's slots, one by one
                 for key in range(rswa_prefix_lens[seq], first_visible):
-                    k_cache[ids[key // block_size], key % block_size] = float("nan")
-                    v_cache[ids[key // block_size], key % block_size] = float("nan")
+                    poison(ids[key // block_size], key % block_size)
             else:
                 out_of_window.update((seq, ids[i]) for i in range(first_visible // block_size))
     for seq, block in out_of_window:
         others = torch.cat([block_table[:seq], block_table[seq + 1 :]])
         if block not in others.flatten().tolist():
-            k_cache[block] = float("nan")
-            v_cache[block] = float("nan")
+            poison(block)
     for block in set(range(num_blocks)) - used:
-        k_cache[block] = float("nan")
-        v_cache[block] = float("nan")
+        poison(block)
 
     num_actual_tokens = sum(q_lens)
     q = randn(num_actual_tokens + padding_tokens, num_q_heads, head_size).to(dtype)

@@ -253,7 +253,8 @@ def run_upstream(
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
     128 // num_kv_heads sequences); ``batch_invariant``: as under
     VLLM_BATCH_INVARIANT=1 (which its module reads at import); ``k_scale`` and
-    ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode);
+    ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode), or
+    per token and KV head (its INT8/FP8_PER_TOKEN_HEAD modes);
     ``rswa_prefix_lens`` with ``sliding_window``: R-SWA (its window then
     replaces the layer's, which is off)."""
     hq, hkv, d = model
@@ -263,7 +264,15 @@ def run_upstream(
     segm_max = torch.empty(rows, hq, 16, device=q.device)
     segm_sum = torch.empty(rows, hq, 16, device=q.device)
     module = upstream_module()
-    fp8 = module.KVQuantMode.FP8_PER_TENSOR if k_scale is not None else module.KVQuantMode.NONE
+    modes = module.KVQuantMode
+    quant = modes.FP8_PER_TENSOR if k_scale is not None else modes.NONE
+    scale_caches = {}
+    if k_scale is not None and k_scale.dim() == 3:  # a scale per token and KV head
+        quant = modes.INT8_PER_TOKEN_HEAD
+        if k_cache.dtype != torch.int8:
+            quant = modes.FP8_PER_TOKEN_HEAD
+        scale_caches = dict(k_scale_cache=k_scale, v_scale_cache=v_scale)
+        k_scale = v_scale = None
 
     def run():
         module.is_batch_invariant = batch_invariant
@@ -293,7 +302,8 @@ def run_upstream(
             mm_prefix_range=mm_prefix_ranges,
             use_alibi_sqrt=alibi_sqrt,
             chunk_lookback=-1 if chunk_lookback is None else chunk_lookback,
-            kv_quant_mode=fp8,
+            kv_quant_mode=quant,
+            **scale_caches,
             rswa_prefix_lens=rswa_prefix_lens,
             rswa_window=sliding_window if rswa_prefix_lens is not None else None,
         )
@@ -716,18 +726,26 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
 
 
 def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
-    """Decodes on fp8 caches (per-tensor scales, e4m3 and e5m2 where this GPU reads
-    them) against the same cell on the 16-bit cache: half the bytes."""
+    """Decodes on quantised caches against the same cell on the 16-bit cache:
+    fp8 with per-tensor scales (e4m3 and e5m2 where this GPU reads them), and
+    vLLM's per-token-head pages (int8, and e4m3 where readable: values then a
+    float32 scale per token and KV head); half the bytes, plus the scales."""
     hq, hkv, d = model
     arch = GpuArch.of_device("cuda")
-    kv_dtypes = [t for t in (torch.float8_e4m3fn, torch.float8_e5m2) if arch.supports_kv_dtype(t)]
+    fp8 = [t for t in (torch.float8_e4m3fn, torch.float8_e5m2) if arch.supports_kv_dtype(t)]
+    token_head = [torch.int8] + fp8[:1]
+    variants = [(dtype, False)] + [(t, False) for t in fp8] + [(t, True) for t in token_head]
     for batch_size, context in FP8_DECODES:
         cell = ([1] * batch_size, [context] * batch_size)
         inputs = ragged_inputs(model, *cell, dtype)
         plain_us = None
-        for kv_dtype in (dtype, *kv_dtypes):
+        for kv_dtype, per_token_head in variants:
             call_args, cell_inputs = {}, inputs
-            if kv_dtype != dtype:  # N(0, 1) values: well inside both formats at scale 1
+            if per_token_head:
+                k_cache, v_cache, k_scale, v_scale = token_head_page(*inputs[1:3], kv_dtype)
+                call_args = dict(k_scale=k_scale, v_scale=v_scale)
+                cell_inputs = (inputs[0], k_cache, v_cache, *inputs[3:])
+            elif kv_dtype != dtype:  # N(0, 1) values: well inside both formats at scale 1
                 scale = torch.ones(1, device=inputs[0].device)
                 call_args = dict(k_scale=scale, v_scale=scale)
                 cell_inputs = (
@@ -738,6 +756,7 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
                 )
             layout = TensorLayout.of_packed_kv_cache(d, kv_dtype, block_size=16)
             plan = backend_plan(model, cell[0], layout=layout)
+            scale_bytes = 2 * batch_size * context * hkv * 4 if per_token_head else 0
             us = _decode_variant(
                 model,
                 name,
@@ -747,10 +766,10 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
                 plan,
                 emit,
                 copy,
-                kv_bytes=2 * batch_size * context * hkv * d * kv_dtype.itemsize,
+                kv_bytes=2 * batch_size * context * hkv * d * kv_dtype.itemsize + scale_bytes,
                 plain_us=plain_us,
                 upstream=upstream,
-                feature=f"kv_{str(kv_dtype)[6:]}",
+                feature=f"kv_{str(kv_dtype)[6:]}" + ("_per_token_head" if per_token_head else ""),
                 ours_args=call_args,
                 upstream_args=call_args,
             )
@@ -758,6 +777,28 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
             del cell_inputs
         del inputs
         torch.cuda.empty_cache()
+
+
+def token_head_page(k_cache, v_cache, kv_dtype):
+    """K and V of ``k_cache``/``v_cache`` ([blocks, block_size, heads, d]) in a
+    per-token-head page as vLLM lays it out, ``[K | K scale | V | V scale]`` per
+    (slot, head), with their scale views: int8 at scale 1/32, fp8 at scale 1."""
+    blocks, block_size, heads, d = k_cache.shape
+    page = torch.empty(blocks, block_size, heads, 2 * d + 8, dtype=kv_dtype, device=k_cache.device)
+    half = d + 4
+    scale = 1 / 32 if kv_dtype == torch.int8 else 1.0
+    views = []
+    for start, values in ((0, k_cache), (half, v_cache)):
+        quantised = values.float() / scale
+        if kv_dtype == torch.int8:
+            quantised = quantised.round().clamp(-128, 127)
+        page[..., start : start + d] = quantised.to(kv_dtype)
+        views.append(page[..., start : start + d])
+    scales = page.view(torch.int8).view(torch.float32)
+    k_scale, v_scale = scales[..., d // 4], scales[..., (half + d) // 4]
+    k_scale.fill_(scale)
+    v_scale.fill_(scale)
+    return *views, k_scale, v_scale
 
 
 def _decode_variant(

@@ -116,7 +116,14 @@ def variants(subset: str) -> list[Variant]:
         Variant(phase, head, 4, kv_dtype=kv)
         for phase in PHASES
         for head in (64, 128, 512)
-        for kv in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2")
+        for kv in (
+            "float8_e4m3fn",
+            "float8_e4m3fnuz",
+            "float8_e5m2",
+            # vLLM's *_per_token_head pages: values, then a float32 scale per token and head
+            "int8_per_token_head",
+            "float8_e4m3fn_per_token_head",
+        )
     ]
     return out
 
@@ -131,27 +138,31 @@ def _launches(variant: Variant, target: str):
 
     backend, arch_name, _, units, _ = TARGETS[target]
     arch = GpuArch(backend, arch_name if backend == "hip" else f"sm_{arch_name}", units)
-    dtype, kv_dtype = (
-        getattr(torch, variant.dtype),
-        getattr(torch, variant.kv_dtype or variant.dtype),
-    )
+    kv_name, per_token_head, _ = (variant.kv_dtype or variant.dtype).partition("_per_token_head")
+    dtype, kv_dtype = getattr(torch, variant.dtype), getattr(torch, kv_name)
     if not arch.supports_kv_dtype(kv_dtype):
         return None
     q_len, num_seqs, num_kv_heads = PHASES[variant.phase], NUM_SEQS.get(variant.phase, 2), 2
     num_q_heads = num_kv_heads * variant.queries_per_kv
     q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
-    packed = torch.empty(8, 16, num_kv_heads, 2 * variant.head_size, dtype=kv_dtype)
+    d = variant.head_size
+    cell = 2 * d + (8 if per_token_head else 0)  # [K | V], or [K | K scale | V | V scale]
+    packed = torch.empty(8, 16, num_kv_heads, cell, dtype=kv_dtype)
+    k_cache, v_cache = packed[..., :d], packed[..., cell // 2 : cell // 2 + d]
 
     def on(switch):
         return variant.features in (switch, "all")
 
     scale = torch.tensor(1.0)
-    fp8 = variant.kv_dtype is not None
+    k_scale = v_scale = scale if variant.kv_dtype is not None else None
+    if per_token_head:
+        scales = packed.view(torch.int8).view(torch.float32)
+        k_scale, v_scale = scales[..., d // 4], scales[..., (cell // 2 + d) // 4]
     rswa = variant.features == "rswa"
     call = AttentionCall(
         q=q,
-        k_cache=packed[..., : variant.head_size],
-        v_cache=packed[..., variant.head_size :],
+        k_cache=k_cache,
+        v_cache=v_cache,
         out=torch.empty_like(q),
         query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32) * q_len,
         seq_lens=torch.full((num_seqs,), q_len, dtype=torch.int32),
@@ -166,8 +177,8 @@ def _launches(variant: Variant, target: str):
         alibi_slopes=torch.empty(num_q_heads) if on("alibi") or on("alibi_sqrt") else None,
         alibi_sqrt=on("alibi_sqrt"),
         sinks=torch.empty(num_q_heads) if on("sinks") else None,
-        k_scale=scale if fp8 else None,
-        v_scale=scale if fp8 else None,
+        k_scale=k_scale,
+        v_scale=v_scale,
         mm_prefix_ranges=torch.zeros(num_seqs, 2, 2, dtype=torch.int32)
         if on("mm_prefix")
         else None,

@@ -31,6 +31,8 @@ from vllm.config import (  # noqa: E402
     VllmConfig,
 )
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase  # noqa: E402
+from vllm.platforms import current_platform  # noqa: E402
+from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE  # noqa: E402
 from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata  # noqa: E402
 from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
     TritonAttentionBackend,
@@ -44,7 +46,7 @@ from vllm.v1.attention.ops.triton_attention import (  # noqa: E402
     TensorLayout,
     reference_paged_attention,
 )
-from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec, get_kv_quant_mode  # noqa: E402
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 8, 2, 32, 16
 OUR_CLASS = "vllm.v1.attention.backends.triton_attn.TritonAttentionBackend"
@@ -107,6 +109,7 @@ def run_step(
     mm_clamp=False,
     fp8_dtype=None,
     rswa_prefix_lens=None,
+    token_head_dtype=None,
 ):
     """One model step the way vLLM drives a layer: metadata, cache write, forward.
     ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor).
@@ -114,7 +117,9 @@ def run_step(
     ranges); ``mm_clamp``: the layer's ``mm_prefix_clamp_sliding_window``;
     ``fp8_dtype``: what an fp8 cache's bytes hold (the layer's scales 0.05);
     ``rswa_prefix_lens``: each request's prompt length, as vLLM's runner sends
-    it for R-SWA (the slots between it and the window are then poisoned)."""
+    it for R-SWA (the slots between it and the window are then poisoned);
+    ``token_head_dtype``: the values' type in a per-token-head page, whose
+    ``[K | K scale | V | V scale]`` bytes the reference reads on its own."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -178,9 +183,19 @@ def run_step(
     output = torch.full_like(query, float("nan"))
     impl.forward(layer, query, key, value, kv_cache, metadata, output)
 
-    k_view, v_view = kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
-    if fp8_dtype is not None:  # the reference reads the bytes the write stored
-        k_view, v_view = k_view.view(fp8_dtype), v_view.view(fp8_dtype)
+    cells = kv_cache.transpose(1, 2)
+    if token_head_dtype is None:
+        k_view, v_view = cells.split(HEAD_SIZE, dim=-1)
+        if fp8_dtype is not None:  # the reference reads the bytes the write stored
+            k_view, v_view = k_view.view(fp8_dtype), v_view.view(fp8_dtype)
+    else:
+        half = cells.shape[-1] // 2
+        k_view = cells[..., :HEAD_SIZE].view(token_head_dtype)
+        v_view = cells[..., half : half + HEAD_SIZE].view(token_head_dtype)
+        scales = {
+            name: cells[..., start : start + 4].contiguous().view(torch.float32)[..., 0]
+            for name, start in (("k_scale", HEAD_SIZE), ("v_scale", half + HEAD_SIZE))
+        }
     expected = reference_paged_attention(
         query,
         k_view,
@@ -297,6 +312,41 @@ def test_fp8_e5m2_cache_through_the_impl(vllm_config):
     assert stored.abs().max() > 0 and not stored.isnan().any()
 
 
+@pytest.mark.parametrize(
+    "cache_dtype,values", [("int8_per_token_head", torch.int8), ("fp8_per_token_head", None)]
+)
+def test_per_token_head_caches_through_the_impl(vllm_config, cache_dtype, values):
+    """vLLM's per-token-head caches: the spec our backend customises (a float32
+    scale after each head's values), a page of those bytes, the write storing
+    values and scales, and attention reading them back; the reference reads
+    the page's bytes on its own. Slots never written hold NaN scales."""
+    config = copy.deepcopy(vllm_config)
+    config.cache_config.cache_dtype = cache_dtype
+    values = values or current_platform.fp8_dtype()
+    spec = TritonAttentionBackend.customize_spec(
+        FullAttentionSpec(
+            block_size=BLOCK_SIZE,
+            num_kv_heads=NUM_KV_HEADS,
+            head_size=HEAD_SIZE,
+            dtype=STR_DTYPE_TO_TORCH_DTYPE[cache_dtype],
+            kv_quant_mode=get_kv_quant_mode(cache_dtype),
+        )
+    )
+    content = 2 * (HEAD_SIZE + 4)  # one-byte values, then a 4-byte scale, for K and V
+    assert spec.state_content_bytes == content
+    assert spec.page_size_bytes == BLOCK_SIZE * NUM_KV_HEADS * content
+    builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
+    assert builder.layout.kv_dtype == values
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, 24, cache_dtype)
+    physical = torch.zeros(64, BLOCK_SIZE, NUM_KV_HEADS, content, dtype=spec.dtype)
+    scale_bytes = physical.view(torch.uint8).view(64, BLOCK_SIZE, NUM_KV_HEADS, 2, -1)[..., -4:]
+    scale_bytes.view(torch.float32).fill_(float("nan"))
+    kv_cache = physical.permute(0, 2, 1, 3)
+    for q_lens, seq_lens in (([1, 5, 30], [1, 5, 30]), ([1, 1, 4, 9], [2, 6, 34, 9])):
+        # each step writes its new tokens: the first lays down every key the second reads
+        run_step(builder, impl, kv_cache, q_lens, seq_lens, token_head_dtype=values)
+
+
 def test_cache_views_are_made_once_per_cache_tensor():
     """The views are kept per cache tensor (made per layer and step they cost
     host time); a new cache tensor, e.g. after a KV-cache re-allocation, gets
@@ -305,10 +355,11 @@ def test_cache_views_are_made_once_per_cache_tensor():
         NUM_Q_HEADS, HEAD_SIZE, HEAD_SIZE**-0.5, NUM_KV_HEADS, None, None, "auto"
     )
     kv_cache, other = packed_cache(), packed_cache()
-    key_cache, value_cache = impl._cache_views(kv_cache)
+    key_cache, value_cache, *scales = impl._cache_views(kv_cache)
+    assert scales == [None, None]  # a 16-bit cache has no scales
     again = impl._cache_views(kv_cache)
-    assert again[0] is key_cache and again[1] is value_cache
-    other_key, other_value = impl._cache_views(other)
+    assert again.key is key_cache and again.value is value_cache
+    other_key, other_value, *_ = impl._cache_views(other)
     assert other_key.data_ptr() == other.data_ptr() != key_cache.data_ptr()
     assert torch.equal(other_value, other.transpose(1, 2)[..., HEAD_SIZE:])
 
@@ -545,8 +596,8 @@ def test_profiling_run_and_refusals(vllm_config):
     assert impl.forward(Layer(), out, None, None, torch.empty(0), None, out).abs().sum() == 0
     with pytest.raises(ValueError, match="use_alibi_sqrt needs alibi_slopes"):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", use_alibi_sqrt=True)
-    with pytest.raises(NotImplementedError, match="kv_cache_dtype='int8_per_token_head'"):
-        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int8_per_token_head")
+    with pytest.raises(NotImplementedError, match="kv_cache_dtype='int4_per_token_head'"):
+        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int4_per_token_head")
     with pytest.raises(NotImplementedError, match="head sizes 32..512, got 576"):
         TritonAttentionImpl(8, 576, 0.1, 2, None, None, "auto")
     with pytest.raises(ValueError, match="chunk_lookback=4 needs a sliding window"):
@@ -633,7 +684,9 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     assert reasons(head_size=512, has_sliding_window=True) == []  # Gemma 4's global layers
     assert "head_size not supported" in reasons(head_size=576)
     assert "head_size not supported" in reasons(head_size=16)
-    assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="int8_per_token_head")
+    assert reasons(kv_cache_dtype="int8_per_token_head") == []
+    assert reasons(kv_cache_dtype="fp8_per_token_head") == []  # an e4m3 cache, as "fp8"
+    assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="int4_per_token_head")
     assert "block_size not supported" in reasons(block_size=8)
     assert reasons(use_mm_prefix=True, has_sliding_window=True) == []
     assert "MLA not supported" in reasons(use_mla=True)

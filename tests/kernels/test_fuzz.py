@@ -79,6 +79,8 @@ def batches(draw):
         group=draw(st.sampled_from([1, 2, 3, 4, 7])),
         block_size=draw(st.sampled_from([16, 32])),
         dtype=draw(st.sampled_from(DTYPES)),
+        # a cache of the queries' type, or int8 with a scale per token and KV head
+        int8_cache=draw(st.sampled_from([False, False, True])),
         layout=draw(st.sampled_from(["separate", "packed_nhd", "packed_hnd"])),
         padding_tokens=draw(st.integers(0, 3)),
         shared_prefix_blocks=draw(st.integers(0, 2)),
@@ -109,6 +111,7 @@ def check_against_reference(case):
         head_size=shape["head_size"],
         block_size=shape["block_size"],
         dtype=shape["dtype"],
+        kv_dtype=torch.int8 if shape["int8_cache"] else None,
         device=device,
         layout=shape["layout"],
         sliding_window=features["sliding_window"],

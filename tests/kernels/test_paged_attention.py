@@ -95,9 +95,11 @@ class Case:
     queries_per_kv: int = 4
     block_size: int = 16
     layout: str = "packed_nhd"
+    token_head_scales: bool = False  # a scale per token and KV head (int8 always has them)
 
     def id(self) -> str:
         kv = "" if self.kv_dtype is None else f"-kv_{str(self.kv_dtype)[6:]}"
+        kv += "_per_token_head" if self.token_head_scales else ""
         return (
             f"{self.pattern}-{self.feature}-{str(self.dtype)[6:]}{kv}-d{self.head_size}"
             f"-kv{self.num_kv_heads}x{self.queries_per_kv}-bs{self.block_size}-{self.layout}"
@@ -124,6 +126,10 @@ def _cpu_cases() -> list[Case]:
     cases += [Case(p, kv_dtype=torch.float8_e4m3fn) for p in ("decode", "mixed")]
     cases += [Case(p, kv_dtype=torch.float8_e5m2) for p in ("decode", "chunked_prefill")]
     cases += [Case("specdecode4", kv_dtype=torch.float8_e4m3fnuz, feature="all")]
+    # per-token-head quantised caches (vLLM's int8/fp8_per_token_head)
+    cases += [Case(p, kv_dtype=torch.int8, token_head_scales=True) for p in QUERY_PATTERNS]
+    cases += [Case("mixed", "all", kv_dtype=torch.int8, token_head_scales=True, head_size=80)]
+    cases += [Case("decode", kv_dtype=torch.float8_e4m3fn, token_head_scales=True)]
     return cases
 
 
@@ -150,12 +156,15 @@ def _gpu_cases() -> list[Case]:
     ):
         cases.append(Case(pattern, "sliding_window", dtype, layout=layout))
     arch = GpuArch.of_device("cuda") if HAS_GPU else None
+    token_head = dict(token_head_scales=True)
     for pattern, feature, dtype, head_size in itertools.product(
         QUERY_PATTERNS, ("plain", "all"), (torch.float16, torch.bfloat16), (64, 128, 512)
     ):
         for kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2):
             if arch.supports_kv_dtype(kv_dtype):
                 cases.append(Case(pattern, feature, dtype, kv_dtype, head_size))
+                cases.append(Case(pattern, feature, dtype, kv_dtype, head_size, **token_head))
+        cases.append(Case(pattern, feature, dtype, torch.int8, head_size, **token_head))
     return cases
 
 
@@ -202,6 +211,7 @@ def run_case(
         block_size=case.block_size,
         dtype=case.dtype,
         kv_dtype=case.kv_dtype,
+        token_head_scales=case.token_head_scales,
         device=device,
         layout=case.layout,
         sliding_window=features.get("sliding_window"),

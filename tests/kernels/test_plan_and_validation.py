@@ -526,6 +526,14 @@ def test_bad_inputs_get_clear_errors(batch, device):
     fp8 = batch.k_cache.to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
         call(batch, k_cache=fp8, v_cache=fp8)
+    int8 = batch.k_cache.to(torch.int8)
+    scales = torch.ones(int8.shape[:3], device=device)
+    with pytest.raises(ValueError, match=r"k_scale must be \[num_blocks, block_size, num_kv_heads"):
+        call(batch, k_cache=int8, v_cache=int8, k_scale=torch.tensor(1.0), v_scale=scales)
+    with pytest.raises(TypeError, match="v_scale.dtype must be torch.float32"):
+        call(batch, k_cache=int8, v_cache=int8, k_scale=scales, v_scale=scales.half())
+    with pytest.raises(ValueError, match=r"v_scale.stride\(\) must be k_scale.stride\(\)"):
+        call(batch, k_cache=int8, v_cache=int8, k_scale=scales, v_scale=scales.mT.contiguous().mT)
     arch = GpuArch.of_device(device)
     wrong_plan = plan_attention(
         num_tokens=99,

@@ -76,6 +76,71 @@ def test_write_kv_cache(cache_dtype, layout, head_size, device):
         torch.testing.assert_close(cache.float(), want.float(), atol=0, rtol=0)
 
 
+def quantise_per_token_head(x: torch.Tensor, cache_dtype: torch.dtype):
+    """vLLM's per-token-head quantisation, written independently: a scale of
+    absmax / max per (token, head), at least 1e-6; values times its reciprocal;
+    int8 rounds half away from zero (then clamps to [-128, 127]), fp8 saturates
+    and rounds to nearest even."""
+    x = x.float()
+    top = 127.0 if cache_dtype == torch.int8 else FP8_RANGE[cache_dtype]
+    scale = (x.abs().amax(-1) / top).clamp_min(1e-6)
+    q = x * (1.0 / scale)[..., None]
+    if cache_dtype == torch.int8:
+        q = (q.abs() + 0.5).floor().copysign(q).clamp(-128, 127)
+    else:
+        q = q.clamp(-top, top)
+    return q.to(cache_dtype), scale
+
+
+@pytest.mark.parametrize(
+    "cache_dtype,layout,head_size",
+    [
+        (torch.int8, "packed_nhd", 64),
+        (torch.int8, "packed_hnd", 80),
+        (torch.int8, "separate", 128),
+        (torch.float8_e4m3fn, "packed_nhd", 64),
+        (torch.float8_e4m3fnuz, "packed_hnd", 96),
+        (torch.float8_e5m2, "separate", 80),
+    ],
+)
+def test_write_kv_cache_per_token_head(cache_dtype, layout, head_size, device):
+    """Values and a float32 scale per token and KV head (vLLM's
+    int8/fp8_per_token_head), byte for byte against ``quantise_per_token_head``;
+    the scales live in strided views, as inside vLLM's page; slots not written
+    keep their NaN scales."""
+    arch = GpuArch.of_device(device)
+    if not arch.supports_kv_dtype(cache_dtype):
+        pytest.skip(f"{cache_dtype} has no hardware support on {arch.name} (see GpuArch)")
+    if cache_dtype != torch.int8 and not HAS_GPU:
+        pytest.skip("the Triton interpreter's fp32->fp8 cast rounds wrongly (see above)")
+    gen = torch.Generator().manual_seed(2)
+    num_blocks, block_size, num_kv_heads, num_tokens = 5, 16, 3, 30
+    key = (torch.randn(num_tokens, num_kv_heads, head_size, generator=gen) * 4).half()
+    value = torch.randn(num_tokens, num_kv_heads, head_size, generator=gen).half()
+    key[3, 1] = 0.0  # an all-zero head: the 1e-6 floor
+    value[4, 0] = 0.0  # scale 1: halves, which int8 rounds away from zero
+    value[4, 0, :5] = torch.tensor([127.0, 0.5, -0.5, 1.5, -2.5])
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[::5] = -1
+    key, value, slots = key.to(device), value.to(device), slots.to(device)
+    k_cache, v_cache = kv_cache_views(
+        num_blocks, block_size, num_kv_heads, head_size, cache_dtype, device, layout
+    )
+    pages = torch.full((num_blocks, block_size, num_kv_heads, 2, 3), float("nan"), device=device)
+    k_scale, v_scale = pages[..., 0, 1], pages[..., 1, 1]  # strided, like the page's scales
+    write_kv_cache(key, value, k_cache, v_cache, slots, k_scale=k_scale, v_scale=v_scale)
+
+    written = slots >= 0
+    blocks, offsets = slots[written] // block_size, slots[written] % block_size
+    for x, cache, scale in ((key, k_cache, k_scale), (value, v_cache, v_scale)):
+        want, want_scale = quantise_per_token_head(x[written], cache_dtype)
+        assert torch.equal(cache[blocks, offsets].view(torch.uint8), want.view(torch.uint8))
+        assert torch.equal(scale[blocks, offsets], want_scale)
+        untouched = torch.ones(num_blocks, block_size, dtype=torch.bool, device=device)
+        untouched[blocks, offsets] = False
+        assert scale[untouched].isnan().all()
+
+
 def test_write_kv_cache_rejects_bad_shapes(device):
     k_cache, v_cache = kv_cache_views(2, 16, 2, 64, torch.float16, device, "separate")
     key = torch.zeros(4, 3, 64, dtype=torch.float16, device=device)
@@ -85,6 +150,12 @@ def test_write_kv_cache_rejects_bad_shapes(device):
     fp8_k, fp8_v = kv_cache_views(2, 16, 3, 64, torch.float8_e4m3fn, device, "separate")
     with pytest.raises(ValueError, match="k_scale must be a one-element float32 tensor"):
         write_kv_cache(key, key, fp8_k, fp8_v, slots)
+    int8_k, int8_v = kv_cache_views(2, 16, 3, 64, torch.int8, device, "separate")
+    with pytest.raises(ValueError, match=r"k_scale must be \[num_blocks, block_size, num_kv"):
+        write_kv_cache(key, key, int8_k, int8_v, slots, k_scale=torch.tensor(1.0))
+    scales = torch.ones(2, 16, 3, device=device)
+    with pytest.raises(ValueError, match=r"v_scale.shape must be \(2, 16, 3\)"):
+        write_kv_cache(key, key, int8_k, int8_v, slots, k_scale=scales, v_scale=scales[:1])
 
 
 def test_repeated_writes_reuse_the_first_launch(device):

@@ -31,8 +31,8 @@ The class names, attributes and metadata fields that upstream subclasses read
 composites, whisper, the ROCm drafting allow-list) are kept.
 """
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -78,7 +78,7 @@ from vllm.v1.attention.ops.triton_attention.plan import (
     SPLIT_KV_MAX_QUERY_LEN,
     next_power_of_2,
 )
-from vllm.v1.kv_cache_interface import AttentionSpec, is_quantized_kv_cache
+from vllm.v1.kv_cache_interface import AttentionSpec, KVQuantMode, is_quantized_kv_cache
 
 # Kept for upstream subclasses (triton_attn_diffkv runs upstream's unified
 # kernel on these scratch buffers): its 3D path and its segment count.
@@ -192,11 +192,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             # update_draft_decode_metadata() would not restage the prefixes
             self.supports_draft_decode_metadata_update = False
         cache_dtype = vllm_config.cache_config.cache_dtype
-        kv_dtype = (
-            fp8_cache_dtype(cache_dtype)
-            if is_quantized_kv_cache(cache_dtype)
-            else kv_cache_spec.dtype
-        )
+        kv_dtype = kv_dtype_of(cache_dtype, kv_cache_spec.dtype)
         if encoder:  # K/V straight from the layer's inputs, see TritonAttentionImpl._encoder_kv
             self.layout = TensorLayout(self.dtype, 1, kv_same_strides=True, vector_copies=False)
         else:
@@ -377,8 +373,21 @@ class TritonAttentionBackend(AttentionBackend):
         "fp8",
         "fp8_e4m3",
         "fp8_e5m2",
+        "int8_per_token_head",
+        "fp8_per_token_head",
     ]
     forward_includes_kv_cache_update: bool = False
+
+    @classmethod
+    def customize_spec(cls, spec: AttentionSpec) -> AttentionSpec:
+        """Per-token-head caches keep each (head, slot)'s float32 scale after its
+        values, ``[K | K scale | V | V scale]``: the page vLLM's other readers of
+        these modes expect."""
+        if spec.state_content_bytes is not None or spec.kv_quant_mode not in TOKEN_HEAD_MODES:
+            return spec
+        scale_bytes = torch.finfo(torch.float32).bits // 8
+        content = (spec.head_size + spec.head_size_v) * spec.dtype.itemsize + 2 * scale_bytes
+        return replace(spec, state_content_bytes=content)
 
     @staticmethod
     def get_name() -> str:
@@ -458,6 +467,8 @@ class TritonAttentionBackend(AttentionBackend):
         use_mm_prefix: bool,
         device_capability: DeviceCapability,
     ) -> str | None:
+        if kv_cache_dtype in TOKEN_HEAD_CACHE_DTYPES and head_size % 4:
+            return f"{kv_cache_dtype} needs a head size divisible by 4 (float32 scales follow it)"
         if kv_cache_dtype is not None and kv_cache_dtype.startswith("fp8"):
             fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
             arch = _arch_of(device_capability)
@@ -468,6 +479,21 @@ class TritonAttentionBackend(AttentionBackend):
                     "AMD: e4m3 on gfx942, gfx950 and gfx12, e5m2 on gfx950 and gfx12)"
                 )
         return None
+
+
+# vLLM's caches with a scale per token and KV head that the kernels read
+# (int4_per_token_head, which also rotates, is not among them).
+TOKEN_HEAD_CACHE_DTYPES = ("int8_per_token_head", "fp8_per_token_head")
+TOKEN_HEAD_MODES = (KVQuantMode.INT8_PER_TOKEN_HEAD, KVQuantMode.FP8_PER_TOKEN_HEAD)
+
+
+def kv_dtype_of(cache_dtype: str, spec_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels read a cache of vLLM's ``cache_dtype`` as."""
+    if cache_dtype == "int8_per_token_head":
+        return torch.int8
+    if is_quantized_kv_cache(cache_dtype):
+        return fp8_cache_dtype(cache_dtype)
+    return spec_dtype
 
 
 def fp8_cache_dtype(cache_dtype: str) -> torch.dtype:
@@ -515,6 +541,15 @@ def _layer_features(
         for i in impls
     )
     return features, encoder
+
+
+class CacheViews(NamedTuple):
+    """What the kernels read of one layer's packed cache."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    k_scale: torch.Tensor | None  # per-token-head quantisation: [num_blocks, block_size, H]
+    v_scale: torch.Tensor | None
 
 
 class TritonAttentionImpl(AttentionImpl):
@@ -582,32 +617,49 @@ class TritonAttentionImpl(AttentionImpl):
         self._chunk_lookback = chunk_lookback if chunk_lookback > -1 else None  # the kernels'
         self.fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
         self.supports_quant_query_input = False
-        self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype)
+        # int8 or fp8 values with a float32 scale per token and KV head, inside the page
+        self._token_head_scales = kv_cache_dtype in TOKEN_HEAD_CACHE_DTYPES
+        self._kv_dtype = kv_dtype_of(kv_cache_dtype, torch.uint8)
+        self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype) and not self._token_head_scales
         self._set_kv_ptr_range = current_platform.is_rocm()
-        self._kv_views: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._kv_views: tuple[torch.Tensor, CacheViews] | None = None
 
     def fused_output_quant_supported(self, quant_key: QuantKey):
         return False
 
-    def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V ``[num_blocks, block_size, H, D]`` views of the packed cache.
+    def _cache_views(self, kv_cache: torch.Tensor) -> CacheViews:
+        """K and V ``[num_blocks, block_size, H, D]`` views of the packed cache,
+        and with per-token-head quantisation its scales ``[num_blocks,
+        block_size, H]``.
 
-        vLLM hands every layer a logical ``[num_blocks, H, block_size, 2*D]``
+        vLLM hands every layer a logical ``[num_blocks, H, block_size, C]``
         tensor whose strides follow the model-wide layout; views keep them.
-        They are made once per cache tensor (a layer's stays the same object
-        across steps): the cache write and ``forward`` run per layer and step,
-        and making them costs ~5 us on the host each time.
+        ``C`` is ``2*D``, or ``2*(D + 4)`` bytes of ``[K | K scale | V | V scale]``
+        (``TritonAttentionBackend.customize_spec``). They are made once per
+        cache tensor (a layer's stays the same object across steps): the cache
+        write and ``forward`` run per layer and step, and making them costs
+        ~5 us on the host each time.
         """
         if self._kv_views is not None and self._kv_views[0] is kv_cache:
             return self._kv_views[1]
-        key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        cells = kv_cache.transpose(1, 2)
+        k_scale = v_scale = None
+        if self._token_head_scales:
+            d, half = self.head_size, cells.shape[-1] // 2  # half: D values + a float32
+            key_cache = cells[..., :d].view(self._kv_dtype)
+            value_cache = cells[..., half : half + d].view(self._kv_dtype)
+            scales = cells.view(torch.float32)  # 4 bytes per element: the scales' offsets / 4
+            k_scale, v_scale = scales[..., d // 4], scales[..., (half + d) // 4]
+        else:
+            key_cache, value_cache = cells.split(self.head_size, dim=-1)
         if self._is_fp8:
             key_cache = key_cache.view(self.fp8_dtype)
             value_cache = value_cache.view(self.fp8_dtype)
+        views = CacheViews(key_cache, value_cache, k_scale, v_scale)
         if self._set_kv_ptr_range:  # keeps AMD's 32-bit buffer addressing
-            set_triton_ptr_range(kv_cache, key_cache, value_cache)
-        self._kv_views = (kv_cache, (key_cache, value_cache))
-        return key_cache, value_cache
+            set_triton_ptr_range(kv_cache, *(view for view in views if view is not None))
+        self._kv_views = (kv_cache, views)
+        return views
 
     def do_kv_cache_update(
         self,
@@ -619,16 +671,24 @@ class TritonAttentionImpl(AttentionImpl):
     ) -> None:
         if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):
             return  # encoder self-attention keeps no cache
-        key_cache, value_cache = self._cache_views(kv_cache)
+        views = self._cache_views(kv_cache)
         write_kv_cache(
             key,
             value,
-            key_cache,
-            value_cache,
+            views.key,
+            views.value,
             slot_mapping,
-            k_scale=layer._k_scale if self._is_fp8 else None,
-            v_scale=layer._v_scale if self._is_fp8 else None,
+            **self._scales(layer, views),
         )
+
+    def _scales(self, layer: AttentionLayer, views: CacheViews) -> dict:
+        """The cache's dequantisation scales: the layer's per-tensor ones (fp8),
+        the page's per token and head, or none."""
+        if self._token_head_scales:
+            return dict(k_scale=views.k_scale, v_scale=views.v_scale)
+        if self._is_fp8:
+            return dict(k_scale=layer._k_scale, v_scale=layer._v_scale)
+        return {}
 
     def forward(
         self,
@@ -673,10 +733,10 @@ class TritonAttentionImpl(AttentionImpl):
             key_cache, value_cache, block_table, seq_lens = self._encoder_kv(key, value, md)
             max_seq_len = md.max_query_len
         else:
-            key_cache, value_cache = self._cache_views(kv_cache)
+            views = self._cache_views(kv_cache)
+            key_cache, value_cache = views.key, views.value
             block_table, seq_lens, max_seq_len = md.block_table, md.seq_lens, md.max_seq_len
-            if self._is_fp8:
-                layer_args.update(k_scale=layer._k_scale, v_scale=layer._v_scale)
+            layer_args.update(self._scales(layer, views))
         q, out = query[:num_tokens], output[:num_tokens]
         if decoder and md.launches is not None:  # the batch's side, bound by the builder
             md.launches(q, key_cache, value_cache, out, **layer_args)

@@ -15,13 +15,21 @@ Shapes and semantics (vLLM's conventions):
 * ``k_cache``, ``v_cache``: ``[num_blocks, block_size, num_kv_heads,
   head_size]`` with any strides; key ``j`` of sequence ``b`` is in block
   ``block_table[b, j // block_size]``, slot ``j % block_size``. fp16, bf16,
-  fp32, or fp8 (e4m3fn / e4m3fnuz) with per-tensor ``k_scale``/``v_scale``.
+  fp32, or fp8 (e4m3fn / e4m3fnuz / e5m2) with per-tensor ``k_scale``/``v_scale``;
+  or int8 or fp8 with a scale per token and KV head (vLLM's
+  ``*_per_token_head``): ``k_scale``/``v_scale`` ``[num_blocks, block_size,
+  num_kv_heads]`` float32 (any strides, one layout), which ``write_kv_cache``
+  fills with ``absmax / max`` of each head's new values.
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).
   ``chunk_lookback=L`` with ``sliding_window=W`` makes the window chunked
   (vLLM's chunked local attention): chunks of ``C = W // (L + 1)`` keys, key
   ``j`` visible to ``p`` when ``p // C - j // C <= L`` (the past only).
+  ``rswa_prefix_lens`` (R-SWA, causal): ``[num_seqs]`` int32; keys below
+  sequence ``b``'s prefix stay visible whatever the window (``j <
+  prefix_len OR p - j < W``), and keys between prefix and window are never
+  read.
 * ``mm_prefix_ranges``: ``[num_seqs, num_ranges, 2]`` int32, per sequence
   disjoint inclusive ``(start, end)`` key positions (valid when ``start <
   end``; vLLM pads with ``(0, 0)``): a query inside a range also sees every

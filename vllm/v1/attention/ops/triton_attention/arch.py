@@ -18,6 +18,10 @@ ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # KV caches may also be fp8 with per-tensor scales.
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
+# Caches that store quantised values and scales: fp8 (a scale per tensor, or per
+# token and head) and int8 (per token and head), with each type's largest value.
+QUANTISED_KV_DTYPES = (*FP8_DTYPES, torch.int8)
+QUANT_MAX = {**FP8_MAX, torch.int8: 127.0}
 
 # vLLM reports an AMD GPU's gfx number as a compute capability: gfx942 ->
 # (9, 4), gfx90a -> (9, 0), gfx1100 -> (11, 0).

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from .arch import ACTIVATION_DTYPES, FP8_DTYPES, GpuArch
+from .arch import ACTIVATION_DTYPES, FP8_DTYPES, QUANTISED_KV_DTYPES, GpuArch
 from .plan import (
     MAX_HEAD_SIZE,
     MIN_HEAD_SIZE,
@@ -53,7 +53,14 @@ class AttentionCall(NamedTuple):
 
     @property
     def kv_is_fp8(self) -> bool:
-        return self.k_cache.dtype in FP8_DTYPES
+        """An fp8 cache with one scale per tensor."""
+        return self.k_cache.dtype in FP8_DTYPES and not self.kv_token_head_scaled
+
+    @property
+    def kv_token_head_scaled(self) -> bool:
+        """A quantised cache with a scale per token and KV head (vLLM's
+        ``*_per_token_head`` modes)."""
+        return self.k_cache.dtype in QUANTISED_KV_DTYPES and token_head_scaled(self.k_scale)
 
     def window_size(self) -> int:
         """The kernels' ``sliding_window``: W, the chunk size of a chunked window, or 0."""
@@ -103,17 +110,47 @@ def check_kv_dtype(kv_dtype: torch.dtype, arch: GpuArch, fn: str) -> None:
         )
 
 
-def check_scales(kv_dtype: torch.dtype, k_scale, v_scale, fn: str) -> None:
-    if kv_dtype not in FP8_DTYPES:
+def token_head_scaled(k_scale) -> bool:
+    """Whether ``k_scale`` holds a scale per cache slot and KV head
+    (``[num_blocks, block_size, num_kv_heads]``) rather than one per tensor."""
+    return isinstance(k_scale, torch.Tensor) and k_scale.dim() == 3
+
+
+def check_scales(k_cache: torch.Tensor, k_scale, v_scale, fn: str) -> None:
+    """fp8 caches take one-element scales or a scale per token and KV head,
+    int8 caches only the latter: float32, K's and V's of one layout."""
+    kv_dtype = k_cache.dtype
+    if kv_dtype not in QUANTISED_KV_DTYPES:
         return
+    per_token_head = token_head_scaled(k_scale)
+    slots = tuple(k_cache.shape[:3])
     for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise ValueError(
-                f"{fn}: {name} must be a one-element float32 tensor for an fp8 cache "
-                f"({kv_dtype}), got {type(value).__name__}"
+        if per_token_head:
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != slots:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+                fail(ValueError, fn, f"{name}.shape", f"{slots} (a scale per token and head)", got)
+        elif kv_dtype == torch.int8 or not isinstance(value, torch.Tensor) or value.numel() != 1:
+            expected = (
+                f"[num_blocks, block_size, num_kv_heads] {slots} float32 scales"
+                if kv_dtype == torch.int8
+                else "a one-element float32 tensor, or one scale per token and head"
             )
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{fn}: {name} must be {expected} for a {kv_dtype} cache, got {got}")
         if value.dtype != torch.float32:
             fail(TypeError, fn, f"{name}.dtype", "torch.float32", value.dtype)
+        if per_token_head and value.device != k_cache.device:
+            fail(
+                ValueError, fn, f"{name}.device", f"k_cache.device ({k_cache.device})", value.device
+            )
+    if per_token_head and v_scale.stride() != k_scale.stride():
+        fail(
+            ValueError,
+            fn,
+            "v_scale.stride()",
+            f"k_scale.stride() {k_scale.stride()}",
+            v_scale.stride(),
+        )
 
 
 def check_rswa(prefix_lens: torch.Tensor, num_seqs: int, call: AttentionCall, fn: str) -> None:
@@ -160,11 +197,12 @@ def check_paged_attention_inputs(
     if num_kv_heads == 0 or num_q_heads % num_kv_heads:
         expected = f"a multiple of num_kv_heads ({num_kv_heads})"
         fail(ValueError, fn, "num_q_heads", expected, num_q_heads)
-    if k_cache.dtype in FP8_DTYPES:
+    if k_cache.dtype in QUANTISED_KV_DTYPES:
         check_kv_dtype(k_cache.dtype, arch, fn)
-        check_scales(k_cache.dtype, k_scale, v_scale, fn)
+        check_scales(k_cache, k_scale, v_scale, fn)
     elif k_cache.dtype != q.dtype:
-        fail(TypeError, fn, "k_cache.dtype", f"q.dtype ({q.dtype}) or an fp8 type", k_cache.dtype)
+        expected = f"q.dtype ({q.dtype}), an fp8 type or int8"
+        fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
 
     if query_start_loc.dim() != 1 or query_start_loc.dtype != torch.int32:
         got = f"{query_start_loc.dim()}-D {query_start_loc.dtype}"
@@ -292,4 +330,7 @@ def check_write_kv_cache_inputs(
         )
     if k_cache.dtype in FP8_DTYPES:
         check_kv_dtype(k_cache.dtype, GpuArch.of_device(k_cache.device), fn)
-    check_scales(k_cache.dtype, k_scale, v_scale, fn)
+    elif k_cache.dtype not in (torch.int8, *ACTIVATION_DTYPES):
+        expected = "float16, bfloat16, float32, an fp8 type or int8"
+        fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
+    check_scales(k_cache, k_scale, v_scale, fn)

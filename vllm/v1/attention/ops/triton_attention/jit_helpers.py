@@ -230,6 +230,36 @@ def load_kv_tile(
 
 
 @triton.jit
+def load_token_head_scales(
+    k_scale_ptr,
+    v_scale_ptr,
+    block,
+    key_idx,
+    load_mask,
+    kv_head,
+    stride_scale_block,
+    stride_scale_slot,
+    stride_scale_head,
+    BLOCK_SIZE: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """The K and V scales ``[TILE_N]`` of keys ``key_idx`` in a per-token-head
+    cache (``[num_blocks, block_size, num_kv_heads]`` float32 each, one layout);
+    with ``MASKED``, 0 outside ``load_mask`` (never read: they can hold NaN)."""
+    offset = (
+        block * stride_scale_block
+        + (key_idx % BLOCK_SIZE) * stride_scale_slot
+        + kv_head * stride_scale_head
+    )
+    if MASKED:
+        return (
+            tl.load(k_scale_ptr + offset, mask=load_mask, other=0.0),
+            tl.load(v_scale_ptr + offset, mask=load_mask, other=0.0),
+        )
+    return tl.load(k_scale_ptr + offset), tl.load(v_scale_ptr + offset)
+
+
+@triton.jit
 def attention_scores(
     q,
     k,
@@ -241,8 +271,10 @@ def attention_scores(
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     DOT_PRECISION: tl.constexpr,
+    key_scale=None,
 ):
     """Scores in the log2 domain: scale, then softcap, then ALiBi (the API's order).
+    ``key_scale``: each key's dequantisation scale (per-token-head caches).
 
     Without softcap ``qk_scale`` already holds ``log2(e)``; with it, the scale
     is natural and the conversion happens after ``tanh``. ALiBi adds
@@ -250,6 +282,8 @@ def attention_scores(
     keys and nothing on later ones.
     """
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+    if key_scale is not None:
+        s = s * key_scale[None, :]
     if HAS_SOFTCAP:
         s = soft_cap * tanh(s / soft_cap) * LOG2E
     if ALIBI is not None:
@@ -298,11 +332,13 @@ def visible_mask(
 
 
 @triton.jit
-def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
+def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr, value_scale=None):
     """Fold one tile of log2-domain scores ``s`` and values ``v`` into (m, l, acc).
 
     A row whose running max is still -inf (nothing visible yet) uses 0 as its
-    reference so that exp2 gives 0 rather than NaN.
+    reference so that exp2 gives 0 rather than NaN. ``value_scale``: each
+    value row's dequantisation scale, applied to the probabilities (a tile of
+    them is smaller than the value tile at decode).
     """
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -310,6 +346,8 @@ def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
     p = tl.math.exp2(s - m_ref[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
+    if value_scale is not None:
+        p = p * value_scale[None, :]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
 
@@ -390,6 +428,12 @@ def attend_key_tiles(
     mm_hi=None,
     CHUNK_LOOKBACK: tl.constexpr = -1,
     CLIP_TO_RANGE: tl.constexpr = False,
+    k_scale_ptr=None,
+    v_scale_ptr=None,
+    stride_scale_block=0,
+    stride_scale_slot=0,
+    stride_scale_head=0,
+    TOKEN_HEAD_SCALES: tl.constexpr = False,
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
@@ -397,6 +441,8 @@ def attend_key_tiles(
     ``MASKED``) only they are seen, for ranges that start or end inside a tile
     beside another range (R-SWA's prefix and window). With ``MASKED`` off the
     caller guarantees that every row sees every key of these tiles.
+    ``TOKEN_HEAD_SCALES``: the cache holds int8 or fp8 values with a scale per
+    token and KV head (``load_token_head_scales``).
 
     ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration
     early. Triton 3.6's pipeliner issues tile i+1's K/V copies at the end of
@@ -442,6 +488,22 @@ def attend_key_tiles(
             COMPUTE_DTYPE=q.dtype,
             MASKED=MASKED,
         )
+        key_scale = None
+        value_scale = None
+        if TOKEN_HEAD_SCALES:
+            key_scale, value_scale = load_token_head_scales(
+                k_scale_ptr,
+                v_scale_ptr,
+                block,
+                key_idx,
+                load_mask,
+                kv_head,
+                stride_scale_block,
+                stride_scale_slot,
+                stride_scale_head,
+                BLOCK_SIZE=BLOCK_SIZE,
+                MASKED=MASKED,
+            )
         s = attention_scores(
             q,
             k,
@@ -453,6 +515,7 @@ def attend_key_tiles(
             HAS_SOFTCAP=HAS_SOFTCAP,
             ALIBI=ALIBI,
             DOT_PRECISION=DOT_PRECISION,
+            key_scale=key_scale,
         )
         if MASKED:
             visible = visible_mask(
@@ -470,7 +533,9 @@ def attend_key_tiles(
             if CLIP_TO_RANGE:  # keys outside [kv_lo, kv_hi) belong to another range
                 visible &= load_mask[None, :]
             s = tl.where(visible, s, float("-inf"))
-        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION=DOT_PRECISION)
+        m_i, l_i, acc = online_softmax_step(
+            s, v, m_i, l_i, acc, DOT_PRECISION=DOT_PRECISION, value_scale=value_scale
+        )
         if PREFETCH_BLOCKS:
             block = next_block
     return acc, m_i, l_i

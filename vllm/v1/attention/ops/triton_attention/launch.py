@@ -19,13 +19,14 @@ import torch
 from triton.compiler import CompiledKernel
 from triton.runtime import driver
 
-from .arch import FP8_DTYPES, FP8_MAX, GpuArch
+from .arch import FP8_DTYPES, QUANT_MAX, QUANTISED_KV_DTYPES, GpuArch
 from .cache_write import write_kv_cache_kernel
 from .checks import (
     AttentionCall,
     check_paged_attention_inputs,
     check_plan_covers,
     check_write_kv_cache_inputs,
+    token_head_scaled,
 )
 from .long_query import long_query_attention_kernel
 from .pipelined_decode import split_kv_decode_pipelined_kernel
@@ -205,15 +206,14 @@ def _mask_args(call: AttentionCall) -> dict:
 
 def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPlan) -> dict:
     """Arguments the portable kernels (split-KV and long-query) share."""
-    kv_is_fp8 = call.kv_is_fp8
+    kv_is_fp8, token_head = call.kv_is_fp8, call.kv_token_head_scaled
     args = _paged_tensor_args(call, strides)
+    args.update(_scale_args(call.k_scale, call.v_scale, kv_is_fp8, token_head))
     args.update(
         _mask_args(call),
         rswa_prefix_lens_ptr=call.rswa_prefix_lens,  # R-SWA: the portable kernels only
         alibi_slopes_ptr=call.alibi_slopes,
         sinks_ptr=call.sinks,
-        k_scale_ptr=call.k_scale if kv_is_fp8 else None,
-        v_scale_ptr=call.v_scale if kv_is_fp8 else None,
         scale=call.scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
         STRIDE_Q_DIM=strides.q[2],
@@ -231,10 +231,24 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         ALIBI=None if call.alibi_slopes is None else "sqrt" if call.alibi_sqrt else "linear",
         HAS_SINKS=call.sinks is not None,
         HAS_RSWA=call.rswa_prefix_lens is not None,
-        KV_IS_FP8=kv_is_fp8,
         DOT_PRECISION=_dot_precision(call.q.dtype),
     )
     return args
+
+
+def _scale_args(k_scale, v_scale, kv_is_fp8: bool, token_head: bool) -> dict:
+    """A quantised cache's scales: one per tensor (fp8), or one per token and
+    KV head (int8 or fp8; K's and V's share strides, the checks made sure)."""
+    scale_strides = k_scale.stride() if token_head else (0, 0, 0)
+    return dict(
+        k_scale_ptr=k_scale if kv_is_fp8 or token_head else None,
+        v_scale_ptr=v_scale if kv_is_fp8 or token_head else None,
+        stride_scale_block=scale_strides[0],
+        stride_scale_slot=scale_strides[1],
+        stride_scale_head=scale_strides[2],
+        KV_IS_FP8=kv_is_fp8,
+        TOKEN_HEAD_SCALES=token_head,
+    )
 
 
 def long_query_launch(
@@ -808,7 +822,8 @@ def write_kv_cache(
 def _write_launch(write: _CacheWrite) -> KernelLaunch:
     key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale = write
     num_tokens, num_kv_heads, head_size = key.shape
-    kv_is_fp8 = k_cache.dtype in FP8_DTYPES
+    token_head = k_cache.dtype in QUANTISED_KV_DTYPES and token_head_scaled(k_scale)
+    kv_is_fp8 = k_cache.dtype in FP8_DTYPES and not token_head
     key_strides, value_strides = key.stride(), value.stride()
     k_strides, v_strides = k_cache.stride(), v_cache.stride()
     # One token per program on GPUs; the interpreter (CPU tensors, as in
@@ -820,8 +835,7 @@ def _write_launch(write: _CacheWrite) -> KernelLaunch:
         k_cache_ptr=k_cache,
         v_cache_ptr=v_cache,
         slot_mapping_ptr=slot_mapping,
-        k_scale_ptr=k_scale if kv_is_fp8 else None,
-        v_scale_ptr=v_scale if kv_is_fp8 else None,
+        **_scale_args(k_scale, v_scale, kv_is_fp8, token_head),
         num_tokens=num_tokens,
         stride_key_token=key_strides[0],
         stride_key_head=key_strides[1],
@@ -842,8 +856,7 @@ def _write_launch(write: _CacheWrite) -> KernelLaunch:
         HEAD_SIZE=head_size,
         HEAD_PAD=next_power_of_2(head_size),
         BLOCK_SIZE=k_cache.shape[1],
-        KV_IS_FP8=kv_is_fp8,
-        FP8_MAX=FP8_MAX.get(k_cache.dtype, 0.0),
+        QUANT_MAX=QUANT_MAX.get(k_cache.dtype, 0.0),
         TOKENS=tokens,
     )
     grid = (-(-num_tokens // tokens), 1, 1)

@@ -58,6 +58,9 @@ def long_query_attention_kernel(
     stride_v_head,
     stride_block_table_seq,
     stride_mm_seq,
+    stride_scale_block,  # of the per-token-head scales (K's and V's), with TOKEN_HEAD_SCALES
+    stride_scale_slot,
+    stride_scale_head,
     # scalars
     num_seqs,
     num_mm_ranges,
@@ -85,7 +88,8 @@ def long_query_attention_kernel(
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
-    KV_IS_FP8: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
+    TOKEN_HEAD_SCALES: tl.constexpr,  # int8 or fp8 with a scale per token and KV head
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -193,6 +197,12 @@ def long_query_attention_kernel(
                 PREFETCH_BLOCKS=False,
                 MASKED=masked == 1,
                 CLIP_TO_RANGE=True,
+                k_scale_ptr=k_scale_ptr,
+                v_scale_ptr=v_scale_ptr,
+                stride_scale_block=stride_scale_block,
+                stride_scale_slot=stride_scale_slot,
+                stride_scale_head=stride_scale_head,
+                TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
             )
         kv_lo = tl.maximum(kv_lo, prefix_hi)
         full_lo = tl.maximum(full_lo, kv_lo)
@@ -244,6 +254,12 @@ def long_query_attention_kernel(
             PREFETCH_BLOCKS=False,
             MASKED=True,
             CLIP_TO_RANGE=HAS_RSWA,
+            k_scale_ptr=k_scale_ptr,
+            v_scale_ptr=v_scale_ptr,
+            stride_scale_block=stride_scale_block,
+            stride_scale_slot=stride_scale_slot,
+            stride_scale_head=stride_scale_head,
+            TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
         )
     # the bulk: no masks
     acc, m_i, l_i = attend_key_tiles(
@@ -288,6 +304,12 @@ def long_query_attention_kernel(
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=False,
         MASKED=False,
+        k_scale_ptr=k_scale_ptr,
+        v_scale_ptr=v_scale_ptr,
+        stride_scale_block=stride_scale_block,
+        stride_scale_slot=stride_scale_slot,
+        stride_scale_head=stride_scale_head,
+        TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
     )
     # the causal diagonal (or the ragged end of the sequence): masked
     acc, m_i, l_i = attend_key_tiles(
@@ -333,6 +355,12 @@ def long_query_attention_kernel(
         PREFETCH_BLOCKS=False,
         MASKED=True,
         CLIP_TO_RANGE=HAS_RSWA,
+        k_scale_ptr=k_scale_ptr,
+        v_scale_ptr=v_scale_ptr,
+        stride_scale_block=stride_scale_block,
+        stride_scale_slot=stride_scale_slot,
+        stride_scale_head=stride_scale_head,
+        TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
     )
 
     v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)

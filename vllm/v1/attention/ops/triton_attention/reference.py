@@ -86,8 +86,10 @@ def reference_paged_attention(
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_q_heads // num_kv_heads
     result = torch.zeros(q.shape, dtype=compute_dtype, device=q.device)
-    k_factor = 1.0 if k_scale is None else float(k_scale)
-    v_factor = 1.0 if v_scale is None else float(v_scale)
+    # Scales: one per tensor, or one per cache slot and KV head ([blocks, slots, heads]).
+    per_token_head = k_scale is not None and k_scale.dim() == 3
+    k_factor = 1.0 if k_scale is None or per_token_head else float(k_scale)
+    v_factor = 1.0 if v_scale is None or per_token_head else float(v_scale)
 
     starts = query_start_loc.tolist()
     per_seq_causal = causal.tolist() if isinstance(causal, torch.Tensor) else None
@@ -104,6 +106,9 @@ def reference_paged_attention(
         slots = key_idx % block_size
         keys = k_cache[blocks, slots].to(compute_dtype) * k_factor  # [seq_len, kv_heads, d]
         values = v_cache[blocks, slots].to(compute_dtype) * v_factor
+        if per_token_head:
+            keys = keys * k_scale[blocks, slots].to(compute_dtype)[..., None]
+            values = values * v_scale[blocks, slots].to(compute_dtype)[..., None]
         keys = keys.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
         values = values.repeat_interleave(group, dim=1)
 

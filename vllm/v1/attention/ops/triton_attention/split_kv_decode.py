@@ -73,6 +73,9 @@ def split_kv_decode_kernel(
     stride_partial_token,
     stride_partial_head,
     stride_mm_seq,
+    stride_scale_block,  # of the per-token-head scales (K's and V's), with TOKEN_HEAD_SCALES
+    stride_scale_slot,
+    stride_scale_head,
     # scalars
     num_mm_ranges,
     scale,
@@ -102,7 +105,8 @@ def split_kv_decode_kernel(
     HAS_SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
-    KV_IS_FP8: tl.constexpr,
+    KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
+    TOKEN_HEAD_SCALES: tl.constexpr,  # int8 or fp8 with a scale per token and KV head
     DOT_PRECISION: tl.constexpr,
     EARLY_DEPENDENTS: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
@@ -242,6 +246,9 @@ def split_kv_decode_kernel(
             stride_block_table_seq=stride_block_table_seq,
             stride_partial_token=stride_partial_token,
             stride_partial_head=stride_partial_head,
+            stride_scale_block=stride_scale_block,
+            stride_scale_slot=stride_scale_slot,
+            stride_scale_head=stride_scale_head,
             scale=scale,
             soft_cap=soft_cap,
             sliding_window=sliding_window,
@@ -261,6 +268,7 @@ def split_kv_decode_kernel(
             ALIBI=ALIBI,
             HAS_SINKS=HAS_SINKS,
             KV_IS_FP8=KV_IS_FP8,
+            TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
             STORE_RESULT=not FOLD_SPLITS,
@@ -337,6 +345,9 @@ def _decode_split(
     stride_block_table_seq,
     stride_partial_token,
     stride_partial_head,
+    stride_scale_block,
+    stride_scale_slot,
+    stride_scale_head,
     scale,
     soft_cap,
     sliding_window,
@@ -358,6 +369,7 @@ def _decode_split(
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
+    TOKEN_HEAD_SCALES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
     STORE_RESULT: tl.constexpr,
@@ -422,6 +434,12 @@ def _decode_split(
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
             CLIP_TO_RANGE=True,
+            k_scale_ptr=k_scale_ptr,
+            v_scale_ptr=v_scale_ptr,
+            stride_scale_block=stride_scale_block,
+            stride_scale_slot=stride_scale_slot,
+            stride_scale_head=stride_scale_head,
+            TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
         )
     # the window's keys of the split
     split_lo = tl.maximum(split_lo, prefix_hi) - prefix_hi + kv_lo
@@ -469,6 +487,12 @@ def _decode_split(
         DOT_PRECISION=DOT_PRECISION,
         PREFETCH_BLOCKS=PREFETCH_BLOCKS,
         CLIP_TO_RANGE=HAS_RSWA,
+        k_scale_ptr=k_scale_ptr,
+        v_scale_ptr=v_scale_ptr,
+        stride_scale_block=stride_scale_block,
+        stride_scale_slot=stride_scale_slot,
+        stride_scale_head=stride_scale_head,
+        TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
     )
     if STORE_RESULT:
         store_split_result(
