@@ -263,6 +263,39 @@ def mm_prefix_ranges_for(
     return ranges
 
 
+def quantise_per_token_head(x: torch.Tensor, cache_dtype: torch.dtype):
+    """vLLM's per-token-head quantisation of ``x`` [..., head_size], written
+    independently of the kernels: a scale of absmax / max per (token, head), at
+    least 1e-6; values times its reciprocal; int8 rounds half away from zero
+    (then clamps to [-128, 127]), fp8 saturates and rounds to nearest even.
+    Returns (values in ``cache_dtype``, float32 scales)."""
+    x = x.float()
+    top = 127.0 if cache_dtype == torch.int8 else FP8_MAX[cache_dtype]
+    scale = (x.abs().amax(-1) / top).clamp_min(1e-6)
+    q = x * (1.0 / scale)[..., None]
+    if cache_dtype == torch.int8:
+        q = (q.abs() + 0.5).floor().copysign(q).clamp(-128, 127)
+    else:
+        q = q.clamp(-top, top)
+    return q.to(cache_dtype), scale
+
+
+def token_head_page_views(kv_cache: torch.Tensor, head_size: int, values: torch.dtype):
+    """K, V and their scales in vLLM's per-token-head page (logical ``[blocks,
+    H, block_size, C]``, ``[K | K scale | V | V scale]`` per (head, slot)), read
+    from the bytes on their own: K/V ``[blocks, block_size, H, D]`` and scales
+    ``[blocks, block_size, H]``."""
+    cells = kv_cache.transpose(1, 2)
+    half = cells.shape[-1] // 2
+    k_view = cells[..., :head_size].view(values)
+    v_view = cells[..., half : half + head_size].view(values)
+    k_scale, v_scale = (
+        cells[..., start : start + 4].contiguous().view(torch.float32)[..., 0]
+        for start in (head_size, half + head_size)
+    )
+    return k_view, v_view, k_scale, v_scale
+
+
 def rswa_prefixes_for(q_lens: list[int], seq_lens: list[int]) -> list[int]:
     """R-SWA prompt prefixes that meet every case: a third of each sequence's
     cached keys (a gap before the window in long ones, none in short ones), and

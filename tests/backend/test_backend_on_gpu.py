@@ -6,7 +6,7 @@ vLLM's ``Attention`` layer (with our impl, selected by vLLM), its KV-cache spec
 and allocator, ``CommonAttentionMetadata``, our builder, the forward context
 and the layer's call (vLLM's cache-update and attention ops) run on the GPU
 for decode, speculative-decode, prefill, chunked-prefill and mixed batches, in
-bf16 and fp8 KV, in both cache layouts, and under full CUDA graphs captured
+bf16, fp8 and per-token-head int8/fp8 KV, in both cache layouts, and under full CUDA graphs captured
 once and replayed with new lengths and block tables. Every output is checked
 against the reference, every written cache slot against an independent copy
 or quantisation.
@@ -28,7 +28,11 @@ pytest.importorskip("vllm.config", reason="needs the patched vLLM's Python layer
 
 from transformers import LlamaConfig  # noqa: E402
 
-from devtools.batches import TOLERANCES  # noqa: E402
+from devtools.batches import (  # noqa: E402
+    TOLERANCES,
+    quantise_per_token_head,
+    token_head_page_views,
+)
 from vllm.config import (  # noqa: E402
     AttentionConfig,
     CacheConfig,
@@ -119,7 +123,8 @@ class LayerOnGpu:
             )
         assert isinstance(self.layer.impl, TritonAttentionImpl)  # vLLM picked ours
         self.layer.process_weights_after_loading()  # the default scales, as after loading
-        self.fp8 = cache_dtype != "auto"
+        self.token_head = cache_dtype.endswith("_per_token_head")  # scales in the page
+        self.fp8 = cache_dtype != "auto" and not self.token_head
         if self.fp8:
             for scale in (self.layer._k_scale, self.layer._v_scale):
                 scale.fill_(FP8_SCALE)
@@ -207,9 +212,23 @@ class LayerOnGpu:
         """The written slots against the new keys and values, the output against the
         reference over the whole cache."""
         tokens = int(self.qsl_cpu[common.num_reqs])
-        k_view, v_view = self.kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
         slots = common.slot_mapping[:tokens]
         blocks, offsets = slots // BLOCK, slots % BLOCK
+        if self.token_head:  # values, then a float32 scale, per (head, slot), read on their own
+            values = self.layer.impl._kv_dtype
+            k_view, v_view, k_scale, v_scale = token_head_page_views(
+                self.kv_cache, HEAD_SIZE, values
+            )
+            for view, scale, new in ((k_view, k_scale, self.key), (v_view, v_scale, self.value)):
+                expected, expected_scale = quantise_per_token_head(new[:tokens], values)
+                assert torch.equal(
+                    view[blocks, offsets].view(torch.uint8), expected.view(torch.uint8)
+                )
+                assert torch.equal(scale[blocks, offsets], expected_scale)
+            return self._check_output(
+                common, output, k_view, v_view, k_scale=k_scale, v_scale=v_scale
+            )
+        k_view, v_view = self.kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
         scales = {}
         if self.fp8:
             fp8 = self.layer.impl.fp8_dtype
@@ -222,6 +241,10 @@ class LayerOnGpu:
                 assert torch.equal(written.view(torch.uint8), expected.view(torch.uint8))
             else:
                 assert torch.equal(written, new[:tokens])
+        self._check_output(common, output, k_view, v_view, **scales)
+
+    def _check_output(self, common, output, k_view, v_view, **scales):
+        tokens = int(self.qsl_cpu[common.num_reqs])
         expected = reference_paged_attention(
             self.query[:tokens],
             k_view,
@@ -244,7 +267,9 @@ def _eager_step(gpu: LayerOnGpu, q_lens, seq_lens):
 
 
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-@pytest.mark.parametrize("cache_dtype", ["auto", "fp8"])
+@pytest.mark.parametrize(
+    "cache_dtype", ["auto", "fp8", "int8_per_token_head", "fp8_per_token_head"]
+)
 def test_eager_batches(model_dir, cache_dtype, layout):
     """Decode, prefill, chunked prefill and mixed batches through one layer."""
     gpu = LayerOnGpu(model_dir, cache_dtype, layout)
@@ -288,7 +313,7 @@ def _replay(gpu: LayerOnGpu, graph, output, captured_plan, q_lens, seq_lens, num
     gpu.check(common, output)
 
 
-@pytest.mark.parametrize("cache_dtype", ["auto", "fp8"])
+@pytest.mark.parametrize("cache_dtype", ["auto", "fp8", "int8_per_token_head"])
 def test_full_graph_of_decodes(model_dir, cache_dtype):
     """FULL_AND_PIECEWISE captures uniform decode batches: one graph per size
     replays every batch of that size, padded ones included."""

@@ -22,7 +22,7 @@ pytest.importorskip("vllm.config", reason="needs the installed vLLM (make test i
 
 from transformers import LlamaConfig  # noqa: E402
 
-from devtools.batches import TOLERANCES  # noqa: E402
+from devtools.batches import TOLERANCES, token_head_page_views  # noqa: E402
 from vllm.config import (  # noqa: E402
     CUDAGraphMode,
     DeviceConfig,
@@ -189,13 +189,10 @@ def run_step(
         if fp8_dtype is not None:  # the reference reads the bytes the write stored
             k_view, v_view = k_view.view(fp8_dtype), v_view.view(fp8_dtype)
     else:
-        half = cells.shape[-1] // 2
-        k_view = cells[..., :HEAD_SIZE].view(token_head_dtype)
-        v_view = cells[..., half : half + HEAD_SIZE].view(token_head_dtype)
-        scales = {
-            name: cells[..., start : start + 4].contiguous().view(torch.float32)[..., 0]
-            for name, start in (("k_scale", HEAD_SIZE), ("v_scale", half + HEAD_SIZE))
-        }
+        k_view, v_view, k_scale, v_scale = token_head_page_views(
+            kv_cache, HEAD_SIZE, token_head_dtype
+        )
+        scales = dict(k_scale=k_scale, v_scale=v_scale)
     expected = reference_paged_attention(
         query,
         k_view,

@@ -534,6 +534,9 @@ def test_bad_inputs_get_clear_errors(batch, device):
         call(batch, k_cache=int8, v_cache=int8, k_scale=scales, v_scale=scales.half())
     with pytest.raises(ValueError, match=r"v_scale.stride\(\) must be k_scale.stride\(\)"):
         call(batch, k_cache=int8, v_cache=int8, k_scale=scales, v_scale=scales.mT.contiguous().mT)
+    shifted = torch.empty(int8.numel() + 2, dtype=torch.int8, device=device)[2:].view(int8.shape)
+    with pytest.raises(ValueError, match="k_cache must be rows at multiples of 4 bytes"):
+        call(batch, k_cache=shifted, v_cache=int8, k_scale=scales, v_scale=scales)
     arch = GpuArch.of_device(device)
     wrong_plan = plan_attention(
         num_tokens=99,

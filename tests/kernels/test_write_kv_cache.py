@@ -10,7 +10,7 @@ import torch
 from conftest import HAS_GPU
 from triton.runtime.jit import JITFunction
 
-from devtools.batches import kv_cache_views
+from devtools.batches import kv_cache_views, quantise_per_token_head
 from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
 
 FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
@@ -74,22 +74,6 @@ def test_write_kv_cache(cache_dtype, layout, head_size, device):
         want = expected(x, cache, scales.get(name))
         assert not cache.float().isnan().any()
         torch.testing.assert_close(cache.float(), want.float(), atol=0, rtol=0)
-
-
-def quantise_per_token_head(x: torch.Tensor, cache_dtype: torch.dtype):
-    """vLLM's per-token-head quantisation, written independently: a scale of
-    absmax / max per (token, head), at least 1e-6; values times its reciprocal;
-    int8 rounds half away from zero (then clamps to [-128, 127]), fp8 saturates
-    and rounds to nearest even."""
-    x = x.float()
-    top = 127.0 if cache_dtype == torch.int8 else FP8_RANGE[cache_dtype]
-    scale = (x.abs().amax(-1) / top).clamp_min(1e-6)
-    q = x * (1.0 / scale)[..., None]
-    if cache_dtype == torch.int8:
-        q = (q.abs() + 0.5).floor().copysign(q).clamp(-128, 127)
-    else:
-        q = q.clamp(-top, top)
-    return q.to(cache_dtype), scale
 
 
 @pytest.mark.parametrize(

@@ -534,6 +534,7 @@ def _layer_features(
         alibi=any(getattr(i, "alibi_slopes", None) is not None for i in impls),
         sinks=any(getattr(i, "sinks", None) is not None for i in impls),
         chunked_window=any(getattr(i, "chunk_lookback", -1) > -1 for i in impls),
+        token_head_scales=any(getattr(i, "_token_head_scales", False) for i in impls),
     )
     encoder = any(
         getattr(i, "attn_type", AttentionType.DECODER)

@@ -80,6 +80,7 @@ class AttentionCall(NamedTuple):
             mm_prefix=self.mm_prefix_ranges is not None,
             chunked_window=self.chunk_lookback is not None,
             rswa=self.rswa_prefix_lens is not None,
+            token_head_scales=self.kv_token_head_scaled,
         )
 
     def layout(self, strides=None) -> TensorLayout:
@@ -116,7 +117,7 @@ def token_head_scaled(k_scale) -> bool:
     return isinstance(k_scale, torch.Tensor) and k_scale.dim() == 3
 
 
-def check_scales(k_cache: torch.Tensor, k_scale, v_scale, fn: str) -> None:
+def check_scales(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale, v_scale, fn: str) -> None:
     """fp8 caches take one-element scales or a scale per token and KV head,
     int8 caches only the latter: float32, K's and V's of one layout."""
     kv_dtype = k_cache.dtype
@@ -151,6 +152,15 @@ def check_scales(k_cache: torch.Tensor, k_scale, v_scale, fn: str) -> None:
             f"k_scale.stride() {k_scale.stride()}",
             v_scale.stride(),
         )
+    if per_token_head:  # the kernels read their rows 4 bytes at a time (TOKEN_HEAD_ROW_ALIGN)
+        for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+            strides = cache.stride()
+            if cache.data_ptr() % 4 or any(n % 4 for n in strides[:3]) or strides[3] != 1:
+                got = f"address {cache.data_ptr()} % 4 = {cache.data_ptr() % 4}, strides {strides}"
+                expected = (
+                    "rows at multiples of 4 bytes (address and strides) with unit head stride"
+                )
+                fail(ValueError, fn, name, expected, got)
 
 
 def check_rswa(prefix_lens: torch.Tensor, num_seqs: int, call: AttentionCall, fn: str) -> None:
@@ -199,7 +209,7 @@ def check_paged_attention_inputs(
         fail(ValueError, fn, "num_q_heads", expected, num_q_heads)
     if k_cache.dtype in QUANTISED_KV_DTYPES:
         check_kv_dtype(k_cache.dtype, arch, fn)
-        check_scales(k_cache, k_scale, v_scale, fn)
+        check_scales(k_cache, v_cache, k_scale, v_scale, fn)
     elif k_cache.dtype != q.dtype:
         expected = f"q.dtype ({q.dtype}), an fp8 type or int8"
         fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
@@ -333,4 +343,4 @@ def check_write_kv_cache_inputs(
     elif k_cache.dtype not in (torch.int8, *ACTIVATION_DTYPES):
         expected = "float16, bfloat16, float32, an fp8 type or int8"
         fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
-    check_scales(k_cache, k_scale, v_scale, fn)
+    check_scales(k_cache, v_cache, k_scale, v_scale, fn)

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code reads only constexpr globals
+# Rows of per-token-head caches start at multiples of 4 bytes (checks.py).
+TOKEN_HEAD_ROW_ALIGN = tl.constexpr(4)
 
 
 @triton.jit
@@ -206,9 +208,15 @@ def load_kv_tile(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     MASKED: tl.constexpr,
+    ROW_ALIGN: tl.constexpr = 1,
 ):
     """Gather K^T [HEAD_PAD, TILE_N] and V [TILE_N, HEAD_PAD] from the cache blocks
     ``block`` (one per key).
+
+    ``ROW_ALIGN``: every K and V row starts at a multiple of this many
+    elements (the checks made sure). vLLM's per-token-head pages put rows
+    ``2 * D + 8`` bytes apart and V ``D + 4`` bytes in: never 16-byte aligned,
+    so without the hint Triton would read them a byte at a time.
 
     With ``MASKED``, keys outside ``load_mask`` are never read (their slots can
     hold NaN) and come back as zeros, so ``0 * V`` can never turn into NaN.
@@ -220,6 +228,9 @@ def load_kv_tile(
     v_offset = block * stride_v_block + slot * stride_v_slot + kv_head * stride_v_head
     k_ptrs = k_cache_ptr + k_offset[None, :] + dim[:, None] * STRIDE_K_DIM
     v_ptrs = v_cache_ptr + v_offset[:, None] + dim[None, :] * STRIDE_V_DIM
+    if ROW_ALIGN > 1:
+        k_ptrs = tl.multiple_of(k_ptrs, [ROW_ALIGN, 1])
+        v_ptrs = tl.multiple_of(v_ptrs, [1, ROW_ALIGN])
     if MASKED:
         k = tl.load(k_ptrs, mask=dim_mask[:, None] & load_mask[None, :], other=0.0)
         v = tl.load(v_ptrs, mask=load_mask[:, None] & dim_mask[None, :], other=0.0)
@@ -487,6 +498,7 @@ def attend_key_tiles(
             BLOCK_SIZE=BLOCK_SIZE,
             COMPUTE_DTYPE=q.dtype,
             MASKED=MASKED,
+            ROW_ALIGN=TOKEN_HEAD_ROW_ALIGN if TOKEN_HEAD_SCALES else 1,
         )
         key_scale = None
         value_scale = None

@@ -579,14 +579,15 @@ def _current_stream() -> int:
 
 def _tensors_key(tensors: tuple, key: list) -> tuple[tuple, list]:
     """``key`` extended with what checks and Triton's specialisation read from
-    ``tensors``: shapes, strides, dtypes, devices and 16-byte alignment (Triton
-    specialises pointers on it); and the tensors' device addresses (None, or
-    the value itself, for what is not a tensor: the checks refuse a bad one)."""
+    ``tensors``: shapes, strides, dtypes, devices and the address modulo 16
+    (Triton specialises pointers on 16-byte alignment, the checks read 4-byte
+    alignment); and the tensors' device addresses (None, or the value itself,
+    for what is not a tensor: the checks refuse a bad one)."""
     addresses = []
     for t in tensors:
         if isinstance(t, torch.Tensor):
             address = t.data_ptr()
-            key += (t.shape, t.stride(), t.dtype, t.device, address % 16 == 0)
+            key += (t.shape, t.stride(), t.dtype, t.device, address % 16)
         else:
             address = t
             key.append(t)

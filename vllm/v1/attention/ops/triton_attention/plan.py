@@ -138,6 +138,7 @@ class AttentionFeatures(NamedTuple):  # made per call by the checks: cheaper tha
     mm_prefix: bool = False  # multimodal bidirectional ranges per sequence
     chunked_window: bool = False  # the window in whole chunks (chunk_lookback)
     rswa: bool = False  # R-SWA: each sequence's prompt prefix visible beside the window
+    token_head_scales: bool = False  # an int8/fp8 cache with a scale per token and KV head
 
 
 NO_FEATURES = AttentionFeatures()
@@ -539,6 +540,8 @@ def _plan_split_kv(
     kv_tile_size, num_warps, num_stages = _split_kv_tiles(head_pad, block_m, splits, arch)
     if wide:
         kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
+    elif _narrow_rows(features, arch):
+        kv_tile_size = min(kv_tile_size, NARROW_ROW_SPLIT_KV_TILE)
     kernel, kv_buffers = SPLIT_KV_DECODE, 0
     pipelined = None
     if batch_invariant:
@@ -580,6 +583,19 @@ def _plan_split_kv(
     )
 
 
+NARROW_ROW_SPLIT_KV_TILE = 64
+
+
+def _narrow_rows(features: AttentionFeatures, arch: GpuArch) -> bool:
+    """Per-token-head pages start K and V rows only 4-byte aligned (``2 * D +
+    8``-byte cells, V ``D + 4`` bytes in): tiles move in 4-byte copies, each
+    with its own address registers, so split-KV tiles hold at most
+    ``NARROW_ROW_SPLIT_KV_TILE`` keys and long-query tiles half the usual (the
+    compile matrix, Triton 3.8, head 128: sm_90 split-KV at 128 keys spilled
+    1024 B, none at 64; long-query 924 B at 128 keys, none at 64)."""
+    return features.token_head_scales and arch.vendor != "interpreter"
+
+
 def _plan_long_query(
     num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size, arch, dtype, features, layout
 ) -> AttentionPlan:
@@ -589,6 +605,8 @@ def _plan_long_query(
     block_m, kv_tile_size, num_warps, num_stages = _long_query_tiles(head_pad, arch)
     if wide:
         block_m = max(block_m // 2, MIN_DOT_SIZE)
+        kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
+    elif _narrow_rows(features, arch):
         kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
     kernel, kv_buffers, fma_exp2_every = LONG_QUERY, 0, 0
     if (
