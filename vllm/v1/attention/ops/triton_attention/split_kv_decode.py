@@ -380,7 +380,7 @@ def _decode_split(
 
     The split's share of the ``num_keys`` keys: the prompt prefix ``[0,
     prefix_hi)`` (R-SWA; empty otherwise), then the keys from ``kv_lo`` on."""
-    split_lo, split_hi = split_key_range(num_keys, 0, split, num_splits, TILE_N)
+    split_lo, split_hi = split_key_range(num_keys, split, num_splits, TILE_N)
 
     # The sink joins the softmax once per row, through the first split. (A
     # where, not `&` with the scalar: Triton 3.9's interpreter rejects that mask.)
