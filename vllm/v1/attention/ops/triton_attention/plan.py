@@ -541,7 +541,7 @@ def _plan_split_kv(
     if wide:
         kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
     elif _narrow_rows(features, arch):
-        kv_tile_size = min(kv_tile_size, NARROW_ROW_SPLIT_KV_TILE)
+        kv_tile_size = min(kv_tile_size, NARROW_ROW_SPLIT_KV_TILE.get(arch.vendor, 64))
     kernel, kv_buffers = SPLIT_KV_DECODE, 0
     pipelined = None
     if batch_invariant:
@@ -583,7 +583,7 @@ def _plan_split_kv(
     )
 
 
-NARROW_ROW_SPLIT_KV_TILE = 64
+NARROW_ROW_SPLIT_KV_TILE = {"cuda": 64, "hip": 32}
 
 
 def _narrow_rows(features: AttentionFeatures, arch: GpuArch) -> bool:
@@ -591,8 +591,9 @@ def _narrow_rows(features: AttentionFeatures, arch: GpuArch) -> bool:
     8``-byte cells, V ``D + 4`` bytes in): tiles move in 4-byte copies, each
     with its own address registers, so split-KV tiles hold at most
     ``NARROW_ROW_SPLIT_KV_TILE`` keys and long-query tiles half the usual (the
-    compile matrix, Triton 3.8, head 128: sm_90 split-KV at 128 keys spilled
-    1024 B, none at 64; long-query 924 B at 128 keys, none at 64)."""
+    compile matrix, Triton 3.8: sm_90 split-KV head 128 spilled 1024 B at 128
+    keys, none at 64; long-query 924 B at 128 keys, none at 64; gfx942 split-KV
+    head 64 20 VGPRs at 64 keys, none at 32)."""
     return features.token_head_scales and arch.vendor != "interpreter"
 
 
