@@ -554,12 +554,12 @@ def attend_key_tiles(
 
 
 @triton.jit
-def split_key_range(num_keys, split, num_splits, TILE_N: tl.constexpr):
-    """Range ``[split_lo, split_hi)`` of split ``split`` among ``num_keys`` keys
-    counted from 0: ``num_splits`` ranges of whole key tiles. The length of a
-    range follows the sequence, so the grid does not."""
-    keys_per_split = tl.cdiv(tl.cdiv(num_keys, num_splits), TILE_N) * TILE_N
-    split_lo = split * keys_per_split
+def split_key_range(num_keys, first_key, split, num_splits, TILE_N: tl.constexpr):
+    """Keys ``[split_lo, split_hi)`` of split ``split``: keys ``first_key`` to
+    ``num_keys`` cut into ``num_splits`` ranges of whole key tiles. The length
+    of a range follows the sequence, so the grid does not."""
+    keys_per_split = tl.cdiv(tl.cdiv(num_keys - first_key, num_splits), TILE_N) * TILE_N
+    split_lo = first_key + split * keys_per_split
     return split_lo, tl.minimum(split_lo + keys_per_split, num_keys)
 
 

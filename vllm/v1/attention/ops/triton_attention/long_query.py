@@ -152,8 +152,8 @@ def long_query_attention_kernel(
             CLAMP_TO_WINDOW=MM_CLAMP_TO_WINDOW,
         )
         kv_lo, kv_hi = widen_key_range(kv_lo, kv_hi, mm_lo, mm_hi, row_valid)
-    block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
     if HAS_RSWA:  # the prompt prefix, causal only; then the window past it
+        block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
         prefix_len = tl.load(rswa_prefix_lens_ptr + seq)
         prefix_hi = tl.minimum(prefix_len, kv_hi)
         for masked in tl.static_range(2):  # tiles every row sees in full, then the rest
@@ -210,6 +210,7 @@ def long_query_attention_kernel(
     full_hi = tl.maximum(full_hi // TILE_N * TILE_N, full_lo)
     tile_lo = kv_lo // TILE_N * TILE_N
 
+    block_table_row_ptr = block_table_ptr + seq.to(tl.int64) * stride_block_table_seq
     if HAS_SLIDING_WINDOW:  # left edge of the window: masked
         acc, m_i, l_i = attend_key_tiles(
             acc,

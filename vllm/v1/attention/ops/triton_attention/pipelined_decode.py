@@ -186,7 +186,7 @@ def split_kv_decode_pipelined_kernel(
     seq_len = gl.load(seq_lens_ptr + seq)
     context_len = seq_len - q_len
 
-    split_lo, split_hi = split_key_range(seq_len, split, NUM_KV_SPLITS, TILE_N)
+    split_lo, split_hi = split_key_range(seq_len, 0, split, NUM_KV_SPLITS, TILE_N)
     num_tiles = gl.cdiv(gl.maximum(split_hi - split_lo, 0), TILE_N)
 
     k_buffers = gl.allocate_shared_memory(

@@ -378,9 +378,12 @@ def _decode_split(
     range, the online softmax over it, and its result (``store_split_result``)
     unless the caller folds the returned ``(acc, m_i, l_i)`` itself.
 
-    The split's share of the ``num_keys`` keys: the prompt prefix ``[0,
-    prefix_hi)`` (R-SWA; empty otherwise), then the keys from ``kv_lo`` on."""
-    split_lo, split_hi = split_key_range(num_keys, split, num_splits, TILE_N)
+    Its share of the keys from ``kv_lo`` on; with R-SWA, of the ``num_keys``
+    keys of the prompt prefix ``[0, prefix_hi)`` and then those from ``kv_lo`` on."""
+    if HAS_RSWA:
+        split_lo, split_hi = split_key_range(num_keys, 0, split, num_splits, TILE_N)
+    else:
+        split_lo, split_hi = split_key_range(seq_len, kv_lo, split, num_splits, TILE_N)
 
     # The sink joins the softmax once per row, through the first split. (A
     # where, not `&` with the scalar: Triton 3.9's interpreter rejects that mask.)
@@ -441,9 +444,9 @@ def _decode_split(
             stride_scale_head=stride_scale_head,
             TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
         )
-    # the window's keys of the split
-    split_lo = tl.maximum(split_lo, prefix_hi) - prefix_hi + kv_lo
-    split_hi = split_hi - prefix_hi + kv_lo
+        # then the split's keys of the window
+        split_lo = tl.maximum(split_lo, prefix_hi) - prefix_hi + kv_lo
+        split_hi = split_hi - prefix_hi + kv_lo
     acc, m_i, l_i = attend_key_tiles(
         acc,
         m_i,
