@@ -280,6 +280,25 @@ def quantise_per_token_head(x: torch.Tensor, cache_dtype: torch.dtype):
     return q.to(cache_dtype), scale
 
 
+def token_head_page(
+    num_blocks: int, block_size: int, num_kv_heads: int, head_size: int, kv_dtype, device
+):
+    """A new per-token-head page as vLLM lays it out (slot-major, ``[K | K scale |
+    V | V scale]`` per (slot, head)) and the kernels' views of it: K and V
+    ``[blocks, block_size, H, D]``, their float32 scales ``[blocks, block_size, H]``."""
+    half = head_size + 4  # D one-byte values, then a float32
+    page = torch.empty(
+        num_blocks, block_size, num_kv_heads, 2 * half, dtype=kv_dtype, device=device
+    )
+    scales = page.view(torch.int8).view(torch.float32)
+    return (
+        page[..., :head_size],
+        page[..., half : half + head_size],
+        scales[..., head_size // 4],
+        scales[..., (half + head_size) // 4],
+    )
+
+
 def token_head_page_views(kv_cache: torch.Tensor, head_size: int, values: torch.dtype):
     """K, V and their scales in vLLM's per-token-head page (logical ``[blocks,
     H, block_size, C]``, ``[K | K scale | V | V scale]`` per (head, slot)), read

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.testing
 
-from devtools.batches import TOLERANCES, make_batch, plan_for_batch
+from devtools.batches import TOLERANCES, make_batch, plan_for_batch, token_head_page
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,
@@ -742,7 +742,7 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
         for kv_dtype, per_token_head in variants:
             call_args, cell_inputs = {}, inputs
             if per_token_head:
-                k_cache, v_cache, k_scale, v_scale = token_head_page(*inputs[1:3], kv_dtype)
+                k_cache, v_cache, k_scale, v_scale = quantised_page(*inputs[1:3], kv_dtype)
                 call_args = dict(k_scale=k_scale, v_scale=v_scale)
                 cell_inputs = (inputs[0], k_cache, v_cache, *inputs[3:])
             elif kv_dtype != dtype:  # N(0, 1) values: well inside both formats at scale 1
@@ -779,26 +779,20 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
         torch.cuda.empty_cache()
 
 
-def token_head_page(k_cache, v_cache, kv_dtype):
-    """K and V of ``k_cache``/``v_cache`` ([blocks, block_size, heads, d]) in a
-    per-token-head page as vLLM lays it out, ``[K | K scale | V | V scale]`` per
-    (slot, head), with their scale views: int8 at scale 1/32, fp8 at scale 1."""
-    blocks, block_size, heads, d = k_cache.shape
-    page = torch.empty(blocks, block_size, heads, 2 * d + 8, dtype=kv_dtype, device=k_cache.device)
-    half = d + 4
+def quantised_page(k_cache, v_cache, kv_dtype):
+    """``k_cache``/``v_cache`` ([blocks, block_size, heads, d]) in a per-token-head
+    page as vLLM lays it out (``devtools.batches.token_head_page``): int8 at scale
+    1/32, fp8 at scale 1. Returns its K, V and scale views."""
+    views = token_head_page(*k_cache.shape, kv_dtype, k_cache.device)
     scale = 1 / 32 if kv_dtype == torch.int8 else 1.0
-    views = []
-    for start, values in ((0, k_cache), (half, v_cache)):
+    for view, values in zip(views[:2], (k_cache, v_cache), strict=True):
         quantised = values.float() / scale
         if kv_dtype == torch.int8:
             quantised = quantised.round().clamp(-128, 127)
-        page[..., start : start + d] = quantised.to(kv_dtype)
-        views.append(page[..., start : start + d])
-    scales = page.view(torch.int8).view(torch.float32)
-    k_scale, v_scale = scales[..., d // 4], scales[..., (half + d) // 4]
-    k_scale.fill_(scale)
-    v_scale.fill_(scale)
-    return *views, k_scale, v_scale
+        view.copy_(quantised.to(kv_dtype))
+    for scales in views[2:]:
+        scales.fill_(scale)
+    return views
 
 
 def _decode_variant(

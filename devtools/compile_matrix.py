@@ -132,6 +132,7 @@ def _launches(variant: Variant, target: str):
     """The runtime's launches for this variant on this target (tiny CPU tensors)."""
     import torch
 
+    from devtools.batches import token_head_page
     from vllm.v1.attention.ops.triton_attention import GpuArch, SplitKVWorkspace, plan_attention
     from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
     from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
@@ -146,18 +147,19 @@ def _launches(variant: Variant, target: str):
     num_q_heads = num_kv_heads * variant.queries_per_kv
     q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
     d = variant.head_size
-    cell = 2 * d + (8 if per_token_head else 0)  # [K | V], or [K | K scale | V | V scale]
-    packed = torch.empty(8, 16, num_kv_heads, cell, dtype=kv_dtype)
-    k_cache, v_cache = packed[..., :d], packed[..., cell // 2 : cell // 2 + d]
+    scale = torch.tensor(1.0)
+    k_scale = v_scale = scale if variant.kv_dtype is not None else None
+    if per_token_head:  # vLLM's page: values, then a float32 scale per token and head
+        k_cache, v_cache, k_scale, v_scale = token_head_page(
+            8, 16, num_kv_heads, d, kv_dtype, "cpu"
+        )
+    else:
+        packed = torch.empty(8, 16, num_kv_heads, 2 * d, dtype=kv_dtype)
+        k_cache, v_cache = packed[..., :d], packed[..., d:]
 
     def on(switch):
         return variant.features in (switch, "all")
 
-    scale = torch.tensor(1.0)
-    k_scale = v_scale = scale if variant.kv_dtype is not None else None
-    if per_token_head:
-        scales = packed.view(torch.int8).view(torch.float32)
-        k_scale, v_scale = scales[..., d // 4], scales[..., (cell // 2 + d) // 4]
     rswa = variant.features == "rswa"
     call = AttentionCall(
         q=q,
