@@ -15,7 +15,13 @@ from vllm.v1.attention.ops.triton_attention import (
     TensorLayout,
     plan_batch,
 )
-from vllm.v1.attention.ops.triton_attention.arch import FP8_DTYPES, FP8_MAX
+from vllm.v1.attention.ops.triton_attention.arch import (
+    FP8_DTYPES,
+    FP8_MAX,
+    INT4_KV_DTYPE,
+    rht_block,
+    rht_signs,
+)
 from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
 
 # Tolerances per activation dtype, against a float64 reference on the same
@@ -154,11 +160,25 @@ def make_batch(
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
 
+    columns = head_size // 2 if kv_dtype == INT4_KV_DTYPE else head_size  # int4: 2 per byte
     k_cache, v_cache = kv_cache_views(
-        num_blocks, block_size, num_kv_heads, head_size, kv_dtype, device, layout
+        num_blocks, block_size, num_kv_heads, columns, kv_dtype, device, layout
     )
     k_scale = v_scale = None
-    if kv_dtype == torch.int8 or token_head_scales:
+    if kv_dtype == INT4_KV_DTYPE:
+        # random codes around random zero points (codes - zero: std ~6), scaled
+        # so that rotated back (divided by sqrt(block) in norm) they are ~N(0, 1)
+        unit = rht_block(head_size) ** 0.5 / 6
+        k_scale, v_scale = (
+            int4_scale_words(
+                (torch.rand(num_blocks, block_size, num_kv_heads, generator=gen) + 0.5) * unit,
+                torch.randint(0, 16, (num_blocks, block_size, num_kv_heads), generator=gen),
+            ).to(device)
+            for _ in range(2)
+        )
+        for cache in (k_cache, v_cache):
+            cache.copy_(torch.randint(0, 256, cache.shape, generator=gen, dtype=torch.uint8))
+    elif kv_dtype == torch.int8 or token_head_scales:
         # a scale per slot and KV head, as vLLM's *_per_token_head caches hold
         k_scale, v_scale = (
             torch.rand(num_blocks, block_size, num_kv_heads, generator=gen).to(device) * 0.05 + 0.01
@@ -185,7 +205,7 @@ def make_batch(
         """NaN in these slots: in the values, and in their per-token-head scales
         (an int8 value cannot be NaN)."""
         for cache, scale in ((k_cache, k_scale), (v_cache, v_scale)):
-            if cache.dtype != torch.int8:
+            if cache.dtype.is_floating_point:
                 cache[block, slots] = float("nan")
             if scale is not None and scale.dim() == 3:
                 scale[block, slots] = float("nan")
@@ -280,22 +300,79 @@ def quantise_per_token_head(x: torch.Tensor, cache_dtype: torch.dtype):
     return q.to(cache_dtype), scale
 
 
+def int4_scale_words(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """An int4 cache's scale words: float32 ``scale`` with its 4 low mantissa
+    bits replaced by ``zero`` (0..15), as vLLM stores them."""
+    bits = scale.float().contiguous().view(torch.int32)
+    return ((bits & -16) | zero.to(torch.int32)).view(torch.float32)
+
+
+def quantise_int4(x: torch.Tensor):
+    """vLLM's int4_per_token_head storage of ``x`` [..., head_size], written
+    independently of the kernels: rotated by each Hadamard block's matrix
+    (built here as a float64 matrix) times the signs, rounded to ``x``'s
+    dtype; then scale ``(max - min) / 15`` (at least 1e-6), zero point
+    ``-min / scale`` and codes ``x / scale + zero``, both rounded half away
+    from zero into 0..15; codes two per byte, the even dimension low.
+    Returns (bytes [..., head_size // 2] uint8, float32 scale words)."""
+    head_size = x.shape[-1]
+    block = rht_block(head_size)
+    hadamard, order_two = torch.ones(1, 1), torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    while hadamard.shape[0] < block:
+        hadamard = torch.kron(order_two, hadamard)
+    hadamard = hadamard.double()
+    signed = x.double() * rht_signs(head_size, x.device).double()
+    blocks = signed.reshape(*x.shape[:-1], head_size // block, block) @ hadamard.to(x.device)
+    rotated = blocks.reshape(x.shape).to(x.dtype).float()
+    low, high = rotated.amin(-1), rotated.amax(-1)
+    scale = ((high - low) / 15.0).clamp_min(1e-6)
+
+    def round_half_away(v):
+        return (v.abs() + 0.5).floor().copysign(v)
+
+    zero = round_half_away(-low / scale).clamp(0, 15)
+    codes = round_half_away(rotated * (1.0 / scale)[..., None] + zero[..., None]).clamp(0, 15)
+    codes = codes.to(torch.uint8)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4), int4_scale_words(scale, zero)
+
+
+def dequantise_int4(packed: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """The vectors ``[..., head_size]`` (float64) that :func:`quantise_int4`'s
+    bytes and scale words hold: codes minus the zero point (the word's 4 low
+    mantissa bits) times the scale (the rest of the word), rotated back by the
+    signs times each Hadamard block's matrix over its order."""
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2).double()
+    bits = words.contiguous().view(torch.int32)
+    scale = (bits & -16).view(torch.float32).double()
+    rotated = (codes - (bits & 15).double()[..., None]) * scale[..., None]
+    head_size = rotated.shape[-1]
+    block = rht_block(head_size)
+    hadamard, order_two = torch.ones(1, 1), torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    while hadamard.shape[0] < block:
+        hadamard = torch.kron(order_two, hadamard)
+    blocks = rotated.reshape(*rotated.shape[:-1], head_size // block, block)
+    vectors = (blocks @ hadamard.double().to(rotated.device)).reshape(rotated.shape) / block
+    return vectors * rht_signs(head_size, rotated.device).double()
+
+
 def token_head_page(
     num_blocks: int, block_size: int, num_kv_heads: int, head_size: int, kv_dtype, device
 ):
     """A new per-token-head page as vLLM lays it out (slot-major, ``[K | K scale |
     V | V scale]`` per (slot, head)) and the kernels' views of it: K and V
-    ``[blocks, block_size, H, D]``, their float32 scales ``[blocks, block_size, H]``."""
-    half = head_size + 4  # D one-byte values, then a float32
+    ``[blocks, block_size, H, D]`` (int4: ``D / 2`` bytes), their float32
+    scales ``[blocks, block_size, H]``."""
+    values = head_size // 2 if kv_dtype == INT4_KV_DTYPE else head_size  # one-byte columns
+    half = values + 4  # the values, then a float32
     page = torch.empty(
         num_blocks, block_size, num_kv_heads, 2 * half, dtype=kv_dtype, device=device
     )
     scales = page.view(torch.int8).view(torch.float32)
     return (
-        page[..., :head_size],
-        page[..., half : half + head_size],
-        scales[..., head_size // 4],
-        scales[..., (half + head_size) // 4],
+        page[..., :values],
+        page[..., half : half + values],
+        scales[..., values // 4],
+        scales[..., (half + values) // 4],
     )
 
 

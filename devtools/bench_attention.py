@@ -26,7 +26,13 @@ import torch
 import triton
 import triton.testing
 
-from devtools.batches import TOLERANCES, make_batch, plan_for_batch, token_head_page
+from devtools.batches import (
+    TOLERANCES,
+    int4_scale_words,
+    make_batch,
+    plan_for_batch,
+    token_head_page,
+)
 from vllm.v1.attention.ops.triton_attention import (
     GpuArch,
     SplitKVWorkspace,
@@ -35,6 +41,7 @@ from vllm.v1.attention.ops.triton_attention import (
     plan_attention,
     reference_paged_attention,
 )
+from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -254,7 +261,7 @@ def run_upstream(
     128 // num_kv_heads sequences); ``batch_invariant``: as under
     VLLM_BATCH_INVARIANT=1 (which its module reads at import); ``k_scale`` and
     ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode), or
-    per token and KV head (its INT8/FP8_PER_TOKEN_HEAD modes);
+    per token and KV head (its INT8/FP8/INT4_PER_TOKEN_HEAD modes);
     ``rswa_prefix_lens`` with ``sliding_window``: R-SWA (its window then
     replaces the layer's, which is off)."""
     hq, hkv, d = model
@@ -269,7 +276,9 @@ def run_upstream(
     scale_caches = {}
     if k_scale is not None and k_scale.dim() == 3:  # a scale per token and KV head
         quant = modes.INT8_PER_TOKEN_HEAD
-        if k_cache.dtype != torch.int8:
+        if k_cache.dtype == INT4_KV_DTYPE:
+            quant = modes.INT4_PER_TOKEN_HEAD
+        elif k_cache.dtype != torch.int8:
             quant = modes.FP8_PER_TOKEN_HEAD
         scale_caches = dict(k_scale_cache=k_scale, v_scale_cache=v_scale)
         k_scale = v_scale = None
@@ -733,7 +742,7 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
     hq, hkv, d = model
     arch = GpuArch.of_device("cuda")
     fp8 = [t for t in (torch.float8_e4m3fn, torch.float8_e5m2) if arch.supports_kv_dtype(t)]
-    token_head = [torch.int8] + fp8[:1]
+    token_head = [torch.int8] + fp8[:1] + [INT4_KV_DTYPE]
     variants = [(dtype, False)] + [(t, False) for t in fp8] + [(t, True) for t in token_head]
     for batch_size, context in FP8_DECODES:
         cell = ([1] * batch_size, [context] * batch_size)
@@ -757,6 +766,7 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
             layout = TensorLayout.of_packed_kv_cache(d, kv_dtype, block_size=16)
             plan = backend_plan(model, cell[0], layout=layout)
             scale_bytes = 2 * batch_size * context * hkv * 4 if per_token_head else 0
+            value_bytes = d // 2 if kv_dtype == INT4_KV_DTYPE else d * kv_dtype.itemsize
             us = _decode_variant(
                 model,
                 name,
@@ -766,10 +776,10 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
                 plan,
                 emit,
                 copy,
-                kv_bytes=2 * batch_size * context * hkv * d * kv_dtype.itemsize + scale_bytes,
+                kv_bytes=2 * batch_size * context * hkv * value_bytes + scale_bytes,
                 plain_us=plain_us,
                 upstream=upstream,
-                feature=f"kv_{str(kv_dtype)[6:]}" + ("_per_token_head" if per_token_head else ""),
+                feature=f"kv_{kv_name(kv_dtype)}" + ("_per_token_head" if per_token_head else ""),
                 ours_args=call_args,
                 upstream_args=call_args,
             )
@@ -779,11 +789,22 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
         torch.cuda.empty_cache()
 
 
+def kv_name(kv_dtype: torch.dtype) -> str:
+    return "int4" if kv_dtype == INT4_KV_DTYPE else str(kv_dtype)[6:]
+
+
 def quantised_page(k_cache, v_cache, kv_dtype):
     """``k_cache``/``v_cache`` ([blocks, block_size, heads, d]) in a per-token-head
     page as vLLM lays it out (``devtools.batches.token_head_page``): int8 at scale
-    1/32, fp8 at scale 1. Returns its K, V and scale views."""
+    1/32, fp8 at scale 1; int4 as random codes (the timing does not depend on
+    them) at scale 1/4 around zero point 8. Returns its K, V and scale views."""
     views = token_head_page(*k_cache.shape, kv_dtype, k_cache.device)
+    if kv_dtype == INT4_KV_DTYPE:
+        for view in views[:2]:
+            view.copy_(torch.randint_like(view, 256))
+        for words in views[2:]:
+            words.copy_(int4_scale_words(torch.full_like(words, 0.25), torch.full_like(words, 8)))
+        return views
     scale = 1 / 32 if kv_dtype == torch.int8 else 1.0
     for view, values in zip(views[:2], (k_cache, v_cache), strict=True):
         quantised = values.float() / scale

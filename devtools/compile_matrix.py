@@ -123,6 +123,7 @@ def variants(subset: str) -> list[Variant]:
             # vLLM's *_per_token_head pages: values, then a float32 scale per token and head
             "int8_per_token_head",
             "float8_e4m3fn_per_token_head",
+            "int4_per_token_head",  # two codes per byte, rotated vectors
         )
     ]
     return out
@@ -134,13 +135,15 @@ def _launches(variant: Variant, target: str):
 
     from devtools.batches import token_head_page
     from vllm.v1.attention.ops.triton_attention import GpuArch, SplitKVWorkspace, plan_attention
+    from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
     from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
     from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
 
     backend, arch_name, _, units, _ = TARGETS[target]
     arch = GpuArch(backend, arch_name if backend == "hip" else f"sm_{arch_name}", units)
     kv_name, per_token_head, _ = (variant.kv_dtype or variant.dtype).partition("_per_token_head")
-    dtype, kv_dtype = getattr(torch, variant.dtype), getattr(torch, kv_name)
+    dtype = getattr(torch, variant.dtype)
+    kv_dtype = INT4_KV_DTYPE if kv_name == "int4" else getattr(torch, kv_name)
     if not arch.supports_kv_dtype(kv_dtype):
         return None
     q_len, num_seqs, num_kv_heads = PHASES[variant.phase], NUM_SEQS.get(variant.phase, 2), 2

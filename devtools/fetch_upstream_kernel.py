@@ -25,6 +25,8 @@ KERNEL_FILES = [
     "vllm/v1/attention/ops/triton_attention_helpers.py",
     # its Triton cache write, for whole-step timings (devtools/host_overhead.py --steps)
     "vllm/v1/attention/ops/triton_reshape_and_cache_flash.py",
+    # its int4_per_token_head mode: the rotation, the cache write and the kernels
+    "vllm/v1/attention/ops/int4_per_token_head.py",
 ]
 STAND_INS = {
     "vllm/envs.py": "VLLM_BATCH_INVARIANT = False\n",
@@ -42,6 +44,8 @@ STAND_INS = {
         "        return torch.float8_e4m3fn\n\n"
         "    def is_rocm(self):\n"
         "        return torch.version.hip is not None\n\n"
+        "    def is_cuda(self):\n"
+        "        return torch.version.hip is None\n\n"
         "    def is_xpu(self):\n"
         "        return False\n\n"
         "    def has_device_capability(self, capability):\n"
@@ -63,6 +67,7 @@ STAND_INS = {
         "    return _gfx() == 'gfx1201'\n"
     ),
     "vllm/triton_utils/__init__.py": "import triton\nimport triton.language as tl\n",
+    "vllm/utils/math_utils.py": ("def largest_power_of_2_divisor(n):\n    return n & -n\n"),
     "vllm/v1/kv_cache_interface.py": (
         "import enum\n\n\n"
         "class KVQuantMode(enum.IntEnum):  # the values upstream's kernel compares\n"

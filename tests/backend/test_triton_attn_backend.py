@@ -189,8 +189,9 @@ def run_step(
         if fp8_dtype is not None:  # the reference reads the bytes the write stored
             k_view, v_view = k_view.view(fp8_dtype), v_view.view(fp8_dtype)
     else:
+        int4 = token_head_dtype == torch.uint8  # two codes per byte
         k_view, v_view, k_scale, v_scale = token_head_page_views(
-            kv_cache, HEAD_SIZE, token_head_dtype
+            kv_cache, HEAD_SIZE // 2 if int4 else HEAD_SIZE, token_head_dtype
         )
         scales = dict(k_scale=k_scale, v_scale=v_scale)
     expected = reference_paged_attention(
@@ -310,13 +311,19 @@ def test_fp8_e5m2_cache_through_the_impl(vllm_config):
 
 
 @pytest.mark.parametrize(
-    "cache_dtype,values", [("int8_per_token_head", torch.int8), ("fp8_per_token_head", None)]
+    "cache_dtype,values",
+    [
+        ("int8_per_token_head", torch.int8),
+        ("fp8_per_token_head", None),
+        ("int4_per_token_head", torch.uint8),
+    ],
 )
 def test_per_token_head_caches_through_the_impl(vllm_config, cache_dtype, values):
     """vLLM's per-token-head caches: the spec our backend customises (a float32
-    scale after each head's values), a page of those bytes, the write storing
-    values and scales, and attention reading them back; the reference reads
-    the page's bytes on its own. Slots never written hold NaN scales."""
+    scale after each head's values; int4: two values per byte), a page of
+    those bytes, the write storing values and scales, and attention reading
+    them back; the reference reads the page's bytes on its own (int4: codes,
+    zero points and the rotation too). Slots never written hold NaN scales."""
     config = copy.deepcopy(vllm_config)
     config.cache_config.cache_dtype = cache_dtype
     values = values or current_platform.fp8_dtype()
@@ -329,7 +336,8 @@ def test_per_token_head_caches_through_the_impl(vllm_config, cache_dtype, values
             kv_quant_mode=get_kv_quant_mode(cache_dtype),
         )
     )
-    content = 2 * (HEAD_SIZE + 4)  # one-byte values, then a 4-byte scale, for K and V
+    value_bytes = HEAD_SIZE // 2 if cache_dtype == "int4_per_token_head" else HEAD_SIZE
+    content = 2 * (value_bytes + 4)  # the values, then a 4-byte scale, for K and V
     assert spec.state_content_bytes == content
     assert spec.page_size_bytes == BLOCK_SIZE * NUM_KV_HEADS * content
     builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
@@ -593,8 +601,8 @@ def test_profiling_run_and_refusals(vllm_config):
     assert impl.forward(Layer(), out, None, None, torch.empty(0), None, out).abs().sum() == 0
     with pytest.raises(ValueError, match="use_alibi_sqrt needs alibi_slopes"):
         TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", use_alibi_sqrt=True)
-    with pytest.raises(NotImplementedError, match="kv_cache_dtype='int4_per_token_head'"):
-        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "int4_per_token_head")
+    with pytest.raises(NotImplementedError, match="kv_cache_dtype='turboquant_4bit_nc'"):
+        TritonAttentionImpl(8, 64, 0.1, 2, None, None, "turboquant_4bit_nc")
     with pytest.raises(NotImplementedError, match="head sizes 32..512, got 576"):
         TritonAttentionImpl(8, 576, 0.1, 2, None, None, "auto")
     with pytest.raises(ValueError, match="chunk_lookback=4 needs a sliding window"):
@@ -683,7 +691,11 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     assert "head_size not supported" in reasons(head_size=16)
     assert reasons(kv_cache_dtype="int8_per_token_head") == []
     assert reasons(kv_cache_dtype="fp8_per_token_head") == []  # an e4m3 cache, as "fp8"
-    assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="int4_per_token_head")
+    assert reasons(kv_cache_dtype="int4_per_token_head") == []
+    assert "int4_per_token_head needs a head size divisible by 8" in " ".join(
+        reasons(kv_cache_dtype="int4_per_token_head", head_size=36)
+    )
+    assert "kv_cache_dtype not supported" in reasons(kv_cache_dtype="turboquant_4bit_nc")
     assert "block_size not supported" in reasons(block_size=8)
     assert reasons(use_mm_prefix=True, has_sliding_window=True) == []
     assert "MLA not supported" in reasons(use_mla=True)

@@ -316,16 +316,25 @@ def test_offline_engine_fp16_logprobs_match_transformers(tiny_model):
         torch.testing.assert_close(torch.tensor(logprobs), expected, atol=3e-2, rtol=0)
 
 
-def test_int8_per_token_head_cache_logprobs_match_transformers(smollm2):
-    """SmolLM2-135M served with ``--kv-cache-dtype int8_per_token_head`` (our
-    cache write stores int8 values and a scale per token and KV head inside
-    vLLM's page; our kernels dequantise them): each generated token's
-    log-probability against fp32 transformers scoring the same tokens."""
+# The worst log-probability error each per-token-head cache may add, from its
+# rounding (measured on these prompts, the CPU box): int8 rounds each value by
+# at most 1/254 of its head's absmax; through 30 layers that moved a token's
+# log-probability by up to 0.10 (V scales 10% off move it by 0.67).
+TOKEN_HEAD_LOGPROB_ERROR = {"int8_per_token_head": 0.25}
+
+
+@pytest.mark.parametrize("kv_cache_dtype", list(TOKEN_HEAD_LOGPROB_ERROR))
+def test_per_token_head_cache_logprobs_match_transformers(smollm2, kv_cache_dtype):
+    """SmolLM2-135M served with ``--kv-cache-dtype int8_per_token_head`` or
+    ``int4_per_token_head`` (our cache write stores the values and a scale per
+    token and KV head inside vLLM's page; our kernels dequantise them): each
+    generated token's log-probability against fp32 transformers scoring the
+    same tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prompts = PROMPTS[:1] + ["The capital of France is"]
-    result = run_offline(smollm2, "float32", prompts, kv_cache_dtype="int8_per_token_head")
+    result = run_offline(smollm2, "float32", prompts, kv_cache_dtype=kv_cache_dtype)
     assert result["impls"] == ["vllm.v1.attention.backends.triton_attn.TritonAttentionImpl"]
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
@@ -335,10 +344,73 @@ def test_int8_per_token_head_cache_logprobs_match_transformers(smollm2):
         expected = _teacher_forced_logprobs(model, torch.tensor([prompt_ids + tokens]))
         error = (torch.tensor(logprobs) - expected[len(prompt_ids) - 1 :]).abs().max().item()
         worst = max(worst, error)
-    # int8 rounds each value by at most 1/254 of its head's absmax; through 30
-    # layers that moved a token's log-probability by up to 0.10 (these prompts,
-    # the CPU box); V scales 10% off move it by 0.67.
-    assert worst < 0.25, worst
+    print(f"{kv_cache_dtype}: worst log-probability error {worst:.3f}")
+    assert worst < TOKEN_HEAD_LOGPROB_ERROR[kv_cache_dtype], worst
+
+
+def _int4_kv_logprobs(model, ids):
+    """``_teacher_forced_logprobs`` with every layer's keys (after RoPE, as
+    vLLM caches them) and values stored as int4_per_token_head holds them and
+    read back (``devtools.batches``' own quantiser)."""
+    import transformers.models.llama.modeling_llama as llama
+
+    from devtools.batches import dequantise_int4, quantise_int4
+
+    def through_int4(x):  # [..., head_size] float32
+        return dequantise_int4(*quantise_int4(x)).to(x.dtype)
+
+    rope = llama.apply_rotary_pos_emb
+
+    def rope_then_int4(q, k, cos, sin, *args, **kwargs):
+        q, k = rope(q, k, cos, sin, *args, **kwargs)
+        return q, through_int4(k)
+
+    def values_through_int4(module, inputs, output):
+        return through_int4(output.unflatten(-1, (-1, model.config.head_dim))).flatten(-2)
+
+    hooks = [
+        layer.self_attn.v_proj.register_forward_hook(values_through_int4)
+        for layer in model.model.layers
+    ]
+    llama.apply_rotary_pos_emb = rope_then_int4
+    try:
+        return _teacher_forced_logprobs(model, ids)
+    finally:
+        llama.apply_rotary_pos_emb = rope
+        for hook in hooks:
+            hook.remove()
+
+
+def test_int4_per_token_head_cache_logprobs_match_transformers(smollm2):
+    """SmolLM2-135M served with ``--kv-cache-dtype int4_per_token_head`` (keys
+    and values rotated, in 4-bit codes around a zero point, two per byte):
+    each token's log-probability against fp32 transformers whose keys and
+    values go through the same int4 storage (an independent quantiser). int4
+    moves log-probabilities by far more than int8 (up to 1.12 against plain
+    fp32 on these prompts), so plain transformers would not tell a wrong read
+    from the rounding; the same storage on both sides does. What remains is
+    codes a summation-order difference moves by one step (a whole int4 step,
+    1/15 of the range): 0.40 on these prompts, the CPU box; V scales 10% off
+    give 0.78."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = PROMPTS[:1] + ["The capital of France is"]
+    result = run_offline(smollm2, "float32", prompts, kv_cache_dtype="int4_per_token_head")
+    assert result["impls"] == ["vllm.v1.attention.backends.triton_attn.TritonAttentionImpl"]
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    worst = worst_plain = 0.0
+    for prompt, tokens, logprobs in zip(prompts, result["tokens"], result["logprobs"], strict=True):
+        prompt_ids = tokenizer(prompt).input_ids
+        ids = torch.tensor([prompt_ids + tokens])
+        served = torch.tensor(logprobs)
+        expected = _int4_kv_logprobs(model, ids)[len(prompt_ids) - 1 :]
+        plain = _teacher_forced_logprobs(model, ids)[len(prompt_ids) - 1 :]
+        worst = max(worst, (served - expected).abs().max().item())
+        worst_plain = max(worst_plain, (served - plain).abs().max().item())
+    print(f"int4: worst error {worst:.3f} against int4 storage, {worst_plain:.3f} against none")
+    assert worst < 0.6, worst
 
 
 def _free_port() -> int:

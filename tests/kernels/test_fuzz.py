@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from devtools.batches import TOLERANCES, make_batch, plan_for_batch, small_gpu
 from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
+from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
 SHARDS = 16 if HAS_GPU else 1
@@ -79,8 +80,8 @@ def batches(draw):
         group=draw(st.sampled_from([1, 2, 3, 4, 7])),
         block_size=draw(st.sampled_from([16, 32])),
         dtype=draw(st.sampled_from(DTYPES)),
-        # a cache of the queries' type, or int8 with a scale per token and KV head
-        int8_cache=draw(st.sampled_from([False, False, True])),
+        # a cache of the queries' type, or int8 or int4 with a scale per token and KV head
+        kv_dtype=draw(st.sampled_from([None, None, torch.int8, INT4_KV_DTYPE])),
         layout=draw(st.sampled_from(["separate", "packed_nhd", "packed_hnd"])),
         padding_tokens=draw(st.integers(0, 3)),
         shared_prefix_blocks=draw(st.integers(0, 2)),
@@ -111,7 +112,7 @@ def check_against_reference(case):
         head_size=shape["head_size"],
         block_size=shape["block_size"],
         dtype=shape["dtype"],
-        kv_dtype=torch.int8 if shape["int8_cache"] else None,
+        kv_dtype=shape["kv_dtype"],
         device=device,
         layout=shape["layout"],
         sliding_window=features["sliding_window"],

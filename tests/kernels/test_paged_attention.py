@@ -36,6 +36,7 @@ from vllm.v1.attention.ops.triton_attention import (
     plan_attention,
     reference_paged_attention,
 )
+from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
 from vllm.v1.attention.ops.triton_attention.launch import kernel_launches
 from vllm.v1.attention.ops.triton_attention.plan import (
@@ -99,6 +100,7 @@ class Case:
 
     def id(self) -> str:
         kv = "" if self.kv_dtype is None else f"-kv_{str(self.kv_dtype)[6:]}"
+        kv = kv.replace("uint8", "int4")  # two 4-bit codes per byte
         kv += "_per_token_head" if self.token_head_scales else ""
         return (
             f"{self.pattern}-{self.feature}-{str(self.dtype)[6:]}{kv}-d{self.head_size}"
@@ -130,6 +132,9 @@ def _cpu_cases() -> list[Case]:
     cases += [Case(p, kv_dtype=torch.int8, token_head_scales=True) for p in QUERY_PATTERNS]
     cases += [Case("mixed", "all", kv_dtype=torch.int8, token_head_scales=True, head_size=80)]
     cases += [Case("decode", kv_dtype=torch.float8_e4m3fn, token_head_scales=True)]
+    # int4_per_token_head: rotated vectors (Hadamard blocks of 64, and of 16 at head 80)
+    cases += [Case(p, kv_dtype=INT4_KV_DTYPE, token_head_scales=True) for p in QUERY_PATTERNS]
+    cases += [Case("mixed", "all", kv_dtype=INT4_KV_DTYPE, token_head_scales=True, head_size=80)]
     return cases
 
 
@@ -165,6 +170,10 @@ def _gpu_cases() -> list[Case]:
                 cases.append(Case(pattern, feature, dtype, kv_dtype, head_size))
                 cases.append(Case(pattern, feature, dtype, kv_dtype, head_size, **token_head))
         cases.append(Case(pattern, feature, dtype, torch.int8, head_size, **token_head))
+        cases.append(Case(pattern, feature, dtype, INT4_KV_DTYPE, head_size, **token_head))
+    for pattern in QUERY_PATTERNS:  # Hadamard blocks below the head size
+        cases.append(Case(pattern, "all", torch.bfloat16, INT4_KV_DTYPE, 80, **token_head))
+        cases.append(Case(pattern, "plain", torch.float16, INT4_KV_DTYPE, 96, **token_head))
     return cases
 
 

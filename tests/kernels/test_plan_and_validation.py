@@ -537,6 +537,13 @@ def test_bad_inputs_get_clear_errors(batch, device):
     shifted = torch.empty(int8.numel() + 2, dtype=torch.int8, device=device)[2:].view(int8.shape)
     with pytest.raises(ValueError, match="k_cache must be rows at multiples of 4 bytes"):
         call(batch, k_cache=shifted, v_cache=int8, k_scale=scales, v_scale=scales)
+    int4 = int8.view(torch.uint8)  # a full head of bytes: int4 holds two codes in each
+    expected = r"k_cache.shape\[3\] \(int4 cache\) must be head_size // 2"
+    with pytest.raises(ValueError, match=expected):
+        call(batch, k_cache=int4, v_cache=int4, k_scale=scales, v_scale=scales)
+    int4 = int4[..., : int4.shape[3] // 2]
+    with pytest.raises(ValueError, match=r"k_scale must be \[num_blocks, block_size, num_kv_heads"):
+        call(batch, k_cache=int4, v_cache=int4, k_scale=torch.tensor(1.0), v_scale=scales)
     arch = GpuArch.of_device(device)
     wrong_plan = plan_attention(
         num_tokens=99,

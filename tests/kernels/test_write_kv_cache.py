@@ -3,15 +3,24 @@
 """write_kv_cache against plain indexing: any layout, skipped slots, fp8."""
 
 import gc
+import importlib
+import sys
 import weakref
 
 import pytest
 import torch
+import triton
 from conftest import HAS_GPU
 from triton.runtime.jit import JITFunction
 
-from devtools.batches import kv_cache_views, quantise_per_token_head
+from devtools.batches import (
+    int4_scale_words,
+    kv_cache_views,
+    quantise_int4,
+    quantise_per_token_head,
+)
 from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
+from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
 FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
 
@@ -123,6 +132,97 @@ def test_write_kv_cache_per_token_head(cache_dtype, layout, head_size, device):
         untouched = torch.ones(num_blocks, block_size, dtype=torch.bool, device=device)
         untouched[blocks, offsets] = False
         assert scale[untouched].isnan().all()
+
+
+def _int4_write_inputs(head_size, dtype, device, seed=3):
+    """Keys and values on a grid of eighths (their rotation is exact in fp32,
+    so only the stated roundings decide the bytes), with an all-zero head and
+    a constant one; a third of the tokens skipped."""
+    gen = torch.Generator().manual_seed(seed)
+    num_tokens, num_kv_heads = 24, 2
+    key = (torch.randn(num_tokens, num_kv_heads, head_size, generator=gen) * 16).round() / 8
+    value = (torch.randn(num_tokens, num_kv_heads, head_size, generator=gen) * 8).round() / 8
+    key[4, 1] = 0.0  # zero range: the 1e-6 scale floor, zero point 0
+    slots = torch.randperm(4 * 16, generator=gen)[:num_tokens]
+    slots[::3] = -1
+    return key.to(dtype).to(device), value.to(dtype).to(device), slots.to(device)
+
+
+@pytest.mark.parametrize(
+    "dtype,layout,head_size",
+    [
+        (torch.float16, "packed_nhd", 64),
+        (torch.float32, "packed_hnd", 80),  # Hadamard blocks of 16
+        (torch.bfloat16, "separate", 128),
+        (torch.float16, "separate", 512),
+    ],
+)
+def test_write_kv_cache_int4(dtype, layout, head_size, device):
+    """vLLM's int4_per_token_head: rotated vectors in 4-bit codes around a zero
+    point, two per byte, byte for byte against ``devtools.batches.quantise_int4``
+    (an independent float64 rotation), scale words included; slots not
+    written keep their NaN scale words."""
+    if dtype == torch.bfloat16 and not HAS_GPU:
+        pytest.skip(
+            "the Triton interpreter's fp32->bf16 cast does not round to nearest "
+            "(544 of 1024 N(0, 1) values differ from torch's); checked on the GPU"
+        )
+    key, value, slots = _int4_write_inputs(head_size, dtype, device)
+    num_blocks, block_size, num_kv_heads = 4, 16, key.shape[1]
+    k_cache, v_cache = kv_cache_views(
+        num_blocks, block_size, num_kv_heads, head_size // 2, INT4_KV_DTYPE, device, layout
+    )
+    k_cache.fill_(0)
+    v_cache.fill_(0)
+    pages = torch.full((num_blocks, block_size, num_kv_heads, 2, 3), float("nan"), device=device)
+    k_scale, v_scale = pages[..., 0, 1], pages[..., 1, 1]  # strided, like the page's scales
+    write_kv_cache(key, value, k_cache, v_cache, slots, k_scale=k_scale, v_scale=v_scale)
+
+    written = slots >= 0
+    blocks, offsets = slots[written] // block_size, slots[written] % block_size
+    for x, cache, words in ((key, k_cache, k_scale), (value, v_cache, v_scale)):
+        want, want_words = quantise_int4(x[written])
+        assert torch.equal(cache[blocks, offsets], want)
+        got_bits = words[blocks, offsets].contiguous().view(torch.int32)
+        assert torch.equal(got_bits, want_words.view(torch.int32))
+        untouched = torch.ones(num_blocks, block_size, dtype=torch.bool, device=device)
+        untouched[blocks, offsets] = False
+        assert words[untouched].isnan().all()
+    # the all-zero head: scale 1e-6 with zero point 0 in its low bits, every code 0
+    slot = slots[4].item()
+    word = k_scale[slot // block_size, slot % block_size, 1].reshape(1).cpu()
+    assert torch.equal(word, int4_scale_words(torch.tensor([1e-6]), torch.tensor([0])))
+    assert not k_cache[slot // block_size, slot % block_size, 1].any()
+
+
+def test_write_kv_cache_int4_matches_vllm(device, monkeypatch):
+    """The bytes vLLM 0.34.0's own int4_per_token_head writer stores for the
+    same inputs (its ``reshape_and_cache_int4``; where vLLM is installed):
+    its other readers of the cache see what they expect."""
+    triton_utils = pytest.importorskip("vllm.triton_utils")
+    # Without a GPU driver vLLM hands its kernels a stand-in Triton; import its
+    # writer against the real one, which runs it in the interpreter.
+    monkeypatch.setattr(triton_utils, "triton", triton)
+    monkeypatch.setattr(triton_utils, "tl", triton.language)
+    monkeypatch.delitem(sys.modules, "vllm.v1.attention.ops.int4_per_token_head", raising=False)
+    upstream = importlib.import_module("vllm.v1.attention.ops.int4_per_token_head")
+    key, value, slots = _int4_write_inputs(96, torch.float16, device, seed=4)
+    key, value = key * 3, value  # not on the grid after rotation: real rounding
+    written = []
+    for write in ("ours", "vllm"):
+        k_cache = torch.zeros(4, 16, 2, 48, dtype=torch.uint8, device=device)
+        v_cache = torch.zeros_like(k_cache)
+        k_scale = torch.zeros(4, 16, 2, device=device)
+        v_scale = torch.zeros_like(k_scale)
+        if write == "ours":
+            write_kv_cache(key, value, k_cache, v_cache, slots, k_scale=k_scale, v_scale=v_scale)
+        else:
+            upstream.reshape_and_cache_int4(
+                key, value, k_cache, v_cache, slots, k_scale_cache=k_scale, v_scale_cache=v_scale
+            )
+        written.append([t.view(torch.uint8) for t in (k_cache, v_cache, k_scale, v_scale)])
+    for ours, theirs in zip(*written, strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_write_kv_cache_rejects_bad_shapes(device):

@@ -72,6 +72,7 @@ from vllm.v1.attention.ops.triton_attention import (
     plan_batch,
     write_kv_cache,
 )
+from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE, rht_signs
 from vllm.v1.attention.ops.triton_attention.plan import (
     MAX_HEAD_SIZE,
     MIN_HEAD_SIZE,
@@ -193,6 +194,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             self.supports_draft_decode_metadata_update = False
         cache_dtype = vllm_config.cache_config.cache_dtype
         kv_dtype = kv_dtype_of(cache_dtype, kv_cache_spec.dtype)
+        if kv_dtype == INT4_KV_DTYPE:  # its rotation signs, made now rather than in a capture
+            rht_signs(self.headdim, device)
         if encoder:  # K/V straight from the layer's inputs, see TritonAttentionImpl._encoder_kv
             self.layout = TensorLayout(self.dtype, 1, kv_same_strides=True, vector_copies=False)
         else:
@@ -375,6 +378,7 @@ class TritonAttentionBackend(AttentionBackend):
         "fp8_e5m2",
         "int8_per_token_head",
         "fp8_per_token_head",
+        "int4_per_token_head",
     ]
     forward_includes_kv_cache_update: bool = False
 
@@ -382,11 +386,14 @@ class TritonAttentionBackend(AttentionBackend):
     def customize_spec(cls, spec: AttentionSpec) -> AttentionSpec:
         """Per-token-head caches keep each (head, slot)'s float32 scale after its
         values, ``[K | K scale | V | V scale]``: the page vLLM's other readers of
-        these modes expect."""
+        these modes expect (int4: two values per byte)."""
         if spec.state_content_bytes is not None or spec.kv_quant_mode not in TOKEN_HEAD_MODES:
             return spec
         scale_bytes = torch.finfo(torch.float32).bits // 8
-        content = (spec.head_size + spec.head_size_v) * spec.dtype.itemsize + 2 * scale_bytes
+        values = spec.head_size + spec.head_size_v
+        if spec.kv_quant_mode == KVQuantMode.INT4_PER_TOKEN_HEAD:
+            values //= 2
+        content = values * spec.dtype.itemsize + 2 * scale_bytes
         return replace(spec, state_content_bytes=content)
 
     @staticmethod
@@ -467,6 +474,11 @@ class TritonAttentionBackend(AttentionBackend):
         use_mm_prefix: bool,
         device_capability: DeviceCapability,
     ) -> str | None:
+        if kv_cache_dtype == "int4_per_token_head" and head_size % 8:
+            return (
+                "int4_per_token_head needs a head size divisible by 8 (float32 scales "
+                "follow its head_size / 2 bytes)"
+            )
         if kv_cache_dtype in TOKEN_HEAD_CACHE_DTYPES and head_size % 4:
             return f"{kv_cache_dtype} needs a head size divisible by 4 (float32 scales follow it)"
         if kv_cache_dtype is not None and kv_cache_dtype.startswith("fp8"):
@@ -481,16 +493,21 @@ class TritonAttentionBackend(AttentionBackend):
         return None
 
 
-# vLLM's caches with a scale per token and KV head that the kernels read
-# (int4_per_token_head, which also rotates, is not among them).
-TOKEN_HEAD_CACHE_DTYPES = ("int8_per_token_head", "fp8_per_token_head")
-TOKEN_HEAD_MODES = (KVQuantMode.INT8_PER_TOKEN_HEAD, KVQuantMode.FP8_PER_TOKEN_HEAD)
+# vLLM's caches with a scale per token and KV head (int4's vectors also rotated).
+TOKEN_HEAD_CACHE_DTYPES = ("int8_per_token_head", "fp8_per_token_head", "int4_per_token_head")
+TOKEN_HEAD_MODES = (
+    KVQuantMode.INT8_PER_TOKEN_HEAD,
+    KVQuantMode.FP8_PER_TOKEN_HEAD,
+    KVQuantMode.INT4_PER_TOKEN_HEAD,
+)
 
 
 def kv_dtype_of(cache_dtype: str, spec_dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels read a cache of vLLM's ``cache_dtype`` as."""
     if cache_dtype == "int8_per_token_head":
         return torch.int8
+    if cache_dtype == "int4_per_token_head":
+        return INT4_KV_DTYPE  # two codes per byte
     if is_quantized_kv_cache(cache_dtype):
         return fp8_cache_dtype(cache_dtype)
     return spec_dtype
@@ -618,7 +635,7 @@ class TritonAttentionImpl(AttentionImpl):
         self._chunk_lookback = chunk_lookback if chunk_lookback > -1 else None  # the kernels'
         self.fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
         self.supports_quant_query_input = False
-        # int8 or fp8 values with a float32 scale per token and KV head, inside the page
+        # int8, fp8 or int4 values with a float32 scale per token and KV head, inside the page
         self._token_head_scales = kv_cache_dtype in TOKEN_HEAD_CACHE_DTYPES
         self._kv_dtype = kv_dtype_of(kv_cache_dtype, torch.uint8)
         self._is_fp8 = is_quantized_kv_cache(kv_cache_dtype) and not self._token_head_scales
@@ -646,7 +663,10 @@ class TritonAttentionImpl(AttentionImpl):
         cells = kv_cache.transpose(1, 2)
         k_scale = v_scale = None
         if self._token_head_scales:
-            d, half = self.head_size, cells.shape[-1] // 2  # half: D values + a float32
+            # half: D values (int4: D / 2 bytes) and a float32
+            d, half = self.head_size, cells.shape[-1] // 2
+            if self._kv_dtype == INT4_KV_DTYPE:
+                d //= 2
             key_cache = cells[..., :d].view(self._kv_dtype)
             value_cache = cells[..., half : half + d].view(self._kv_dtype)
             scales = cells.view(torch.float32)  # 4 bytes per element: the scales' offsets / 4

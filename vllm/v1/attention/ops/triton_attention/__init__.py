@@ -19,7 +19,14 @@ Shapes and semantics (vLLM's conventions):
   or int8 or fp8 with a scale per token and KV head (vLLM's
   ``*_per_token_head``): ``k_scale``/``v_scale`` ``[num_blocks, block_size,
   num_kv_heads]`` float32 (any strides, one layout), which ``write_kv_cache``
-  fills with ``absmax / max`` of each head's new values.
+  fills with ``absmax / max`` of each head's new values. A uint8 cache of
+  ``head_size // 2`` columns with such scales is vLLM's int4_per_token_head:
+  each stored vector is ``H (signs * x)`` (``arch.rht_signs``; ``H`` the
+  Sylvester Hadamard matrix of each ``arch.rht_block(head_size)`` dimensions),
+  in 4-bit codes two per byte (dimension ``2i`` in byte ``i``'s low nibble)
+  around a zero point, which the 4 low mantissa bits of its scale hold: ``x'
+  = (code - zero) * scale``. The kernels rotate the queries and rotate the
+  output back, so ``q``, ``out`` and the semantics below stay the model's.
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).

@@ -18,10 +18,37 @@ ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # KV caches may also be fp8 with per-tensor scales.
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
+# vLLM's int4_per_token_head cache: two 4-bit codes per uint8 byte (dimension
+# 2i in the low nibble, 2i + 1 in the high one) of RHT-rotated vectors, with a
+# scale per token and KV head whose 4 low mantissa bits hold the zero point.
+INT4_KV_DTYPE = torch.uint8
 # Caches that store quantised values and scales: fp8 (a scale per tensor, or per
-# token and head) and int8 (per token and head), with each type's largest value.
-QUANTISED_KV_DTYPES = (*FP8_DTYPES, torch.int8)
-QUANT_MAX = {**FP8_MAX, torch.int8: 127.0}
+# token and head), int8 and int4 (per token and head), with each type's largest
+# code (int4: the codes are 0..15 around a zero point).
+QUANTISED_KV_DTYPES = (*FP8_DTYPES, torch.int8, INT4_KV_DTYPE)
+QUANT_MAX = {**FP8_MAX, torch.int8: 127.0, INT4_KV_DTYPE: 15.0}
+# The seed of the rotation's signs, as vLLM 0.34.0 draws them (its
+# int4_per_token_head module): other readers of the cache rotate the same way.
+RHT_SIGNS_SEED = 0x9E3779B9
+
+
+def rht_block(head_size: int) -> int:
+    """The order of the Hadamard blocks an int4 cache rotates head vectors by:
+    the largest power of two dividing ``head_size`` (the rotation is block
+    diagonal below a power-of-two head size, so ``H H^T = block * I``)."""
+    return head_size & -head_size
+
+
+@functools.cache  # made once per head size and device (before any graph capture)
+def rht_signs(head_size: int, device: torch.device | str) -> torch.Tensor:
+    """The int4 cache's random signs ``[head_size]`` float32: vLLM's ``rht_block``
+    draws of +-1, repeated for each block. A stored vector is ``H (signs * x)``
+    with ``H`` the unnormalised (Sylvester) Hadamard matrix of each block."""
+    block = rht_block(head_size)
+    generator = torch.Generator(device="cpu").manual_seed(RHT_SIGNS_SEED)
+    draws = torch.bernoulli(torch.full((block,), 0.5), generator=generator)
+    return (2.0 * draws - 1.0).repeat(head_size // block).to(device)
+
 
 # vLLM reports an AMD GPU's gfx number as a compute capability: gfx942 ->
 # (9, 4), gfx90a -> (9, 0), gfx1100 -> (11, 0).

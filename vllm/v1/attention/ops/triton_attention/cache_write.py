@@ -5,6 +5,8 @@
 import triton
 import triton.language as tl
 
+from .jit_helpers import hadamard_rows
+
 
 @triton.jit
 def _quantise(x, scale, QUANT_MAX: tl.constexpr, CACHE_DTYPE: tl.constexpr):
@@ -32,6 +34,47 @@ def _quantise_per_token_head(x, QUANT_MAX: tl.constexpr, CACHE_DTYPE: tl.constex
 
 
 @triton.jit
+def _round_half_away(x):
+    return tl.where(x >= 0, x + 0.5, x - 0.5).to(tl.int32)  # the cast truncates toward zero
+
+
+@triton.jit
+def _rotate_int4(x, rht_signs_ptr, dim, HEAD_SIZE: tl.constexpr):
+    """``x`` [TOKENS, HEADS, HEAD_PAD] rotated as an int4 cache stores it, ``H
+    (signs * x)`` in Hadamard blocks (``jit_helpers.rotate_queries``), rounded
+    to its own dtype as vLLM's writers of these caches do."""
+    TOKENS: tl.constexpr = x.shape[0]
+    HEADS: tl.constexpr = x.shape[1]
+    HEAD_PAD: tl.constexpr = x.shape[2]
+    signs = tl.load(rht_signs_ptr + dim, mask=dim < HEAD_SIZE, other=0.0)
+    rows = tl.reshape(x.to(tl.float32) * signs, [TOKENS * HEADS, HEAD_PAD])
+    rotated = hadamard_rows(rows, HEAD_SIZE & -HEAD_SIZE)
+    return tl.reshape(rotated, [TOKENS, HEADS, HEAD_PAD]).to(x.dtype).to(tl.float32)
+
+
+@triton.jit
+def _quantise_int4(x, real_dims):
+    """``x`` [TOKENS, HEADS, HEAD_PAD] float32 in 4-bit codes around a zero
+    point per (token, head), as vLLM's int4_per_token_head stores them: scale
+    ``(max - min) / 15`` (at least 1e-6), zero point ``-min / scale`` and codes
+    ``x / scale + zero`` rounded half away from zero into 0..15, two per byte
+    (even dimension low). Returns the bytes and the scale words: the scale
+    with the zero point in its 4 low mantissa bits."""
+    TOKENS: tl.constexpr = x.shape[0]
+    HEADS: tl.constexpr = x.shape[1]
+    HEAD_PAD: tl.constexpr = x.shape[2]
+    low = tl.min(tl.where(real_dims, x, float("inf")), 2)
+    high = tl.max(tl.where(real_dims, x, float("-inf")), 2)
+    scale = tl.maximum((high - low) / 15.0, 1e-6)
+    zero = tl.minimum(tl.maximum(_round_half_away(-low / scale), 0), 15)
+    codes = _round_half_away(x * (1.0 / scale)[:, :, None] + zero[:, :, None].to(tl.float32))
+    codes = tl.minimum(tl.maximum(codes, 0), 15).to(tl.uint8)
+    even, odd = tl.split(tl.reshape(codes, [TOKENS, HEADS, HEAD_PAD // 2, 2]))
+    word = (scale.to(tl.int32, bitcast=True) & -16) | zero
+    return even | (odd << 4), word.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def write_kv_cache_kernel(
     # pointers
     key_ptr,
@@ -41,6 +84,7 @@ def write_kv_cache_kernel(
     slot_mapping_ptr,
     k_scale_ptr,  # one scale (KV_IS_FP8), or [num_blocks, block_size, num_kv_heads]
     v_scale_ptr,  # (TOKEN_HEAD_SCALES: written here)
+    rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     num_tokens,
     # strides
     stride_key_token,
@@ -67,7 +111,8 @@ def write_kv_cache_kernel(
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
-    TOKEN_HEAD_SCALES: tl.constexpr,  # int8 or fp8 with a scale per token and KV head
+    TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
+    KV_INT4: tl.constexpr,  # rotated vectors in int4 codes, two per byte (_quantise_int4)
     QUANT_MAX: tl.constexpr,
     TOKENS: tl.constexpr,
 ):
@@ -81,11 +126,8 @@ def write_kv_cache_kernel(
 
     head_ids = tl.arange(0, HEADS_PAD)
     dim = tl.arange(0, HEAD_PAD)
-    mask = (
-        (slots >= 0)[:, None, None]
-        & (head_ids < NUM_KV_HEADS)[None, :, None]
-        & (dim < HEAD_SIZE)[None, None, :]
-    )
+    row_mask = (slots >= 0)[:, None, None] & (head_ids < NUM_KV_HEADS)[None, :, None]
+    mask = row_mask & (dim < HEAD_SIZE)[None, None, :]
     tokens = tokens[:, None, None]
     heads = head_ids[None, :, None]
     dim = dim[None, None, :]
@@ -103,9 +145,20 @@ def write_kv_cache_kernel(
         mask=mask,
         other=0.0,
     )
-    if TOKEN_HEAD_SCALES:
+    # the cache's columns: the head's dimensions, or an int4 cache's bytes
+    columns = dim
+    column_mask = mask
+    if KV_INT4:
+        real_dims = dim < HEAD_SIZE
+        key, k_scale = _quantise_int4(_rotate_int4(key, rht_signs_ptr, dim, HEAD_SIZE), real_dims)
+        value = _rotate_int4(value, rht_signs_ptr, dim, HEAD_SIZE)
+        value, v_scale = _quantise_int4(value, real_dims)
+        columns = tl.arange(0, HEAD_PAD // 2)[None, None, :]
+        column_mask = row_mask & (columns < HEAD_SIZE // 2)
+    elif TOKEN_HEAD_SCALES:
         key, k_scale = _quantise_per_token_head(key, QUANT_MAX, k_cache_ptr.dtype.element_ty)
         value, v_scale = _quantise_per_token_head(value, QUANT_MAX, v_cache_ptr.dtype.element_ty)
+    if TOKEN_HEAD_SCALES:
         scale_offset = (block * stride_scale_block + offset_in_block * stride_scale_slot)[:, None]
         scale_offset += head_ids[None, :] * stride_scale_head
         scale_mask = (slots >= 0)[:, None] & (head_ids < NUM_KV_HEADS)[None, :]
@@ -120,5 +173,7 @@ def write_kv_cache_kernel(
 
     k_offset = (block * stride_k_block + offset_in_block * stride_k_slot)[:, None, None]
     v_offset = (block * stride_v_block + offset_in_block * stride_v_slot)[:, None, None]
-    tl.store(k_cache_ptr + k_offset + heads * stride_k_head + dim * STRIDE_K_DIM, key, mask=mask)
-    tl.store(v_cache_ptr + v_offset + heads * stride_v_head + dim * STRIDE_V_DIM, value, mask=mask)
+    k_ptrs = k_cache_ptr + k_offset + heads * stride_k_head + columns * STRIDE_K_DIM
+    v_ptrs = v_cache_ptr + v_offset + heads * stride_v_head + columns * STRIDE_V_DIM
+    tl.store(k_ptrs, key, mask=column_mask)
+    tl.store(v_ptrs, value, mask=column_mask)

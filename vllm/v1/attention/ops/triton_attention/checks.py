@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from .arch import ACTIVATION_DTYPES, FP8_DTYPES, QUANTISED_KV_DTYPES, GpuArch
+from .arch import ACTIVATION_DTYPES, FP8_DTYPES, INT4_KV_DTYPE, QUANTISED_KV_DTYPES, GpuArch
 from .plan import (
     MAX_HEAD_SIZE,
     MIN_HEAD_SIZE,
@@ -100,7 +100,11 @@ def check_kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, head_size: int,
         fail(ValueError, fn, "v_cache.shape", expected, tuple(v_cache.shape))
     if v_cache.dtype != k_cache.dtype:
         fail(TypeError, fn, "v_cache.dtype", f"k_cache.dtype {k_cache.dtype}", v_cache.dtype)
-    if k_cache.shape[3] != head_size:
+    if k_cache.dtype == INT4_KV_DTYPE:  # two 4-bit codes per byte
+        if head_size % 2 or k_cache.shape[3] != head_size // 2:
+            expected = f"head_size // 2 ({head_size} / 2 bytes of int4 pairs)"
+            fail(ValueError, fn, "k_cache.shape[3] (int4 cache)", expected, k_cache.shape[3])
+    elif k_cache.shape[3] != head_size:
         fail(ValueError, fn, "k_cache.shape[3] (head size)", f"{head_size}", k_cache.shape[3])
 
 
@@ -119,7 +123,7 @@ def token_head_scaled(k_scale) -> bool:
 
 def check_scales(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale, v_scale, fn: str) -> None:
     """fp8 caches take one-element scales or a scale per token and KV head,
-    int8 caches only the latter: float32, K's and V's of one layout."""
+    int8 and int4 caches only the latter: float32, K's and V's of one layout."""
     kv_dtype = k_cache.dtype
     if kv_dtype not in QUANTISED_KV_DTYPES:
         return
@@ -130,10 +134,12 @@ def check_scales(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale, v_scale,
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != slots:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
                 fail(ValueError, fn, f"{name}.shape", f"{slots} (a scale per token and head)", got)
-        elif kv_dtype == torch.int8 or not isinstance(value, torch.Tensor) or value.numel() != 1:
+        elif (
+            kv_dtype not in FP8_DTYPES or not isinstance(value, torch.Tensor) or value.numel() != 1
+        ):
             expected = (
                 f"[num_blocks, block_size, num_kv_heads] {slots} float32 scales"
-                if kv_dtype == torch.int8
+                if kv_dtype not in FP8_DTYPES
                 else "a one-element float32 tensor, or one scale per token and head"
             )
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -211,7 +217,7 @@ def check_paged_attention_inputs(
         check_kv_dtype(k_cache.dtype, arch, fn)
         check_scales(k_cache, v_cache, k_scale, v_scale, fn)
     elif k_cache.dtype != q.dtype:
-        expected = f"q.dtype ({q.dtype}), an fp8 type or int8"
+        expected = f"q.dtype ({q.dtype}), an fp8 type, int8 or uint8 (int4 pairs)"
         fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
 
     if query_start_loc.dim() != 1 or query_start_loc.dtype != torch.int32:
@@ -340,7 +346,7 @@ def check_write_kv_cache_inputs(
         )
     if k_cache.dtype in FP8_DTYPES:
         check_kv_dtype(k_cache.dtype, GpuArch.of_device(k_cache.device), fn)
-    elif k_cache.dtype not in (torch.int8, *ACTIVATION_DTYPES):
-        expected = "float16, bfloat16, float32, an fp8 type or int8"
+    elif k_cache.dtype not in (torch.int8, INT4_KV_DTYPE, *ACTIVATION_DTYPES):
+        expected = "float16, bfloat16, float32, an fp8 type, int8 or uint8 (int4 pairs)"
         fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
     check_scales(k_cache, v_cache, k_scale, v_scale, fn)

@@ -209,9 +209,14 @@ def load_kv_tile(
     COMPUTE_DTYPE: tl.constexpr,
     MASKED: tl.constexpr,
     ROW_ALIGN: tl.constexpr = 1,
+    KV_INT4: tl.constexpr = False,
 ):
     """Gather K^T [HEAD_PAD, TILE_N] and V [TILE_N, HEAD_PAD] from the cache blocks
     ``block`` (one per key).
+
+    ``KV_INT4``: rows of ``HEAD_PAD // 2`` bytes, two 4-bit codes each
+    (``unpack_int4``), returned as codes 0..15 (``dim`` then counts bytes:
+    ``dim_mask`` marks the ``HEAD_SIZE // 2`` of them).
 
     ``ROW_ALIGN``: every K and V row starts at a multiple of this many
     elements (the checks made sure). vLLM's per-token-head pages put rows
@@ -237,7 +242,72 @@ def load_kv_tile(
     else:
         k = tl.load(k_ptrs, mask=dim_mask[:, None], other=0.0)
         v = tl.load(v_ptrs, mask=dim_mask[None, :], other=0.0)
+    if KV_INT4:
+        k = tl.trans(unpack_int4(tl.trans(k)))
+        v = unpack_int4(v)
     return k.to(COMPUTE_DTYPE), v.to(COMPUTE_DTYPE)
+
+
+@triton.jit
+def cache_columns(HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, KV_INT4: tl.constexpr):
+    """The columns of a cache row the kernels read, and which of them are real:
+    the head's dimensions, or with ``KV_INT4`` its bytes (two codes each)."""
+    if KV_INT4:
+        columns = tl.arange(0, HEAD_PAD // 2)
+        real = columns < HEAD_SIZE // 2
+    else:
+        columns = tl.arange(0, HEAD_PAD)
+        real = columns < HEAD_SIZE
+    return columns, real
+
+
+@triton.jit
+def unpack_int4(packed):
+    """[N, B] bytes -> [N, 2 * B] codes: byte ``b`` holds dimension ``2 * b``
+    in its low nibble and ``2 * b + 1`` in its high one."""
+    codes = tl.join(packed & 0xF, packed >> 4)  # [N, B, 2]
+    return tl.reshape(codes, [packed.shape[0], 2 * packed.shape[1]])
+
+
+@triton.jit
+def split_zero_points(scale):
+    """An int4 cache's scale words: the scales (4 low mantissa bits cleared)
+    and the zero points those bits hold."""
+    bits = scale.to(tl.int32, bitcast=True)
+    return (bits & -16).to(tl.float32, bitcast=True), bits & 15
+
+
+@triton.jit
+def hadamard_rows(x, BLOCK: tl.constexpr):
+    """``x`` [ROWS, PAD] with each run of ``BLOCK`` columns (a power of two)
+    times the unnormalised Hadamard matrix of order ``BLOCK`` (Sylvester's:
+    symmetric, ``H H = BLOCK * I``). One butterfly per bit of the column
+    index: each pairs columns on the lowest bit, then rotates that bit to the
+    top, so after all of them every column is back in place."""
+    ROWS: tl.constexpr = x.shape[0]
+    PAD: tl.constexpr = x.shape[1]
+    for bit in tl.static_range(10):  # head sizes up to 1024
+        if (1 << bit) < BLOCK:
+            a, b = tl.split(tl.reshape(x, [ROWS, PAD // BLOCK, BLOCK // 2, 2]))
+            x = tl.reshape(tl.permute(tl.join(a + b, a - b), [0, 1, 3, 2]), [ROWS, PAD])
+    return x
+
+
+@triton.jit
+def rotate_queries(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK: tl.constexpr):
+    """Queries into an int4 cache's rotated space, ``H (signs * q)``, rounded
+    to their dtype as vLLM's readers of these caches do; q.k' is then
+    ``RHT_BLOCK`` times q.k (the launcher divides the softmax scale by it)."""
+    signs = tl.load(rht_signs_ptr + dim, mask=dim_mask, other=0.0)
+    return hadamard_rows(q.to(tl.float32) * signs[None, :], RHT_BLOCK).to(q.dtype)
+
+
+@triton.jit
+def unrotate_values(acc, rht_signs_ptr, dim, dim_mask, RHT_BLOCK: tl.constexpr):
+    """Attention over rotated values back to the model's space: ``signs * H
+    acc / RHT_BLOCK``. Columns past the head size come out zero."""
+    signs = tl.load(rht_signs_ptr + dim, mask=dim_mask, other=0.0)
+    return hadamard_rows(acc, RHT_BLOCK) * (signs / RHT_BLOCK)[None, :]
 
 
 @triton.jit
@@ -445,6 +515,7 @@ def attend_key_tiles(
     stride_scale_slot=0,
     stride_scale_head=0,
     TOKEN_HEAD_SCALES: tl.constexpr = False,
+    KV_INT4: tl.constexpr = False,
 ):
     """Fold key tiles ``[tile_begin, tile_end)`` into the softmax state.
 
@@ -453,7 +524,10 @@ def attend_key_tiles(
     beside another range (R-SWA's prefix and window). With ``MASKED`` off the
     caller guarantees that every row sees every key of these tiles.
     ``TOKEN_HEAD_SCALES``: the cache holds int8 or fp8 values with a scale per
-    token and KV head (``load_token_head_scales``).
+    token and KV head (``load_token_head_scales``); with ``KV_INT4``, 4-bit
+    codes around a zero point kept in each scale (``split_zero_points``), of
+    vectors the caller rotated (``rotate_queries``): ``dim`` and ``dim_mask``
+    then count the cache's bytes.
 
     ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration
     early. Triton 3.6's pipeliner issues tile i+1's K/V copies at the end of
@@ -499,6 +573,7 @@ def attend_key_tiles(
             COMPUTE_DTYPE=q.dtype,
             MASKED=MASKED,
             ROW_ALIGN=TOKEN_HEAD_ROW_ALIGN if TOKEN_HEAD_SCALES else 1,
+            KV_INT4=KV_INT4,
         )
         key_scale = None
         value_scale = None
@@ -516,6 +591,11 @@ def attend_key_tiles(
                 BLOCK_SIZE=BLOCK_SIZE,
                 MASKED=MASKED,
             )
+        if KV_INT4:  # codes minus each row's zero point: small integers, exact
+            key_scale, key_zero = split_zero_points(key_scale)
+            value_scale, value_zero = split_zero_points(value_scale)
+            k -= key_zero[None, :].to(k.dtype)
+            v -= value_zero[:, None].to(v.dtype)
         s = attention_scores(
             q,
             k,

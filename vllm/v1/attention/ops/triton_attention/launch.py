@@ -19,7 +19,15 @@ import torch
 from triton.compiler import CompiledKernel
 from triton.runtime import driver
 
-from .arch import FP8_DTYPES, QUANT_MAX, QUANTISED_KV_DTYPES, GpuArch
+from .arch import (
+    FP8_DTYPES,
+    INT4_KV_DTYPE,
+    QUANT_MAX,
+    QUANTISED_KV_DTYPES,
+    GpuArch,
+    rht_block,
+    rht_signs,
+)
 from .cache_write import write_kv_cache_kernel
 from .checks import (
     AttentionCall,
@@ -208,13 +216,15 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
     """Arguments the portable kernels (split-KV and long-query) share."""
     kv_is_fp8, token_head = call.kv_is_fp8, call.kv_token_head_scaled
     args = _paged_tensor_args(call, strides)
-    args.update(_scale_args(call.k_scale, call.v_scale, kv_is_fp8, token_head))
+    args.update(_scale_args(call.k_cache, call.k_scale, call.v_scale, kv_is_fp8, token_head))
+    # An int4 cache's rotation scales q.k by its Hadamard block's order.
+    scale = call.scale / rht_block(plan.head_size) if args["KV_INT4"] else call.scale
     args.update(
         _mask_args(call),
         rswa_prefix_lens_ptr=call.rswa_prefix_lens,  # R-SWA: the portable kernels only
         alibi_slopes_ptr=call.alibi_slopes,
         sinks_ptr=call.sinks,
-        scale=call.scale,
+        scale=scale,
         soft_cap=call.logits_soft_cap if call.logits_soft_cap is not None else 0.0,
         STRIDE_Q_DIM=strides.q[2],
         STRIDE_OUT_DIM=strides.out[2],
@@ -236,18 +246,22 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
     return args
 
 
-def _scale_args(k_scale, v_scale, kv_is_fp8: bool, token_head: bool) -> dict:
+def _scale_args(k_cache, k_scale, v_scale, kv_is_fp8: bool, token_head: bool) -> dict:
     """A quantised cache's scales: one per tensor (fp8), or one per token and
-    KV head (int8 or fp8; K's and V's share strides, the checks made sure)."""
+    KV head (int8, fp8 or int4; K's and V's share strides, the checks made
+    sure); an int4 cache's rotation signs."""
     scale_strides = k_scale.stride() if token_head else (0, 0, 0)
+    kv_int4 = k_cache.dtype == INT4_KV_DTYPE
     return dict(
         k_scale_ptr=k_scale if kv_is_fp8 or token_head else None,
         v_scale_ptr=v_scale if kv_is_fp8 or token_head else None,
+        rht_signs_ptr=rht_signs(2 * k_cache.shape[3], k_cache.device) if kv_int4 else None,
         stride_scale_block=scale_strides[0],
         stride_scale_slot=scale_strides[1],
         stride_scale_head=scale_strides[2],
         KV_IS_FP8=kv_is_fp8,
         TOKEN_HEAD_SCALES=token_head,
+        KV_INT4=kv_int4,
     )
 
 
@@ -836,7 +850,7 @@ def _write_launch(write: _CacheWrite) -> KernelLaunch:
         k_cache_ptr=k_cache,
         v_cache_ptr=v_cache,
         slot_mapping_ptr=slot_mapping,
-        **_scale_args(k_scale, v_scale, kv_is_fp8, token_head),
+        **_scale_args(k_cache, k_scale, v_scale, kv_is_fp8, token_head),
         num_tokens=num_tokens,
         stride_key_token=key_strides[0],
         stride_key_head=key_strides[1],

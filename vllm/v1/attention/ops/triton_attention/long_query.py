@@ -17,6 +17,7 @@ from triton.language.extra.cuda import gdc_wait
 
 from .jit_helpers import (
     attend_key_tiles,
+    cache_columns,
     find_q_tile,
     init_softmax_state,
     key_range,
@@ -24,6 +25,8 @@ from .jit_helpers import (
     load_v_scale,
     mm_prefix_rows,
     query_rows,
+    rotate_queries,
+    unrotate_values,
     widen_key_range,
 )
 
@@ -45,6 +48,7 @@ def long_query_attention_kernel(
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
+    rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -89,7 +93,8 @@ def long_query_attention_kernel(
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
-    TOKEN_HEAD_SCALES: tl.constexpr,  # int8 or fp8 with a scale per token and KV head
+    TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
+    KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_queries)
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -116,6 +121,10 @@ def long_query_attention_kernel(
         mask=row_valid[:, None] & dim_mask[None, :],
         other=0.0,
     )
+    RHT_BLOCK: tl.constexpr = HEAD_SIZE & -HEAD_SIZE
+    if KV_INT4:  # attention runs in the cache's rotated space
+        q = rotate_queries(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
+    cache_dim, cache_dim_mask = cache_columns(HEAD_SIZE, HEAD_PAD, KV_INT4)
 
     m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid, HAS_SINKS, BLOCK_M)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
@@ -177,8 +186,8 @@ def long_query_attention_kernel(
                 v_cache_ptr=v_cache_ptr,
                 block_table_row_ptr=block_table_row_ptr,
                 kv_head=kv_head,
-                dim=dim,
-                dim_mask=dim_mask,
+                dim=cache_dim,
+                dim_mask=cache_dim_mask,
                 stride_k_block=stride_k_block,
                 stride_k_slot=stride_k_slot,
                 stride_k_head=stride_k_head,
@@ -203,6 +212,7 @@ def long_query_attention_kernel(
                 stride_scale_slot=stride_scale_slot,
                 stride_scale_head=stride_scale_head,
                 TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+                KV_INT4=KV_INT4,
             )
         kv_lo = tl.maximum(kv_lo, prefix_hi)
         full_lo = tl.maximum(full_lo, kv_lo)
@@ -231,8 +241,8 @@ def long_query_attention_kernel(
             v_cache_ptr=v_cache_ptr,
             block_table_row_ptr=block_table_row_ptr,
             kv_head=kv_head,
-            dim=dim,
-            dim_mask=dim_mask,
+            dim=cache_dim,
+            dim_mask=cache_dim_mask,
             stride_k_block=stride_k_block,
             stride_k_slot=stride_k_slot,
             stride_k_head=stride_k_head,
@@ -261,6 +271,7 @@ def long_query_attention_kernel(
             stride_scale_slot=stride_scale_slot,
             stride_scale_head=stride_scale_head,
             TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+            KV_INT4=KV_INT4,
         )
     # the bulk: no masks
     acc, m_i, l_i = attend_key_tiles(
@@ -282,8 +293,8 @@ def long_query_attention_kernel(
         v_cache_ptr=v_cache_ptr,
         block_table_row_ptr=block_table_row_ptr,
         kv_head=kv_head,
-        dim=dim,
-        dim_mask=dim_mask,
+        dim=cache_dim,
+        dim_mask=cache_dim_mask,
         stride_k_block=stride_k_block,
         stride_k_slot=stride_k_slot,
         stride_k_head=stride_k_head,
@@ -311,6 +322,7 @@ def long_query_attention_kernel(
         stride_scale_slot=stride_scale_slot,
         stride_scale_head=stride_scale_head,
         TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+        KV_INT4=KV_INT4,
     )
     # the causal diagonal (or the ragged end of the sequence): masked
     acc, m_i, l_i = attend_key_tiles(
@@ -332,8 +344,8 @@ def long_query_attention_kernel(
         v_cache_ptr=v_cache_ptr,
         block_table_row_ptr=block_table_row_ptr,
         kv_head=kv_head,
-        dim=dim,
-        dim_mask=dim_mask,
+        dim=cache_dim,
+        dim_mask=cache_dim_mask,
         stride_k_block=stride_k_block,
         stride_k_slot=stride_k_slot,
         stride_k_head=stride_k_head,
@@ -362,8 +374,11 @@ def long_query_attention_kernel(
         stride_scale_slot=stride_scale_slot,
         stride_scale_head=stride_scale_head,
         TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+        KV_INT4=KV_INT4,
     )
 
+    if KV_INT4:
+        acc = unrotate_values(acc, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
     v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     result = acc * (v_scale / l_i)[:, None]

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from .arch import GpuArch
+from .arch import INT4_KV_DTYPE, GpuArch
 
 # The kernels.
 SPLIT_KV_DECODE = "split_kv_decode"  # split_kv_decode.py, portable
@@ -542,6 +542,7 @@ def _plan_split_kv(
         kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
     elif _narrow_rows(features, arch):
         kv_tile_size = min(kv_tile_size, NARROW_ROW_SPLIT_KV_TILE.get(arch.vendor, 64))
+        kv_tile_size = max(kv_tile_size // _int4_narrowing(layout), MIN_DOT_SIZE)
     kernel, kv_buffers = SPLIT_KV_DECODE, 0
     pipelined = None
     if batch_invariant:
@@ -597,6 +598,15 @@ def _narrow_rows(features: AttentionFeatures, arch: GpuArch) -> bool:
     return features.token_head_scales and arch.vendor != "interpreter"
 
 
+def _int4_narrowing(layout: TensorLayout) -> int:
+    """int4 caches halve the narrow-row tiles again: each tile's bytes become
+    codes in registers (unpacked, minus zero points) and the queries and
+    values are rotated once per program (the compile matrix, Triton 3.8:
+    sm_90 split-KV head 128 spilled 20 B at 64 keys, none at 32; sm_80
+    long-query head 128 204 B at half tiles, none at a quarter)."""
+    return 2 if layout.kv_dtype == INT4_KV_DTYPE else 1
+
+
 def _plan_long_query(
     num_tokens, num_seqs, num_q_heads, num_kv_heads, head_size, arch, dtype, features, layout
 ) -> AttentionPlan:
@@ -608,7 +618,7 @@ def _plan_long_query(
         block_m = max(block_m // 2, MIN_DOT_SIZE)
         kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
     elif _narrow_rows(features, arch):
-        kv_tile_size = max(kv_tile_size // 2, MIN_DOT_SIZE)
+        kv_tile_size = max(kv_tile_size // (2 * _int4_narrowing(layout)), MIN_DOT_SIZE)
     kernel, kv_buffers, fma_exp2_every = LONG_QUERY, 0, 0
     if (
         arch.vendor == "cuda"

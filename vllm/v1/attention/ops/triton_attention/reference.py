@@ -10,6 +10,8 @@ rounding error is far below any tolerance the tests use.
 
 import torch
 
+from .arch import INT4_KV_DTYPE, rht_block, rht_signs
+
 
 def _visible_keys(
     query_pos: torch.Tensor,
@@ -104,9 +106,13 @@ def reference_paged_attention(
         key_idx = torch.arange(seq_len, device=q.device)
         blocks = block_table[seq, key_idx // block_size].long()
         slots = key_idx % block_size
-        keys = k_cache[blocks, slots].to(compute_dtype) * k_factor  # [seq_len, kv_heads, d]
-        values = v_cache[blocks, slots].to(compute_dtype) * v_factor
-        if per_token_head:
+        if k_cache.dtype == INT4_KV_DTYPE:
+            keys = _int4_vectors(k_cache[blocks, slots], k_scale[blocks, slots])
+            values = _int4_vectors(v_cache[blocks, slots], v_scale[blocks, slots])
+        else:
+            keys = k_cache[blocks, slots].to(compute_dtype) * k_factor  # [seq_len, kv_heads, d]
+            values = v_cache[blocks, slots].to(compute_dtype) * v_factor
+        if per_token_head and k_cache.dtype != INT4_KV_DTYPE:
             keys = keys * k_scale[blocks, slots].to(compute_dtype)[..., None]
             values = values * v_scale[blocks, slots].to(compute_dtype)[..., None]
         keys = keys.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
@@ -147,3 +153,31 @@ def reference_paged_attention(
         result[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, values)
 
     return result.to(q.dtype if out is None else out.dtype)
+
+
+def _int4_vectors(packed: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """An int4 cache's vectors ``[..., head_size]`` (float64) from their bytes
+    ``[..., head_size // 2]`` and scale words ``[...]``: codes (dimension 2i in
+    byte i's low nibble, 2i + 1 in its high one) minus the zero point held in
+    the word's 4 low mantissa bits, times the rest of the word as the scale,
+    then rotated back: the stored vector is ``H (signs * x)`` for ``H`` the
+    Sylvester Hadamard matrix of each ``rht_block`` dimensions, whose inverse
+    is ``signs * H / block``."""
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2).to(torch.float64)
+    bits = words.contiguous().view(torch.int32)
+    zero = (bits & 0xF).to(torch.float64)
+    scale = (bits & -16).view(torch.float32).to(torch.float64)
+    rotated = (codes - zero[..., None]) * scale[..., None]
+    head_size = rotated.shape[-1]
+    block = rht_block(head_size)
+    # Sylvester's Hadamard matrix entry by entry: (-1) ** popcount(i & j)
+    index = torch.arange(block)
+    common_bits = index[:, None] & index[None, :]
+    parity = torch.zeros(block, block, dtype=torch.long)
+    while common_bits.any():
+        parity ^= common_bits & 1
+        common_bits >>= 1
+    hadamard = (1 - 2 * parity).to(torch.float64)
+    blocks = rotated.reshape(*rotated.shape[:-1], head_size // block, block)
+    vectors = (blocks @ hadamard.to(rotated.device)).reshape(rotated.shape) / block
+    return vectors * rht_signs(head_size, rotated.device).to(torch.float64)

@@ -21,6 +21,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .jit_helpers import (
     attend_key_tiles,
+    cache_columns,
     fold_split,
     init_softmax_state,
     load_qk_scale,
@@ -29,11 +30,13 @@ from .jit_helpers import (
     mm_prefix_rows,
     normalised_output,
     query_rows,
+    rotate_queries,
     split_count,
     split_key_range,
     split_lse,
     split_partial,
     store_split_result,
+    unrotate_values,
     widen_key_range,
     window_start,
 )
@@ -58,6 +61,7 @@ def split_kv_decode_kernel(
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
+    rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     # strides
     stride_q_token,
     stride_q_head,
@@ -106,7 +110,8 @@ def split_kv_decode_kernel(
     ALIBI: tl.constexpr,  # None, "linear" or "sqrt"
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
-    TOKEN_HEAD_SCALES: tl.constexpr,  # int8 or fp8 with a scale per token and KV head
+    TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
+    KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_queries)
     DOT_PRECISION: tl.constexpr,
     EARLY_DEPENDENTS: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
@@ -148,6 +153,10 @@ def split_kv_decode_kernel(
         mask=row_valid[:, None] & dim_mask[None, :],
         other=0.0,
     )
+    RHT_BLOCK: tl.constexpr = HEAD_SIZE & -HEAD_SIZE
+    if KV_INT4:  # attention runs in the cache's rotated space
+        q = rotate_queries(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
+    cache_dim, cache_dim_mask = cache_columns(HEAD_SIZE, HEAD_PAD, KV_INT4)
 
     # This program's share of the keys any row can see, in whole key tiles.
     kv_lo = 0
@@ -215,6 +224,9 @@ def split_kv_decode_kernel(
             query_pos=query_pos,
             dim=dim,
             dim_mask=dim_mask,
+            cache_dim=cache_dim,
+            cache_dim_mask=cache_dim_mask,
+            rht_signs_ptr=rht_signs_ptr,
             seq=seq,
             q_start=q_start,
             seq_len=seq_len,
@@ -269,6 +281,8 @@ def split_kv_decode_kernel(
             HAS_SINKS=HAS_SINKS,
             KV_IS_FP8=KV_IS_FP8,
             TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+            KV_INT4=KV_INT4,
+            RHT_BLOCK=RHT_BLOCK,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
             STORE_RESULT=not FOLD_SPLITS,
@@ -314,6 +328,8 @@ def _decode_split(
     query_pos,
     dim,
     dim_mask,
+    cache_dim,  # the columns of a cache row it reads (jit_helpers.cache_columns)
+    cache_dim_mask,
     seq,
     q_start,
     seq_len,
@@ -334,6 +350,7 @@ def _decode_split(
     sinks_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    rht_signs_ptr,
     stride_out_token,
     stride_out_head,
     stride_k_block,
@@ -370,6 +387,8 @@ def _decode_split(
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,
     TOKEN_HEAD_SCALES: tl.constexpr,
+    KV_INT4: tl.constexpr,
+    RHT_BLOCK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
     STORE_RESULT: tl.constexpr,
@@ -417,8 +436,8 @@ def _decode_split(
             v_cache_ptr=v_cache_ptr,
             block_table_row_ptr=block_table_row_ptr,
             kv_head=kv_head,
-            dim=dim,
-            dim_mask=dim_mask,
+            dim=cache_dim,
+            dim_mask=cache_dim_mask,
             stride_k_block=stride_k_block,
             stride_k_slot=stride_k_slot,
             stride_k_head=stride_k_head,
@@ -443,6 +462,7 @@ def _decode_split(
             stride_scale_slot=stride_scale_slot,
             stride_scale_head=stride_scale_head,
             TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+            KV_INT4=KV_INT4,
         )
         # then the split's keys of the window
         split_lo = tl.maximum(split_lo, prefix_hi) - prefix_hi + kv_lo
@@ -466,8 +486,8 @@ def _decode_split(
         v_cache_ptr=v_cache_ptr,
         block_table_row_ptr=block_table_row_ptr,
         kv_head=kv_head,
-        dim=dim,
-        dim_mask=dim_mask,
+        dim=cache_dim,
+        dim_mask=cache_dim_mask,
         stride_k_block=stride_k_block,
         stride_k_slot=stride_k_slot,
         stride_k_head=stride_k_head,
@@ -496,7 +516,10 @@ def _decode_split(
         stride_scale_slot=stride_scale_slot,
         stride_scale_head=stride_scale_head,
         TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
+        KV_INT4=KV_INT4,
     )
+    if KV_INT4:  # back from the cache's rotated space (a linear map: before the merge)
+        acc = unrotate_values(acc, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
     if STORE_RESULT:
         store_split_result(
             out_ptr,
