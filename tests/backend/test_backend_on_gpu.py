@@ -6,8 +6,9 @@ vLLM's ``Attention`` layer (with our impl, selected by vLLM), its KV-cache spec
 and allocator, ``CommonAttentionMetadata``, our builder, the forward context
 and the layer's call (vLLM's cache-update and attention ops) run on the GPU
 for decode, speculative-decode, prefill, chunked-prefill and mixed batches, in
-bf16, fp8 and per-token-head int8/fp8 KV, in both cache layouts, and under full CUDA graphs captured
-once and replayed with new lengths and block tables. Every output is checked
+bf16, fp8 and per-token-head int8/fp8/int4 KV, in both cache layouts, and
+under full CUDA graphs captured once and replayed with new lengths and block
+tables. Every output is checked
 against the reference, every written cache slot against an independent copy
 or quantisation.
 
@@ -30,6 +31,7 @@ from transformers import LlamaConfig  # noqa: E402
 
 from devtools.batches import (  # noqa: E402
     TOLERANCES,
+    quantise_int4,
     quantise_per_token_head,
     token_head_page_views,
 )
@@ -216,15 +218,20 @@ class LayerOnGpu:
         blocks, offsets = slots // BLOCK, slots % BLOCK
         if self.token_head:  # values, then a float32 scale, per (head, slot), read on their own
             values = self.layer.impl._kv_dtype
+            int4 = values == torch.uint8  # two codes per byte, rotated vectors
             k_view, v_view, k_scale, v_scale = token_head_page_views(
-                self.kv_cache, HEAD_SIZE, values
+                self.kv_cache, HEAD_SIZE // 2 if int4 else HEAD_SIZE, values
             )
             for view, scale, new in ((k_view, k_scale, self.key), (v_view, v_scale, self.value)):
-                expected, expected_scale = quantise_per_token_head(new[:tokens], values)
+                if int4:
+                    expected, expected_scale = quantise_int4(new[:tokens])
+                else:
+                    expected, expected_scale = quantise_per_token_head(new[:tokens], values)
                 assert torch.equal(
                     view[blocks, offsets].view(torch.uint8), expected.view(torch.uint8)
                 )
-                assert torch.equal(scale[blocks, offsets], expected_scale)
+                got_scale = scale[blocks, offsets].contiguous().view(torch.int32)
+                assert torch.equal(got_scale, expected_scale.view(torch.int32))
             return self._check_output(
                 common, output, k_view, v_view, k_scale=k_scale, v_scale=v_scale
             )
@@ -268,7 +275,8 @@ def _eager_step(gpu: LayerOnGpu, q_lens, seq_lens):
 
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize(
-    "cache_dtype", ["auto", "fp8", "int8_per_token_head", "fp8_per_token_head"]
+    "cache_dtype",
+    ["auto", "fp8", "int8_per_token_head", "fp8_per_token_head", "int4_per_token_head"],
 )
 def test_eager_batches(model_dir, cache_dtype, layout):
     """Decode, prefill, chunked prefill and mixed batches through one layer."""
@@ -313,7 +321,9 @@ def _replay(gpu: LayerOnGpu, graph, output, captured_plan, q_lens, seq_lens, num
     gpu.check(common, output)
 
 
-@pytest.mark.parametrize("cache_dtype", ["auto", "fp8", "int8_per_token_head"])
+@pytest.mark.parametrize(
+    "cache_dtype", ["auto", "fp8", "int8_per_token_head", "int4_per_token_head"]
+)
 def test_full_graph_of_decodes(model_dir, cache_dtype):
     """FULL_AND_PIECEWISE captures uniform decode batches: one graph per size
     replays every batch of that size, padded ones included."""
