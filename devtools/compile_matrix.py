@@ -126,6 +126,13 @@ def variants(subset: str) -> list[Variant]:
             "int4_per_token_head",  # two codes per byte, rotated vectors
         )
     ]
+    # fp8 queries (vLLM's for an fp8 cache): q.k in fp8
+    out += [
+        Variant(phase, head, 4, dtype=fp8, kv_dtype=fp8)
+        for phase in PHASES
+        for head in (64, 128, 512)
+        for fp8 in ("float8_e4m3fn", "float8_e4m3fnuz")
+    ]
     return out
 
 
@@ -168,7 +175,7 @@ def _launches(variant: Variant, target: str):
         q=q,
         k_cache=k_cache,
         v_cache=v_cache,
-        out=torch.empty_like(q),
+        out=torch.empty_like(q, dtype=torch.bfloat16 if dtype.itemsize == 1 else dtype),
         query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32) * q_len,
         seq_lens=torch.full((num_seqs,), q_len, dtype=torch.int32),
         block_table=torch.zeros(num_seqs, 4, dtype=torch.int32),
@@ -189,6 +196,7 @@ def _launches(variant: Variant, target: str):
         else None,
         mm_prefix_clamp_sliding_window=on("mm_prefix") and on("sliding_window"),
         rswa_prefix_lens=torch.zeros(num_seqs, dtype=torch.int32) if rswa else None,
+        q_scale=scale if dtype.itemsize == 1 else None,  # fp8 queries, as vLLM quantises them
     )
     plan = plan_attention(
         num_tokens=q.shape[0],

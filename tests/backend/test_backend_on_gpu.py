@@ -252,10 +252,18 @@ class LayerOnGpu:
 
     def _check_output(self, common, output, k_view, v_view, **scales):
         tokens = int(self.qsl_cpu[common.num_reqs])
+        query = self.query[:tokens]
+        if self.fp8 and self.layer.impl.supports_quant_query_input:
+            # vLLM's layer quantised the queries to the cache's format (its q scale)
+            fp8, q_scale = self.layer.impl.fp8_dtype, self.layer._q_scale
+            fp8_max = torch.finfo(fp8).max
+            query = (query.float() / q_scale).clamp(-fp8_max, fp8_max).to(fp8)
+            scales = dict(scales, q_scale=q_scale.float().reshape(-1))
         expected = reference_paged_attention(
-            self.query[:tokens],
+            query,
             k_view,
             v_view,
+            out=self.query[:tokens],  # the output's dtype: the model's
             query_start_loc=common.query_start_loc,
             seq_lens=common.seq_lens,
             block_table=common.block_table_tensor,

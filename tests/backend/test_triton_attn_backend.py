@@ -110,6 +110,7 @@ def run_step(
     fp8_dtype=None,
     rswa_prefix_lens=None,
     token_head_dtype=None,
+    q_scale=None,
 ):
     """One model step the way vLLM drives a layer: metadata, cache write, forward.
     ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor).
@@ -119,7 +120,10 @@ def run_step(
     ``rswa_prefix_lens``: each request's prompt length, as vLLM's runner sends
     it for R-SWA (the slots between it and the window are then poisoned);
     ``token_head_dtype``: the values' type in a per-token-head page, whose
-    ``[K | K scale | V | V scale]`` bytes the reference reads on its own."""
+    ``[K | K scale | V | V scale]`` bytes the reference reads on its own;
+    ``q_scale``: the layer's query scale, by which vLLM quantises the queries
+    to the fp8 cache's format (its static per-tensor QuantFP8) when the impl
+    takes fp8 queries."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -172,6 +176,12 @@ def run_step(
     if fp8_dtype is not None:
         layer._k_scale = layer._v_scale = torch.tensor(0.05)
         scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale)
+    if q_scale is not None:
+        assert impl.supports_quant_query_input
+        layer._q_scale = torch.tensor(q_scale)
+        fp8_max = torch.finfo(fp8_dtype).max
+        query = (query / q_scale).clamp(-fp8_max, fp8_max).to(fp8_dtype)
+        scales["q_scale"] = layer._q_scale
     impl.do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
     window = impl.window
     if rswa_prefix_lens is not None:  # R-SWA's evicted gap: never read
@@ -180,7 +190,7 @@ def run_step(
             for pos in range(prefix, seq_lens[req] - q_lens[req] - window + 1):
                 block = block_table[req, pos // BLOCK_SIZE]
                 kv_cache[block, :, pos % BLOCK_SIZE] = float("nan")
-    output = torch.full_like(query, float("nan"))
+    output = torch.full(query.shape, float("nan"))  # the model's dtype, fp8 queries or not
     impl.forward(layer, query, key, value, kv_cache, metadata, output)
 
     cells = kv_cache.transpose(1, 2)
@@ -198,6 +208,7 @@ def run_step(
         query,
         k_view,
         v_view,
+        out=output,
         query_start_loc=qsl,
         seq_lens=common.seq_lens,
         block_table=block_table,
@@ -214,9 +225,9 @@ def run_step(
         rswa_prefix_lens=common.rswa_prefix_lens,
         **scales,
     )
-    torch.testing.assert_close(
-        output[:num_tokens], expected[:num_tokens], **TOLERANCES[torch.float32]
-    )
+    # fp8 queries: probabilities and values meet in fp16 (jit_helpers.load_kv_tile)
+    tolerance = TOLERANCES[torch.float32 if q_scale is None else torch.float16]
+    torch.testing.assert_close(output[:num_tokens], expected[:num_tokens], **tolerance)
     return metadata
 
 
@@ -308,6 +319,25 @@ def test_fp8_e5m2_cache_through_the_impl(vllm_config):
         run_step(builder, impl, kv_cache, q_lens, seq_lens, fp8_dtype=torch.float8_e5m2)
     stored = kv_cache.transpose(1, 2)[..., :HEAD_SIZE].view(torch.float8_e5m2).float()
     assert stored.abs().max() > 0 and not stored.isnan().any()
+
+
+def test_fp8_queries_through_the_impl(vllm_config):
+    """With ``--kv-cache-dtype fp8`` vLLM quantises each layer's queries to the
+    cache's fp8 format (``supports_quant_query_input``, which the impl
+    declares): the builder plans for 1-byte queries, and attention takes the
+    layer's ``_q_scale``; output in the model's dtype."""
+    config = copy.deepcopy(vllm_config)
+    config.cache_config.cache_dtype = "fp8"
+    builder = make_builder(config)
+    fp8 = current_platform.fp8_dtype()
+    assert builder.dtype == fp8
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "fp8")
+    physical = torch.zeros(64, BLOCK_SIZE, NUM_KV_HEADS, 2 * HEAD_SIZE, dtype=torch.uint8)
+    kv_cache = physical.permute(0, 2, 1, 3)
+    for q_lens, seq_lens in (([1, 5, 9], [20, 33, 9]), ([1, 1], [21, 34])):
+        run_step(builder, impl, kv_cache, q_lens, seq_lens, fp8_dtype=fp8, q_scale=0.02)
+    e5m2 = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "fp8_e5m2")
+    assert not e5m2.supports_quant_query_input  # vLLM quantises queries to e4m3 only
 
 
 @pytest.mark.parametrize(

@@ -97,11 +97,13 @@ class Case:
     block_size: int = 16
     layout: str = "packed_nhd"
     token_head_scales: bool = False  # a scale per token and KV head (int8 always has them)
+    fp8_queries: bool = False  # queries quantised to the (fp8) cache's format, a scale per KV head
 
     def id(self) -> str:
         kv = "" if self.kv_dtype is None else f"-kv_{str(self.kv_dtype)[6:]}"
         kv = kv.replace("uint8", "int4")  # two 4-bit codes per byte
         kv += "_per_token_head" if self.token_head_scales else ""
+        kv += "-fp8_queries" if self.fp8_queries else ""
         return (
             f"{self.pattern}-{self.feature}-{str(self.dtype)[6:]}{kv}-d{self.head_size}"
             f"-kv{self.num_kv_heads}x{self.queries_per_kv}-bs{self.block_size}-{self.layout}"
@@ -135,6 +137,10 @@ def _cpu_cases() -> list[Case]:
     # int4_per_token_head: rotated vectors (Hadamard blocks of 64, and of 16 at head 80)
     cases += [Case(p, kv_dtype=INT4_KV_DTYPE, token_head_scales=True) for p in QUERY_PATTERNS]
     cases += [Case("mixed", "all", kv_dtype=INT4_KV_DTYPE, token_head_scales=True, head_size=80)]
+    # fp8 queries (vLLM's for an fp8 cache): a scale per KV head
+    fp8_queries = dict(kv_dtype=torch.float8_e4m3fn, fp8_queries=True)
+    cases += [Case(p, **fp8_queries) for p in ("decode", "specdecode4", "chunked_prefill")]
+    cases += [Case("mixed", "all", **fp8_queries, head_size=80)]
     return cases
 
 
@@ -171,6 +177,15 @@ def _gpu_cases() -> list[Case]:
                 cases.append(Case(pattern, feature, dtype, kv_dtype, head_size, **token_head))
         cases.append(Case(pattern, feature, dtype, torch.int8, head_size, **token_head))
         cases.append(Case(pattern, feature, dtype, INT4_KV_DTYPE, head_size, **token_head))
+    for pattern, feature, head_size in itertools.product(
+        QUERY_PATTERNS, ("plain", "all"), (64, 128, 256, 512)
+    ):
+        for kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+            if arch.supports_kv_dtype(kv_dtype):  # fp8 queries: vLLM's e4m3 formats
+                for dtype in (torch.float16, torch.bfloat16):
+                    cases.append(
+                        Case(pattern, feature, dtype, kv_dtype, head_size, fp8_queries=True)
+                    )
     for pattern in QUERY_PATTERNS:  # Hadamard blocks below the head size
         cases.append(Case(pattern, "all", torch.bfloat16, INT4_KV_DTYPE, 80, **token_head))
         cases.append(Case(pattern, "plain", torch.float16, INT4_KV_DTYPE, 96, **token_head))
@@ -197,6 +212,15 @@ def _feature_args(feature: str, num_q_heads: int, device, q_lens=(), seq_lens=()
     if args.get("sinks"):
         args["sinks"] = torch.randn(num_q_heads, generator=gen).to(device) * 2
     return args
+
+
+# fp8 queries: q.k of fp8 values, exact in fp32, but Hopper's fp8 tensor cores
+# add products with ~14 mantissa bits (scores ~10: ~1e-3 off), then P and V in fp16
+FP8_QUERY_TOLERANCE = dict(atol=1e-2, rtol=1e-2)
+
+
+def _tolerance(case: Case) -> dict:
+    return FP8_QUERY_TOLERANCE if case.fp8_queries else TOLERANCES[case.dtype]
 
 
 def run_case(
@@ -231,6 +255,14 @@ def run_case(
     )
     scale = case.head_size**-0.5
     out = torch.full_like(batch.q, float("nan"))  # every valid row must be written
+    q = batch.q
+    if case.fp8_queries:  # as vLLM quantises them for an fp8 cache (per KV head here)
+        gen = torch.Generator().manual_seed(seed + 7)
+        q_scale = (torch.rand(case.num_kv_heads, generator=gen) * 0.2 + 0.1).to(device)
+        fp8_max = torch.finfo(case.kv_dtype).max
+        per_q_head = q_scale.repeat_interleave(case.queries_per_kv)[:, None]
+        q = (batch.q.float() / per_q_head).clamp(-fp8_max, fp8_max).to(case.kv_dtype)
+        features = dict(features, q_scale=q_scale)
     plan = None
     if mixed_plan:
         plan = plan_for_batch(
@@ -240,13 +272,13 @@ def run_case(
             num_kv_heads=case.num_kv_heads,
             head_size=case.head_size,
             device=device,
-            dtype=case.dtype,
+            dtype=q.dtype,
             arch=arch,
             **batch.plan_facts(**features),
         )
         assert isinstance(plan, MixedBatchPlan)
     paged_attention(
-        batch.q,
+        q,
         batch.k_cache,
         batch.v_cache,
         out,
@@ -257,7 +289,7 @@ def run_case(
         **features,
     )
     expected = reference_paged_attention(
-        batch.q, batch.k_cache, batch.v_cache, scale=scale, **batch.kernel_args(), **features
+        q, batch.k_cache, batch.v_cache, out=out, scale=scale, **batch.kernel_args(), **features
     )
     rows = batch.num_actual_tokens
     return out[:rows], expected[:rows]
@@ -267,7 +299,7 @@ def run_case(
 def test_paged_attention_matches_reference(case: Case, device):
     out, expected = run_case(case, device)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
-    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
+    torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
 
 
 @pytest.mark.parametrize("pattern", ["decode", "chunked_prefill", "mixed"])
@@ -296,7 +328,7 @@ def test_mixed_batch_plan_matches_reference(case: Case, device):
     """Decodes on split-KV and the rest on long-query, in one paged_attention call."""
     out, expected = run_case(case, device, mixed_plan=True)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
-    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[case.dtype])
+    torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
 
 
 @pytest.mark.parametrize("flags", ["call", "per_seq"])

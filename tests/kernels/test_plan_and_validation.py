@@ -499,7 +499,7 @@ def test_bad_inputs_get_clear_errors(batch, device):
     with pytest.raises(NotImplementedError, match=r"head_size must be in \[32, 512\], got 576"):
         big = torch.zeros(q.shape[0], 8, 576, dtype=q.dtype, device=device)
         call(batch, q=big, out=big.clone())
-    with pytest.raises(TypeError, match="q.dtype must be float16, bfloat16 or float32"):
+    with pytest.raises(TypeError, match="q.dtype must be float16, bfloat16, float32 or an fp8"):
         call(batch, q=q.to(torch.float64), out=q.to(torch.float64))
     with pytest.raises(ValueError, match="num_q_heads must be a multiple of num_kv_heads"):
         odd = q[:, :7].contiguous()
@@ -537,6 +537,14 @@ def test_bad_inputs_get_clear_errors(batch, device):
     shifted = torch.empty(int8.numel() + 2, dtype=torch.int8, device=device)[2:].view(int8.shape)
     with pytest.raises(ValueError, match="k_cache must be rows at multiples of 4 bytes"):
         call(batch, k_cache=shifted, v_cache=int8, k_scale=scales, v_scale=scales)
+    fp8_q = batch.q.to(torch.float8_e4m3fn)
+    one = torch.tensor([0.5], device=device)
+    with pytest.raises(TypeError, match="k_cache must be torch.float8_e4m3fn with per-tensor"):
+        call(batch, q=fp8_q, q_scale=one)  # a 16-bit cache
+    with pytest.raises(ValueError, match="q_scale must be a float32 tensor of 1 or 2"):
+        call(batch, q=fp8_q, k_cache=fp8, v_cache=fp8, k_scale=one, v_scale=one)
+    with pytest.raises(ValueError, match="q_scale must be None for torch.float16 queries"):
+        call(batch, q_scale=one)
     int4 = int8.view(torch.uint8)  # a full head of bytes: int4 holds two codes in each
     expected = r"k_cache.shape\[3\] \(int4 cache\) must be head_size // 2"
     with pytest.raises(ValueError, match=expected):

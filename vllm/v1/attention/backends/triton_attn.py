@@ -179,6 +179,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.num_heads_kv = kv_cache_spec.num_kv_heads
         self.headdim = kv_cache_spec.head_size
         self.dtype = model_config.dtype  # of the queries: the plan's tiles depend on its width
+        if quantises_queries(vllm_config.cache_config.cache_dtype):
+            self.dtype = current_platform.fp8_dtype()
         self.arch = GpuArch.of_device(device)
         self.features, encoder = _layer_features(vllm_config, layer_names)
         # R-SWA (model-wide): the runner sends each request's prompt length;
@@ -502,6 +504,18 @@ TOKEN_HEAD_MODES = (
 )
 
 
+def quantises_queries(cache_dtype: str) -> bool:
+    """Whether vLLM hands this cache's layers fp8 queries: it does for an fp8
+    cache with per-tensor scales in the platform's e4m3 format where an
+    implementation takes them (``supports_quant_query_input``), and ours does
+    wherever the GPU reads that cache (fp8 conversions and dots: NVIDIA sm_89+,
+    AMD gfx942, gfx950, gfx12; the CPU interpreter in software)."""
+    if cache_dtype not in ("fp8", "fp8_e4m3"):
+        return False
+    arch = _arch_of(current_platform.get_device_capability() or DeviceCapability(0, 0))
+    return arch.supports_kv_dtype(current_platform.fp8_dtype())
+
+
 def kv_dtype_of(cache_dtype: str, spec_dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels read a cache of vLLM's ``cache_dtype`` as."""
     if cache_dtype == "int8_per_token_head":
@@ -634,7 +648,8 @@ class TritonAttentionImpl(AttentionImpl):
         self.chunk_lookback = chunk_lookback  # upstream's form (-1 = off), for subclasses
         self._chunk_lookback = chunk_lookback if chunk_lookback > -1 else None  # the kernels'
         self.fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
-        self.supports_quant_query_input = False
+        # vLLM then quantises each layer's queries to fp8 (its _q_scale) and q.k runs in fp8
+        self.supports_quant_query_input = quantises_queries(kv_cache_dtype)
         # int8, fp8 or int4 values with a float32 scale per token and KV head, inside the page
         self._token_head_scales = kv_cache_dtype in TOKEN_HEAD_CACHE_DTYPES
         self._kv_dtype = kv_dtype_of(kv_cache_dtype, torch.uint8)
@@ -758,6 +773,8 @@ class TritonAttentionImpl(AttentionImpl):
             key_cache, value_cache = views.key, views.value
             block_table, seq_lens, max_seq_len = md.block_table, md.seq_lens, md.max_seq_len
             layer_args.update(self._scales(layer, views))
+            if query.dtype == self.fp8_dtype:  # vLLM quantised the queries (quantises_queries)
+                layer_args["q_scale"] = layer._q_scale
         q, out = query[:num_tokens], output[:num_tokens]
         if decoder and md.launches is not None:  # the batch's side, bound by the builder
             md.launches(q, key_cache, value_cache, out, **layer_args)

@@ -27,6 +27,9 @@ Shapes and semantics (vLLM's conventions):
   around a zero point, which the 4 low mantissa bits of its scale hold: ``x'
   = (code - zero) * scale``. The kernels rotate the queries and rotate the
   output back, so ``q``, ``out`` and the semantics below stay the model's.
+* ``q`` may be fp8 (vLLM quantises queries for an fp8 cache) with an fp8
+  cache of its format and per-tensor scales: ``q_scale`` float32, one element
+  or one per KV head; q.k then runs in fp8, the rest in 16 bits.
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).

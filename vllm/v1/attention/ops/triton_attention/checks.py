@@ -50,6 +50,7 @@ class AttentionCall(NamedTuple):
     alibi_sqrt: bool = False  # ALiBi's bias as -slope * sqrt(distance), on past keys
     chunk_lookback: int | None = None  # the window in chunks of W // (lookback + 1) keys
     rswa_prefix_lens: torch.Tensor | None = None  # [num_seqs] int32: R-SWA's visible prefixes
+    q_scale: torch.Tensor | None = None  # fp8 queries' float32 scale: one, or one per KV head
 
     @property
     def kv_is_fp8(self) -> bool:
@@ -169,6 +170,29 @@ def check_scales(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale, v_scale,
                 fail(ValueError, fn, name, expected, got)
 
 
+def check_fp8_queries(call: AttentionCall, num_kv_heads: int, fn: str) -> None:
+    """fp8 queries, as vLLM quantises them for an fp8 cache: the cache's own
+    format with per-tensor scales, and a float32 ``q_scale`` of one element or
+    one per KV head (vLLM's per-head query quantisation)."""
+    q, q_scale = call.q, call.q_scale
+    if q.dtype not in FP8_DTYPES:
+        fail(ValueError, fn, "q_scale", f"None for {q.dtype} queries (fp8 ones only)", "a tensor")
+    if call.k_cache.dtype != q.dtype or not call.kv_is_fp8:
+        expected = f"{q.dtype} with per-tensor k_scale/v_scale, as the fp8 queries"
+        fail(TypeError, fn, "k_cache", expected, f"{call.k_cache.dtype} (k_scale {call.k_scale})")
+    if (
+        not isinstance(q_scale, torch.Tensor)
+        or q_scale.dtype != torch.float32
+        or q_scale.numel() not in (1, num_kv_heads)
+    ):
+        got = f"{q_scale.dtype} {tuple(q_scale.shape)}" if q_scale is not None else None
+        expected = f"a float32 tensor of 1 or {num_kv_heads} (num_kv_heads) scales"
+        fail(ValueError, fn, "q_scale", expected, got)
+    if q_scale.device != q.device or (q_scale.numel() > 1 and q_scale.stride(-1) != 1):
+        got = f"{q_scale.device}, strides {q_scale.stride()}"
+        fail(ValueError, fn, "q_scale", f"contiguous, on q.device ({q.device})", got)
+
+
 def check_rswa(prefix_lens: torch.Tensor, num_seqs: int, call: AttentionCall, fn: str) -> None:
     """R-SWA (a visible prompt prefix beside a causal sliding window) as vLLM
     serves it: with none of the masks no model combines it with."""
@@ -195,12 +219,12 @@ def check_paged_attention_inputs(
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
      logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _, alibi_sqrt,
-     chunk_lookback, rswa_prefix_lens) = call  # fmt: skip
+     chunk_lookback, rswa_prefix_lens, q_scale) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
-    if q.dtype not in ACTIVATION_DTYPES:
-        fail(TypeError, fn, "q.dtype", "float16, bfloat16 or float32", q.dtype)
+    if q.dtype not in (*ACTIVATION_DTYPES, *FP8_DTYPES):
+        fail(TypeError, fn, "q.dtype", "float16, bfloat16, float32 or an fp8 type", q.dtype)
     if out.shape != q.shape:
         fail(ValueError, fn, "out.shape", f"q.shape {tuple(q.shape)}", tuple(out.shape))
     if out.dtype not in ACTIVATION_DTYPES:
@@ -213,6 +237,8 @@ def check_paged_attention_inputs(
     if num_kv_heads == 0 or num_q_heads % num_kv_heads:
         expected = f"a multiple of num_kv_heads ({num_kv_heads})"
         fail(ValueError, fn, "num_q_heads", expected, num_q_heads)
+    if q.dtype in FP8_DTYPES or q_scale is not None:
+        check_fp8_queries(call, num_kv_heads, fn)
     if k_cache.dtype in QUANTISED_KV_DTYPES:
         check_kv_dtype(k_cache.dtype, arch, fn)
         check_scales(k_cache, v_cache, k_scale, v_scale, fn)

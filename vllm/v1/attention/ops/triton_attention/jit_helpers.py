@@ -212,7 +212,10 @@ def load_kv_tile(
     KV_INT4: tl.constexpr = False,
 ):
     """Gather K^T [HEAD_PAD, TILE_N] and V [TILE_N, HEAD_PAD] from the cache blocks
-    ``block`` (one per key).
+    ``block`` (one per key), in ``COMPUTE_DTYPE`` (the queries'). For fp8
+    queries V comes in fp16: their dot with the keys runs in fp8, while
+    probabilities keep 10 mantissa bits (fp16 holds every e4m3 and e5m2
+    value, and probabilities down to 6e-8).
 
     ``KV_INT4``: rows of ``HEAD_PAD // 2`` bytes, two 4-bit codes each
     (``unpack_int4``), returned as codes 0..15 (``dim`` then counts bytes:
@@ -245,7 +248,11 @@ def load_kv_tile(
     if KV_INT4:
         k = tl.trans(unpack_int4(tl.trans(k)))
         v = unpack_int4(v)
-    return k.to(COMPUTE_DTYPE), v.to(COMPUTE_DTYPE)
+    if COMPUTE_DTYPE.is_fp8():
+        v = v.to(tl.float16)
+    else:
+        v = v.to(COMPUTE_DTYPE)
+    return k.to(COMPUTE_DTYPE), v
 
 
 @triton.jit
@@ -447,11 +454,16 @@ def init_softmax_state(sinks_ptr, head, row_valid, HAS_SINKS: tl.constexpr, BLOC
 
 
 @triton.jit
-def load_qk_scale(scale, k_scale_ptr, KV_IS_FP8: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
-    """The factor on q.k: softmax scale, fp8 key scale, and log2(e) unless softcap."""
+def load_qk_scale(
+    scale, k_scale_ptr, KV_IS_FP8: tl.constexpr, HAS_SOFTCAP: tl.constexpr, q_scale_ptr=None
+):
+    """The factor on q.k: softmax scale, fp8 key scale, fp8 queries' scale
+    (``q_scale_ptr``: this KV head's), and log2(e) unless softcap."""
     qk_scale = scale
     if KV_IS_FP8:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
+    if q_scale_ptr is not None:
+        qk_scale = qk_scale * tl.load(q_scale_ptr)
     if not HAS_SOFTCAP:
         qk_scale = qk_scale * LOG2E
     return qk_scale

@@ -219,6 +219,7 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
     args.update(_scale_args(call.k_cache, call.k_scale, call.v_scale, kv_is_fp8, token_head))
     # An int4 cache's rotation scales q.k by its Hadamard block's order.
     scale = call.scale / rht_block(plan.head_size) if args["KV_INT4"] else call.scale
+    q_is_fp8, q_scale = call.q.dtype in FP8_DTYPES, call.q_scale
     args.update(
         _mask_args(call),
         rswa_prefix_lens_ptr=call.rswa_prefix_lens,  # R-SWA: the portable kernels only
@@ -242,6 +243,9 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         HAS_SINKS=call.sinks is not None,
         HAS_RSWA=call.rswa_prefix_lens is not None,
         DOT_PRECISION=_dot_precision(call.q.dtype),
+        q_scale_ptr=q_scale if q_is_fp8 else None,
+        stride_q_scale=1 if q_is_fp8 and q_scale.numel() > 1 else 0,
+        Q_IS_FP8=q_is_fp8,
     )
     return args
 
@@ -473,6 +477,7 @@ def paged_attention(
     alibi_sqrt: bool = False,
     chunk_lookback: int | None = None,
     rswa_prefix_lens: torch.Tensor | None = None,
+    q_scale: torch.Tensor | None = None,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -507,6 +512,7 @@ def paged_attention(
         alibi_sqrt=alibi_sqrt,
         chunk_lookback=chunk_lookback,
         rswa_prefix_lens=rswa_prefix_lens,
+        q_scale=q_scale,
     )
     for launch in _checked_launches(call, max_query_len, plan, workspace, arch):
         launch.run()
@@ -524,6 +530,7 @@ class _LayerTensors(NamedTuple):
     sinks: torch.Tensor | None
     k_scale: torch.Tensor | None
     v_scale: torch.Tensor | None
+    q_scale: torch.Tensor | None
 
 
 _LAYER_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_LayerTensors._fields)}
@@ -667,9 +674,12 @@ class BatchLaunches:
         mm_prefix_clamp_sliding_window: bool = False,
         alibi_sqrt: bool = False,
         chunk_lookback: int | None = None,
+        q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """As :func:`paged_attention` with this batch's tensors; returns ``out``."""
-        layer = _LayerTensors(q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale)
+        layer = _LayerTensors(
+            q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale, q_scale
+        )
         scalars = [
             scale,
             sliding_window,

@@ -49,6 +49,7 @@ def long_query_attention_kernel(
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
+    q_scale_ptr,  # fp8 queries' float32 scale (one, or one per KV head), with Q_IS_FP8
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -65,6 +66,7 @@ def long_query_attention_kernel(
     stride_scale_block,  # of the per-token-head scales (K's and V's), with TOKEN_HEAD_SCALES
     stride_scale_slot,
     stride_scale_head,
+    stride_q_scale,  # 0 (one scale) or 1 (one per KV head)
     # scalars
     num_seqs,
     num_mm_ranges,
@@ -95,6 +97,7 @@ def long_query_attention_kernel(
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
     TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
     KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_queries)
+    Q_IS_FP8: tl.constexpr,  # fp8 queries (an fp8 cache of their format)
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -128,7 +131,10 @@ def long_query_attention_kernel(
 
     m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid, HAS_SINKS, BLOCK_M)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
+    head_q_scale_ptr = None  # fp8 queries: this KV head's scale
+    if Q_IS_FP8:
+        head_q_scale_ptr = q_scale_ptr + kv_head * stride_q_scale
+    qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP, head_q_scale_ptr)
     alibi_slope = 0.0
     if ALIBI is not None:
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)

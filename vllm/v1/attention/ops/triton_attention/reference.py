@@ -75,6 +75,7 @@ def reference_paged_attention(
     alibi_sqrt: bool = False,
     chunk_lookback: int | None = None,
     rswa_prefix_lens: torch.Tensor | None = None,
+    q_scale: torch.Tensor | None = None,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
@@ -119,6 +120,9 @@ def reference_paged_attention(
         values = values.repeat_interleave(group, dim=1)
 
         query = q[q_start:q_end].to(compute_dtype)  # [q_len, heads, d]
+        if q_scale is not None:  # fp8 queries: one scale, or one per KV head
+            per_head = q_scale.to(compute_dtype).flatten().expand(num_kv_heads)
+            query = query * per_head.repeat_interleave(group)[:, None]
         query_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
 
         scores = scale * torch.einsum("qhd,khd->hqk", query, keys)

@@ -62,6 +62,7 @@ def split_kv_decode_kernel(
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
     rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
+    q_scale_ptr,  # fp8 queries' float32 scale (one, or one per KV head), with Q_IS_FP8
     # strides
     stride_q_token,
     stride_q_head,
@@ -80,6 +81,7 @@ def split_kv_decode_kernel(
     stride_scale_block,  # of the per-token-head scales (K's and V's), with TOKEN_HEAD_SCALES
     stride_scale_slot,
     stride_scale_head,
+    stride_q_scale,  # 0 (one scale) or 1 (one per KV head)
     # scalars
     num_mm_ranges,
     scale,
@@ -112,6 +114,7 @@ def split_kv_decode_kernel(
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
     TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
     KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_queries)
+    Q_IS_FP8: tl.constexpr,  # fp8 queries (an fp8 cache of their format)
     DOT_PRECISION: tl.constexpr,
     EARLY_DEPENDENTS: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
@@ -227,6 +230,8 @@ def split_kv_decode_kernel(
             cache_dim=cache_dim,
             cache_dim_mask=cache_dim_mask,
             rht_signs_ptr=rht_signs_ptr,
+            q_scale_ptr=q_scale_ptr,
+            stride_q_scale=stride_q_scale,
             seq=seq,
             q_start=q_start,
             seq_len=seq_len,
@@ -283,6 +288,7 @@ def split_kv_decode_kernel(
             TOKEN_HEAD_SCALES=TOKEN_HEAD_SCALES,
             KV_INT4=KV_INT4,
             RHT_BLOCK=RHT_BLOCK,
+            Q_IS_FP8=Q_IS_FP8,
             DOT_PRECISION=DOT_PRECISION,
             PREFETCH_BLOCKS=PREFETCH_BLOCKS,
             STORE_RESULT=not FOLD_SPLITS,
@@ -351,6 +357,8 @@ def _decode_split(
     k_scale_ptr,
     v_scale_ptr,
     rht_signs_ptr,
+    q_scale_ptr,
+    stride_q_scale,
     stride_out_token,
     stride_out_head,
     stride_k_block,
@@ -389,6 +397,7 @@ def _decode_split(
     TOKEN_HEAD_SCALES: tl.constexpr,
     KV_INT4: tl.constexpr,
     RHT_BLOCK: tl.constexpr,
+    Q_IS_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     PREFETCH_BLOCKS: tl.constexpr,
     STORE_RESULT: tl.constexpr,
@@ -409,7 +418,10 @@ def _decode_split(
     first_split_rows = tl.where(split == 0, row_valid, False)
     m_i, l_i = init_softmax_state(sinks_ptr, head, first_split_rows, HAS_SINKS, BLOCK_M)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP)
+    head_q_scale_ptr = None  # fp8 queries: this KV head's scale
+    if Q_IS_FP8:
+        head_q_scale_ptr = q_scale_ptr + kv_head * stride_q_scale
+    qk_scale = load_qk_scale(scale, k_scale_ptr, KV_IS_FP8, HAS_SOFTCAP, head_q_scale_ptr)
     alibi_slope = 0.0
     if ALIBI is not None:
         alibi_slope = tl.load(alibi_slopes_ptr + head, mask=row_valid, other=0.0)
