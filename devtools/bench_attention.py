@@ -188,7 +188,7 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None, **call_args):
     q, k_cache, v_cache, qsl, lens, block_table = inputs
     plan = plan or backend_plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
-    out = torch.empty_like(q)
+    out = torch.empty_like(q, dtype=model_dtype(q))
 
     def run():
         paged_attention(
@@ -256,6 +256,7 @@ def run_upstream(
     k_scale=None,
     v_scale=None,
     rswa_prefix_lens=None,
+    q_scale=None,
 ):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
     128 // num_kv_heads sequences); ``batch_invariant``: as under
@@ -299,7 +300,7 @@ def run_upstream(
             (sliding_window - 1, 0) if sliding_window and rswa_prefix_lens is None else (-1, -1),
             block_table,
             0,
-            None,
+            q_scale,  # fp8 queries' scale (its q_descale)
             k_scale,
             v_scale,
             seq_threshold_3D=threshold,
@@ -320,8 +321,13 @@ def run_upstream(
     return run
 
 
+def model_dtype(q: torch.Tensor) -> torch.dtype:
+    """The output's dtype: the model's (bf16 here) when the queries are fp8."""
+    return torch.bfloat16 if q.dtype.itemsize == 1 else q.dtype
+
+
 def bench_upstream(model, q_lens, seq_lens, inputs, graphs, **call_args):
-    out = torch.empty_like(inputs[0])
+    out = torch.empty_like(inputs[0], dtype=model_dtype(inputs[0]))
     run = run_upstream(
         model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens), max(seq_lens), **call_args
     )
@@ -411,8 +417,9 @@ def main():
     parser.add_argument(
         "--features",
         action="store_true",
-        help="only the feature cells: multimodal ranges and per-sequence causal flags "
-        "in prefills, batch-invariant decodes (see bench_features)",
+        help="only the feature cells: masks and biases in prefills, batch-invariant and "
+        "R-SWA decodes (bench_features), quantised-cache decodes (bench_fp8_decodes), "
+        "fp8-query prefills (bench_fp8_query_prefills)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
@@ -451,6 +458,8 @@ def main():
             bench_features(MODELS[name], name, base, dtype, args.upstream, emit, copy)
         for name in args.models:
             bench_fp8_decodes(MODELS[name], name, base, dtype, args.upstream, emit, copy)
+        for name in args.models:
+            bench_fp8_query_prefills(MODELS[name], name, base, dtype, args.upstream, emit)
         return
 
     sweep = SWEEPS[args.sweep]
@@ -786,6 +795,65 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
             plain_us = plain_us or us
             del cell_inputs
         del inputs
+        torch.cuda.empty_cache()
+
+
+FP8_QUERY_PREFILLS = [(1, 4096), (1, 16384), (4, 4096)]
+
+
+def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit):
+    """Prefills on an fp8 cache (per-tensor scales) with the queries in 16 bits
+    and quantised to the cache's format (vLLM's ``supports_quant_query_input``:
+    q.k in fp8), against the same cell on the 16-bit cache."""
+    hq, hkv, d = model
+    arch = GpuArch.of_device("cuda")
+    fp8 = torch.float8_e4m3fnuz if arch.name == "gfx942" else torch.float8_e4m3fn
+    if not arch.supports_kv_dtype(fp8):
+        return
+    one = torch.ones(1, device="cuda")
+    for batch_size, seq in FP8_QUERY_PREFILLS:
+        cell = ([seq] * batch_size, [seq] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        fp8_cache = (inputs[1].to(fp8), inputs[2].to(fp8))
+        flops = 4 * batch_size * hq * d * seq * seq / 2
+        variants = {
+            "plain": (inputs, {}),
+            f"kv_{kv_name(fp8)}": (
+                (inputs[0], *fp8_cache, *inputs[3:]),
+                dict(k_scale=one, v_scale=one),
+            ),
+            "fp8_queries": (
+                (inputs[0].to(fp8), *fp8_cache, *inputs[3:]),
+                dict(k_scale=one, v_scale=one, q_scale=one),
+            ),
+        }
+        plain_us = None
+        for variant, (cell_inputs, call_args) in variants.items():
+            layout = TensorLayout.of_packed_kv_cache(d, cell_inputs[1].dtype, block_size=16)
+            plan = backend_plan(model, cell[0], layout=layout, dtype=cell_inputs[0].dtype)
+            us, _ = bench_ours(model, *cell, cell_inputs, True, plan, **call_args)
+            plain_us = plain_us or us
+            rec = ours_record(
+                base,
+                "prefill",
+                name,
+                model,
+                batch=batch_size,
+                context=seq,
+                q_len=seq,
+                graphs=True,
+                us=us,
+                feature=variant,
+                tflops=flops / us / 1e6,
+                ratio_plain=us / plain_us,
+            )
+            if upstream:
+                uus = bench_upstream(model, *cell, cell_inputs, True, **call_args)
+                rec["ratio_upstream"] = uus / us
+            emit(rec)
+            if upstream:
+                emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
+        del inputs, fp8_cache, variants
         torch.cuda.empty_cache()
 
 
