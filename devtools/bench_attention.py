@@ -666,28 +666,11 @@ def bench_features(model, name, base, dtype, upstream, emit, copy):
         plain_us = None
         for variant, call_args in variants.items():
             plan = backend_plan(model, cell[0], features=_features(call_args))
-            us, _ = bench_ours(model, *cell, inputs, True, plan, **call_args)
+            us = _prefill_variant(
+                model, name, base, cell, inputs, plan, emit, flops=flops, plain_us=plain_us,
+                upstream=upstream, feature=variant, call_args=call_args,
+            )  # fmt: skip
             plain_us = plain_us or us
-            rec = ours_record(
-                base,
-                "prefill",
-                name,
-                model,
-                batch=batch_size,
-                context=seq,
-                q_len=seq,
-                graphs=True,
-                us=us,
-                feature=variant,
-                tflops=flops / us / 1e6,
-                ratio_plain=us / plain_us,
-            )
-            if upstream:
-                uus = bench_upstream(model, *cell, inputs, True, **call_args)
-                rec["ratio_upstream"] = uus / us
-            emit(rec)
-            if upstream:
-                emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
         del inputs
         torch.cuda.empty_cache()
     for batch_size, context in INVARIANT_DECODES:
@@ -831,28 +814,11 @@ def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit):
         for variant, (cell_inputs, call_args) in variants.items():
             layout = TensorLayout.of_packed_kv_cache(d, cell_inputs[1].dtype, block_size=16)
             plan = backend_plan(model, cell[0], layout=layout, dtype=cell_inputs[0].dtype)
-            us, _ = bench_ours(model, *cell, cell_inputs, True, plan, **call_args)
+            us = _prefill_variant(
+                model, name, base, cell, cell_inputs, plan, emit, flops=flops,
+                plain_us=plain_us, upstream=upstream, feature=variant, call_args=call_args,
+            )  # fmt: skip
             plain_us = plain_us or us
-            rec = ours_record(
-                base,
-                "prefill",
-                name,
-                model,
-                batch=batch_size,
-                context=seq,
-                q_len=seq,
-                graphs=True,
-                us=us,
-                feature=variant,
-                tflops=flops / us / 1e6,
-                ratio_plain=us / plain_us,
-            )
-            if upstream:
-                uus = bench_upstream(model, *cell, cell_inputs, True, **call_args)
-                rec["ratio_upstream"] = uus / us
-            emit(rec)
-            if upstream:
-                emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
         del inputs, fp8_cache, variants
         torch.cuda.empty_cache()
 
@@ -882,6 +848,37 @@ def quantised_page(k_cache, v_cache, kv_dtype):
     for scales in views[2:]:
         scales.fill_(scale)
     return views
+
+
+def _prefill_variant(
+    model, name, base, cell, inputs, plan, emit, *, flops, plain_us, upstream, feature, call_args
+) -> float:
+    """One prefill cell in one variant (``feature``): ours on ``plan`` and
+    upstream, both with ``call_args``; emits both records against the cell's
+    plain time (``plain_us``; None: this is the plain one). Our us."""
+    q_lens, seq_lens = cell
+    us, _ = bench_ours(model, *cell, inputs, True, plan, **call_args)
+    rec = ours_record(
+        base,
+        "prefill",
+        name,
+        model,
+        batch=len(q_lens),
+        context=seq_lens[0],
+        q_len=q_lens[0],
+        graphs=True,
+        us=us,
+        feature=feature,
+        tflops=flops / us / 1e6,
+        ratio_plain=us / (plain_us or us),
+    )
+    if upstream:
+        uus = bench_upstream(model, *cell, inputs, True, **call_args)
+        rec["ratio_upstream"] = uus / us
+    emit(rec)
+    if upstream:
+        emit(dict(rec, impl="upstream", us=uus, tflops=flops / uus / 1e6))
+    return us
 
 
 def _decode_variant(
