@@ -283,6 +283,38 @@ def run_upstream(
             quant = modes.FP8_PER_TOKEN_HEAD
         scale_caches = dict(k_scale_cache=k_scale, v_scale_cache=v_scale)
         k_scale = v_scale = None
+    if quant == modes.INT4_PER_TOKEN_HEAD:  # its own module, which its launcher imports lazily
+        int4 = upstream_module("int4_per_token_head")
+
+        def run_int4():
+            int4.unified_attention_int4(
+                q,
+                k_cache,
+                v_cache,
+                out,
+                cu_seqlens_q=qsl,
+                max_seqlen_q=q_len,
+                seqused_k=seq_lens,
+                max_seqlen_k=context,
+                softmax_scale=d**-0.5,
+                window_size=(sliding_window - 1, 0) if sliding_window else (-1, -1),
+                block_table=block_table,
+                softcap=0,
+                sinks=None,
+                alibi_slopes=alibi_slopes,
+                use_alibi_sqrt=alibi_sqrt,
+                qq_bias=None,
+                output_scale=None,
+                mm_prefix_range=mm_prefix_ranges,
+                seq_threshold_3D=threshold,
+                num_par_softmax_segments=16,
+                softmax_segm_output=scratch,
+                softmax_segm_max=segm_max,
+                softmax_segm_expsum=segm_sum,
+                **scale_caches,
+            )
+
+        return run_int4
 
     def run():
         module.is_batch_invariant = batch_invariant

@@ -33,6 +33,24 @@ if not HAS_GPU:
 sys.path.append(str(REPO))
 
 
+@pytest.fixture
+def vllm_int4(monkeypatch):
+    """vLLM 0.34.0's own int4_per_token_head module, to check our cache against
+    (skips where vLLM is not installed). Without a GPU driver vLLM hands its
+    kernels a stand-in Triton; it and the kernel modules it imports are
+    imported here against the real one, which runs them in the interpreter."""
+    triton_utils = pytest.importorskip("vllm.triton_utils")
+    import importlib
+
+    import triton
+
+    monkeypatch.setattr(triton_utils, "triton", triton)
+    monkeypatch.setattr(triton_utils, "tl", triton.language)
+    for name in ("triton_attention_helpers", "triton_unified_attention", "int4_per_token_head"):
+        monkeypatch.delitem(sys.modules, f"vllm.v1.attention.ops.{name}", raising=False)
+    return importlib.import_module("vllm.v1.attention.ops.int4_per_token_head")
+
+
 def pytest_report_header(config):
     where = "GPU" if HAS_GPU else "CPU, Triton interpreter"
     return f"triton attention tests on: {where}"

@@ -35,6 +35,7 @@ from vllm.v1.attention.ops.triton_attention import (
     paged_attention,
     plan_attention,
     reference_paged_attention,
+    write_kv_cache,
 )
 from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
@@ -300,6 +301,52 @@ def test_paged_attention_matches_reference(case: Case, device):
     out, expected = run_case(case, device)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
+
+
+def test_int4_attention_matches_vllm(device, vllm_int4, monkeypatch):
+    """Our attention over an int4_per_token_head cache our write filled equals
+    vLLM 0.34.0's own int4 attention (``unified_attention_int4``, where vLLM is
+    installed) over the same cache, decodes and a prefill chunk: the rotation,
+    codes and zero points mean the same to both."""
+    upstream = vllm_int4
+    monkeypatch.setattr(upstream, "_HADACORE_AVAILABLE", False)  # vLLM's CUDA kernel
+    gen = torch.Generator().manual_seed(5)
+    num_q_heads, num_kv_heads, head_size, block_size = 8, 2, 64, 16
+    q_lens, seq_lens = [1, 1, 24], [40, 70, 50]
+    batch = make_batch(
+        q_lens, seq_lens, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+        head_size=head_size, block_size=block_size, dtype=torch.float16, device=device,
+        kv_dtype=INT4_KV_DTYPE, generator=gen,
+    )  # fmt: skip
+    keys = torch.randn(sum(seq_lens), num_kv_heads, head_size, generator=gen).half()
+    slots = torch.cat(
+        [
+            batch.block_table[seq, torch.arange(n) // block_size].long().cpu() * block_size
+            + torch.arange(n) % block_size
+            for seq, n in enumerate(seq_lens)
+        ]
+    )
+    keys, values, slots = keys.to(device), keys.flip(0).to(device), slots.to(device)
+    write_kv_cache(keys, values, batch.k_cache, batch.v_cache, slots, k_scale=batch.k_scale,
+                   v_scale=batch.v_scale)  # fmt: skip
+    q = batch.q[: batch.num_actual_tokens]
+    ours, theirs = torch.zeros_like(q), torch.zeros_like(q)
+    paged_attention(q, batch.k_cache, batch.v_cache, ours, scale=head_size**-0.5,
+                    **batch.kernel_args())  # fmt: skip
+    segments = 16
+    upstream.unified_attention_int4(
+        q, batch.k_cache, batch.v_cache, theirs, cu_seqlens_q=batch.query_start_loc,
+        max_seqlen_q=batch.max_query_len, seqused_k=batch.seq_lens,
+        max_seqlen_k=batch.max_seq_len, softmax_scale=head_size**-0.5, window_size=(-1, -1),
+        block_table=batch.block_table, softcap=0, sinks=None, alibi_slopes=None,
+        use_alibi_sqrt=False, qq_bias=None, output_scale=None, mm_prefix_range=None,
+        k_scale_cache=batch.k_scale, v_scale_cache=batch.v_scale, seq_threshold_3D=0,
+        num_par_softmax_segments=segments,
+        softmax_segm_output=torch.empty(q.shape[0], num_q_heads, segments, head_size),
+        softmax_segm_max=torch.empty(q.shape[0], num_q_heads, segments),
+        softmax_segm_expsum=torch.empty(q.shape[0], num_q_heads, segments),
+    )  # fmt: skip
+    torch.testing.assert_close(ours, theirs, **TOLERANCES[torch.float16])
 
 
 @pytest.mark.parametrize("pattern", ["decode", "chunked_prefill", "mixed"])

@@ -3,13 +3,10 @@
 """write_kv_cache against plain indexing: any layout, skipped slots, fp8."""
 
 import gc
-import importlib
-import sys
 import weakref
 
 import pytest
 import torch
-import triton
 from conftest import HAS_GPU
 from triton.runtime.jit import JITFunction
 
@@ -195,17 +192,11 @@ def test_write_kv_cache_int4(dtype, layout, head_size, device):
     assert not k_cache[slot // block_size, slot % block_size, 1].any()
 
 
-def test_write_kv_cache_int4_matches_vllm(device, monkeypatch):
+def test_write_kv_cache_int4_matches_vllm(device, vllm_int4):
     """The bytes vLLM 0.34.0's own int4_per_token_head writer stores for the
     same inputs (its ``reshape_and_cache_int4``; where vLLM is installed):
     its other readers of the cache see what they expect."""
-    triton_utils = pytest.importorskip("vllm.triton_utils")
-    # Without a GPU driver vLLM hands its kernels a stand-in Triton; import its
-    # writer against the real one, which runs it in the interpreter.
-    monkeypatch.setattr(triton_utils, "triton", triton)
-    monkeypatch.setattr(triton_utils, "tl", triton.language)
-    monkeypatch.delitem(sys.modules, "vllm.v1.attention.ops.int4_per_token_head", raising=False)
-    upstream = importlib.import_module("vllm.v1.attention.ops.int4_per_token_head")
+    upstream = vllm_int4
     key, value, slots = _int4_write_inputs(96, torch.float16, device, seed=4)
     key, value = key * 3, value  # not on the grid after rotation: real rounding
     written = []
