@@ -336,25 +336,6 @@ def quantise_int4(x: torch.Tensor):
     return codes[..., 0::2] | (codes[..., 1::2] << 4), int4_scale_words(scale, zero)
 
 
-def dequantise_int4(packed: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """The vectors ``[..., head_size]`` (float64) that :func:`quantise_int4`'s
-    bytes and scale words hold: codes minus the zero point (the word's 4 low
-    mantissa bits) times the scale (the rest of the word), rotated back by the
-    signs times each Hadamard block's matrix over its order."""
-    codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2).double()
-    bits = words.contiguous().view(torch.int32)
-    scale = (bits & -16).view(torch.float32).double()
-    rotated = (codes - (bits & 15).double()[..., None]) * scale[..., None]
-    head_size = rotated.shape[-1]
-    block = rht_block(head_size)
-    hadamard, order_two = torch.ones(1, 1), torch.tensor([[1.0, 1.0], [1.0, -1.0]])
-    while hadamard.shape[0] < block:
-        hadamard = torch.kron(order_two, hadamard)
-    blocks = rotated.reshape(*rotated.shape[:-1], head_size // block, block)
-    vectors = (blocks @ hadamard.double().to(rotated.device)).reshape(rotated.shape) / block
-    return vectors * rht_signs(head_size, rotated.device).double()
-
-
 def token_head_page(
     num_blocks: int, block_size: int, num_kv_heads: int, head_size: int, kv_dtype, device
 ):

@@ -354,10 +354,11 @@ def _int4_kv_logprobs(model, ids):
     read back (``devtools.batches``' own quantiser)."""
     import transformers.models.llama.modeling_llama as llama
 
-    from devtools.batches import dequantise_int4, quantise_int4
+    from devtools.batches import quantise_int4
+    from vllm.v1.attention.ops.triton_attention.reference import int4_vectors
 
     def through_int4(x):  # [..., head_size] float32
-        return dequantise_int4(*quantise_int4(x)).to(x.dtype)
+        return int4_vectors(*quantise_int4(x)).to(x.dtype)
 
     rope = llama.apply_rotary_pos_emb
 

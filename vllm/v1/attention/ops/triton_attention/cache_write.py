@@ -5,7 +5,7 @@
 import triton
 import triton.language as tl
 
-from .jit_helpers import hadamard_rows
+from .jit_helpers import rotate_rows
 
 
 @triton.jit
@@ -39,17 +39,16 @@ def _round_half_away(x):
 
 
 @triton.jit
-def _rotate_int4(x, rht_signs_ptr, dim, HEAD_SIZE: tl.constexpr):
-    """``x`` [TOKENS, HEADS, HEAD_PAD] rotated as an int4 cache stores it, ``H
-    (signs * x)`` in Hadamard blocks (``jit_helpers.rotate_queries``), rounded
-    to its own dtype as vLLM's writers of these caches do."""
+def _rotate_int4(x, rht_signs_ptr, HEAD_SIZE: tl.constexpr):
+    """``x`` [TOKENS, HEADS, HEAD_PAD] rotated as an int4 cache stores it
+    (``jit_helpers.rotate_rows``), in float32."""
     TOKENS: tl.constexpr = x.shape[0]
     HEADS: tl.constexpr = x.shape[1]
     HEAD_PAD: tl.constexpr = x.shape[2]
-    signs = tl.load(rht_signs_ptr + dim, mask=dim < HEAD_SIZE, other=0.0)
-    rows = tl.reshape(x.to(tl.float32) * signs, [TOKENS * HEADS, HEAD_PAD])
-    rotated = hadamard_rows(rows, HEAD_SIZE & -HEAD_SIZE)
-    return tl.reshape(rotated, [TOKENS, HEADS, HEAD_PAD]).to(x.dtype).to(tl.float32)
+    dim = tl.arange(0, HEAD_PAD)
+    rows = tl.reshape(x, [TOKENS * HEADS, HEAD_PAD])
+    rotated = rotate_rows(rows, rht_signs_ptr, dim, dim < HEAD_SIZE, HEAD_SIZE & -HEAD_SIZE)
+    return tl.reshape(rotated, [TOKENS, HEADS, HEAD_PAD]).to(tl.float32)
 
 
 @triton.jit
@@ -150,9 +149,8 @@ def write_kv_cache_kernel(
     column_mask = mask
     if KV_INT4:
         real_dims = dim < HEAD_SIZE
-        key, k_scale = _quantise_int4(_rotate_int4(key, rht_signs_ptr, dim, HEAD_SIZE), real_dims)
-        value = _rotate_int4(value, rht_signs_ptr, dim, HEAD_SIZE)
-        value, v_scale = _quantise_int4(value, real_dims)
+        key, k_scale = _quantise_int4(_rotate_int4(key, rht_signs_ptr, HEAD_SIZE), real_dims)
+        value, v_scale = _quantise_int4(_rotate_int4(value, rht_signs_ptr, HEAD_SIZE), real_dims)
         columns = tl.arange(0, HEAD_PAD // 2)[None, None, :]
         column_mask = row_mask & (columns < HEAD_SIZE // 2)
     elif TOKEN_HEAD_SCALES:

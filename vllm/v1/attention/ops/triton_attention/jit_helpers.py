@@ -301,12 +301,14 @@ def hadamard_rows(x, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def rotate_queries(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK: tl.constexpr):
-    """Queries into an int4 cache's rotated space, ``H (signs * q)``, rounded
-    to their dtype as vLLM's readers of these caches do; q.k' is then
-    ``RHT_BLOCK`` times q.k (the launcher divides the softmax scale by it)."""
+def rotate_rows(x, rht_signs_ptr, dim, dim_mask, RHT_BLOCK: tl.constexpr):
+    """Rows ``x`` [ROWS, HEAD_PAD] into an int4 cache's rotated space, ``H
+    (signs * x)``, rounded to their dtype as vLLM's readers and writers of
+    these caches do: the cache write's keys and values, the kernels' queries
+    (q.k' is then ``RHT_BLOCK`` times q.k: the launcher divides the softmax
+    scale by it). ``RHT_BLOCK``: ``arch.rht_block`` of the head size."""
     signs = tl.load(rht_signs_ptr + dim, mask=dim_mask, other=0.0)
-    return hadamard_rows(q.to(tl.float32) * signs[None, :], RHT_BLOCK).to(q.dtype)
+    return hadamard_rows(x.to(tl.float32) * signs[None, :], RHT_BLOCK).to(x.dtype)
 
 
 @triton.jit
@@ -538,7 +540,7 @@ def attend_key_tiles(
     ``TOKEN_HEAD_SCALES``: the cache holds int8 or fp8 values with a scale per
     token and KV head (``load_token_head_scales``); with ``KV_INT4``, 4-bit
     codes around a zero point kept in each scale (``split_zero_points``), of
-    vectors the caller rotated (``rotate_queries``): ``dim`` and ``dim_mask``
+    vectors the caller rotated (``rotate_rows``): ``dim`` and ``dim_mask``
     then count the cache's bytes.
 
     ``PREFETCH_BLOCKS`` loads the next tile's block numbers one iteration

@@ -25,7 +25,7 @@ from .jit_helpers import (
     load_v_scale,
     mm_prefix_rows,
     query_rows,
-    rotate_queries,
+    rotate_rows,
     unrotate_values,
     widen_key_range,
 )
@@ -96,7 +96,7 @@ def long_query_attention_kernel(
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
     TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
-    KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_queries)
+    KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_rows)
     Q_IS_FP8: tl.constexpr,  # fp8 queries (an fp8 cache of their format)
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
@@ -124,9 +124,9 @@ def long_query_attention_kernel(
         mask=row_valid[:, None] & dim_mask[None, :],
         other=0.0,
     )
-    RHT_BLOCK: tl.constexpr = HEAD_SIZE & -HEAD_SIZE
+    RHT_BLOCK: tl.constexpr = HEAD_SIZE & -HEAD_SIZE  # arch.rht_block
     if KV_INT4:  # attention runs in the cache's rotated space
-        q = rotate_queries(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
+        q = rotate_rows(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
     cache_dim, cache_dim_mask = cache_columns(HEAD_SIZE, HEAD_PAD, KV_INT4)
 
     m_i, l_i = init_softmax_state(sinks_ptr, head, row_valid, HAS_SINKS, BLOCK_M)

@@ -108,14 +108,14 @@ def reference_paged_attention(
         blocks = block_table[seq, key_idx // block_size].long()
         slots = key_idx % block_size
         if k_cache.dtype == INT4_KV_DTYPE:
-            keys = _int4_vectors(k_cache[blocks, slots], k_scale[blocks, slots])
-            values = _int4_vectors(v_cache[blocks, slots], v_scale[blocks, slots])
+            keys = int4_vectors(k_cache[blocks, slots], k_scale[blocks, slots])
+            values = int4_vectors(v_cache[blocks, slots], v_scale[blocks, slots])
         else:
             keys = k_cache[blocks, slots].to(compute_dtype) * k_factor  # [seq_len, kv_heads, d]
             values = v_cache[blocks, slots].to(compute_dtype) * v_factor
-        if per_token_head and k_cache.dtype != INT4_KV_DTYPE:
-            keys = keys * k_scale[blocks, slots].to(compute_dtype)[..., None]
-            values = values * v_scale[blocks, slots].to(compute_dtype)[..., None]
+            if per_token_head:
+                keys = keys * k_scale[blocks, slots].to(compute_dtype)[..., None]
+                values = values * v_scale[blocks, slots].to(compute_dtype)[..., None]
         keys = keys.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
         values = values.repeat_interleave(group, dim=1)
 
@@ -159,7 +159,7 @@ def reference_paged_attention(
     return result.to(q.dtype if out is None else out.dtype)
 
 
-def _int4_vectors(packed: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+def int4_vectors(packed: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """An int4 cache's vectors ``[..., head_size]`` (float64) from their bytes
     ``[..., head_size // 2]`` and scale words ``[...]``: codes (dimension 2i in
     byte i's low nibble, 2i + 1 in its high one) minus the zero point held in

@@ -30,7 +30,7 @@ from .jit_helpers import (
     mm_prefix_rows,
     normalised_output,
     query_rows,
-    rotate_queries,
+    rotate_rows,
     split_count,
     split_key_range,
     split_lse,
@@ -113,7 +113,7 @@ def split_kv_decode_kernel(
     HAS_SINKS: tl.constexpr,
     KV_IS_FP8: tl.constexpr,  # fp8 with a scale per tensor
     TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
-    KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_queries)
+    KV_INT4: tl.constexpr,  # int4 codes of rotated vectors (jit_helpers.rotate_rows)
     Q_IS_FP8: tl.constexpr,  # fp8 queries (an fp8 cache of their format)
     DOT_PRECISION: tl.constexpr,
     EARLY_DEPENDENTS: tl.constexpr,
@@ -156,9 +156,9 @@ def split_kv_decode_kernel(
         mask=row_valid[:, None] & dim_mask[None, :],
         other=0.0,
     )
-    RHT_BLOCK: tl.constexpr = HEAD_SIZE & -HEAD_SIZE
+    RHT_BLOCK: tl.constexpr = HEAD_SIZE & -HEAD_SIZE  # arch.rht_block
     if KV_INT4:  # attention runs in the cache's rotated space
-        q = rotate_queries(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
+        q = rotate_rows(q, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
     cache_dim, cache_dim_mask = cache_columns(HEAD_SIZE, HEAD_PAD, KV_INT4)
 
     # This program's share of the keys any row can see, in whole key tiles.
