@@ -22,7 +22,11 @@ pytest.importorskip("vllm.config", reason="needs the installed vLLM (make test i
 
 from transformers import LlamaConfig  # noqa: E402
 
-from devtools.batches import TOLERANCES, token_head_page_views  # noqa: E402
+from devtools.batches import (  # noqa: E402
+    TOLERANCES,
+    assert_fp8_output_close,
+    token_head_page_views,
+)
 from vllm.config import (  # noqa: E402
     CUDAGraphMode,
     DeviceConfig,
@@ -31,6 +35,12 @@ from vllm.config import (  # noqa: E402
     VllmConfig,
 )
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase  # noqa: E402
+from vllm.model_executor.layers.quantization.utils.quant_utils import (  # noqa: E402
+    kFp8DynamicTensorSym,
+    kFp8StaticTensorSym,
+    kFp8StaticTokenSym,
+    kNvfp4Dynamic,
+)
 from vllm.platforms import current_platform  # noqa: E402
 from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE  # noqa: E402
 from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata  # noqa: E402
@@ -111,6 +121,7 @@ def run_step(
     rswa_prefix_lens=None,
     token_head_dtype=None,
     q_scale=None,
+    output_scale=None,
 ):
     """One model step the way vLLM drives a layer: metadata, cache write, forward.
     ``causal``: one flag, or a list of per-request flags (vLLM's int32 tensor).
@@ -123,7 +134,9 @@ def run_step(
     ``[K | K scale | V | V scale]`` bytes the reference reads on its own;
     ``q_scale``: the layer's query scale, by which vLLM quantises the queries
     to the fp8 cache's format (its static per-tensor QuantFP8) when the impl
-    takes fp8 queries."""
+    takes fp8 queries; ``output_scale``: the scale of the output's static fp8
+    quantisation, which vLLM's fusion pass hands ``forward`` with an fp8
+    ``output`` when the impl fuses it."""
     gen = torch.Generator().manual_seed(sum(seq_lens) + len(q_lens))
     num_tokens = sum(q_lens)
     q_lens = q_lens + [0] * padded_reqs  # graph padding: empty requests
@@ -191,7 +204,12 @@ def run_step(
                 block = block_table[req, pos // BLOCK_SIZE]
                 kv_cache[block, :, pos % BLOCK_SIZE] = float("nan")
     output = torch.full(query.shape, float("nan"))  # the model's dtype, fp8 queries or not
-    impl.forward(layer, query, key, value, kv_cache, metadata, output)
+    fused = {}
+    if output_scale is not None:
+        fused = dict(output_scale=torch.tensor([output_scale]))
+        output = output.to(current_platform.fp8_dtype())
+        scales = dict(scales, out_scale=fused["output_scale"])
+    impl.forward(layer, query, key, value, kv_cache, metadata, output, **fused)
 
     cells = kv_cache.transpose(1, 2)
     if token_head_dtype is None:
@@ -225,6 +243,9 @@ def run_step(
         rswa_prefix_lens=common.rswa_prefix_lens,
         **scales,
     )
+    if output_scale is not None:
+        assert_fp8_output_close(output[:num_tokens], expected[:num_tokens])
+        return metadata
     # fp8 queries: probabilities and values meet in fp16 (jit_helpers.load_kv_tile)
     tolerance = TOLERANCES[torch.float32 if q_scale is None else torch.float16]
     torch.testing.assert_close(output[:num_tokens], expected[:num_tokens], **tolerance)
@@ -338,6 +359,33 @@ def test_fp8_queries_through_the_impl(vllm_config):
         run_step(builder, impl, kv_cache, q_lens, seq_lens, fp8_dtype=fp8, q_scale=0.02)
     e5m2 = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "fp8_e5m2")
     assert not e5m2.supports_quant_query_input  # vLLM quantises queries to e4m3 only
+
+
+def test_fused_fp8_output_through_the_impl(vllm_config):
+    """vLLM's attention + quant fusion: the impl declares static per-tensor fp8
+    (``kFp8StaticTensorSym``) and nothing else; ``forward`` then gets an fp8
+    ``output`` and its scale and writes ``attention / scale`` in fp8, on a
+    16-bit and on an fp8 cache, in decode, prefill and mixed batches."""
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
+    assert impl.fused_output_quant_supported(kFp8StaticTensorSym)
+    for other in (kFp8DynamicTensorSym, kFp8StaticTokenSym, kNvfp4Dynamic):
+        assert not impl.fused_output_quant_supported(other)
+    builder = make_builder(vllm_config)
+    kv_cache = packed_cache()
+    for q_lens, seq_lens in (([1, 1], [40, 7]), ([20], [20]), ([1, 1, 9], [33, 60, 30])):
+        run_step(builder, impl, kv_cache, q_lens, seq_lens, output_scale=0.3)
+    config = copy.deepcopy(vllm_config)
+    config.cache_config.cache_dtype = "fp8"
+    fp8_impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "fp8")
+    physical = torch.zeros(64, BLOCK_SIZE, NUM_KV_HEADS, 2 * HEAD_SIZE, dtype=torch.uint8)
+    fp8 = current_platform.fp8_dtype()
+    run_step(make_builder(config), fp8_impl, physical.permute(0, 2, 1, 3), [1, 7], [30, 7],
+             fp8_dtype=fp8, q_scale=0.02, output_scale=0.3)  # fmt: skip
+    with pytest.raises(NotImplementedError, match="block-scaled"):
+        impl.forward(
+            Layer(), *[torch.zeros(1, NUM_Q_HEADS, HEAD_SIZE)] * 3, kv_cache, None,
+            torch.zeros(1, NUM_Q_HEADS, HEAD_SIZE), output_block_scale=torch.ones(1),
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(

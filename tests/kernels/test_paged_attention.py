@@ -21,6 +21,7 @@ from conftest import HAS_GPU
 
 from devtools.batches import (
     TOLERANCES,
+    assert_fp8_output_close,
     make_batch,
     mm_prefix_ranges_for,
     plan_for_batch,
@@ -99,12 +100,14 @@ class Case:
     layout: str = "packed_nhd"
     token_head_scales: bool = False  # a scale per token and KV head (int8 always has them)
     fp8_queries: bool = False  # queries quantised to the (fp8) cache's format, a scale per KV head
+    fp8_output: bool = False  # fused static fp8 output quantisation (an e4m3 out and its scale)
 
     def id(self) -> str:
         kv = "" if self.kv_dtype is None else f"-kv_{str(self.kv_dtype)[6:]}"
         kv = kv.replace("uint8", "int4")  # two 4-bit codes per byte
         kv += "_per_token_head" if self.token_head_scales else ""
         kv += "-fp8_queries" if self.fp8_queries else ""
+        kv += "-fp8_output" if self.fp8_output else ""
         return (
             f"{self.pattern}-{self.feature}-{str(self.dtype)[6:]}{kv}-d{self.head_size}"
             f"-kv{self.num_kv_heads}x{self.queries_per_kv}-bs{self.block_size}-{self.layout}"
@@ -142,6 +145,10 @@ def _cpu_cases() -> list[Case]:
     fp8_queries = dict(kv_dtype=torch.float8_e4m3fn, fp8_queries=True)
     cases += [Case(p, **fp8_queries) for p in ("decode", "specdecode4", "chunked_prefill")]
     cases += [Case("mixed", "all", **fp8_queries, head_size=80)]
+    # fused fp8 output: split-KV with and without a merge, long-query, mixed
+    cases += [Case(p, fp8_output=True) for p in ("decode", "chunked_prefill", "mixed")]
+    cases += [Case("mixed", "all", kv_dtype=torch.float8_e4m3fn, fp8_output=True, head_size=80)]
+    cases += [Case("decode", kv_dtype=torch.int8, token_head_scales=True, fp8_output=True)]
     return cases
 
 
@@ -187,6 +194,15 @@ def _gpu_cases() -> list[Case]:
                     cases.append(
                         Case(pattern, feature, dtype, kv_dtype, head_size, fp8_queries=True)
                     )
+    for pattern, feature, dtype, head_size in itertools.product(
+        QUERY_PATTERNS, ("plain", "all"), (torch.float16, torch.bfloat16), (64, 128, 256, 512)
+    ):
+        for kv_dtype in (None, torch.float8_e4m3fn):  # fp8 output: vLLM's fused quantisation
+            if arch.supports_kv_dtype(torch.float8_e4m3fn):
+                cases.append(Case(pattern, feature, dtype, kv_dtype, head_size, fp8_output=True))
+        if arch.supports_kv_dtype(torch.float8_e4m3fn):
+            cases.append(Case(pattern, feature, dtype, kv_dtype=torch.float8_e4m3fn,
+                              head_size=head_size, fp8_queries=True, fp8_output=True))  # fmt: skip
     for pattern in QUERY_PATTERNS:  # Hadamard blocks below the head size
         cases.append(Case(pattern, "all", torch.bfloat16, INT4_KV_DTYPE, 80, **token_head))
         cases.append(Case(pattern, "plain", torch.float16, INT4_KV_DTYPE, 96, **token_head))
@@ -222,6 +238,9 @@ FP8_QUERY_TOLERANCE = dict(atol=1e-2, rtol=1e-2)
 
 def _tolerance(case: Case) -> dict:
     return FP8_QUERY_TOLERANCE if case.fp8_queries else TOLERANCES[case.dtype]
+
+
+FP8_OUTPUT_SCALE = 0.3  # outputs of N(0, 1) attention span about +-2: +-7 in fp8
 
 
 def run_case(
@@ -264,6 +283,11 @@ def run_case(
         per_q_head = q_scale.repeat_interleave(case.queries_per_kv)[:, None]
         q = (batch.q.float() / per_q_head).clamp(-fp8_max, fp8_max).to(case.kv_dtype)
         features = dict(features, q_scale=q_scale)
+    out_scale = None
+    if case.fp8_output:  # vLLM's fused static quantisation: an fp8 out and its scale
+        out_scale = torch.tensor([FP8_OUTPUT_SCALE], device=device)
+        out = torch.full_like(batch.q, float("nan"), dtype=torch.float8_e4m3fn)
+        features = dict(features, out_scale=out_scale)
     plan = None
     if mixed_plan:
         plan = plan_for_batch(
@@ -299,8 +323,11 @@ def run_case(
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
 def test_paged_attention_matches_reference(case: Case, device):
     out, expected = run_case(case, device)
-    assert not out.isnan().any(), "a valid output row is NaN or was never written"
-    torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
+    assert not out.float().isnan().any(), "a valid output row is NaN or was never written"
+    if case.fp8_output:
+        assert_fp8_output_close(out, expected)
+    else:
+        torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
 
 
 def test_int4_attention_matches_vllm(device, vllm_int4, monkeypatch):

@@ -40,7 +40,10 @@ from vllm import envs
 from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.config.cache import CacheDType
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
-from vllm.model_executor.layers.quantization.utils.quant_utils import QuantKey
+from vllm.model_executor.layers.quantization.utils.quant_utils import (
+    QuantKey,
+    kFp8StaticTensorSym,
+)
 from vllm.platforms import current_platform
 from vllm.platforms.interface import DeviceCapability
 from vllm.v1.attention.backend import (
@@ -504,16 +507,20 @@ TOKEN_HEAD_MODES = (
 )
 
 
+def converts_platform_fp8() -> bool:
+    """Whether the GPU converts and multiplies the platform's e4m3 format
+    natively (NVIDIA sm_89+, AMD gfx942, gfx950, gfx12; the CPU interpreter in
+    software)."""
+    arch = _arch_of(current_platform.get_device_capability() or DeviceCapability(0, 0))
+    return arch.supports_kv_dtype(current_platform.fp8_dtype())
+
+
 def quantises_queries(cache_dtype: str) -> bool:
     """Whether vLLM hands this cache's layers fp8 queries: it does for an fp8
     cache with per-tensor scales in the platform's e4m3 format where an
     implementation takes them (``supports_quant_query_input``), and ours does
-    wherever the GPU reads that cache (fp8 conversions and dots: NVIDIA sm_89+,
-    AMD gfx942, gfx950, gfx12; the CPU interpreter in software)."""
-    if cache_dtype not in ("fp8", "fp8_e4m3"):
-        return False
-    arch = _arch_of(current_platform.get_device_capability() or DeviceCapability(0, 0))
-    return arch.supports_kv_dtype(current_platform.fp8_dtype())
+    wherever the GPU reads that cache (``converts_platform_fp8``)."""
+    return cache_dtype in ("fp8", "fp8_e4m3") and converts_platform_fp8()
 
 
 def kv_dtype_of(cache_dtype: str, spec_dtype: torch.dtype) -> torch.dtype:
@@ -658,7 +665,10 @@ class TritonAttentionImpl(AttentionImpl):
         self._kv_views: tuple[torch.Tensor, CacheViews] | None = None
 
     def fused_output_quant_supported(self, quant_key: QuantKey):
-        return False
+        """Static per-tensor fp8 quantisation of the output (the next GEMM's
+        input) in the attention's epilogue, where the GPU stores e4m3: vLLM's
+        fusion pass then hands ``forward`` an fp8 ``output`` and its scale."""
+        return quant_key == kFp8StaticTensorSym and converts_platform_fp8()
 
     def _cache_views(self, kv_cache: torch.Tensor) -> CacheViews:
         """K and V ``[num_blocks, block_size, H, D]`` views of the packed cache,
@@ -744,8 +754,11 @@ class TritonAttentionImpl(AttentionImpl):
         only slices views and launches: the plan and the batch's launches
         (``BatchLaunches``) were made in ``build``.
         """
-        if output_scale is not None or output_block_scale is not None:
-            raise NotImplementedError("TRITON_ATTN does not fuse output quantization")
+        if output_block_scale is not None:
+            raise NotImplementedError(
+                "TRITON_ATTN fuses static per-tensor fp8 output quantization only, "
+                "not block-scaled (fused_output_quant_supported)"
+            )
         if attn_metadata is None:  # the memory-profiling run
             return output.fill_(0)
 
@@ -763,6 +776,8 @@ class TritonAttentionImpl(AttentionImpl):
             # Gemma 4's sliding layers keep their window on the ranges too
             mm_prefix_clamp_sliding_window=getattr(layer, "mm_prefix_clamp_sliding_window", False),
         )
+        if output_scale is not None:  # fused static fp8 quantisation: output is fp8
+            layer_args["out_scale"] = output_scale
         if decoder and md.rswa_prefix_lens is not None:  # R-SWA's window replaces the layer's
             layer_args["sliding_window"] = md.rswa_window
         if self.attn_type in (AttentionType.ENCODER, AttentionType.ENCODER_ONLY):

@@ -18,6 +18,9 @@ ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # KV caches may also be fp8 with per-tensor scales.
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
+# Attention outputs may be e4m3 (fused static quantisation; the kernels'
+# jit_helpers.output_values knows these two formats' ranges).
+FP8_OUTPUT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 # vLLM's int4_per_token_head cache: two 4-bit codes per uint8 byte (dimension
 # 2i in the low nibble, 2i + 1 in the high one) of RHT-rotated vectors, with a
 # scale per token and KV head whose 4 low mantissa bits hold the zero point.

@@ -13,7 +13,14 @@ from typing import NamedTuple
 
 import torch
 
-from .arch import ACTIVATION_DTYPES, FP8_DTYPES, INT4_KV_DTYPE, QUANTISED_KV_DTYPES, GpuArch
+from .arch import (
+    ACTIVATION_DTYPES,
+    FP8_DTYPES,
+    FP8_OUTPUT_DTYPES,
+    INT4_KV_DTYPE,
+    QUANTISED_KV_DTYPES,
+    GpuArch,
+)
 from .plan import (
     MAX_HEAD_SIZE,
     MIN_HEAD_SIZE,
@@ -51,6 +58,7 @@ class AttentionCall(NamedTuple):
     chunk_lookback: int | None = None  # the window in chunks of W // (lookback + 1) keys
     rswa_prefix_lens: torch.Tensor | None = None  # [num_seqs] int32: R-SWA's visible prefixes
     q_scale: torch.Tensor | None = None  # fp8 queries' float32 scale: one, or one per KV head
+    out_scale: torch.Tensor | None = None  # a fused fp8 output's float32 scale (one)
 
     @property
     def kv_is_fp8(self) -> bool:
@@ -193,6 +201,28 @@ def check_fp8_queries(call: AttentionCall, num_kv_heads: int, fn: str) -> None:
         fail(ValueError, fn, "q_scale", f"contiguous, on q.device ({q.device})", got)
 
 
+def check_fp8_output(out: torch.Tensor, out_scale, arch: GpuArch, fn: str) -> None:
+    """Fused static fp8 output quantisation (vLLM's ``kFp8StaticTensorSym``):
+    an e4m3 output this GPU stores, and its one-element float32 scale."""
+    if out.dtype not in FP8_OUTPUT_DTYPES:
+        expected = f"one of {FP8_OUTPUT_DTYPES} with out_scale (fused fp8 quantisation)"
+        fail(TypeError, fn, "out.dtype", expected, out.dtype)
+    if not arch.supports_kv_dtype(out.dtype):  # the same conversions as an fp8 cache's
+        raise NotImplementedError(f"{fn}: a {out.dtype} output is not supported on {arch.name}")
+    if (
+        not isinstance(out_scale, torch.Tensor)
+        or out_scale.dtype != torch.float32
+        or out_scale.numel() != 1
+        or out_scale.device != out.device
+    ):
+        got = (
+            f"{out_scale.dtype} {tuple(out_scale.shape)} on {out_scale.device}"
+            if isinstance(out_scale, torch.Tensor)
+            else out_scale
+        )
+        fail(ValueError, fn, "out_scale", f"a one-element float32 tensor on {out.device}", got)
+
+
 def check_rswa(prefix_lens: torch.Tensor, num_seqs: int, call: AttentionCall, fn: str) -> None:
     """R-SWA (a visible prompt prefix beside a causal sliding window) as vLLM
     serves it: with none of the masks no model combines it with."""
@@ -219,7 +249,7 @@ def check_paged_attention_inputs(
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
      logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _, alibi_sqrt,
-     chunk_lookback, rswa_prefix_lens, q_scale) = call  # fmt: skip
+     chunk_lookback, rswa_prefix_lens, q_scale, out_scale) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -227,8 +257,11 @@ def check_paged_attention_inputs(
         fail(TypeError, fn, "q.dtype", "float16, bfloat16, float32 or an fp8 type", q.dtype)
     if out.shape != q.shape:
         fail(ValueError, fn, "out.shape", f"q.shape {tuple(q.shape)}", tuple(out.shape))
-    if out.dtype not in ACTIVATION_DTYPES:
-        fail(TypeError, fn, "out.dtype", "float16, bfloat16 or float32", out.dtype)
+    if out.dtype in FP8_OUTPUT_DTYPES or out_scale is not None:
+        check_fp8_output(out, out_scale, arch, fn)
+    elif out.dtype not in ACTIVATION_DTYPES:
+        expected = "float16, bfloat16, float32, or float8_e4m3fn/fnuz with out_scale"
+        fail(TypeError, fn, "out.dtype", expected, out.dtype)
     if not MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE:
         expected = f"in [{MIN_HEAD_SIZE}, {MAX_HEAD_SIZE}]"
         fail(NotImplementedError, fn, "head_size", expected, head_size)

@@ -714,10 +714,12 @@ def store_split_result(
     STRIDE_OUT_DIM: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
+    out_scale_ptr=None,
 ):
     """One split's softmax state for its rows: the output itself when there is
-    one split, else the normalised partial and its log2-sum-exp for the merge.
-    Layout-free: both split-KV kernels store through it."""
+    one split (``output_values``), else the normalised partial and its
+    log2-sum-exp for the merge. Layout-free: both split-KV kernels store
+    through it."""
     # "!= 0" rather than "> 0": a NaN from real data must reach the output.
     has_keys = l_i != 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
@@ -727,7 +729,7 @@ def store_split_result(
         out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
         tl.store(
             out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
-            result.to(out_ptr.dtype.element_ty),
+            output_values(result, out_ptr, out_scale_ptr),
             mask=store_mask,
         )
     else:
@@ -758,6 +760,18 @@ def split_partial(acc, l_i):
 def split_lse(m_i, l_i):
     """The split's log2-sum-exp, -inf for rows without keys."""
     return tl.where(l_i != 0.0, m_i + tl.math.log2(tl.where(l_i != 0.0, l_i, 1.0)), float("-inf"))
+
+
+@triton.jit
+def output_values(result, out_ptr, out_scale_ptr):
+    """``result`` in the output's dtype. With ``out_scale_ptr`` (fused static
+    fp8 quantisation, an e4m3 output) it is ``result / scale`` saturated to the
+    format's range, as vLLM's static per-tensor fp8 quantisation computes it:
+    times the reciprocal of the scale."""
+    if out_scale_ptr is not None:
+        fp8_max: tl.constexpr = 240.0 if out_ptr.dtype.element_ty == tl.float8e4b8 else 448.0
+        result = tl.clamp(result * (1.0 / tl.load(out_scale_ptr)), -fp8_max, fp8_max)
+    return result.to(out_ptr.dtype.element_ty)
 
 
 @triton.jit

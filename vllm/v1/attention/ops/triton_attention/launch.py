@@ -173,6 +173,7 @@ def _paged_tensor_args(call: AttentionCall, strides: CallStrides) -> dict:
         k_cache_ptr=call.k_cache,
         v_cache_ptr=call.v_cache,
         out_ptr=call.out,
+        out_scale_ptr=call.out_scale,
         query_start_loc_ptr=call.query_start_loc,
         seq_lens_ptr=call.seq_lens,
         block_table_ptr=call.block_table,
@@ -388,6 +389,7 @@ def merge_launch(
     heads_per_program, dims_per_program = plan.merge_tile
     args = dict(
         out_ptr=call.out,
+        out_scale_ptr=call.out_scale,
         query_start_loc_ptr=call.query_start_loc,
         v_scale_ptr=call.v_scale if call.kv_is_fp8 else None,
         stride_out_token=strides.out[0],
@@ -478,6 +480,7 @@ def paged_attention(
     chunk_lookback: int | None = None,
     rswa_prefix_lens: torch.Tensor | None = None,
     q_scale: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -513,6 +516,7 @@ def paged_attention(
         chunk_lookback=chunk_lookback,
         rswa_prefix_lens=rswa_prefix_lens,
         q_scale=q_scale,
+        out_scale=out_scale,
     )
     for launch in _checked_launches(call, max_query_len, plan, workspace, arch):
         launch.run()
@@ -531,6 +535,7 @@ class _LayerTensors(NamedTuple):
     k_scale: torch.Tensor | None
     v_scale: torch.Tensor | None
     q_scale: torch.Tensor | None
+    out_scale: torch.Tensor | None
 
 
 _LAYER_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_LayerTensors._fields)}
@@ -675,10 +680,11 @@ class BatchLaunches:
         alibi_sqrt: bool = False,
         chunk_lookback: int | None = None,
         q_scale: torch.Tensor | None = None,
+        out_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """As :func:`paged_attention` with this batch's tensors; returns ``out``."""
         layer = _LayerTensors(
-            q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale, q_scale
+            q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale, q_scale, out_scale
         )
         scalars = [
             scale,

@@ -24,6 +24,7 @@ from .jit_helpers import (
     load_qk_scale,
     load_v_scale,
     mm_prefix_rows,
+    output_values,
     query_rows,
     rotate_rows,
     unrotate_values,
@@ -50,6 +51,7 @@ def long_query_attention_kernel(
     rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     q_scale_ptr,  # fp8 queries' float32 scale (one, or one per KV head), with Q_IS_FP8
+    out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -391,7 +393,7 @@ def long_query_attention_kernel(
     out_offset = (q_start + token).to(tl.int64) * stride_out_token + head * stride_out_head
     tl.store(
         out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
-        result.to(out_ptr.dtype.element_ty),
+        output_values(result, out_ptr, out_scale_ptr),
         mask=row_valid[:, None] & dim_mask[None, :],
     )
     if PDL:

@@ -138,6 +138,7 @@ def split_kv_decode_pipelined_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     block_table_ptr,
+    out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
     # strides (head dimensions contiguous: the plan checked)
     stride_q_token,
     stride_q_head,
@@ -351,4 +352,5 @@ def split_kv_decode_pipelined_kernel(
         STRIDE_OUT_DIM=1,
         HEAD_PAD=HEAD_PAD,
         NUM_KV_SPLITS=NUM_KV_SPLITS,
+        out_scale_ptr=out_scale_ptr,
     )

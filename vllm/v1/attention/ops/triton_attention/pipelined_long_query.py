@@ -52,6 +52,7 @@ from .jit_helpers import (
     find_q_tile,
     key_range,
     mm_prefix_rows,
+    output_values,
     tanh,
     visible_mask,
     widen_key_range,
@@ -816,6 +817,7 @@ def long_query_pipelined_kernel(
     block_table_ptr,
     causal_ptr,  # [num_seqs] int32 per-sequence causal flags, with PER_SEQ_CAUSAL
     mm_ranges_ptr,  # [num_seqs, num_mm_ranges, 2] int32 (start, end), with HAS_MM_PREFIX
+    out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
     # strides (K and V share theirs; head dimensions contiguous)
     stride_q_token,
     stride_q_head,
@@ -1038,7 +1040,7 @@ def long_query_pipelined_kernel(
 
     l_out = gl.convert_layout(gl.sum(row_sums, 1), out_rows)
     l_out = gl.where(l_out == 0.0, 1.0, l_out)
-    result = (acc / l_out[:, None]).to(out_ptr.dtype.element_ty)
+    result = output_values(acc / l_out[:, None], out_ptr, out_scale_ptr)
     # Output rows from the score rows' key positions (live through the loop
     # anyway): fewer values in registers there.
     o_pos = gl.convert_layout(query_pos, out_rows)

@@ -76,12 +76,15 @@ def reference_paged_attention(
     chunk_lookback: int | None = None,
     rswa_prefix_lens: torch.Tensor | None = None,
     q_scale: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
 
     Returns a new tensor shaped like ``q`` (``out``, if given, only sets the
-    dtype). Rows of tokens that belong to no sequence are zero.
+    dtype). Rows of tokens that belong to no sequence are zero. With
+    ``out_scale`` (an fp8 ``out``) the float32 result times the scale's
+    reciprocal, saturated, in ``out``'s format.
     """
     del max_query_len, max_seq_len, plan  # hints for the kernels only
     compute_dtype = torch.float64
@@ -156,6 +159,10 @@ def reference_paged_attention(
             probs = probs[..., :-1]
         result[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, values)
 
+    if out_scale is not None:
+        fp8_max = torch.finfo(out.dtype).max
+        scaled = result.to(torch.float32) * (1.0 / out_scale.to(torch.float32))
+        return scaled.clamp(-fp8_max, fp8_max).to(out.dtype)
     return result.to(q.dtype if out is None else out.dtype)
 
 

@@ -29,6 +29,7 @@ from .jit_helpers import (
     mark_empty_splits,
     mm_prefix_rows,
     normalised_output,
+    output_values,
     query_rows,
     rotate_rows,
     split_count,
@@ -63,6 +64,7 @@ def split_kv_decode_kernel(
     rswa_prefix_lens_ptr,  # [num_seqs] int32 R-SWA prompt prefixes, with HAS_RSWA
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     q_scale_ptr,  # fp8 queries' float32 scale (one, or one per KV head), with Q_IS_FP8
+    out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
     # strides
     stride_q_token,
     stride_q_head,
@@ -232,6 +234,7 @@ def split_kv_decode_kernel(
             rht_signs_ptr=rht_signs_ptr,
             q_scale_ptr=q_scale_ptr,
             stride_q_scale=stride_q_scale,
+            out_scale_ptr=out_scale_ptr,
             seq=seq,
             q_start=q_start,
             seq_len=seq_len,
@@ -322,6 +325,7 @@ def split_kv_decode_kernel(
             STRIDE_OUT_DIM=STRIDE_OUT_DIM,
             HEAD_PAD=HEAD_PAD,
             NUM_KV_SPLITS=1,
+            out_scale_ptr=out_scale_ptr,
         )
 
 
@@ -359,6 +363,7 @@ def _decode_split(
     rht_signs_ptr,
     q_scale_ptr,
     stride_q_scale,
+    out_scale_ptr,
     stride_out_token,
     stride_out_head,
     stride_k_block,
@@ -555,6 +560,7 @@ def _decode_split(
             STRIDE_OUT_DIM=STRIDE_OUT_DIM,
             HEAD_PAD=HEAD_PAD,
             NUM_KV_SPLITS=NUM_KV_SPLITS,
+            out_scale_ptr=out_scale_ptr,
         )
     return acc, m_i, l_i
 
@@ -567,6 +573,7 @@ def merge_kv_splits_kernel(
     partial_lse_ptr,
     query_start_loc_ptr,
     v_scale_ptr,
+    out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
     # strides
     stride_out_token,
     stride_out_head,
@@ -657,6 +664,6 @@ def merge_kv_splits_kernel(
     out_offset = token.to(tl.int64) * stride_out_token + head * stride_out_head
     tl.store(
         out_ptr + out_offset[:, None] + dim[None, :] * STRIDE_OUT_DIM,
-        result.to(out_ptr.dtype.element_ty),
+        output_values(result, out_ptr, out_scale_ptr),
         mask=head_mask[:, None] & dim_mask[None, :],
     )
