@@ -188,7 +188,7 @@ def bench_ours(model, q_lens, seq_lens, inputs, graphs, plan=None, **call_args):
     q, k_cache, v_cache, qsl, lens, block_table = inputs
     plan = plan or backend_plan(model, q_lens)
     workspace = SplitKVWorkspace.allocate(plan, "cuda")
-    out = torch.empty_like(q, dtype=model_dtype(q))
+    out = torch.empty_like(q, dtype=output_dtype(q, call_args.get("out_scale")))
 
     def run():
         paged_attention(
@@ -257,6 +257,7 @@ def run_upstream(
     v_scale=None,
     rswa_prefix_lens=None,
     q_scale=None,
+    out_scale=None,
 ):
     """Call upstream the way its metadata builder sets it up (16 segments, 3D below
     128 // num_kv_heads sequences); ``batch_invariant``: as under
@@ -264,7 +265,8 @@ def run_upstream(
     ``v_scale``: an fp8 cache's per-tensor scales (its FP8_PER_TENSOR mode), or
     per token and KV head (its INT8/FP8/INT4_PER_TOKEN_HEAD modes);
     ``rswa_prefix_lens`` with ``sliding_window``: R-SWA (its window then
-    replaces the layer's, which is off)."""
+    replaces the layer's, which is off); ``out_scale``: a fused fp8 output's
+    scale (its ``output_scale``)."""
     hq, hkv, d = model
     threshold = 128 // hkv
     rows = min(threshold, seq_lens.shape[0]) * q_len
@@ -348,18 +350,31 @@ def run_upstream(
             **scale_caches,
             rswa_prefix_lens=rswa_prefix_lens,
             rswa_window=sliding_window if rswa_prefix_lens is not None else None,
+            output_scale=out_scale,
         )
 
     return run
 
 
-def model_dtype(q: torch.Tensor) -> torch.dtype:
-    """The output's dtype: the model's (bf16 here) when the queries are fp8."""
+def e4m3_dtype() -> torch.dtype:
+    """This GPU's e4m3 format (vLLM's platform fp8: fnuz on MI300)."""
+    return (
+        torch.float8_e4m3fnuz
+        if GpuArch.of_device("cuda").name == "gfx942"
+        else (torch.float8_e4m3fn)
+    )
+
+
+def output_dtype(q: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.dtype:
+    """The output's dtype: e4m3 with a fused output quantisation (``out_scale``),
+    else the model's (bf16 here when the queries are fp8)."""
+    if out_scale is not None:
+        return e4m3_dtype()
     return torch.bfloat16 if q.dtype.itemsize == 1 else q.dtype
 
 
 def bench_upstream(model, q_lens, seq_lens, inputs, graphs, **call_args):
-    out = torch.empty_like(inputs[0], dtype=model_dtype(inputs[0]))
+    out = torch.empty_like(inputs[0], dtype=output_dtype(inputs[0], call_args.get("out_scale")))
     run = run_upstream(
         model, inputs[0], *inputs[1:3], out, *inputs[3:], max(q_lens), max(seq_lens), **call_args
     )
@@ -451,7 +466,7 @@ def main():
         action="store_true",
         help="only the feature cells: masks and biases in prefills, batch-invariant and "
         "R-SWA decodes (bench_features), quantised-cache decodes (bench_fp8_decodes), "
-        "fp8-query prefills (bench_fp8_query_prefills)",
+        "fp8-query prefills (bench_fp8_query_prefills), fused fp8 outputs (bench_fp8_outputs)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
@@ -492,6 +507,8 @@ def main():
             bench_fp8_decodes(MODELS[name], name, base, dtype, args.upstream, emit, copy)
         for name in args.models:
             bench_fp8_query_prefills(MODELS[name], name, base, dtype, args.upstream, emit)
+        for name in args.models:
+            bench_fp8_outputs(MODELS[name], name, base, dtype, args.upstream, emit, copy)
         return
 
     sweep = SWEEPS[args.sweep]
@@ -821,9 +838,8 @@ def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit):
     and quantised to the cache's format (vLLM's ``supports_quant_query_input``:
     q.k in fp8), against the same cell on the 16-bit cache."""
     hq, hkv, d = model
-    arch = GpuArch.of_device("cuda")
-    fp8 = torch.float8_e4m3fnuz if arch.name == "gfx942" else torch.float8_e4m3fn
-    if not arch.supports_kv_dtype(fp8):
+    fp8 = e4m3_dtype()
+    if not GpuArch.of_device("cuda").supports_kv_dtype(fp8):
         return
     one = torch.ones(1, device="cuda")
     for batch_size, seq in FP8_QUERY_PREFILLS:
@@ -852,6 +868,42 @@ def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit):
             )  # fmt: skip
             plain_us = plain_us or us
         del inputs, fp8_cache, variants
+        torch.cuda.empty_cache()
+
+
+def bench_fp8_outputs(model, name, base, dtype, upstream, emit, copy):
+    """Decodes and prefills whose output is quantised to fp8 in the epilogue
+    (vLLM's fused static per-tensor quantisation), against the same cells with
+    the 16-bit output."""
+    hq, hkv, d = model
+    if not GpuArch.of_device("cuda").supports_kv_dtype(e4m3_dtype()):
+        return
+    fused = dict(out_scale=torch.ones(1, device="cuda"))
+    for batch_size, context in FP8_DECODES:
+        cell = ([1] * batch_size, [context] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        plain_us = None
+        for variant, call_args in (("plain", {}), ("fp8_output", fused)):
+            us = _decode_variant(
+                model, name, base, cell, inputs, backend_plan(model, cell[0]), emit, copy,
+                kv_bytes=2 * batch_size * context * hkv * d * dtype.itemsize, plain_us=plain_us,
+                upstream=upstream, feature=variant, ours_args=call_args, upstream_args=call_args,
+            )  # fmt: skip
+            plain_us = plain_us or us
+        del inputs
+        torch.cuda.empty_cache()
+    for batch_size, seq in FP8_QUERY_PREFILLS:
+        cell = ([seq] * batch_size, [seq] * batch_size)
+        inputs = ragged_inputs(model, *cell, dtype)
+        flops = 4 * batch_size * hq * d * seq * seq / 2
+        plain_us = None
+        for variant, call_args in (("plain", {}), ("fp8_output", fused)):
+            us = _prefill_variant(
+                model, name, base, cell, inputs, backend_plan(model, cell[0]), emit, flops=flops,
+                plain_us=plain_us, upstream=upstream, feature=variant, call_args=call_args,
+            )  # fmt: skip
+            plain_us = plain_us or us
+        del inputs
         torch.cuda.empty_cache()
 
 

@@ -65,6 +65,7 @@ FEATURES = (
     "batch_invariant",  # a plan mode, not a call argument
     "rswa",  # alone: it combines with none of per-sequence causal, ranges, chunks
     "all",
+    "fp8_output",  # alone (only the epilogue's store changes): e4m3 where the target has it
 )
 
 
@@ -171,11 +172,16 @@ def _launches(variant: Variant, target: str):
         return variant.features in (switch, "all")
 
     rswa = variant.features == "rswa"
+    out_dtype = torch.bfloat16 if dtype.itemsize == 1 else dtype
+    if variant.features == "fp8_output":  # vLLM's fused static quantisation
+        out_dtype = torch.float8_e4m3fnuz if arch.name == "gfx942" else torch.float8_e4m3fn
+        if not arch.supports_kv_dtype(out_dtype):
+            return None
     call = AttentionCall(
         q=q,
         k_cache=k_cache,
         v_cache=v_cache,
-        out=torch.empty_like(q, dtype=torch.bfloat16 if dtype.itemsize == 1 else dtype),
+        out=torch.empty_like(q, dtype=out_dtype),
         query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32) * q_len,
         seq_lens=torch.full((num_seqs,), q_len, dtype=torch.int32),
         block_table=torch.zeros(num_seqs, 4, dtype=torch.int32),
@@ -197,6 +203,7 @@ def _launches(variant: Variant, target: str):
         mm_prefix_clamp_sliding_window=on("mm_prefix") and on("sliding_window"),
         rswa_prefix_lens=torch.zeros(num_seqs, dtype=torch.int32) if rswa else None,
         q_scale=scale if dtype.itemsize == 1 else None,  # fp8 queries, as vLLM quantises them
+        out_scale=scale if out_dtype.itemsize == 1 else None,
     )
     plan = plan_attention(
         num_tokens=q.shape[0],

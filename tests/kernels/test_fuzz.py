@@ -5,7 +5,7 @@
 Random batches: sequence count, per-sequence query and context lengths (empty
 padding rows included), block size, head size, GQA ratio, feature switches
 (multimodal ranges included), dtype, cache layout, shared prefix blocks,
-padding tokens, batch-invariant plans. Examples are
+padding tokens, batch-invariant plans, fused fp8 outputs. Examples are
 seeded (same inputs every run, no reruns). Batches that start with short
 queries also run as a ``MixedBatchPlan``. The CPU profile runs a bounded number
 through the interpreter; on a GPU the examples are cut into shards (one test
@@ -20,7 +20,13 @@ from conftest import HAS_GPU
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from devtools.batches import TOLERANCES, make_batch, plan_for_batch, small_gpu
+from devtools.batches import (
+    TOLERANCES,
+    assert_fp8_output_close,
+    make_batch,
+    plan_for_batch,
+    small_gpu,
+)
 from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
 from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
@@ -86,6 +92,8 @@ def batches(draw):
         padding_tokens=draw(st.integers(0, 3)),
         shared_prefix_blocks=draw(st.integers(0, 2)),
         seed=draw(st.integers(0, 2**16)),
+        # vLLM's fused static fp8 quantisation of the output
+        fp8_output=draw(st.sampled_from([False, False, False, True])),
     )
     return q_lens, seq_lens, features, shape
 
@@ -146,6 +154,9 @@ def check_against_reference(case):
     )
     scale = shape["head_size"] ** -0.5
     out = torch.full_like(batch.q, float("nan"))
+    if shape["fp8_output"]:
+        out = out.to(torch.float8_e4m3fn)
+        extra["out_scale"] = torch.tensor([0.3], device=device)
     plan = None
     arch = small_gpu() if features["small_gpu"] and not HAS_GPU else None
     if features["mixed_plan"] or features["batch_invariant"]:
@@ -173,13 +184,16 @@ def check_against_reference(case):
         **extra,
     )
     expected = reference_paged_attention(
-        batch.q, batch.k_cache, batch.v_cache, scale=scale, **batch.kernel_args(), **extra
+        batch.q, batch.k_cache, batch.v_cache, out, scale=scale, **batch.kernel_args(), **extra
     )
     rows = batch.num_actual_tokens
-    assert not out[:rows].isnan().any()
-    torch.testing.assert_close(
-        out[:rows].float(), expected[:rows].float(), **TOLERANCES[shape["dtype"]]
-    )
+    assert not out[:rows].float().isnan().any()
+    if shape["fp8_output"]:
+        assert_fp8_output_close(out[:rows], expected[:rows])
+    else:
+        torch.testing.assert_close(
+            out[:rows].float(), expected[:rows].float(), **TOLERANCES[shape["dtype"]]
+        )
 
 
 for _shard in range(SHARDS):
