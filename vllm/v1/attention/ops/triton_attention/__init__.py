@@ -30,6 +30,10 @@ Shapes and semantics (vLLM's conventions):
 * ``q`` may be fp8 (vLLM quantises queries for an fp8 cache) with an fp8
   cache of its format and per-tensor scales: ``q_scale`` float32, one element
   or one per KV head; q.k then runs in fp8, the rest in 16 bits.
+* ``out`` may be e4m3 (e4m3fn, or e4m3fnuz where the GPU has it) with
+  ``out_scale``, one float32 element: vLLM's fused static quantisation of
+  the output, ``clamp(attention * (1 / out_scale), -max, max)`` in ``out``'s
+  format.
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).
