@@ -466,7 +466,8 @@ def main():
         action="store_true",
         help="only the feature cells: masks and biases in prefills, batch-invariant and "
         "R-SWA decodes (bench_features), quantised-cache decodes (bench_fp8_decodes), "
-        "fp8-query prefills (bench_fp8_query_prefills), fused fp8 outputs (bench_fp8_outputs)",
+        "fp8-query prefills (bench_fp8_query_prefills), fused fp8 outputs and log-sum-exps "
+        "(bench_epilogues)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
@@ -508,7 +509,7 @@ def main():
         for name in args.models:
             bench_fp8_query_prefills(MODELS[name], name, base, dtype, args.upstream, emit)
         for name in args.models:
-            bench_fp8_outputs(MODELS[name], name, base, dtype, args.upstream, emit, copy)
+            bench_epilogues(MODELS[name], name, base, dtype, args.upstream, emit, copy)
         return
 
     sweep = SWEEPS[args.sweep]
@@ -871,10 +872,11 @@ def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit):
         torch.cuda.empty_cache()
 
 
-def bench_fp8_outputs(model, name, base, dtype, upstream, emit, copy):
+def bench_epilogues(model, name, base, dtype, upstream, emit, copy):
     """Decodes and prefills whose output is quantised to fp8 in the epilogue
-    (vLLM's fused static per-tensor quantisation), against the same cells with
-    the 16-bit output."""
+    (vLLM's fused static per-tensor quantisation), and decodes that also store
+    each row's log-sum-exp (what decode context parallelism merges; upstream
+    has no such mode), against the same cells with the plain 16-bit output."""
     hq, hkv, d = model
     if not GpuArch.of_device("cuda").supports_kv_dtype(e4m3_dtype()):
         return
@@ -882,12 +884,15 @@ def bench_fp8_outputs(model, name, base, dtype, upstream, emit, copy):
     for batch_size, context in FP8_DECODES:
         cell = ([1] * batch_size, [context] * batch_size)
         inputs = ragged_inputs(model, *cell, dtype)
+        lse = dict(lse=torch.empty(batch_size, hq, device="cuda"))
         plain_us = None
-        for variant, call_args in (("plain", {}), ("fp8_output", fused)):
+        for variant, call_args in (("plain", {}), ("fp8_output", fused), ("lse", lse)):
             us = _decode_variant(
-                model, name, base, cell, inputs, backend_plan(model, cell[0]), emit, copy,
+                model, name, base, cell, inputs,
+                backend_plan(model, cell[0], features=_features(call_args)), emit, copy,
                 kv_bytes=2 * batch_size * context * hkv * d * dtype.itemsize, plain_us=plain_us,
-                upstream=upstream, feature=variant, ours_args=call_args, upstream_args=call_args,
+                upstream=upstream and variant != "lse", feature=variant, ours_args=call_args,
+                upstream_args=call_args,
             )  # fmt: skip
             plain_us = plain_us or us
         del inputs
@@ -1024,6 +1029,7 @@ def _features(call_args):
         per_seq_causal="causal" in call_args,
         mm_prefix="mm_prefix_ranges" in call_args,
         rswa="rswa_prefix_lens" in call_args,
+        returns_lse="lse" in call_args,
     )
 
 

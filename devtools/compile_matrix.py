@@ -66,6 +66,7 @@ FEATURES = (
     "rswa",  # alone: it combines with none of per-sequence causal, ranges, chunks
     "all",
     "fp8_output",  # alone (only the epilogue's store changes): e4m3 where the target has it
+    "lse",  # alone: each row's log-sum-exp stored beside its output
 )
 
 
@@ -204,6 +205,7 @@ def _launches(variant: Variant, target: str):
         rswa_prefix_lens=torch.zeros(num_seqs, dtype=torch.int32) if rswa else None,
         q_scale=scale if dtype.itemsize == 1 else None,  # fp8 queries, as vLLM quantises them
         out_scale=scale if out_dtype.itemsize == 1 else None,
+        lse=torch.empty(q.shape[:2]) if variant.features == "lse" else None,
     )
     plan = plan_attention(
         num_tokens=q.shape[0],

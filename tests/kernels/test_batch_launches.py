@@ -157,7 +157,7 @@ def test_a_compiled_launch_repeats_with_device_addresses():
     assert bound.held == (block_table,)
 
     q, out = torch.ones(4), torch.ones(4)
-    layer = _LayerTensors(q, out, *[torch.ones(2)] * 2, None, None, None, None, None)
+    layer = _LayerTensors(q, out, *[torch.ones(2)] * 2, *[None] * 7)
     _, addresses = _tensors_key(layer, [])
     bound.run_with(layer, addresses, stream=7)
     assert started == [((q.data_ptr(), block_table.data_ptr(), 3, out.data_ptr(), None), 7)]

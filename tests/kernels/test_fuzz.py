@@ -5,7 +5,7 @@
 Random batches: sequence count, per-sequence query and context lengths (empty
 padding rows included), block size, head size, GQA ratio, feature switches
 (multimodal ranges included), dtype, cache layout, shared prefix blocks,
-padding tokens, batch-invariant plans, fused fp8 outputs. Examples are
+padding tokens, batch-invariant plans, fused fp8 outputs, log-sum-exps. Examples are
 seeded (same inputs every run, no reruns). Batches that start with short
 queries also run as a ``MixedBatchPlan``. The CPU profile runs a bounded number
 through the interpreter; on a GPU the examples are cut into shards (one test
@@ -94,6 +94,8 @@ def batches(draw):
         seed=draw(st.integers(0, 2**16)),
         # vLLM's fused static fp8 quantisation of the output
         fp8_output=draw(st.sampled_from([False, False, False, True])),
+        # each row's log-sum-exp too (what decode context parallelism merges)
+        returns_lse=draw(st.booleans()),
     )
     return q_lens, seq_lens, features, shape
 
@@ -157,6 +159,11 @@ def check_against_reference(case):
     if shape["fp8_output"]:
         out = out.to(torch.float8_e4m3fn)
         extra["out_scale"] = torch.tensor([0.3], device=device)
+    lse = expected_lse = None
+    if shape["returns_lse"]:
+        lse = torch.full((batch.q.shape[0], num_q_heads), float("nan"), device=device)
+        expected_lse = lse.clone()
+        extra["lse"] = lse
     plan = None
     arch = small_gpu() if features["small_gpu"] and not HAS_GPU else None
     if features["mixed_plan"] or features["batch_invariant"]:
@@ -183,11 +190,14 @@ def check_against_reference(case):
         **batch.kernel_args(),
         **extra,
     )
+    extra["lse"] = expected_lse
     expected = reference_paged_attention(
         batch.q, batch.k_cache, batch.v_cache, out, scale=scale, **batch.kernel_args(), **extra
     )
     rows = batch.num_actual_tokens
     assert not out[:rows].float().isnan().any()
+    if lse is not None:  # exact products' fp32 scores: only the summation order differs
+        torch.testing.assert_close(lse[:rows], expected_lse[:rows], atol=1e-3, rtol=1e-4)
     if shape["fp8_output"]:
         assert_fp8_output_close(out[:rows], expected[:rows])
     else:

@@ -101,6 +101,7 @@ class Case:
     token_head_scales: bool = False  # a scale per token and KV head (int8 always has them)
     fp8_queries: bool = False  # queries quantised to the (fp8) cache's format, a scale per KV head
     fp8_output: bool = False  # fused static fp8 output quantisation (an e4m3 out and its scale)
+    returns_lse: bool = False  # each row's log-sum-exp stored too (decode context parallelism)
 
     def id(self) -> str:
         kv = "" if self.kv_dtype is None else f"-kv_{str(self.kv_dtype)[6:]}"
@@ -108,6 +109,7 @@ class Case:
         kv += "_per_token_head" if self.token_head_scales else ""
         kv += "-fp8_queries" if self.fp8_queries else ""
         kv += "-fp8_output" if self.fp8_output else ""
+        kv += "-lse" if self.returns_lse else ""
         return (
             f"{self.pattern}-{self.feature}-{str(self.dtype)[6:]}{kv}-d{self.head_size}"
             f"-kv{self.num_kv_heads}x{self.queries_per_kv}-bs{self.block_size}-{self.layout}"
@@ -149,6 +151,10 @@ def _cpu_cases() -> list[Case]:
     cases += [Case(p, fp8_output=True) for p in ("decode", "chunked_prefill", "mixed")]
     cases += [Case("mixed", "all", kv_dtype=torch.float8_e4m3fn, fp8_output=True, head_size=80)]
     cases += [Case("decode", kv_dtype=torch.int8, token_head_scales=True, fp8_output=True)]
+    # log-sum-exps: split-KV with and without a merge, long-query, mixed, sinks and softcap
+    cases += [Case(p, returns_lse=True) for p in ("decode", "specdecode4", "chunked_prefill")]
+    cases += [Case("mixed", "all", returns_lse=True, head_size=80)]
+    cases += [Case("decode", kv_dtype=INT4_KV_DTYPE, token_head_scales=True, returns_lse=True)]
     return cases
 
 
@@ -203,6 +209,10 @@ def _gpu_cases() -> list[Case]:
         if arch.supports_kv_dtype(torch.float8_e4m3fn):
             cases.append(Case(pattern, feature, dtype, kv_dtype=torch.float8_e4m3fn,
                               head_size=head_size, fp8_queries=True, fp8_output=True))  # fmt: skip
+    for pattern, feature, dtype, head_size in itertools.product(
+        QUERY_PATTERNS, ("plain", "all", "softcap"), (torch.float16, torch.bfloat16), (64, 128, 512)
+    ):
+        cases.append(Case(pattern, feature, dtype, head_size=head_size, returns_lse=True))
     for pattern in QUERY_PATTERNS:  # Hadamard blocks below the head size
         cases.append(Case(pattern, "all", torch.bfloat16, INT4_KV_DTYPE, 80, **token_head))
         cases.append(Case(pattern, "plain", torch.float16, INT4_KV_DTYPE, 96, **token_head))
@@ -246,8 +256,9 @@ FP8_OUTPUT_SCALE = 0.3  # outputs of N(0, 1) attention span about +-2: +-7 in fp
 def run_case(
     case: Case, device, seed: int = 0, padding_tokens: int = 3, mixed_plan=False, arch=None
 ):
-    """Our output and the reference's on the case's batch. ``arch``: the GPU to plan
-    for; by default the device's own, and on the CPU ``small_gpu``."""
+    """Our output and the reference's on the case's batch, and for a case that
+    returns log-sum-exps ours and the reference's (else None). ``arch``: the GPU
+    to plan for; by default the device's own, and on the CPU ``small_gpu``."""
     if arch is None and not HAS_GPU:
         arch = small_gpu(case.kv_dtype)
     q_lens, seq_lens = QUERY_PATTERNS[case.pattern]
@@ -288,6 +299,11 @@ def run_case(
         out_scale = torch.tensor([FP8_OUTPUT_SCALE], device=device)
         out = torch.full_like(batch.q, float("nan"), dtype=torch.float8_e4m3fn)
         features = dict(features, out_scale=out_scale)
+    lse = expected_lse = None
+    if case.returns_lse:
+        lse = torch.full((batch.q.shape[0], num_q_heads), float("nan"), device=device)
+        expected_lse = lse.clone()
+        features = dict(features, lse=lse)
     plan = None
     if mixed_plan:
         plan = plan_for_batch(
@@ -313,21 +329,31 @@ def run_case(
         **batch.kernel_args(),
         **features,
     )
+    if case.returns_lse:
+        features = dict(features, lse=expected_lse)
     expected = reference_paged_attention(
         q, batch.k_cache, batch.v_cache, out=out, scale=scale, **batch.kernel_args(), **features
     )
     rows = batch.num_actual_tokens
-    return out[:rows], expected[:rows]
+    lses = (lse[:rows], expected_lse[:rows]) if case.returns_lse else None
+    return out[:rows], expected[:rows], lses
+
+
+# Log-sum-exps are of fp32 scores of exact products (16-bit inputs): only the
+# summation order differs; fp8 queries' scores are rounded (FP8_QUERY_TOLERANCE).
+LSE_TOLERANCE = dict(atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
 def test_paged_attention_matches_reference(case: Case, device):
-    out, expected = run_case(case, device)
+    out, expected, lses = run_case(case, device)
     assert not out.float().isnan().any(), "a valid output row is NaN or was never written"
     if case.fp8_output:
         assert_fp8_output_close(out, expected)
     else:
         torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
+    if lses is not None:
+        torch.testing.assert_close(*lses, **LSE_TOLERANCE)
 
 
 def test_int4_attention_matches_vllm(device, vllm_int4, monkeypatch):
@@ -380,7 +406,7 @@ def test_int4_attention_matches_vllm(device, vllm_int4, monkeypatch):
 def test_device_plan_matches_reference(pattern, device):
     """The plan each device makes for itself; on the CPU the interpreter's (one
     program per sequence and KV head), which serves the development platform."""
-    out, expected = run_case(Case(pattern, "all"), device, arch=GpuArch.of_device(device))
+    out, expected, _ = run_case(Case(pattern, "all"), device, arch=GpuArch.of_device(device))
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[torch.float16])
 
@@ -400,7 +426,7 @@ MIXED_CASES = (
 @pytest.mark.parametrize("case", MIXED_CASES, ids=Case.id)
 def test_mixed_batch_plan_matches_reference(case: Case, device):
     """Decodes on split-KV and the rest on long-query, in one paged_attention call."""
-    out, expected = run_case(case, device, mixed_plan=True)
+    out, expected, _ = run_case(case, device, mixed_plan=True)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
 

@@ -349,7 +349,12 @@ def test_a_plan_refuses_calls_its_pipelined_kernel_cannot_run():
     batch = bf16_batch([64], [64])
     p = plan(num_tokens=64, num_seqs=1, max_query_len=64)
     assert p.kernel == LONG_QUERY_PIPELINED
-    for overrides in (dict(alibi_slopes=torch.zeros(32)), dict(sinks=torch.zeros(32))):
+    lse = torch.zeros(64, 32)  # the rows' log-sum-exps: the portable kernels store them
+    for overrides in (
+        dict(alibi_slopes=torch.zeros(32)),
+        dict(sinks=torch.zeros(32)),
+        dict(lse=lse),
+    ):
         with pytest.raises(ValueError, match="long_query_pipelined kernel cannot run this call"):
             paged_attention(
                 **_call(batch, **overrides)._asdict(), max_query_len=64, max_seq_len=64, plan=p
@@ -545,6 +550,19 @@ def test_bad_inputs_get_clear_errors(batch, device):
         call(batch, q=fp8_q, k_cache=fp8, v_cache=fp8, k_scale=one, v_scale=one)
     with pytest.raises(ValueError, match="q_scale must be None for torch.float16 queries"):
         call(batch, q_scale=one)
+    fp8_out = torch.empty_like(batch.q, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="out_scale must be a one-element float32 tensor"):
+        call(batch, out=fp8_out)
+    with pytest.raises(ValueError, match="out_scale must be a one-element float32 tensor"):
+        call(batch, out=fp8_out, out_scale=torch.ones(2, device=device))
+    with pytest.raises(TypeError, match="out.dtype must be one of"):
+        call(batch, out_scale=one)  # a 16-bit output
+    with pytest.raises(TypeError, match="out.dtype must be one of"):
+        call(batch, out=fp8_out.view(torch.float8_e5m2), out_scale=one)
+    with pytest.raises(ValueError, match=r"lse must be a float32 tensor \(\d+, 8\)"):
+        call(batch, lse=torch.empty(batch.q.shape[0], device=device))
+    with pytest.raises(ValueError, match=r"lse must be a float32 tensor"):
+        call(batch, lse=torch.empty(batch.q.shape[:2], device=device, dtype=torch.float16))
     int4 = int8.view(torch.uint8)  # a full head of bytes: int4 holds two codes in each
     expected = r"k_cache.shape\[3\] \(int4 cache\) must be head_size // 2"
     with pytest.raises(ValueError, match=expected):
@@ -593,3 +611,6 @@ def test_fp8_refused_where_the_gpu_has_none(batch):
     )
     assert not GpuArch("hip", "gfx942", 304).supports_kv_dtype(torch.float8_e5m2)
     assert GpuArch("hip", "gfx950", 256).supports_kv_dtype(torch.float8_e5m2)
+    fp8_out = torch.empty_like(batch.q, dtype=torch.float8_e4m3fn)
+    with pytest.raises(NotImplementedError, match="output is not supported on sm_80"):
+        call(batch, out=fp8_out, out_scale=scale.reshape(1), arch=a100)

@@ -59,6 +59,7 @@ class AttentionCall(NamedTuple):
     rswa_prefix_lens: torch.Tensor | None = None  # [num_seqs] int32: R-SWA's visible prefixes
     q_scale: torch.Tensor | None = None  # fp8 queries' float32 scale: one, or one per KV head
     out_scale: torch.Tensor | None = None  # a fused fp8 output's float32 scale (one)
+    lse: torch.Tensor | None = None  # [num_tokens, num_q_heads] float32: the rows' log-sum-exps
 
     @property
     def kv_is_fp8(self) -> bool:
@@ -90,6 +91,7 @@ class AttentionCall(NamedTuple):
             chunked_window=self.chunk_lookback is not None,
             rswa=self.rswa_prefix_lens is not None,
             token_head_scales=self.kv_token_head_scaled,
+            returns_lse=self.lse is not None,
         )
 
     def layout(self, strides=None) -> TensorLayout:
@@ -249,7 +251,7 @@ def check_paged_attention_inputs(
     fn = "paged_attention"
     (q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, _, causal, sliding_window,
      logits_soft_cap, alibi_slopes, sinks, k_scale, v_scale, mm_ranges, _, alibi_sqrt,
-     chunk_lookback, rswa_prefix_lens, q_scale, out_scale) = call  # fmt: skip
+     chunk_lookback, rswa_prefix_lens, q_scale, out_scale, lse) = call  # fmt: skip
     if q.dim() != 3:
         fail(ValueError, fn, "q", "[num_tokens, num_q_heads, head_size]", tuple(q.shape))
     num_tokens, num_q_heads, head_size = q.shape
@@ -338,6 +340,12 @@ def check_paged_attention_inputs(
             fail(NotImplementedError, fn, "mm_prefix_ranges", expected, "a tensor")
     if rswa_prefix_lens is not None:
         check_rswa(rswa_prefix_lens, num_seqs, call, fn)
+    if lse is not None and (
+        lse.shape != (num_tokens, num_q_heads) or lse.dtype != torch.float32 or lse.device != device
+    ):
+        got = f"{lse.dtype} {tuple(lse.shape)} on {lse.device}"
+        expected = f"a float32 tensor ({num_tokens}, {num_q_heads}) on q.device"
+        fail(ValueError, fn, "lse", expected, got)
     if logits_soft_cap is not None and logits_soft_cap <= 0:
         fail(ValueError, fn, "logits_soft_cap", "None or positive", logits_soft_cap)
     for name, tensor in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):

@@ -715,11 +715,14 @@ def store_split_result(
     HEAD_PAD: tl.constexpr,
     NUM_KV_SPLITS: tl.constexpr,
     out_scale_ptr=None,
+    lse_ptr=None,
+    stride_lse_token=0,
+    stride_lse_head=0,
 ):
-    """One split's softmax state for its rows: the output itself when there is
-    one split (``output_values``), else the normalised partial and its
-    log2-sum-exp for the merge. Layout-free: both split-KV kernels store
-    through it."""
+    """One split's softmax state for its rows: the output itself (and with
+    ``lse_ptr`` its log-sum-exp) when there is one split (``output_values``),
+    else the normalised partial and its log2-sum-exp for the merge.
+    Layout-free: both split-KV kernels store through it."""
     # "!= 0" rather than "> 0": a NaN from real data must reach the output.
     has_keys = l_i != 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
@@ -732,6 +735,9 @@ def store_split_result(
             output_values(result, out_ptr, out_scale_ptr),
             mask=store_mask,
         )
+        if lse_ptr is not None:
+            lse_offset = (q_start + token).to(tl.int64) * stride_lse_token + head * stride_lse_head
+            store_lse(lse_ptr + lse_offset, split_lse(m_i, l_i), row_valid)
     else:
         row_offset = (q_start + token).to(tl.int64) * stride_partial_token
         row_offset += head * stride_partial_head + split * HEAD_PAD
@@ -760,6 +766,14 @@ def split_partial(acc, l_i):
 def split_lse(m_i, l_i):
     """The split's log2-sum-exp, -inf for rows without keys."""
     return tl.where(l_i != 0.0, m_i + tl.math.log2(tl.where(l_i != 0.0, l_i, 1.0)), float("-inf"))
+
+
+@triton.jit
+def store_lse(lse_ptrs, lse2, row_valid):
+    """The rows' log-sum-exp of their scores in natural log (vLLM's and
+    FlashAttention's convention; -inf for a row without keys), from the
+    kernels' log2-domain ``lse2``."""
+    tl.store(lse_ptrs, lse2 * (1.0 / LOG2E), mask=row_valid)
 
 
 @triton.jit

@@ -247,8 +247,15 @@ def _portable_args(call: AttentionCall, strides: CallStrides, plan: AttentionPla
         q_scale_ptr=q_scale if q_is_fp8 else None,
         stride_q_scale=1 if q_is_fp8 and q_scale.numel() > 1 else 0,
         Q_IS_FP8=q_is_fp8,
+        **_lse_args(call),
     )
     return args
+
+
+def _lse_args(call: AttentionCall) -> dict:
+    """Where the rows' log-sum-exps go (``call.lse``), if anywhere."""
+    strides = call.lse.stride() if call.lse is not None else (0, 0)
+    return dict(lse_ptr=call.lse, stride_lse_token=strides[0], stride_lse_head=strides[1])
 
 
 def _scale_args(k_cache, k_scale, v_scale, kv_is_fp8: bool, token_head: bool) -> dict:
@@ -395,6 +402,7 @@ def merge_launch(
         stride_out_token=strides.out[0],
         stride_out_head=strides.out[1],
         **_partials_args(partials),
+        **_lse_args(call),
         num_seqs=call.seq_lens.shape[0],
         STRIDE_OUT_DIM=strides.out[2],
         NUM_Q_HEADS=plan.num_q_heads,
@@ -481,6 +489,7 @@ def paged_attention(
     rswa_prefix_lens: torch.Tensor | None = None,
     q_scale: torch.Tensor | None = None,
     out_scale: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
     plan: AttentionPlan | MixedBatchPlan | None = None,
     workspace: SplitKVWorkspace | None = None,
     arch: GpuArch | None = None,
@@ -517,6 +526,7 @@ def paged_attention(
         rswa_prefix_lens=rswa_prefix_lens,
         q_scale=q_scale,
         out_scale=out_scale,
+        lse=lse,
     )
     for launch in _checked_launches(call, max_query_len, plan, workspace, arch):
         launch.run()
@@ -536,6 +546,7 @@ class _LayerTensors(NamedTuple):
     v_scale: torch.Tensor | None
     q_scale: torch.Tensor | None
     out_scale: torch.Tensor | None
+    lse: torch.Tensor | None
 
 
 _LAYER_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_LayerTensors._fields)}
@@ -681,10 +692,11 @@ class BatchLaunches:
         chunk_lookback: int | None = None,
         q_scale: torch.Tensor | None = None,
         out_scale: torch.Tensor | None = None,
+        lse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """As :func:`paged_attention` with this batch's tensors; returns ``out``."""
         layer = _LayerTensors(
-            q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale, q_scale, out_scale
+            q, out, k_cache, v_cache, alibi_slopes, sinks, k_scale, v_scale, q_scale, out_scale, lse
         )
         scalars = [
             scale,

@@ -27,6 +27,8 @@ from .jit_helpers import (
     output_values,
     query_rows,
     rotate_rows,
+    split_lse,
+    store_lse,
     unrotate_values,
     widen_key_range,
 )
@@ -52,6 +54,7 @@ def long_query_attention_kernel(
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     q_scale_ptr,  # fp8 queries' float32 scale (one, or one per KV head), with Q_IS_FP8
     out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
+    lse_ptr,  # [num_tokens, num_q_heads] float32 log-sum-exps (jit_helpers.store_lse), or None
     # strides (the head-dim strides are constexpr: almost always 1)
     stride_q_token,
     stride_q_head,
@@ -69,6 +72,8 @@ def long_query_attention_kernel(
     stride_scale_slot,
     stride_scale_head,
     stride_q_scale,  # 0 (one scale) or 1 (one per KV head)
+    stride_lse_token,
+    stride_lse_head,
     # scalars
     num_seqs,
     num_mm_ranges,
@@ -387,6 +392,9 @@ def long_query_attention_kernel(
 
     if KV_INT4:
         acc = unrotate_values(acc, rht_signs_ptr, dim, dim_mask, RHT_BLOCK)
+    if lse_ptr is not None:
+        lse_offset = (q_start + token).to(tl.int64) * stride_lse_token + head * stride_lse_head
+        store_lse(lse_ptr + lse_offset, split_lse(m_i, l_i), row_valid)
     v_scale = load_v_scale(v_scale_ptr, KV_IS_FP8)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     result = acc * (v_scale / l_i)[:, None]

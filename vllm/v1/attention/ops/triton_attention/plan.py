@@ -139,6 +139,7 @@ class AttentionFeatures(NamedTuple):  # made per call by the checks: cheaper tha
     chunked_window: bool = False  # the window in whole chunks (chunk_lookback)
     rswa: bool = False  # R-SWA: each sequence's prompt prefix visible beside the window
     token_head_scales: bool = False  # an int8/fp8 cache with a scale per token and KV head
+    returns_lse: bool = False  # each row's log-sum-exp stored beside its output
 
 
 NO_FEATURES = AttentionFeatures()
@@ -215,15 +216,17 @@ def pipelined_kernel_covers(
 ) -> bool:
     """Whether a Gluon kernel computes calls of these facts: 2-byte queries
     and cache of one dtype, a power-of-two head size, the 16-byte copies of
-    :class:`TensorLayout`, and none of the features it lacks (ALiBi, sinks and
-    chunked windows and R-SWA for both; sliding window, softcap, per-sequence causal
-    flags and multimodal ranges for the decode one). The long-query kernel
-    also needs a power-of-two block size and K and V of one stride."""
+    :class:`TensorLayout`, and none of the features it lacks (ALiBi, sinks,
+    chunked windows, R-SWA and log-sum-exps for both; sliding window, softcap,
+    per-sequence causal flags and multimodal ranges for the decode one). The
+    long-query kernel also needs a power-of-two block size and K and V of one
+    stride."""
     if dtype.itemsize != 2 or layout.kv_dtype not in (None, dtype):
         return False
     if head_size != head_pad_of(head_size) or not layout.vector_copies:
         return False
-    if features.alibi or features.sinks or features.chunked_window or features.rswa:
+    lacking = (features.alibi, features.sinks, features.chunked_window, features.rswa)
+    if any(lacking + (features.returns_lse,)):
         return False
     if kernel == SPLIT_KV_DECODE_PIPELINED:
         masks = (features.sliding_window, features.softcap, features.per_seq_causal)

@@ -77,6 +77,7 @@ def reference_paged_attention(
     rswa_prefix_lens: torch.Tensor | None = None,
     q_scale: torch.Tensor | None = None,
     out_scale: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
     plan=None,
 ) -> torch.Tensor:
     """Paged attention in PyTorch; same arguments as ``paged_attention``.
@@ -84,7 +85,9 @@ def reference_paged_attention(
     Returns a new tensor shaped like ``q`` (``out``, if given, only sets the
     dtype). Rows of tokens that belong to no sequence are zero. With
     ``out_scale`` (an fp8 ``out``) the float32 result times the scale's
-    reciprocal, saturated, in ``out``'s format.
+    reciprocal, saturated, in ``out``'s format. ``lse`` (``[num_tokens,
+    num_q_heads]``), if given, receives each row's natural log-sum-exp of its
+    visible scores (the sink's logit included), -inf for rows without keys.
     """
     del max_query_len, max_seq_len, plan  # hints for the kernels only
     compute_dtype = torch.float64
@@ -154,6 +157,8 @@ def reference_paged_attention(
         if sinks is not None:  # one extra logit per head: in the denominator, no value
             sink = sinks.to(compute_dtype)[:, None, None].expand(-1, q_len, 1)
             scores = torch.cat([scores, sink], dim=-1)
+        if lse is not None:
+            lse[q_start:q_end] = torch.logsumexp(scores, dim=-1).T.to(lse.dtype)
         probs = torch.softmax(scores, dim=-1)
         if sinks is not None:
             probs = probs[..., :-1]

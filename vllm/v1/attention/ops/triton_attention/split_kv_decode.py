@@ -36,6 +36,7 @@ from .jit_helpers import (
     split_key_range,
     split_lse,
     split_partial,
+    store_lse,
     store_split_result,
     unrotate_values,
     widen_key_range,
@@ -65,6 +66,7 @@ def split_kv_decode_kernel(
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
     q_scale_ptr,  # fp8 queries' float32 scale (one, or one per KV head), with Q_IS_FP8
     out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
+    lse_ptr,  # [num_tokens, num_q_heads] float32 log-sum-exps (jit_helpers.store_lse), or None
     # strides
     stride_q_token,
     stride_q_head,
@@ -84,6 +86,8 @@ def split_kv_decode_kernel(
     stride_scale_slot,
     stride_scale_head,
     stride_q_scale,  # 0 (one scale) or 1 (one per KV head)
+    stride_lse_token,
+    stride_lse_head,
     # scalars
     num_mm_ranges,
     scale,
@@ -235,6 +239,9 @@ def split_kv_decode_kernel(
             q_scale_ptr=q_scale_ptr,
             stride_q_scale=stride_q_scale,
             out_scale_ptr=out_scale_ptr,
+            lse_ptr=lse_ptr,
+            stride_lse_token=stride_lse_token,
+            stride_lse_head=stride_lse_head,
             seq=seq,
             q_start=q_start,
             seq_len=seq_len,
@@ -326,6 +333,9 @@ def split_kv_decode_kernel(
             HEAD_PAD=HEAD_PAD,
             NUM_KV_SPLITS=1,
             out_scale_ptr=out_scale_ptr,
+            lse_ptr=lse_ptr,
+            stride_lse_token=stride_lse_token,
+            stride_lse_head=stride_lse_head,
         )
 
 
@@ -364,6 +374,9 @@ def _decode_split(
     q_scale_ptr,
     stride_q_scale,
     out_scale_ptr,
+    lse_ptr,
+    stride_lse_token,
+    stride_lse_head,
     stride_out_token,
     stride_out_head,
     stride_k_block,
@@ -561,6 +574,9 @@ def _decode_split(
             HEAD_PAD=HEAD_PAD,
             NUM_KV_SPLITS=NUM_KV_SPLITS,
             out_scale_ptr=out_scale_ptr,
+            lse_ptr=lse_ptr,
+            stride_lse_token=stride_lse_token,
+            stride_lse_head=stride_lse_head,
         )
     return acc, m_i, l_i
 
@@ -574,11 +590,14 @@ def merge_kv_splits_kernel(
     query_start_loc_ptr,
     v_scale_ptr,
     out_scale_ptr,  # fused fp8 output's float32 scale (jit_helpers.output_values), or None
+    lse_ptr,  # [num_tokens, num_q_heads] float32 log-sum-exps (jit_helpers.store_lse), or None
     # strides
     stride_out_token,
     stride_out_head,
     stride_partial_token,
     stride_partial_head,
+    stride_lse_token,
+    stride_lse_head,
     # scalars
     num_seqs,
     # shapes and switches
@@ -625,15 +644,14 @@ def merge_kv_splits_kernel(
         # flight at once; a split past the sequence's own (lse -inf, no partial
         # stored) loads nothing and folds as nothing.
         for split in tl.static_range(NUM_KV_SPLITS):
-            split_lse = tl.load(
-                partial_lse_ptr + lse_row + split, mask=head_mask, other=float("-inf")
-            )
+            lse = tl.load(partial_lse_ptr + lse_row + split, mask=head_mask, other=float("-inf"))
             partial = tl.load(
                 partial_out_ptr + row[:, None] + split * HEAD_PAD + dim[None, :],
-                mask=(split_lse != float("-inf"))[:, None] & dim_mask[None, :],
+                mask=(lse != float("-inf"))[:, None] & dim_mask[None, :],
                 other=0.0,
             )
-            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, split_lse)
+            lse_ref, total, folded = fold_split(lse_ref, total, folded, partial, lse)
+        merged_lse = split_lse(lse_ref, total)
         result = normalised_output(folded, total, v_scale)
     else:
         splits = tl.arange(0, SPLITS_PAD)
@@ -658,6 +676,7 @@ def merge_kv_splits_kernel(
         lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
         weight = tl.math.exp2(lse - lse_ref[:, None])
         total = tl.sum(weight, 1)
+        merged_lse = split_lse(lse_ref, total)
         total = tl.where(total == 0.0, 1.0, total)
         weighted = tl.where(weight[:, :, None] != 0.0, partial * weight[:, :, None], 0.0)
         result = tl.sum(weighted, 1) * (v_scale / total)[:, None]
@@ -667,3 +686,6 @@ def merge_kv_splits_kernel(
         output_values(result, out_ptr, out_scale_ptr),
         mask=head_mask[:, None] & dim_mask[None, :],
     )
+    if lse_ptr is not None:  # once per head: by the programs of the first dimensions
+        lse_offset = token.to(tl.int64) * stride_lse_token + head * stride_lse_head
+        store_lse(lse_ptr + lse_offset, merged_lse, head_mask & (tl.program_id(2) == 0))
