@@ -6,11 +6,11 @@ vLLM's ``Attention`` layer (with our impl, selected by vLLM), its KV-cache spec
 and allocator, ``CommonAttentionMetadata``, our builder, the forward context
 and the layer's call (vLLM's cache-update and attention ops) run on the GPU
 for decode, speculative-decode, prefill, chunked-prefill and mixed batches, in
-bf16, fp8 and per-token-head int8/fp8/int4 KV, in both cache layouts, and
-under full CUDA graphs captured once and replayed with new lengths and block
-tables. Every output is checked
-against the reference, every written cache slot against an independent copy
-or quantisation.
+bf16, fp8 and per-token-head int8/fp8/int4 KV, in both cache layouts, under
+full CUDA graphs captured once and replayed with new lengths and block tables,
+and with the output quantised to fp8 as vLLM's fusion pass asks. Every output
+is checked against the reference, every written cache slot against an
+independent copy or quantisation.
 
 GPU only, with the patched vLLM's Python layers importable (see DEVELOPING.md,
 "The glue on a GPU": ``devtools/gpu_glue_check.sh`` runs this file on a GPU
@@ -31,6 +31,7 @@ from transformers import LlamaConfig  # noqa: E402
 
 from devtools.batches import (  # noqa: E402
     TOLERANCES,
+    assert_fp8_output_close,
     quantise_int4,
     quantise_per_token_head,
     token_head_page_views,
@@ -48,6 +49,10 @@ from vllm.config import (  # noqa: E402
 )
 from vllm.forward_context import set_forward_context  # noqa: E402
 from vllm.model_executor.layers.attention import Attention  # noqa: E402
+from vllm.model_executor.layers.quantization.utils.quant_utils import (  # noqa: E402
+    kFp8StaticTensorSym,
+)
+from vllm.platforms import current_platform  # noqa: E402
 from vllm.v1.attention.backend import CommonAttentionMetadata  # noqa: E402
 from vllm.v1.attention.backends.registry import AttentionBackendEnum  # noqa: E402
 from vllm.v1.attention.backends.triton_attn import (  # noqa: E402
@@ -297,6 +302,42 @@ def test_eager_batches(model_dir, cache_dtype, layout):
     assert chunked.kernel.startswith("long_query")
     mixed = _eager_step(gpu, [1, 1, 1, 150, 40], [500, 1200, 33, 700, 40])
     assert isinstance(mixed, MixedBatchPlan) and mixed.num_decodes == 3
+
+
+def test_fused_fp8_output(model_dir):
+    """vLLM's attention + static fp8 quantisation fusion: its compiled graph
+    hands ``forward`` an e4m3 output and the quantisation's scale, and the
+    impl writes ``attention / scale`` there (decode, prefill, mixed)."""
+    gpu = LayerOnGpu(model_dir, "auto")
+    impl = gpu.layer.impl
+    assert impl.fused_output_quant_supported(kFp8StaticTensorSym)
+    scale = torch.tensor([0.3], device="cuda")
+    for q_lens, seq_lens in (
+        ([1] * 5, [17, 255, 1000, 2048, 4096]),
+        ([300, 77, 1], [300, 77, 1]),
+        ([1, 1, 1, 150, 40], [500, 1200, 33, 700, 40]),
+    ):
+        common = gpu.stage(q_lens, seq_lens)
+        metadata = gpu.builder.build(0, common)
+        tokens = common.num_actual_tokens
+        query, key, value = gpu.query[:tokens], gpu.key[:tokens], gpu.value[:tokens]
+        fp8 = current_platform.fp8_dtype()
+        output = torch.full_like(query, float("nan"), dtype=fp8)
+        impl.do_kv_cache_update(gpu.layer, key, value, gpu.kv_cache, common.slot_mapping)
+        impl.forward(gpu.layer, query, key, value, gpu.kv_cache, metadata, output, scale)
+        k_view, v_view = gpu.kv_cache.transpose(1, 2).split(HEAD_SIZE, dim=-1)
+        expected = reference_paged_attention(
+            query,
+            k_view,
+            v_view,
+            out=output,
+            query_start_loc=common.query_start_loc,
+            seq_lens=common.seq_lens,
+            block_table=common.block_table_tensor,
+            scale=HEAD_SIZE**-0.5,
+            out_scale=scale,
+        )
+        assert_fp8_output_close(output, expected)
 
 
 @pytest.mark.parametrize("cache_dtype", ["auto", "fp8"])
