@@ -34,6 +34,11 @@ Shapes and semantics (vLLM's conventions):
   ``out_scale``, one float32 element: vLLM's fused static quantisation of
   the output, ``clamp(attention * (1 / out_scale), -max, max)`` in ``out``'s
   format.
+* ``lse``, if given: float32 ``[num_tokens, num_q_heads]`` (any strides),
+  receives each row's natural log-sum-exp of its scores (the sink's logit
+  included; -inf for a row without keys), what decode context parallelism
+  merges across ranks. The portable kernels store it; plans for calls with it
+  take those.
 * causal: position ``p`` sees keys ``0..p``; ``sliding_window=W`` limits that
   to ``p-W+1..p`` (non-causal: ``p-W+1..p+W-1``). ``causal`` is one bool for
   the call or a 1-D int32 tensor, one flag per sequence (0: non-causal).
