@@ -273,6 +273,13 @@ def run_upstream(
     scratch = torch.empty(rows, hq, 16, triton.next_power_of_2(d), device=q.device)
     segm_max = torch.empty(rows, hq, 16, device=q.device)
     segm_sum = torch.empty(rows, hq, 16, device=q.device)
+    segments = dict(  # its 3D launch's scratch, as its builder sizes it
+        seq_threshold_3D=threshold,
+        num_par_softmax_segments=16,
+        softmax_segm_output=scratch,
+        softmax_segm_max=segm_max,
+        softmax_segm_expsum=segm_sum,
+    )
     module = upstream_module()
     modes = module.KVQuantMode
     quant = modes.FP8_PER_TENSOR if k_scale is not None else modes.NONE
@@ -306,13 +313,9 @@ def run_upstream(
                 alibi_slopes=alibi_slopes,
                 use_alibi_sqrt=alibi_sqrt,
                 qq_bias=None,
-                output_scale=None,
+                output_scale=out_scale,
                 mm_prefix_range=mm_prefix_ranges,
-                seq_threshold_3D=threshold,
-                num_par_softmax_segments=16,
-                softmax_segm_output=scratch,
-                softmax_segm_max=segm_max,
-                softmax_segm_expsum=segm_sum,
+                **segments,
                 **scale_caches,
             )
 
@@ -337,11 +340,7 @@ def run_upstream(
             q_scale,  # fp8 queries' scale (its q_descale)
             k_scale,
             v_scale,
-            seq_threshold_3D=threshold,
-            num_par_softmax_segments=16,
-            softmax_segm_output=scratch,
-            softmax_segm_max=segm_max,
-            softmax_segm_expsum=segm_sum,
+            **segments,
             alibi_slopes=alibi_slopes,
             mm_prefix_range=mm_prefix_ranges,
             use_alibi_sqrt=alibi_sqrt,
@@ -358,11 +357,9 @@ def run_upstream(
 
 def e4m3_dtype() -> torch.dtype:
     """This GPU's e4m3 format (vLLM's platform fp8: fnuz on MI300)."""
-    return (
-        torch.float8_e4m3fnuz
-        if GpuArch.of_device("cuda").name == "gfx942"
-        else (torch.float8_e4m3fn)
-    )
+    if GpuArch.of_device("cuda").name == "gfx942":
+        return torch.float8_e4m3fnuz
+    return torch.float8_e4m3fn
 
 
 def output_dtype(q: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.dtype:

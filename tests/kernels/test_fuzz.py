@@ -190,10 +190,10 @@ def check_against_reference(case):
         **batch.kernel_args(),
         **extra,
     )
-    extra["lse"] = expected_lse
     expected = reference_paged_attention(
-        batch.q, batch.k_cache, batch.v_cache, out, scale=scale, **batch.kernel_args(), **extra
-    )
+        batch.q, batch.k_cache, batch.v_cache, out, scale=scale, **batch.kernel_args(),
+        **dict(extra, lse=expected_lse),
+    )  # fmt: skip
     rows = batch.num_actual_tokens
     assert not out[:rows].float().isnan().any()
     if lse is not None:  # exact products' fp32 scores: only the summation order differs

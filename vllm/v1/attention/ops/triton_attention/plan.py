@@ -225,8 +225,14 @@ def pipelined_kernel_covers(
         return False
     if head_size != head_pad_of(head_size) or not layout.vector_copies:
         return False
-    lacking = (features.alibi, features.sinks, features.chunked_window, features.rswa)
-    if any(lacking + (features.returns_lse,)):
+    lacking = (
+        features.alibi,
+        features.sinks,
+        features.chunked_window,
+        features.rswa,
+        features.returns_lse,
+    )
+    if any(lacking):
         return False
     if kernel == SPLIT_KV_DECODE_PIPELINED:
         masks = (features.sliding_window, features.softcap, features.per_seq_causal)
