@@ -779,6 +779,11 @@ def test_validate_configuration_gives_reasons(monkeypatch):
     assert "MLA not supported" in reasons(use_mla=True)
     assert reasons(use_rswa=True, has_sliding_window=True) == []  # R-SWA is served
     assert reasons(use_batch_invariant=True) == []
+    # decode context parallelism: served, but not with masks that need key positions
+    assert reasons(use_dcp=True, has_sink=True, use_non_causal=True) == []
+    for fact in ("has_sliding_window", "use_rswa", "use_mm_prefix"):
+        refused = " ".join(reasons(use_dcp=True, **{fact: True}))
+        assert "DCP with" in refused and "rank's cache shard does not keep" in refused, fact
     monkeypatch.setattr(triton_attn.current_platform, "is_cuda", lambda: True)
     assert reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 9)) == []
     refused = reasons(kv_cache_dtype="fp8", device_capability=DeviceCapability(8, 0))

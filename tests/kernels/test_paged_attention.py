@@ -417,15 +417,17 @@ MIXED_CASES = (
     ]
     if HAS_GPU
     else [Case("mixed"), Case("mixed", "all"), Case("mixed", queries_per_kv=7, head_size=80)]
-)
+) + [Case("mixed", "all", returns_lse=True, head_size=80)]
 
 
 @pytest.mark.parametrize("case", MIXED_CASES, ids=Case.id)
 def test_mixed_batch_plan_matches_reference(case: Case, device):
     """Decodes on split-KV and the rest on long-query, in one paged_attention call."""
-    out, expected, _ = run_case(case, device, mixed_plan=True)
+    out, expected, lses = run_case(case, device, mixed_plan=True)
     assert not out.isnan().any(), "a valid output row is NaN or was never written"
     torch.testing.assert_close(out.float(), expected.float(), **_tolerance(case))
+    if lses is not None:  # each kernel stores its own rows'
+        torch.testing.assert_close(*lses, **LSE_TOLERANCE)
 
 
 @pytest.mark.parametrize("flags", ["call", "per_seq"])

@@ -31,6 +31,7 @@ The class names, attributes and metadata fields that upstream subclasses read
 composites, whisper, the ROCm drafting allow-list) are kept.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple
 
@@ -39,6 +40,7 @@ import torch
 from vllm import envs
 from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.config.cache import CacheDType
+from vllm.distributed.parallel_state import get_dcp_group, get_dcp_world_size_and_rank
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.model_executor.layers.quantization.utils.quant_utils import (
     QuantKey,
@@ -59,10 +61,13 @@ from vllm.v1.attention.backend import (
 )
 from vllm.v1.attention.backends.utils import (
     compute_mm_prefix_range_tensor,
+    get_dcp_local_seq_lens,
     get_num_attention_heads_from_layers,
     set_triton_ptr_range,
     split_decodes_and_prefills,
 )
+from vllm.v1.attention.ops.dcp import cp_lse_ag_out_rs, dcp_a2a_lse_reduce
+from vllm.v1.attention.ops.merge_attn_states import merge_attn_states
 from vllm.v1.attention.ops.triton_attention import (
     AttentionFeatures,
     AttentionPlan,
@@ -84,10 +89,40 @@ from vllm.v1.attention.ops.triton_attention.plan import (
 )
 from vllm.v1.kv_cache_interface import AttentionSpec, KVQuantMode, is_quantized_kv_cache
 
+# The two attentions of a layer under decode context parallelism (DcpBatch).
+DCP_PARTS = ("context", "new_tokens")
+
 # Kept for upstream subclasses (triton_attn_diffkv runs upstream's unified
 # kernel on these scratch buffers): its 3D path and its segment count.
 MIN_LAUNCH_GRID_SIZE_2D = 128
 NUM_PAR_SOFTMAX_SEGMENTS = 16
+
+
+@dataclass
+class DcpBatch:
+    """One batch under decode context parallelism (DCP) over W ranks.
+
+    Each rank's cache holds every W-th run of ``cp_kv_cache_interleave_size``
+    tokens of each sequence, so a layer attends in two parts whose softmax
+    states are then merged by their log-sum-exps (LSEs):
+
+    * the context (the keys before the step's new tokens), sharded: the
+      queries of all W ranks' heads, all-gathered, over this rank's part of
+      the cache, every key visible, with LSEs; vLLM's DCP combine then
+      reduces the W partial results and scatters each rank's heads back;
+    * the new tokens, which every rank has whole: this rank's queries over
+      the step's K/V read straight from the layer inputs (a "cache" of
+      one-token blocks, as encoder self-attention), causal, with LSEs.
+
+    The buffers are the builder's (slices of persistent ones, which full
+    CUDA graphs replay with)."""
+
+    context: BatchLaunches | None  # None: no request has a context yet
+    combine: Callable  # vLLM's cp_lse_ag_out_rs or dcp_a2a_lse_reduce
+    new_tokens: BatchLaunches
+    context_out: torch.Tensor  # [tokens, W * heads, head_size]
+    context_lse: torch.Tensor  # [tokens, W * heads]
+    new_tokens_lse: torch.Tensor  # [heads, tokens]: merge_attn_states' layout
 
 
 @dataclass
@@ -142,6 +177,9 @@ class TritonAttentionMetadata:
     encoder_block_table: torch.Tensor | None = None
     encoder_seq_lens: torch.Tensor | None = None
 
+    # Decode context parallelism: the batch's two attentions, see DcpBatch.
+    dcp: DcpBatch | None = None
+
 
 class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMetadata]):
     # ALWAYS: see the module docstring for why every captured plan is right.
@@ -182,7 +220,13 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.num_heads_kv = kv_cache_spec.num_kv_heads
         self.headdim = kv_cache_spec.head_size
         self.dtype = model_config.dtype  # of the queries: the plan's tiles depend on its width
-        if quantises_queries(vllm_config.cache_config.cache_dtype):
+        # Decode context parallelism (see DcpBatch): this rank's place in its group.
+        self.dcp_world_size, self.dcp_rank = get_dcp_world_size_and_rank(kv_cache_spec.dcp_sharded)
+        # (the group's, as the impls read it: a replicated draft cache's layers too)
+        dcp_group_size = get_dcp_world_size_and_rank(
+            vllm_config.parallel_config.decode_context_parallel_size > 1
+        )[0]
+        if quantises_queries(vllm_config.cache_config.cache_dtype, dcp_group_size):
             self.dtype = current_platform.fp8_dtype()
         self.arch = GpuArch.of_device(device)
         self.features, encoder = _layer_features(vllm_config, layer_names)
@@ -205,6 +249,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             self.layout = TensorLayout(self.dtype, 1, kv_same_strides=True, vector_copies=False)
         else:
             self.layout = TensorLayout.of_packed_kv_cache(self.headdim, kv_dtype, self.block_size)
+        if self.dcp_world_size > 1:  # persistent lengths, block table and buffers
+            self._init_dcp(vllm_config, device)
 
         # Decodes and speculative verifications (1 + k tokens) first, so that a
         # batch of them is recognised by its max_query_len alone.
@@ -236,10 +282,12 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
                     seqs * decode_len,
                     per_seq_causal=per_seq_causal,
                     mm_prefix=mm_prefix,
+                    dcp_part=dcp_part,
                 )
                 for seqs in range(1, max_num_seqs + 1)
                 for mixed in (0, 1)
                 for per_seq_causal, mm_prefix in ((False, False), (True, False), (False, True))
+                for dcp_part in ((None,) if self.dcp_world_size == 1 else DCP_PARTS)
             ],
             device,
         )
@@ -255,6 +303,38 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.softmax_segm_max = torch.empty(legacy_shape, dtype=torch.float32, device=device)
         self.softmax_segm_expsum = torch.empty(legacy_shape, dtype=torch.float32, device=device)
 
+    def _init_dcp(self, vllm_config: VllmConfig, device: torch.device) -> None:
+        w, heads = self.dcp_world_size, self.num_heads_q
+        self.dcp_interleave = vllm_config.parallel_config.cp_kv_cache_interleave_size
+        self.dcp_combine = (
+            dcp_a2a_lse_reduce
+            if vllm_config.parallel_config.dcp_comm_backend == "a2a"
+            else cp_lse_ag_out_rs
+        )
+        max_num_seqs = vllm_config.scheduler_config.max_num_seqs
+        max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+        self.dcp_context_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
+        self.dcp_new_token_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
+        self.dcp_new_token_blocks = torch.zeros(
+            max_num_seqs, max_tokens, dtype=torch.int32, device=device
+        )
+        self.dcp_positions = torch.arange(max_tokens, dtype=torch.int32, device=device)
+        # flat, so that each batch's views are contiguous
+        self.dcp_context_out = torch.empty(
+            max_tokens * w * heads * self.headdim,
+            dtype=vllm_config.model_config.dtype,
+            device=device,
+        )
+        self.dcp_context_lse = torch.empty(
+            max_tokens * w * heads, dtype=torch.float32, device=device
+        )
+        self.dcp_new_tokens_lse = torch.empty(
+            max_tokens * heads, dtype=torch.float32, device=device
+        )
+        self.dcp_new_tokens_layout = TensorLayout(
+            vllm_config.model_config.dtype, 1, kv_same_strides=True, vector_copies=False
+        )
+
     def plan_for(
         self,
         num_tokens: int,
@@ -264,11 +344,21 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         num_decode_tokens: int,
         per_seq_causal: bool = False,
         mm_prefix: bool = False,
+        dcp_part: str | None = None,
     ) -> AttentionPlan | MixedBatchPlan:
         """The plan of a batch whose first ``num_decodes`` sequences are decodes
         (host facts only, see the module docstring); ``per_seq_causal``: the
         batch carries a causal flag per request; ``mm_prefix``: multimodal
-        ranges."""
+        ranges; ``dcp_part``: ``"context"`` or ``"new_tokens"`` under decode
+        context parallelism (DcpBatch)."""
+        num_q_heads, layout = self.num_heads_q, self.layout
+        features = self.features._replace(per_seq_causal=per_seq_causal, mm_prefix=mm_prefix)
+        if dcp_part is not None:
+            features = features._replace(returns_lse=True)
+        if dcp_part == "context":
+            num_q_heads *= self.dcp_world_size
+        elif dcp_part == "new_tokens":
+            layout = self.dcp_new_tokens_layout
         return plan_batch(
             num_tokens=num_tokens,
             num_seqs=num_seqs,
@@ -276,13 +366,13 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             num_decode_tokens=num_decode_tokens,
             max_decode_query_len=self.max_decode_query_len,
             max_query_len=max_query_len,
-            num_q_heads=self.num_heads_q,
+            num_q_heads=num_q_heads,
             num_kv_heads=self.num_heads_kv,
             head_size=self.headdim,
             arch=self.arch,
             dtype=self.dtype,
-            features=self.features._replace(per_seq_causal=per_seq_causal, mm_prefix=mm_prefix),
-            layout=self.layout,
+            features=features,
+            layout=layout,
             long_query_only=self.mixed_batches_in_full_graphs,
             batch_invariant=self.batch_invariant,
         )
@@ -290,6 +380,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     def build_for_cudagraph_capture(
         self, common_attn_metadata: CommonAttentionMetadata
     ) -> TritonAttentionMetadata:
+        # Without host lengths: a captured graph must keep DCP's context attention,
+        # which build() skips when no request has a context yet.
+        common_attn_metadata = replace(common_attn_metadata, seq_lens_cpu_upper_bound=None)
         attn_metadata = self.build(0, common_attn_metadata)
         # Capture with max_model_len-long sequences would take very long; the
         # launch does not depend on lengths, so length 1 captures the same graph.
@@ -322,15 +415,27 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         if self.rswa_prefix_lens is not None and md.rswa_prefix_lens is not None:
             prefix_lens = self.rswa_prefix_lens[: md.num_reqs]
             prefix_lens.copy_(md.rswa_prefix_lens[: md.num_reqs], non_blocking=True)
-        plan = self.plan_for(
-            md.num_actual_tokens,
-            md.num_reqs,
-            md.max_query_len,
-            num_decodes,
-            num_decode_tokens,
-            per_seq_causal=per_seq_causal,
-            mm_prefix=mm_ranges is not None,
-        )
+        batch_facts = (md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes)
+        batch_facts += (num_decode_tokens,)
+        if self.dcp_world_size > 1:
+            plan, launches = None, None
+            dcp = self._build_dcp(md, batch_facts, per_seq_causal)
+        else:
+            plan = self.plan_for(
+                *batch_facts, per_seq_causal=per_seq_causal, mm_prefix=mm_ranges is not None
+            )
+            dcp = None
+            launches = BatchLaunches(
+                query_start_loc=md.query_start_loc,
+                seq_lens=md.seq_lens,
+                block_table=md.block_table_tensor,
+                max_query_len=md.max_query_len,
+                plan=plan,
+                workspace=self.workspace,
+                causal=md.causal,
+                mm_prefix_ranges=mm_ranges,
+                rswa_prefix_lens=prefix_lens,
+            )
         return TritonAttentionMetadata(
             num_actual_tokens=md.num_actual_tokens,
             max_query_len=md.max_query_len,
@@ -351,17 +456,66 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             mm_prefix_range_tensor=mm_ranges,
             rswa_prefix_lens=prefix_lens,
             rswa_window=self.rswa_window if prefix_lens is not None else None,
-            launches=BatchLaunches(
-                query_start_loc=md.query_start_loc,
-                seq_lens=md.seq_lens,
+            launches=launches,
+            dcp=dcp,
+        )
+
+    def _build_dcp(
+        self, md: CommonAttentionMetadata, batch_facts: tuple, per_seq_causal: bool
+    ) -> DcpBatch:
+        """The two attentions of a DCP batch (DcpBatch), on device tensors only."""
+        num_tokens, num_reqs, max_query_len = batch_facts[:3]
+        qsl = md.query_start_loc
+        new_token_lens = self.dcp_new_token_lens[:num_reqs]
+        torch.sub(qsl[1 : num_reqs + 1], qsl[:num_reqs], out=new_token_lens)
+        blocks = self.dcp_new_token_blocks[:num_reqs, :max_query_len]
+        torch.add(qsl[:num_reqs, None], self.dcp_positions[None, :max_query_len], out=blocks)
+        new_tokens = BatchLaunches(
+            query_start_loc=qsl,
+            seq_lens=new_token_lens,
+            block_table=self.dcp_new_token_blocks[:num_reqs],
+            max_query_len=max_query_len,
+            plan=self.plan_for(*batch_facts, per_seq_causal=per_seq_causal, dcp_part="new_tokens"),
+            workspace=self.workspace,
+            causal=md.causal,
+        )
+        # Staged even when skipped below: a graph captured with it replays it.
+        context_lens = self.dcp_context_lens[:num_reqs]
+        context_lens.copy_(
+            get_dcp_local_seq_lens(
+                md.seq_lens[:num_reqs] - new_token_lens,
+                self.dcp_world_size,
+                self.dcp_rank,
+                self.dcp_interleave,
+            )
+        )
+        # Context attention is skipped (on every rank alike: the host's bound
+        # is the whole group's) when no request has keys before the step.
+        context = None
+        seq_lens_bound = md.seq_lens_cpu_upper_bound
+        query_lens = md.query_start_loc_cpu[1 : num_reqs + 1] - md.query_start_loc_cpu[:num_reqs]
+        if seq_lens_bound is None or bool((seq_lens_bound[:num_reqs] > query_lens).any()):
+            context = BatchLaunches(
+                query_start_loc=qsl,
+                seq_lens=context_lens,
                 block_table=md.block_table_tensor,
-                max_query_len=md.max_query_len,
-                plan=plan,
+                max_query_len=max_query_len,
+                plan=self.plan_for(*batch_facts, dcp_part="context"),
                 workspace=self.workspace,
-                causal=md.causal,
-                mm_prefix_ranges=mm_ranges,
-                rswa_prefix_lens=prefix_lens,
+                causal=False,  # every key of the context precedes the step's queries
+            )
+        heads, shards = self.num_heads_q, self.dcp_world_size
+        return DcpBatch(
+            context=context,
+            combine=self.dcp_combine,
+            new_tokens=new_tokens,
+            context_out=self.dcp_context_out[: num_tokens * shards * heads * self.headdim].view(
+                num_tokens, shards * heads, self.headdim
             ),
+            context_lse=self.dcp_context_lse[: num_tokens * shards * heads].view(
+                num_tokens, shards * heads
+            ),
+            new_tokens_lse=self.dcp_new_tokens_lse[: heads * num_tokens].view(heads, num_tokens),
         )
 
     def update_draft_decode_metadata(self, _metadata: TritonAttentionMetadata) -> None:
@@ -467,6 +621,26 @@ class TritonAttentionBackend(AttentionBackend):
         return True
 
     @classmethod
+    def validate_configuration(cls, **config) -> list[str]:
+        """vLLM's checks (it passes every fact by name), and what decode
+        context parallelism cannot carry: masks that need each key's position,
+        which a rank's cache shard does not keep (DcpBatch)."""
+        reasons = super().validate_configuration(**config)
+        if config.get("use_dcp"):
+            positional = {
+                "has_sliding_window": "a sliding window",
+                "use_rswa": "R-SWA",
+                "use_mm_prefix": "multimodal prefix ranges",
+            }
+            for fact, feature in positional.items():
+                if config.get(fact):
+                    reasons.append(
+                        f"DCP with {feature} not supported (needs key positions, which a "
+                        "rank's cache shard does not keep)"
+                    )
+        return reasons
+
+    @classmethod
     def supports_combination(
         cls,
         head_size: int,
@@ -515,12 +689,14 @@ def converts_platform_fp8() -> bool:
     return arch.supports_kv_dtype(current_platform.fp8_dtype())
 
 
-def quantises_queries(cache_dtype: str) -> bool:
+def quantises_queries(cache_dtype: str, dcp_world_size: int = 1) -> bool:
     """Whether vLLM hands this cache's layers fp8 queries: it does for an fp8
     cache with per-tensor scales in the platform's e4m3 format where an
     implementation takes them (``supports_quant_query_input``), and ours does
-    wherever the GPU reads that cache (``converts_platform_fp8``)."""
-    return cache_dtype in ("fp8", "fp8_e4m3") and converts_platform_fp8()
+    wherever the GPU reads that cache (``converts_platform_fp8``), except
+    under decode context parallelism, whose new tokens are attended from the
+    layer's 16-bit K/V (DcpBatch)."""
+    return cache_dtype in ("fp8", "fp8_e4m3") and converts_platform_fp8() and dcp_world_size == 1
 
 
 def kv_dtype_of(cache_dtype: str, spec_dtype: torch.dtype) -> torch.dtype:
@@ -592,6 +768,10 @@ class CacheViews(NamedTuple):
 
 
 class TritonAttentionImpl(AttentionImpl):
+    # Decode context parallelism: the kernels return log-sum-exps (DcpBatch)
+    can_return_lse_for_decode: bool = True
+    supports_dcp: bool = True
+
     def __init__(
         self,
         num_heads: int,
@@ -625,6 +805,13 @@ class TritonAttentionImpl(AttentionImpl):
             raise NotImplementedError(
                 f"TRITON_ATTN supports head sizes {MIN_HEAD_SIZE}..{MAX_HEAD_SIZE}, got {head_size}"
             )
+        if self.dcp_world_size > 1 and (alibi_slopes is not None or sliding_window is not None):
+            # a rank's cache shard holds every W-th run of keys: their distances are not local
+            raise NotImplementedError(
+                "TRITON_ATTN: decode context parallelism with ALiBi or a sliding window is not "
+                "supported (both need each key's position, which the rank's cache shard does "
+                "not keep)"
+            )
         if sinks is not None and sinks.shape != (num_heads,):
             raise ValueError(
                 f"TRITON_ATTN: sinks must have shape ({num_heads},), got {tuple(sinks.shape)}"
@@ -656,7 +843,7 @@ class TritonAttentionImpl(AttentionImpl):
         self._chunk_lookback = chunk_lookback if chunk_lookback > -1 else None  # the kernels'
         self.fp8_dtype = fp8_cache_dtype(kv_cache_dtype)
         # vLLM then quantises each layer's queries to fp8 (its _q_scale) and q.k runs in fp8
-        self.supports_quant_query_input = quantises_queries(kv_cache_dtype)
+        self.supports_quant_query_input = quantises_queries(kv_cache_dtype, self.dcp_world_size)
         # int8, fp8 or int4 values with a float32 scale per token and KV head, inside the page
         self._token_head_scales = kv_cache_dtype in TOKEN_HEAD_CACHE_DTYPES
         self._kv_dtype = kv_dtype_of(kv_cache_dtype, torch.uint8)
@@ -668,7 +855,12 @@ class TritonAttentionImpl(AttentionImpl):
         """Static per-tensor fp8 quantisation of the output (the next GEMM's
         input) in the attention's epilogue, where the GPU stores e4m3: vLLM's
         fusion pass then hands ``forward`` an fp8 ``output`` and its scale."""
-        return quant_key == kFp8StaticTensorSym and converts_platform_fp8()
+        # (under DCP the output is the merge of two attentions, see DcpBatch)
+        return (
+            quant_key == kFp8StaticTensorSym
+            and converts_platform_fp8()
+            and self.dcp_world_size == 1
+        )
 
     def _cache_views(self, kv_cache: torch.Tensor) -> CacheViews:
         """K and V ``[num_blocks, block_size, H, D]`` views of the packed cache,
@@ -791,6 +983,18 @@ class TritonAttentionImpl(AttentionImpl):
             if query.dtype == self.fp8_dtype:  # vLLM quantised the queries (quantises_queries)
                 layer_args["q_scale"] = layer._q_scale
         q, out = query[:num_tokens], output[:num_tokens]
+        if decoder and md.dcp is not None:
+            self._forward_dcp(
+                q,
+                key[:num_tokens],
+                value[:num_tokens],
+                key_cache,
+                value_cache,
+                out,
+                md.dcp,
+                layer_args,
+            )
+            return output
         if decoder and md.launches is not None:  # the batch's side, bound by the builder
             md.launches(q, key_cache, value_cache, out, **layer_args)
             return output
@@ -813,6 +1017,42 @@ class TritonAttentionImpl(AttentionImpl):
             **layer_args,
         )
         return output
+
+    def _forward_dcp(self, q, key, value, key_cache, value_cache, out, dcp, layer_args):
+        """Decode context parallelism: the context shard's and the new tokens'
+        attentions, merged by their log-sum-exps (DcpBatch)."""
+        # sinks counted once, in the new tokens' part: each rank has all of its heads' tokens
+        sinks = layer_args.pop("sinks")
+        cache_scales = {
+            name: layer_args.pop(name) for name in ("k_scale", "v_scale") if name in layer_args
+        }
+        if dcp.context is not None:
+            group = get_dcp_group()
+            queries = group.all_gather(q.contiguous(), dim=1)  # the whole group's heads
+            dcp.context(
+                queries,
+                key_cache,
+                value_cache,
+                dcp.context_out,
+                lse=dcp.context_lse,
+                **layer_args,
+                **cache_scales,
+            )
+            context_out, context_lse = dcp.combine(
+                dcp.context_out, dcp.context_lse, group, return_lse=True
+            )
+        dcp.new_tokens(
+            q,
+            key[:, None],
+            value[:, None],
+            out,
+            lse=dcp.new_tokens_lse.t(),
+            sinks=sinks,
+            **layer_args,
+        )
+        if dcp.context is not None:
+            lse = context_lse.t().contiguous()  # merge_attn_states' [heads, tokens]
+            merge_attn_states(out, context_out, lse, out, dcp.new_tokens_lse)
 
     def _encoder_kv(self, key, value, md):
         """K/V of encoder self-attention as a cache of one-token blocks, its

@@ -785,6 +785,7 @@ def _mixed_batch_launches(
     decode = call._replace(
         q=call.q[:decode_tokens],
         out=call.out[:decode_tokens],
+        lse=call.lse[:decode_tokens] if call.lse is not None else None,
         query_start_loc=call.query_start_loc[: decodes + 1],
         seq_lens=call.seq_lens[:decodes],
         block_table=call.block_table[:decodes],
@@ -792,7 +793,7 @@ def _mixed_batch_launches(
         mm_prefix_ranges=mm_ranges[:decodes] if mm_ranges is not None else None,
         rswa_prefix_lens=prefix_lens[:decodes] if prefix_lens is not None else None,
     )
-    # Full q and out: the long queries' offsets in query_start_loc are absolute.
+    # Full q, out and lse: the long queries' offsets in query_start_loc are absolute.
     prefill = call._replace(
         query_start_loc=call.query_start_loc[decodes:],
         seq_lens=call.seq_lens[decodes:],
