@@ -14,7 +14,9 @@ Kernel choice per batch (``TritonAttentionMetadataBuilder.build``):
   size and the GPU, never by context lengths;
 * prefill and chunked prefill: the long-query kernel;
 * mixed batches (decodes first, then longer queries; vLLM reorders them so):
-  the decodes on split-KV and the rest on long-query (``MixedBatchPlan``).
+  the decodes on split-KV and the rest on long-query (``MixedBatchPlan``);
+* under decode context parallelism, two such plans: the context on the
+  rank's cache shard and the step's new tokens, merged (``DcpBatch``).
 
 Under full CUDA/HIP graphs a captured graph replays one plan for every batch
 of its size, so that plan may only depend on what is fixed for the size. With
