@@ -68,8 +68,6 @@ from vllm.v1.attention.backends.utils import (
     set_triton_ptr_range,
     split_decodes_and_prefills,
 )
-from vllm.v1.attention.ops.dcp import cp_lse_ag_out_rs, dcp_a2a_lse_reduce
-from vllm.v1.attention.ops.merge_attn_states import merge_attn_states
 from vllm.v1.attention.ops.triton_attention import (
     AttentionFeatures,
     AttentionPlan,
@@ -121,6 +119,7 @@ class DcpBatch:
 
     context: BatchLaunches | None  # None: no request has a context yet
     combine: Callable  # vLLM's cp_lse_ag_out_rs or dcp_a2a_lse_reduce
+    merge: Callable  # vLLM's merge_attn_states
     new_tokens: BatchLaunches
     context_out: torch.Tensor  # [tokens, W * heads, head_size]
     context_lse: torch.Tensor  # [tokens, W * heads]
@@ -306,6 +305,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.softmax_segm_expsum = torch.empty(legacy_shape, dtype=torch.float32, device=device)
 
     def _init_dcp(self, vllm_config: VllmConfig, device: torch.device) -> None:
+        # vLLM's DCP collectives and merge, imported where DCP runs only
+        from vllm.v1.attention.ops.dcp import cp_lse_ag_out_rs, dcp_a2a_lse_reduce
+        from vllm.v1.attention.ops.merge_attn_states import merge_attn_states
+
+        self.dcp_merge = merge_attn_states
         w, heads = self.dcp_world_size, self.num_heads_q
         self.dcp_interleave = vllm_config.parallel_config.cp_kv_cache_interleave_size
         self.dcp_combine = (
@@ -510,6 +514,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         return DcpBatch(
             context=context,
             combine=self.dcp_combine,
+            merge=self.dcp_merge,
             new_tokens=new_tokens,
             context_out=self.dcp_context_out[: num_tokens * shards * heads * self.headdim].view(
                 num_tokens, shards * heads, self.headdim
@@ -1054,7 +1059,7 @@ class TritonAttentionImpl(AttentionImpl):
         )
         if dcp.context is not None:
             lse = context_lse.t().contiguous()  # merge_attn_states' [heads, tokens]
-            merge_attn_states(out, context_out, lse, out, dcp.new_tokens_lse)
+            dcp.merge(out, context_out, lse, out, dcp.new_tokens_lse)
 
     def _encoder_kv(self, key, value, md):
         """K/V of encoder self-attention as a cache of one-token blocks, its
