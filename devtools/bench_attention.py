@@ -873,7 +873,9 @@ def bench_epilogues(model, name, base, dtype, upstream, emit, copy):
     """Decodes and prefills whose output is quantised to fp8 in the epilogue
     (vLLM's fused static per-tensor quantisation), and decodes that also store
     each row's log-sum-exp (what decode context parallelism merges; upstream
-    has no such mode), against the same cells with the plain 16-bit output."""
+    has no such mode), against the same cells with the plain 16-bit output;
+    and one rank's context attention of those decodes under decode context
+    parallelism over two ranks (``dcp2_context``)."""
     hq, hkv, d = model
     if not GpuArch.of_device("cuda").supports_kv_dtype(e4m3_dtype()):
         return
@@ -892,6 +894,21 @@ def bench_epilogues(model, name, base, dtype, upstream, emit, copy):
                 upstream_args=call_args,
             )  # fmt: skip
             plain_us = plain_us or us
+        # A rank's context attention under decode context parallelism over two
+        # ranks: both ranks' query heads over half of each context, every key
+        # visible, log-sum-exps stored (vLLM's combine and merge, which are not
+        # ours, come on top of it).
+        rank_model = (2 * hq, hkv, d)
+        shard = ([1] * batch_size, [context // 2] * batch_size)
+        del inputs
+        inputs = ragged_inputs(rank_model, *shard, dtype)
+        call_args = dict(causal=False, lse=torch.empty(batch_size, 2 * hq, device="cuda"))
+        plan = backend_plan(rank_model, shard[0], features=_features(call_args))
+        _decode_variant(
+            rank_model, name, base, shard, inputs, plan, emit, copy,
+            kv_bytes=2 * batch_size * (context // 2) * hkv * d * dtype.itemsize,
+            plain_us=plain_us, upstream=False, feature="dcp2_context", ours_args=call_args,
+        )  # fmt: skip
         del inputs
         torch.cuda.empty_cache()
     for batch_size, seq in FP8_QUERY_PREFILLS:
