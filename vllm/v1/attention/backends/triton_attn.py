@@ -421,8 +421,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         if self.rswa_prefix_lens is not None and md.rswa_prefix_lens is not None:
             prefix_lens = self.rswa_prefix_lens[: md.num_reqs]
             prefix_lens.copy_(md.rswa_prefix_lens[: md.num_reqs], non_blocking=True)
-        batch_facts = (md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes)
-        batch_facts += (num_decode_tokens,)
+        batch_facts = (
+            md.num_actual_tokens, md.num_reqs, md.max_query_len, num_decodes, num_decode_tokens
+        )  # fmt: skip
         if self.dcp_world_size > 1:
             plan, launches = None, None
             dcp = self._build_dcp(md, batch_facts, per_seq_causal)
