@@ -67,6 +67,11 @@ FEATURES = (
     "all",
     "fp8_output",  # alone (only the epilogue's store changes): e4m3 where the target has it
     "lse",  # alone: each row's log-sum-exp stored beside its output
+    # decode context parallelism's two attentions (the backend's DcpBatch): the
+    # context shard, every key visible, and the new tokens' K/V straight from
+    # the layer inputs as one-token blocks; both store log-sum-exps
+    "dcp_context",
+    "dcp_new_tokens",
 )
 
 
@@ -161,10 +166,14 @@ def _launches(variant: Variant, target: str):
     d = variant.head_size
     scale = torch.tensor(1.0)
     k_scale = v_scale = scale if variant.kv_dtype is not None else None
+    one_token_blocks = variant.features == "dcp_new_tokens"
     if per_token_head:  # vLLM's page: values, then a float32 scale per token and head
         k_cache, v_cache, k_scale, v_scale = token_head_page(
             8, 16, num_kv_heads, d, kv_dtype, "cpu"
         )
+    elif one_token_blocks:  # the layer's K and V, [tokens, 1, heads, d]
+        k_cache = torch.empty(q.shape[0], num_kv_heads, d, dtype=kv_dtype)[:, None]
+        v_cache = torch.empty_like(k_cache)
     else:
         packed = torch.empty(8, 16, num_kv_heads, 2 * d, dtype=kv_dtype)
         k_cache, v_cache = packed[..., :d], packed[..., d:]
@@ -185,11 +194,11 @@ def _launches(variant: Variant, target: str):
         out=torch.empty_like(q, dtype=out_dtype),
         query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32) * q_len,
         seq_lens=torch.full((num_seqs,), q_len, dtype=torch.int32),
-        block_table=torch.zeros(num_seqs, 4, dtype=torch.int32),
+        block_table=torch.zeros(num_seqs, q_len if one_token_blocks else 4, dtype=torch.int32),
         scale=0.1,
         causal=torch.ones(num_seqs, dtype=torch.int32)
         if on("per_seq_causal")
-        else variant.features != "non_causal",
+        else variant.features not in ("non_causal", "dcp_context"),
         sliding_window=64 if on("sliding_window") or on("chunked_window") or rswa else None,
         chunk_lookback=1 if on("chunked_window") and not on("mm_prefix") else None,
         logits_soft_cap=30.0 if on("softcap") else None,
@@ -205,7 +214,9 @@ def _launches(variant: Variant, target: str):
         rswa_prefix_lens=torch.zeros(num_seqs, dtype=torch.int32) if rswa else None,
         q_scale=scale if dtype.itemsize == 1 else None,  # fp8 queries, as vLLM quantises them
         out_scale=scale if out_dtype.itemsize == 1 else None,
-        lse=torch.empty(q.shape[:2]) if variant.features == "lse" else None,
+        lse=torch.empty(q.shape[:2])
+        if variant.features in ("lse", "dcp_context", "dcp_new_tokens")
+        else None,
     )
     plan = plan_attention(
         num_tokens=q.shape[0],
