@@ -44,6 +44,7 @@ def _free_port() -> int:
 def test_dcp_two_ranks_match_the_unsharded_reference(tmp_path, interleave, combine, sinks):
     port = _free_port()
     # the CPU development platform: vLLM on the CPU, our kernels in the interpreter
+    # (an empty CUDA_VISIBLE_DEVICES keeps vLLM from disabling Triton without a driver)
     env = dict(
         os.environ, TRITON_INTERPRET="1", VLLM_TRITON_ATTN_CPU_DEV="1", CUDA_VISIBLE_DEVICES=""
     )
@@ -67,9 +68,7 @@ def test_dcp_two_ranks_match_the_unsharded_reference(tmp_path, interleave, combi
 # ---------------------------------------------------------------- one rank
 
 
-def _vllm_config(interleave: int, combine: str):
-    import tempfile
-
+def _vllm_config(rank: int, interleave: int, combine: str):
     from transformers import LlamaConfig
 
     from vllm.config import (
@@ -80,7 +79,7 @@ def _vllm_config(interleave: int, combine: str):
         VllmConfig,
     )
 
-    model_dir = Path(tempfile.mkdtemp())
+    model_dir = Path(f"tiny-llama-rank{rank}")  # in the test's temporary directory
     LlamaConfig(
         hidden_size=NUM_Q_HEADS * HEAD_SIZE,
         intermediate_size=64,
@@ -232,7 +231,7 @@ def _rank_main(rank: int, port: int, interleave: int, combine: str, with_sinks: 
     )
     from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-    config = _vllm_config(interleave, combine)
+    config = _vllm_config(rank, interleave, combine)
     with set_current_vllm_config(config):
         init_distributed_environment(
             world_size=WORLD,
