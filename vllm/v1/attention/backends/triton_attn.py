@@ -246,8 +246,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         kv_dtype = kv_dtype_of(cache_dtype, kv_cache_spec.dtype)
         if kv_dtype == INT4_KV_DTYPE:  # its rotation signs, made now rather than in a capture
             rht_signs(self.headdim, device)
-        if encoder:  # K/V straight from the layer's inputs, see TritonAttentionImpl._encoder_kv
-            self.layout = TensorLayout(self.dtype, 1, kv_same_strides=True, vector_copies=False)
+        # K/V straight from the layer's inputs as one-token blocks: encoder
+        # self-attention (TritonAttentionImpl._encoder_kv) and DCP's new tokens
+        self.inputs_layout = TensorLayout(self.dtype, 1, kv_same_strides=True, vector_copies=False)
+        if encoder:
+            self.layout = self.inputs_layout
         else:
             self.layout = TensorLayout.of_packed_kv_cache(self.headdim, kv_dtype, self.block_size)
         if self.dcp_world_size > 1:  # persistent lengths, block table and buffers
@@ -337,9 +340,6 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.dcp_new_tokens_lse = torch.empty(
             max_tokens * heads, dtype=torch.float32, device=device
         )
-        self.dcp_new_tokens_layout = TensorLayout(
-            vllm_config.model_config.dtype, 1, kv_same_strides=True, vector_copies=False
-        )
 
     def plan_for(
         self,
@@ -364,7 +364,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         if dcp_part == "context":
             num_q_heads *= self.dcp_world_size
         elif dcp_part == "new_tokens":
-            layout = self.dcp_new_tokens_layout
+            layout = self.inputs_layout
         return plan_batch(
             num_tokens=num_tokens,
             num_seqs=num_seqs,
