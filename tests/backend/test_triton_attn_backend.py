@@ -673,6 +673,105 @@ def test_encoder_self_attention_without_cache(vllm_config):
         torch.testing.assert_close(output[start:end], ref, **TOLERANCES[torch.float32])
 
 
+# Compiled vLLM ops that its fusion passes' modules look up at import.
+FUSION_MODULE_OPS = (
+    "rotary_embedding",
+    "static_scaled_fp8_quant",
+    "dynamic_scaled_fp8_quant",
+    "dynamic_per_token_scaled_fp8_quant",
+    "silu_and_mul",
+    "fused_add_rms_norm",
+    "rms_norm_static_fp8_quant",
+    "fused_add_rms_norm_static_fp8_quant",
+    "rms_norm_dynamic_per_token_quant",
+)
+
+
+@pytest.fixture(scope="module")
+def fused_rope_and_cache_op():
+    """vLLM's ``fused_rope_and_unified_kv_cache_update`` op (its Python body).
+    Its module looks up compiled vLLM ops at import, which a box without
+    vLLM's binaries lacks: those get schema-only placeholders, with no kernel
+    (a call would fail), and only where they are missing."""
+    library = torch.library.Library("_C", "FRAGMENT")
+    for op in FUSION_MODULE_OPS:
+        if not hasattr(torch.ops._C, op):
+            library.define(f"{op}(Tensor placeholder) -> ()")
+    from vllm.compilation.passes.fusion import rope_kvcache_fusion
+
+    yield rope_kvcache_fusion.fused_rope_and_unified_kv_cache_update_impl
+
+
+@pytest.mark.parametrize("is_neox,partial_rotary_factor", [(True, 1.0), (False, 0.5)])
+def test_rope_and_cache_write_through_vllms_fused_op(
+    model_dir, fused_rope_and_cache_op, is_neox, partial_rotary_factor
+):
+    """vLLM's RoPE + KV-cache fusion pass swaps a layer's rotary embedding and
+    cache write for its ``fused_rope_and_unified_kv_cache_update`` op, which
+    calls ``do_rope_and_kv_cache_update`` with the layer's cache and slots
+    from the forward context: queries, keys (in place, strided views of one
+    QKV buffer) and the cache match vLLM's own rotary embedding followed by
+    the cache write. Layers writing no cache do not offer the fusion."""
+    from vllm.config import set_current_vllm_config
+    from vllm.forward_context import set_forward_context
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+
+    impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.2, NUM_KV_HEADS, None, None, "auto")
+    assert impl.fused_rope_kvcache_supported()
+    for refused in (
+        dict(attn_type=AttentionType.ENCODER_ONLY),
+        dict(kv_sharing_target_layer_name="layer.0"),
+    ):
+        other = TritonAttentionImpl(8, 64, 0.1, 2, None, None, "auto", **refused)
+        assert not other.fused_rope_kvcache_supported()
+
+    config = _vllm_config(model_dir)
+    with set_current_vllm_config(config):
+        rope = get_rope(
+            HEAD_SIZE,
+            512,
+            is_neox_style=is_neox,
+            rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": partial_rotary_factor},
+            dtype=torch.float32,
+        )
+    gen = torch.Generator().manual_seed(11)
+    num_tokens = 13
+    sizes = [NUM_Q_HEADS * HEAD_SIZE, NUM_KV_HEADS * HEAD_SIZE, NUM_KV_HEADS * HEAD_SIZE]
+    qkv = torch.randn(num_tokens, sum(sizes), generator=gen)
+    positions = torch.randint(0, 512, (num_tokens,), generator=gen)
+    slots = torch.randperm(32 * BLOCK_SIZE, generator=gen)[:num_tokens] + BLOCK_SIZE
+    slots[[3, 8]] = -1  # padding: turned, not written
+
+    q, k, v = qkv.clone().split(sizes, dim=-1)
+    unfused_q, unfused_k = rope.forward_native(positions, q, k)
+    unfused_cache = packed_cache(num_blocks=40)
+    layer = Layer()
+    impl.do_kv_cache_update(
+        layer,
+        unfused_k.reshape(num_tokens, NUM_KV_HEADS, HEAD_SIZE),
+        v.reshape(num_tokens, NUM_KV_HEADS, HEAD_SIZE),
+        unfused_cache,
+        slots,
+    )
+
+    layer.impl, layer.kv_cache = impl, unfused_cache.clone().normal_()
+    config.compilation_config.static_forward_context["layer.0"] = layer
+    query, key, value = (
+        x.view(num_tokens, -1, HEAD_SIZE) for x in qkv.split(sizes, dim=-1)
+    )  # fmt: skip
+    with set_forward_context(None, config, slot_mapping={"layer.0": slots}):
+        fused_rope_and_cache_op(
+            query, key, value, positions, rope.cos_sin_cache, is_neox, "layer.0"
+        )
+    tolerance = TOLERANCES[torch.float32]
+    torch.testing.assert_close(query.reshape(num_tokens, -1), unfused_q, **tolerance)
+    torch.testing.assert_close(key.reshape(num_tokens, -1), unfused_k, **tolerance)
+    written = torch.zeros(40, BLOCK_SIZE, dtype=torch.bool)
+    written.view(-1)[slots[slots >= 0]] = True
+    cells = layer.kv_cache.transpose(1, 2)  # [blocks, slots, heads, K | V]
+    torch.testing.assert_close(cells[written], unfused_cache.transpose(1, 2)[written], **tolerance)
+
+
 def test_profiling_run_and_refusals(vllm_config):
     impl = TritonAttentionImpl(NUM_Q_HEADS, HEAD_SIZE, 0.1, NUM_KV_HEADS, None, None, "auto")
     out = torch.full((3, NUM_Q_HEADS, HEAD_SIZE), 5.0)

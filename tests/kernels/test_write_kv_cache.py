@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""write_kv_cache against plain indexing: any layout, skipped slots, fp8."""
+"""write_kv_cache against plain indexing: any layout, skipped slots, fp8;
+rope_and_write_kv_cache against the reference rotary embedding."""
 
 import gc
 import weakref
@@ -16,7 +17,12 @@ from devtools.batches import (
     quantise_int4,
     quantise_per_token_head,
 )
-from vllm.v1.attention.ops.triton_attention import GpuArch, write_kv_cache
+from vllm.v1.attention.ops.triton_attention import (
+    GpuArch,
+    reference_rotary_embedding,
+    rope_and_write_kv_cache,
+    write_kv_cache,
+)
 from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
 FP8_RANGE = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.float8_e5m2: 57344.0}
@@ -214,6 +220,130 @@ def test_write_kv_cache_int4_matches_vllm(device, vllm_int4):
         written.append([t.view(torch.uint8) for t in (k_cache, v_cache, k_scale, v_scale)])
     for ours, theirs in zip(*written, strict=True):
         assert torch.equal(ours, theirs)
+
+
+def _cos_sin_cache(rotary_dim, max_position, dtype, base=10000.0):
+    """Cosines then sines of ``position * base ** (-2i / rotary_dim)``, as
+    vLLM's rotary embeddings tabulate them."""
+    inverse_frequency = base ** -(torch.arange(0, rotary_dim, 2).double() / rotary_dim)
+    angles = torch.arange(max_position).double()[:, None] * inverse_frequency[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype)
+
+
+ROPE_CASES = [
+    # dtype, is_neox, head size, rotary dim, cache dtype, its scales, layout; five run on the CPU
+    (torch.bfloat16, True, 128, 128, torch.bfloat16, None, "packed_nhd"),
+    (torch.float16, False, 80, 80, torch.float16, None, "separate"),  # NeoX pairs 40 apart
+    (torch.float32, True, 96, 32, torch.float32, None, "packed_hnd"),  # partial rotary
+    (torch.float16, True, 64, 64, torch.int8, "token_head", "packed_nhd"),
+    (torch.float16, False, 64, 32, INT4_KV_DTYPE, "token_head", "separate"),
+    (torch.bfloat16, True, 256, 256, torch.float8_e4m3fn, "tensor", "packed_nhd"),
+    (torch.bfloat16, False, 128, 64, torch.float8_e4m3fn, "token_head", "separate"),
+    (torch.bfloat16, True, 512, 512, torch.bfloat16, None, "packed_hnd"),
+]
+
+
+@pytest.mark.parametrize(
+    "dtype,is_neox,head_size,rotary_dim,cache_dtype,scaled,layout",
+    ROPE_CASES if HAS_GPU else ROPE_CASES[:5],
+)
+def test_rope_and_write_kv_cache(
+    dtype, is_neox, head_size, rotary_dim, cache_dtype, scaled, layout, device
+):
+    """vLLM's RoPE + KV-cache fusion: queries and keys, strided views of one
+    QKV buffer as vLLM splits it, turn in place to the reference rotary
+    embedding within one rounding of their dtype (every token, also those
+    whose slot is skipped); values stay; the cache holds exactly what
+    ``write_kv_cache`` stores for the turned keys, written independently
+    (plain indexing, ``quantise_per_token_head``, ``quantise_int4``)."""
+    arch = GpuArch.of_device(device)
+    if not arch.supports_kv_dtype(cache_dtype):
+        pytest.skip(f"{cache_dtype} has no hardware support on {arch.name} (see GpuArch)")
+    gen = torch.Generator().manual_seed(5)
+    num_tokens, num_q_heads, num_kv_heads, num_blocks, block_size = 21, 6, 2, 4, 16
+    sizes = [num_q_heads * head_size, num_kv_heads * head_size, num_kv_heads * head_size]
+    qkv = (torch.randn(num_tokens, sum(sizes), generator=gen) * 3).to(dtype).to(device)
+    query, key, value = (x.view(num_tokens, -1, head_size) for x in qkv.split(sizes, dim=-1))
+    before = qkv.clone()
+    cos_sin_cache = _cos_sin_cache(rotary_dim, 4096, dtype).to(device)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=gen).to(device)
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[::4] = -1  # padding, or another rank's token: turned, not written
+    slots = slots.to(device)
+    cache_head_size = head_size // 2 if cache_dtype == INT4_KV_DTYPE else head_size
+    k_cache, v_cache = kv_cache_views(
+        num_blocks, block_size, num_kv_heads, cache_head_size, cache_dtype, device, layout
+    )
+    k_cache.view(torch.uint8).fill_(0)
+    v_cache.view(torch.uint8).fill_(0)
+    scales = {}
+    if scaled == "tensor":
+        scales = dict(k_scale=torch.tensor(0.05), v_scale=torch.tensor(0.02))
+    elif scaled == "token_head":
+        pages = torch.zeros(num_blocks, block_size, num_kv_heads, 2)
+        scales = dict(k_scale=pages[..., 0], v_scale=pages[..., 1])
+    scales = {name: scale.to(device) for name, scale in scales.items()}
+    rope_and_write_kv_cache(
+        query, key, value, k_cache, v_cache, slots,
+        positions=positions, cos_sin_cache=cos_sin_cache, is_neox=is_neox, **scales,
+    )  # fmt: skip
+
+    q_before, k_before, v_before = (
+        x.view(num_tokens, -1, head_size) for x in before.split(sizes, dim=-1)
+    )  # fmt: skip
+    for turned, original in ((query, q_before), (key, k_before)):
+        want = reference_rotary_embedding(original, positions, cos_sin_cache, is_neox)
+        # one rounding to the dtype, after float32 products and a sum (where they cancel)
+        float32_error = 4 * torch.finfo(torch.float32).eps * original.abs().max().item()
+        rounding = torch.finfo(dtype).eps
+        torch.testing.assert_close(turned.double(), want, rtol=rounding, atol=float32_error)
+        if rotary_dim < head_size:
+            assert torch.equal(turned[..., rotary_dim:], original[..., rotary_dim:])
+    assert torch.equal(value, v_before)
+
+    written = slots >= 0
+    blocks, offsets = slots[written] // block_size, slots[written] % block_size
+    for x, cache, name in ((key, k_cache, "k_scale"), (value, v_cache, "v_scale")):
+        got = cache[blocks, offsets]
+        if cache_dtype == INT4_KV_DTYPE:
+            want, want_words = quantise_int4(x[written])
+            got_words = scales[name][blocks, offsets].contiguous()
+            assert torch.equal(got_words.view(torch.int32), want_words.view(torch.int32))
+        elif scaled == "token_head":
+            want, want_scale = quantise_per_token_head(x[written], cache_dtype)
+            assert torch.equal(scales[name][blocks, offsets], want_scale)
+        elif scaled == "tensor":
+            limit = FP8_RANGE[cache_dtype]
+            want = (x[written].float() / scales[name]).clamp(-limit, limit).to(cache_dtype)
+        else:
+            want = x[written].to(cache_dtype)
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+def test_rope_and_write_kv_cache_rejects_bad_inputs(device):
+    k_cache, v_cache = kv_cache_views(2, 16, 2, 64, torch.float16, device, "separate")
+    key = torch.zeros(4, 2, 64, dtype=torch.float16, device=device)
+    query = torch.zeros(4, 4, 64, dtype=torch.float16, device=device)
+    slots = torch.zeros(4, dtype=torch.int64, device=device)
+    rope = dict(
+        positions=torch.zeros(4, dtype=torch.int64, device=device),
+        cos_sin_cache=torch.zeros(32, 64, dtype=torch.float16, device=device),
+        is_neox=True,
+    )
+    with pytest.raises(ValueError, match=r"query must be \[4, num_q_heads, 64\]"):
+        rope_and_write_kv_cache(query[:, :, :32], key, key, k_cache, v_cache, slots, **rope)
+    with pytest.raises(ValueError, match="positions must be 1-D with at least 4 entries"):
+        bad = dict(rope, positions=rope["positions"][:3])
+        rope_and_write_kv_cache(query, key, key, k_cache, v_cache, slots, **bad)
+    with pytest.raises(TypeError, match="positions.dtype must be int32 or int64"):
+        bad = dict(rope, positions=rope["positions"].float())
+        rope_and_write_kv_cache(query, key, key, k_cache, v_cache, slots, **bad)
+    with pytest.raises(ValueError, match="rotary_dim even and at most 64"):
+        bad = dict(rope, cos_sin_cache=torch.zeros(32, 66, dtype=torch.float16, device=device))
+        rope_and_write_kv_cache(query, key, key, k_cache, v_cache, slots, **bad)
+    with pytest.raises(ValueError, match=r"cos_sin_cache.stride\(1\) must be 1"):
+        bad = dict(rope, cos_sin_cache=rope["cos_sin_cache"].t())
+        rope_and_write_kv_cache(query, key, key, k_cache, v_cache, slots, **bad)
 
 
 def test_write_kv_cache_rejects_bad_shapes(device):

@@ -78,6 +78,7 @@ from vllm.v1.attention.ops.triton_attention import (
     TensorLayout,
     paged_attention,
     plan_batch,
+    rope_and_write_kv_cache,
     write_kv_cache,
 )
 from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE, rht_signs
@@ -924,6 +925,42 @@ class TritonAttentionImpl(AttentionImpl):
             views.key,
             views.value,
             slot_mapping,
+            **self._scales(layer, views),
+        )
+
+    def fused_rope_kvcache_supported(self) -> bool:
+        """vLLM's RoPE + KV-cache fusion pass (``fuse_rope_kvcache``, on by
+        default on ROCm with AITER) may hand this layer's rotary embedding to
+        ``do_rope_and_kv_cache_update``: our cache write turns the queries and
+        keys first, for every cache dtype, in Triton. Not for layers that
+        write no cache (encoder self-attention, a layer reading another's)."""
+        return self.attn_type == AttentionType.DECODER and self.kv_sharing_target_layer_name is None
+
+    def do_rope_and_kv_cache_update(
+        self,
+        layer: AttentionLayer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin_cache: torch.Tensor,
+        is_neox: bool,
+        kv_cache: torch.Tensor,
+        layer_slot_mapping: torch.Tensor,
+    ) -> None:
+        """The rotary embedding of ``query`` and ``key`` (in place) and
+        ``do_kv_cache_update`` of the turned keys, in one launch."""
+        views = self._cache_views(kv_cache)
+        rope_and_write_kv_cache(
+            query,
+            key,
+            value,
+            views.key,
+            views.value,
+            layer_slot_mapping,
+            positions=positions,
+            cos_sin_cache=cos_sin_cache,
+            is_neox=is_neox,
             **self._scales(layer, views),
         )
 

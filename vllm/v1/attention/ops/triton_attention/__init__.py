@@ -92,7 +92,13 @@ launches later layers' calls without re-checking or re-binding them::
 """
 
 from .arch import GpuArch
-from .launch import BatchLaunches, SplitKVWorkspace, paged_attention, write_kv_cache
+from .launch import (
+    BatchLaunches,
+    SplitKVWorkspace,
+    paged_attention,
+    rope_and_write_kv_cache,
+    write_kv_cache,
+)
 from .plan import (
     AttentionFeatures,
     AttentionPlan,
@@ -101,7 +107,7 @@ from .plan import (
     plan_attention,
     plan_batch,
 )
-from .reference import reference_paged_attention
+from .reference import reference_paged_attention, reference_rotary_embedding
 
 __all__ = [
     "AttentionFeatures",
@@ -115,5 +121,7 @@ __all__ = [
     "plan_attention",
     "plan_batch",
     "reference_paged_attention",
+    "reference_rotary_embedding",
+    "rope_and_write_kv_cache",
     "write_kv_cache",
 ]

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Write new keys and values into the paged KV cache (a tile of tokens per program)."""
+"""Write new keys and values into the paged KV cache (a tile of tokens per program),
+optionally after vLLM's rotary embedding of the queries and keys (in place)."""
 
 import triton
 import triton.language as tl
@@ -74,6 +75,40 @@ def _quantise_int4(x, real_dims):
 
 
 @triton.jit
+def _rotated_rows(
+    rows_ptr,
+    stride_dim,
+    mask,
+    cos_sin_rows_ptr,
+    HEAD_PAD: tl.constexpr,
+    ROTARY_DIM: tl.constexpr,
+    ROPE_NEOX: tl.constexpr,
+):
+    """vLLM's rotary embedding of the rows ``rows_ptr + dim * stride_dim``
+    (``rows_ptr`` [TOKENS, HEADS, 1]), in float32: each pair of the first
+    ``ROTARY_DIM`` dimensions (``d`` and ``d + ROTARY_DIM / 2`` in NeoX style,
+    ``2i`` and ``2i + 1`` in GPT-J style) turned by its token's angle, whose
+    cosines and sines are ``cos_sin_rows_ptr`` [TOKENS, 1, 1]'s two halves;
+    the other dimensions as they are."""
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    dim = tl.arange(0, HEAD_PAD)[None, None, :]
+    if ROPE_NEOX:
+        first = dim < HALF
+        partner = tl.where(first, dim + HALF, dim - HALF)
+        frequency = tl.where(first, dim, dim - HALF)
+    else:
+        first = dim % 2 == 0
+        partner = tl.where(first, dim + 1, dim - 1)
+        frequency = dim // 2
+    rotary = mask & (dim < ROTARY_DIM)
+    x = tl.load(rows_ptr + dim * stride_dim, mask=mask, other=0.0).to(tl.float32)
+    pair = tl.load(rows_ptr + partner * stride_dim, mask=rotary, other=0.0).to(tl.float32)
+    cos = tl.load(cos_sin_rows_ptr + frequency, mask=rotary, other=1.0).to(tl.float32)
+    sin = tl.load(cos_sin_rows_ptr + HALF + frequency, mask=rotary, other=0.0).to(tl.float32)
+    return tl.where(rotary, x * cos + tl.where(first, -pair, pair) * sin, x)
+
+
+@triton.jit
 def write_kv_cache_kernel(
     # pointers
     key_ptr,
@@ -84,12 +119,18 @@ def write_kv_cache_kernel(
     k_scale_ptr,  # one scale (KV_IS_FP8), or [num_blocks, block_size, num_kv_heads]
     v_scale_ptr,  # (TOKEN_HEAD_SCALES: written here)
     rht_signs_ptr,  # [head_size] float32 rotation signs of an int4 cache, with KV_INT4
+    query_ptr,  # rotated in place with the keys (ROTARY_DIM > 0)
+    positions_ptr,  # [num_tokens] each token's position (ROTARY_DIM > 0)
+    cos_sin_cache_ptr,  # [max_position, ROTARY_DIM]: cosines, then sines (ROTARY_DIM > 0)
     num_tokens,
     # strides
     stride_key_token,
     stride_key_head,
     stride_value_token,
     stride_value_head,
+    stride_query_token,
+    stride_query_head,
+    stride_cos_sin_position,
     stride_k_block,
     stride_k_slot,
     stride_k_head,
@@ -102,6 +143,7 @@ def write_kv_cache_kernel(
     # shapes and switches
     STRIDE_KEY_DIM: tl.constexpr,
     STRIDE_VALUE_DIM: tl.constexpr,
+    STRIDE_QUERY_DIM: tl.constexpr,
     STRIDE_K_DIM: tl.constexpr,
     STRIDE_V_DIM: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
@@ -113,6 +155,10 @@ def write_kv_cache_kernel(
     TOKEN_HEAD_SCALES: tl.constexpr,  # int8, fp8 or int4 with a scale per token and KV head
     KV_INT4: tl.constexpr,  # rotated vectors in int4 codes, two per byte (_quantise_int4)
     QUANT_MAX: tl.constexpr,
+    ROTARY_DIM: tl.constexpr,  # 0: no rotary embedding
+    ROPE_NEOX: tl.constexpr,  # rotate halves (NeoX), else even/odd pairs (GPT-J)
+    NUM_Q_HEADS: tl.constexpr,
+    Q_HEADS_BLOCK: tl.constexpr,  # query heads rotated at a time
     TOKENS: tl.constexpr,
 ):
     # [TOKENS, HEADS_PAD, HEAD_PAD] tiles: one token per program on GPUs, many
@@ -127,15 +173,37 @@ def write_kv_cache_kernel(
     dim = tl.arange(0, HEAD_PAD)
     row_mask = (slots >= 0)[:, None, None] & (head_ids < NUM_KV_HEADS)[None, :, None]
     mask = row_mask & (dim < HEAD_SIZE)[None, None, :]
+    in_batch = tokens < num_tokens
     tokens = tokens[:, None, None]
     heads = head_ids[None, :, None]
     dim = dim[None, None, :]
 
-    key = tl.load(
-        key_ptr + tokens * stride_key_token + heads * stride_key_head + dim * STRIDE_KEY_DIM,
-        mask=mask,
-        other=0.0,  # zeros past the head size leave a per-token-head absmax alone
-    )
+    key_rows = key_ptr + tokens * stride_key_token + heads * stride_key_head
+    if ROTARY_DIM > 0:
+        # Every token's query and key turn, written or not (another rank's
+        # slot, padding): attention reads them from the layer's inputs too.
+        positions = tl.load(positions_ptr + tokens, mask=in_batch[:, None, None], other=0)
+        cos_sin_rows = cos_sin_cache_ptr + positions.to(tl.int64) * stride_cos_sin_position
+        for first_head in tl.range(0, NUM_Q_HEADS, Q_HEADS_BLOCK):
+            q_heads = first_head + tl.arange(0, Q_HEADS_BLOCK)[None, :, None]
+            q_mask = in_batch[:, None, None] & (q_heads < NUM_Q_HEADS) & (dim < HEAD_SIZE)
+            q_rows = query_ptr + tokens * stride_query_token + q_heads * stride_query_head
+            query = _rotated_rows(
+                q_rows, STRIDE_QUERY_DIM, q_mask, cos_sin_rows, HEAD_PAD, ROTARY_DIM, ROPE_NEOX
+            )
+            # Each element's pair was read by another thread: every read
+            # completes before anything is overwritten.
+            tl.debug_barrier()
+            tl.store(q_rows + dim * STRIDE_QUERY_DIM, query.to(query_ptr.dtype.element_ty), q_mask)
+        k_mask = in_batch[:, None, None] & (heads < NUM_KV_HEADS) & (dim < HEAD_SIZE)
+        key = _rotated_rows(
+            key_rows, STRIDE_KEY_DIM, k_mask, cos_sin_rows, HEAD_PAD, ROTARY_DIM, ROPE_NEOX
+        ).to(key_ptr.dtype.element_ty)  # the cache stores the key the model goes on with
+        tl.debug_barrier()
+        tl.store(key_rows + dim * STRIDE_KEY_DIM, key, k_mask)
+    else:
+        # zeros past the head size leave a per-token-head absmax alone
+        key = tl.load(key_rows + dim * STRIDE_KEY_DIM, mask=mask, other=0.0)
     value = tl.load(
         value_ptr
         + tokens * stride_value_token

@@ -396,8 +396,11 @@ def check_write_kv_cache_inputs(
     slot_mapping: torch.Tensor,
     k_scale,
     v_scale,
+    query: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    cos_sin_cache: torch.Tensor | None = None,
 ) -> None:
-    fn = "write_kv_cache"
+    fn = "write_kv_cache" if query is None else "rope_and_write_kv_cache"
     if key.dim() != 3 or value.shape != key.shape:
         raise ValueError(
             f"{fn}: key and value must both be [num_tokens, num_kv_heads, head_size], "
@@ -417,3 +420,36 @@ def check_write_kv_cache_inputs(
         expected = "float16, bfloat16, float32, an fp8 type, int8 or uint8 (int4 pairs)"
         fail(TypeError, fn, "k_cache.dtype", expected, k_cache.dtype)
     check_scales(k_cache, v_cache, k_scale, v_scale, fn)
+    if query is not None:
+        check_rope_inputs(query, key, positions, cos_sin_cache, fn)
+
+
+def check_rope_inputs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    fn: str,
+) -> None:
+    """The rotary embedding's inputs (positions past the table are the caller's to avoid)."""
+    num_tokens, _, head_size = key.shape
+    if query.dim() != 3 or query.shape[0] != num_tokens or query.shape[2] != head_size:
+        expected = f"[{num_tokens}, num_q_heads, {head_size}] (the key's tokens and head size)"
+        fail(ValueError, fn, "query", expected, tuple(query.shape))
+    for name, x in (("query", query), ("key", key), ("cos_sin_cache", cos_sin_cache)):
+        if x.dtype not in ACTIVATION_DTYPES:
+            fail(TypeError, fn, f"{name}.dtype", "float16, bfloat16 or float32", x.dtype)
+    if positions.dim() != 1 or positions.shape[0] < num_tokens:
+        expected = f"1-D with at least {num_tokens} entries"
+        fail(ValueError, fn, "positions", expected, tuple(positions.shape))
+    if positions.dtype not in (torch.int32, torch.int64):
+        fail(TypeError, fn, "positions.dtype", "int32 or int64", positions.dtype)
+    rotary_dim = cos_sin_cache.shape[-1]
+    if cos_sin_cache.dim() != 2 or rotary_dim % 2 or not 2 <= rotary_dim <= head_size:
+        expected = f"[max_position, rotary_dim] with rotary_dim even and at most {head_size}"
+        fail(ValueError, fn, "cos_sin_cache", expected, tuple(cos_sin_cache.shape))
+    if cos_sin_cache.stride(1) != 1:
+        fail(ValueError, fn, "cos_sin_cache.stride(1)", "1", cos_sin_cache.stride(1))
+    devices = {x.device for x in (query, key, positions, cos_sin_cache)}
+    if len(devices) != 1:
+        fail(ValueError, fn, "query, key, positions and cos_sin_cache", "on one device", devices)

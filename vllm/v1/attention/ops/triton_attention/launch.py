@@ -45,6 +45,7 @@ from .plan import (
     LONG_QUERY_PIPELINED,
     SPLIT_KV_DECODE,
     SPLIT_KV_DECODE_PIPELINED,
+    WRITE_ROPE_ELEMENTS,
     AttentionPlan,
     MixedBatchPlan,
     next_power_of_2,
@@ -819,6 +820,9 @@ class _CacheWrite(NamedTuple):
     slot_mapping: torch.Tensor
     k_scale: torch.Tensor | None
     v_scale: torch.Tensor | None
+    query: torch.Tensor | None = None  # with positions and cos_sin_cache: rotated with the keys
+    positions: torch.Tensor | None = None
+    cos_sin_cache: torch.Tensor | None = None
 
 
 _WRITE_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_CacheWrite._fields)}
@@ -849,22 +853,56 @@ def write_kv_cache(
     other layers of a step) repeats that one's launch: no checks, no argument
     building, the compiled kernel started directly.
     """
+    _write(_CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale))
+
+
+def rope_and_write_kv_cache(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """vLLM's rotary embedding of ``query`` ``[num_tokens, num_q_heads,
+    head_size]`` and ``key``, in place, then :func:`write_kv_cache` of the
+    rotated keys, in one launch (vLLM's RoPE + KV-cache fusion).
+
+    Token ``t`` turns by row ``positions[t]`` of ``cos_sin_cache``
+    ``[max_position, rotary_dim]`` (the cosines, then the sines): the pairs
+    of its first ``rotary_dim`` dimensions, ``(d, d + rotary_dim / 2)`` if
+    ``is_neox``, else ``(2i, 2i + 1)``, become ``(x cos - y sin, y cos + x
+    sin)``, computed in float32 and rounded once to the input's dtype. Every
+    token turns, whatever its slot.
+    """
     write = _CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
-    signature, addresses = _tensors_key(write, [])
+    _write(write._replace(query=query, positions=positions, cos_sin_cache=cos_sin_cache), is_neox)
+
+
+def _write(write: _CacheWrite, rope_neox: bool = True) -> None:
+    signature, addresses = _tensors_key(write, [rope_neox])
     bound = _write_launches.get(signature)
     if bound is not None:
         bound.run_with(write, addresses)
         return
     check_write_kv_cache_inputs(*write)
-    if key.shape[0] == 0:
+    if write.key.shape[0] == 0:
         return
     if len(_write_launches) >= MAX_REUSED_WRITES:
         _write_launches.clear()
-    _write_launches[signature] = _BoundLaunch.of_first_run(_write_launch(write), _WRITE_TENSORS)
+    launch = _write_launch(write, rope_neox)
+    _write_launches[signature] = _BoundLaunch.of_first_run(launch, _WRITE_TENSORS)
 
 
-def _write_launch(write: _CacheWrite) -> KernelLaunch:
-    key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale = write
+def _write_launch(write: _CacheWrite, rope_neox: bool) -> KernelLaunch:
+    key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale = write[:7]
+    query, positions, cos_sin_cache = write.query, write.positions, write.cos_sin_cache
     num_tokens, num_kv_heads, head_size = key.shape
     token_head = k_cache.dtype in QUANTISED_KV_DTYPES and token_head_scaled(k_scale)
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES and not token_head
@@ -880,6 +918,7 @@ def _write_launch(write: _CacheWrite) -> KernelLaunch:
         v_cache_ptr=v_cache,
         slot_mapping_ptr=slot_mapping,
         **_scale_args(k_cache, k_scale, v_scale, kv_is_fp8, token_head),
+        **_rope_args(query, positions, cos_sin_cache, rope_neox, head_size),
         num_tokens=num_tokens,
         stride_key_token=key_strides[0],
         stride_key_head=key_strides[1],
@@ -905,3 +944,39 @@ def _write_launch(write: _CacheWrite) -> KernelLaunch:
     )
     grid = (-(-num_tokens // tokens), 1, 1)
     return KernelLaunch(write_kv_cache_kernel, grid, args, dict(num_warps=4))
+
+
+def _rope_args(query, positions, cos_sin_cache, rope_neox: bool, head_size: int) -> dict:
+    """The rotary embedding's inputs to the cache write (none without ``query``)."""
+    if query is None:
+        return dict(
+            query_ptr=None,
+            positions_ptr=None,
+            cos_sin_cache_ptr=None,
+            stride_query_token=0,
+            stride_query_head=0,
+            stride_cos_sin_position=0,
+            STRIDE_QUERY_DIM=0,
+            ROTARY_DIM=0,
+            ROPE_NEOX=False,
+            NUM_Q_HEADS=0,
+            Q_HEADS_BLOCK=1,
+        )
+    num_q_heads = query.shape[1]
+    # GPUs: a token's query heads a few at a time; the interpreter: all at once
+    heads_block = next_power_of_2(num_q_heads)
+    if query.is_cuda:
+        heads_block = min(heads_block, max(1, WRITE_ROPE_ELEMENTS // next_power_of_2(head_size)))
+    return dict(
+        query_ptr=query,
+        positions_ptr=positions,
+        cos_sin_cache_ptr=cos_sin_cache,
+        stride_query_token=query.stride(0),
+        stride_query_head=query.stride(1),
+        stride_cos_sin_position=cos_sin_cache.stride(0),
+        STRIDE_QUERY_DIM=query.stride(2),
+        ROTARY_DIM=cos_sin_cache.shape[1],
+        ROPE_NEOX=rope_neox,
+        NUM_Q_HEADS=num_q_heads,
+        Q_HEADS_BLOCK=heads_block,
+    )

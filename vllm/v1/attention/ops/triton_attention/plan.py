@@ -68,6 +68,9 @@ WIDE_HEAD_PROGRAMS_PER_COMPUTE_UNIT = 2
 INTERPRETER_LONG_QUERY_TILES = (512, 256, 4, 1)  # block_m, kv_tile_size, warps, stages
 INTERPRETER_SPLIT_KV_TILES = (512, 4, 1)  # kv_tile_size, warps, stages
 INTERPRETER_WRITE_TOKENS = 256  # tokens per cache-write program
+# A GPU cache-write program rotates its token's query heads this many
+# elements at a time (RoPE + KV-cache fusion): 32 float32 per thread at 4 warps.
+WRITE_ROPE_ELEMENTS = 4096
 # Upper bound on splits per sequence: 128 lets models with few KV heads fill
 # the GPU at batch 1. It holds for 16-row programs; the merge reads splits x
 # rows partials, so programs with more rows get proportionally fewer splits.

@@ -171,6 +171,30 @@ def reference_paged_attention(
     return result.to(q.dtype if out is None else out.dtype)
 
 
+def reference_rotary_embedding(
+    x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor, is_neox: bool
+) -> torch.Tensor:
+    """vLLM's rotary embedding of ``x`` ``[num_tokens, heads, head_size]``, in
+    float64 (as ``rope_and_write_kv_cache`` applies it): each pair of the
+    first ``rotary_dim`` dimensions (``d, d + rotary_dim / 2`` for NeoX,
+    ``2i, 2i + 1`` for GPT-J) read as a complex number and multiplied by
+    ``cos + i sin`` of its token's row ``positions[t]`` of ``cos_sin_cache``
+    ``[max_position, rotary_dim]`` (cosines, then sines)."""
+    rotary_dim = cos_sin_cache.shape[-1]
+    half = rotary_dim // 2
+    cos_sin = cos_sin_cache[positions[: x.shape[0]].long()].to(torch.float64)
+    turn = torch.complex(cos_sin[:, :half], cos_sin[:, half:])[:, None, :]
+    x = x.to(torch.float64)
+    rotary, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    if is_neox:
+        pairs = torch.complex(rotary[..., :half], rotary[..., half:]) * turn
+        rotary = torch.cat([pairs.real, pairs.imag], dim=-1)
+    else:
+        pairs = torch.complex(rotary[..., 0::2], rotary[..., 1::2]) * turn
+        rotary = torch.stack([pairs.real, pairs.imag], dim=-1).flatten(-2)
+    return torch.cat([rotary, rest], dim=-1)
+
+
 def int4_vectors(packed: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """An int4 cache's vectors ``[..., head_size]`` (float64) from their bytes
     ``[..., head_size // 2]`` and scale words ``[...]``: codes (dimension 2i in
