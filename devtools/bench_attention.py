@@ -40,6 +40,8 @@ from vllm.v1.attention.ops.triton_attention import (
     paged_attention,
     plan_attention,
     reference_paged_attention,
+    rope_and_write_kv_cache,
+    write_kv_cache,
 )
 from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
@@ -464,7 +466,8 @@ def main():
         help="only the feature cells: masks and biases in prefills, batch-invariant and "
         "R-SWA decodes (bench_features), quantised-cache decodes (bench_fp8_decodes), "
         "fp8-query prefills (bench_fp8_query_prefills), fused fp8 outputs and log-sum-exps "
-        "(bench_epilogues)",
+        "(bench_epilogues), cache writes with and without the rotary embedding "
+        "(bench_cache_writes)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
@@ -507,6 +510,8 @@ def main():
             bench_fp8_query_prefills(MODELS[name], name, base, dtype, args.upstream, emit)
         for name in args.models:
             bench_epilogues(MODELS[name], name, base, dtype, args.upstream, emit, copy)
+        for name in args.models:
+            bench_cache_writes(MODELS[name], name, base, dtype, emit, copy)
         return
 
     sweep = SWEEPS[args.sweep]
@@ -924,6 +929,51 @@ def bench_epilogues(model, name, base, dtype, upstream, emit, copy):
             plain_us = plain_us or us
         del inputs
         torch.cuda.empty_cache()
+
+
+CACHE_WRITE_TOKENS = (1, 8, 64, 256, 2048)
+
+
+def bench_cache_writes(model, name, base, dtype, emit, copy):
+    """The cache write of a step's tokens (CUDA graphs, as decode steps run),
+    alone (``plain``) and with vLLM's rotary embedding fused in (``rope``:
+    queries and keys turned in place first, ``rope_and_write_kv_cache``), its
+    query, key and value views of one QKV buffer as vLLM splits it. Bytes:
+    K and V read and stored in the cache, and with the rotary embedding the
+    queries' and keys' read and write too."""
+    hq, hkv, d = model
+    num_blocks, block_size = 4096, 16
+    packed = torch.empty(num_blocks, block_size, hkv, 2 * d, dtype=dtype, device="cuda")
+    k_cache, v_cache = packed[..., :d], packed[..., d:]
+    angles = torch.rand(8192, d // 2, device="cuda") * 2 * math.pi
+    cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype)
+    sizes = [hq * d, hkv * d, hkv * d]
+    for num_tokens in CACHE_WRITE_TOKENS:
+        qkv = torch.randn(num_tokens, sum(sizes), dtype=dtype, device="cuda")
+        query, key, value = (x.view(num_tokens, -1, d) for x in qkv.split(sizes, dim=-1))
+        slots = torch.randperm(num_blocks * block_size, device="cuda")[:num_tokens]
+        positions = torch.randint(0, 8192, (num_tokens,), device="cuda")
+        kv_bytes = 4 * num_tokens * hkv * d * dtype.itemsize
+        rope = dict(positions=positions, cos_sin_cache=cos_sin_cache, is_neox=True)
+        writes = {
+            "plain": (functools.partial(write_kv_cache, key, value, k_cache, v_cache, slots),
+                      kv_bytes),
+            "rope": (functools.partial(rope_and_write_kv_cache, query, key, value, k_cache,
+                                       v_cache, slots, **rope),
+                     kv_bytes + 2 * num_tokens * (hq + hkv) * d * dtype.itemsize),
+        }  # fmt: skip
+        plain_us = None
+        for feature, (write, moved) in writes.items():
+            write()  # compiles and binds the launch outside the timed graph
+            us = time_us(write, graphs=True)
+            emit(
+                ours_record(
+                    base, "cache_write", name, model, batch=num_tokens, context=0, q_len=1,
+                    graphs=True, us=us, feature=feature, gbps=moved / us / 1e3,
+                    ratio_copy=moved / us / 1e3 / copy, ratio_plain=us / (plain_us or us),
+                )
+            )  # fmt: skip
+            plain_us = plain_us or us
 
 
 def kv_name(kv_dtype: torch.dtype) -> str:

@@ -73,6 +73,19 @@ FEATURES = (
     "dcp_context",
     "dcp_new_tokens",
 )
+# The cache write: alone, and with the rotary embedding of vLLM's RoPE +
+# KV-cache fusion (queries and keys turned in place first).
+CACHE_WRITE = "cache_write"
+CACHE_WRITE_FEATURES = ("plain", "rope")
+KV_DTYPES = (
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    # vLLM's *_per_token_head pages: values, then a float32 scale per token and head
+    "int8_per_token_head",
+    "float8_e4m3fn_per_token_head",
+    "int4_per_token_head",  # two codes per byte, rotated vectors
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +104,7 @@ class Variant:
         return (
             self.phase != "specdecode"
             and self.head_size in HOT_HEAD_SIZES
-            and self.features == "plain"
+            and self.features in ("plain", "rope")
             and self.kv_dtype is None
             and self.dtype != "float32"
         )
@@ -103,7 +116,7 @@ def variants(subset: str) -> list[Variant]:
             Variant(phase, head, 4)
             for phase in ("decode", "decode_batch", "prefill")
             for head in HOT_HEAD_SIZES
-        ]
+        ] + [Variant(CACHE_WRITE, 128, 4, features="rope")]
     out = [
         Variant(phase, head, group)
         for phase, head, group in itertools.product(PHASES, (64, 80, 128, 256, 512), (1, 4, 8))
@@ -123,15 +136,7 @@ def variants(subset: str) -> list[Variant]:
         Variant(phase, head, 4, kv_dtype=kv)
         for phase in PHASES
         for head in (64, 128, 512)
-        for kv in (
-            "float8_e4m3fn",
-            "float8_e4m3fnuz",
-            "float8_e5m2",
-            # vLLM's *_per_token_head pages: values, then a float32 scale per token and head
-            "int8_per_token_head",
-            "float8_e4m3fn_per_token_head",
-            "int4_per_token_head",  # two codes per byte, rotated vectors
-        )
+        for kv in KV_DTYPES
     ]
     # fp8 queries (vLLM's for an fp8 cache): q.k in fp8
     out += [
@@ -139,6 +144,12 @@ def variants(subset: str) -> list[Variant]:
         for phase in PHASES
         for head in (64, 128, 512)
         for fp8 in ("float8_e4m3fn", "float8_e4m3fnuz")
+    ]
+    out += [
+        Variant(CACHE_WRITE, head, 4, kv_dtype=kv, features=f)
+        for head in (64, 80, 128, 256, 512)
+        for kv in (None, *KV_DTYPES)
+        for f in CACHE_WRITE_FEATURES
     ]
     return out
 
@@ -160,6 +171,8 @@ def _launches(variant: Variant, target: str):
     kv_dtype = INT4_KV_DTYPE if kv_name == "int4" else getattr(torch, kv_name)
     if not arch.supports_kv_dtype(kv_dtype):
         return None
+    if variant.phase == CACHE_WRITE:
+        return [_cache_write_launch(variant, arch, kv_dtype, bool(per_token_head))]
     q_len, num_seqs, num_kv_heads = PHASES[variant.phase], NUM_SEQS.get(variant.phase, 2), 2
     num_q_heads = num_kv_heads * variant.queries_per_kv
     q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
@@ -232,6 +245,39 @@ def _launches(variant: Variant, target: str):
         batch_invariant=on("batch_invariant"),
     )
     return kernel_launches(call, plan, SplitKVWorkspace.allocate(plan, "cpu"))
+
+
+def _cache_write_launch(variant: Variant, arch, kv_dtype, per_token_head: bool):
+    """The cache write of a few tokens of a model with 8 KV heads, its query,
+    key and value views of one QKV buffer (as vLLM splits it)."""
+    import torch
+
+    from devtools.batches import token_head_page
+    from vllm.v1.attention.ops.triton_attention.launch import CacheWrite, write_launch
+
+    num_tokens, num_kv_heads, d = 4, 8, variant.head_size
+    num_q_heads = num_kv_heads * variant.queries_per_kv
+    dtype = getattr(torch, variant.dtype)
+    sizes = [num_q_heads * d, num_kv_heads * d, num_kv_heads * d]
+    qkv = torch.empty(num_tokens, sum(sizes), dtype=dtype)
+    query, key, value = (x.view(num_tokens, -1, d) for x in qkv.split(sizes, dim=-1))
+    if per_token_head:
+        k_cache, v_cache, k_scale, v_scale = token_head_page(
+            8, 16, num_kv_heads, d, kv_dtype, "cpu"
+        )
+    else:
+        packed = torch.empty(8, 16, num_kv_heads, 2 * d, dtype=kv_dtype)
+        k_cache, v_cache = packed[..., :d], packed[..., d:]
+        k_scale = v_scale = torch.tensor(1.0) if variant.kv_dtype is not None else None
+    slots = torch.empty(num_tokens, dtype=torch.int64)
+    write = CacheWrite(key, value, k_cache, v_cache, slots, k_scale, v_scale)
+    if variant.features == "rope":
+        write = write._replace(
+            query=query,
+            positions=torch.empty(num_tokens, dtype=torch.int64),
+            cos_sin_cache=torch.empty(4096, d, dtype=dtype),
+        )
+    return write_launch(write, rope_neox=True, arch=arch)
 
 
 def _specialisation(launch, backend: str):

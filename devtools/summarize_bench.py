@@ -147,7 +147,9 @@ def feature_table(records: list[dict]) -> list[str]:
         "of 512 (chunk_lookback 1). Decode: `batch_invariant` plans "
         "against the default ones; upstream in the same mode (VLLM_BATCH_INVARIANT); "
         "`kv_float8_*` an fp8 cache (per-tensor scales) against the 16-bit one, upstream "
-        "in its FP8_PER_TENSOR mode.",
+        "in its FP8_PER_TENSOR mode. Cache write (batch: tokens): `rope` the write with "
+        "vLLM's rotary embedding fused in (queries and keys turned in place) against the "
+        "write alone; x copy over the bytes each moves.",
         "",
         "| model | kind | feature | batch | context | ours us | / same cell plain | "
         "upstream / ours | x copy |",

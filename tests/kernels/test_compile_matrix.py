@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Portability without a GPU: the hot kernel variants (decode of small and large
-batches, and prefill; head sizes 64 and 128), chosen by the runtime's own plan
+batches, and prefill; head sizes 64 and 128; the cache write with vLLM's
+rotary embedding fused in), chosen by the runtime's own plan
 and specialised as Triton's launcher would, compile for all eight NVIDIA and
 AMD targets, use the matrix units, fit shared memory/LDS, and do not spill
 registers on sm_80, sm_90, gfx942 and gfx950 (the gate of
@@ -57,6 +58,7 @@ def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
         "long_query_attention_kernel",
         "split_kv_decode_pipelined_kernel",  # sm_90, one split per sequence, head 128
         "long_query_pipelined_kernel",  # sm_90, heads 64 and 128
+        "write_kv_cache_kernel",  # with the rotary embedding (RoPE + KV-cache fusion)
     }
     assert gate_failures(records) == []
     # --ptx: one file per NVIDIA kernel, without debug lines, for diffing two runs.
@@ -67,5 +69,6 @@ def test_hot_variants_compile_for_every_target_without_gated_spills(tmp_path):
         lines = [line.lstrip() for line in path.read_text().splitlines()]
         assert not any(line.startswith((".loc", ".file")) for line in lines), path
     for r in records:
-        if r["kernel"] != "merge_kv_splits_kernel":  # the attention kernels use the MMA units
+        if r["kernel"] not in ("merge_kv_splits_kernel", "write_kv_cache_kernel"):
+            # the attention kernels use the MMA units
             assert r["mma"] in ("wgmma", "mma.sync", "tcgen05", "mfma", "wmma"), r

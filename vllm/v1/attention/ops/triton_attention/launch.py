@@ -40,16 +40,15 @@ from .long_query import long_query_attention_kernel
 from .pipelined_decode import split_kv_decode_pipelined_kernel
 from .pipelined_long_query import long_query_pipelined_kernel
 from .plan import (
-    INTERPRETER_WRITE_TOKENS,
     LONG_QUERY,
     LONG_QUERY_PIPELINED,
     SPLIT_KV_DECODE,
     SPLIT_KV_DECODE_PIPELINED,
-    WRITE_ROPE_ELEMENTS,
     AttentionPlan,
     MixedBatchPlan,
     next_power_of_2,
     plan_attention,
+    plan_cache_write,
 )
 from .split_kv_decode import merge_kv_splits_kernel, split_kv_decode_kernel
 
@@ -812,7 +811,7 @@ def _mixed_batch_launches(
     return [split_kv, long_query, *merge]
 
 
-class _CacheWrite(NamedTuple):
+class CacheWrite(NamedTuple):
     key: torch.Tensor
     value: torch.Tensor
     k_cache: torch.Tensor
@@ -825,7 +824,7 @@ class _CacheWrite(NamedTuple):
     cos_sin_cache: torch.Tensor | None = None
 
 
-_WRITE_TENSORS = {f"{field}_ptr": index for index, field in enumerate(_CacheWrite._fields)}
+_WRITE_TENSORS = {f"{field}_ptr": index for index, field in enumerate(CacheWrite._fields)}
 # The cache write's launches by what its checks and Triton's specialisation
 # read (_tensors_key): every layer of a step writes tensors of the same
 # shapes, and the next steps mostly repeat those. Emptied when it reaches
@@ -853,7 +852,7 @@ def write_kv_cache(
     other layers of a step) repeats that one's launch: no checks, no argument
     building, the compiled kernel started directly.
     """
-    _write(_CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale))
+    _write(CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale))
 
 
 def rope_and_write_kv_cache(
@@ -881,11 +880,11 @@ def rope_and_write_kv_cache(
     sin)``, computed in float32 and rounded once to the input's dtype. Every
     token turns, whatever its slot.
     """
-    write = _CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    write = CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
     _write(write._replace(query=query, positions=positions, cos_sin_cache=cos_sin_cache), is_neox)
 
 
-def _write(write: _CacheWrite, rope_neox: bool = True) -> None:
+def _write(write: CacheWrite, rope_neox: bool = True) -> None:
     signature, addresses = _tensors_key(write, [rope_neox])
     bound = _write_launches.get(signature)
     if bound is not None:
@@ -896,21 +895,20 @@ def _write(write: _CacheWrite, rope_neox: bool = True) -> None:
         return
     if len(_write_launches) >= MAX_REUSED_WRITES:
         _write_launches.clear()
-    launch = _write_launch(write, rope_neox)
+    launch = write_launch(write, rope_neox, GpuArch.of_device(write.key.device))
     _write_launches[signature] = _BoundLaunch.of_first_run(launch, _WRITE_TENSORS)
 
 
-def _write_launch(write: _CacheWrite, rope_neox: bool) -> KernelLaunch:
+def write_launch(write: CacheWrite, rope_neox: bool, arch: GpuArch) -> KernelLaunch:
     key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale = write[:7]
     query, positions, cos_sin_cache = write.query, write.positions, write.cos_sin_cache
     num_tokens, num_kv_heads, head_size = key.shape
+    num_q_heads = query.shape[1] if query is not None else 0
+    tokens, q_heads_block = plan_cache_write(arch, num_tokens, num_q_heads, head_size)
     token_head = k_cache.dtype in QUANTISED_KV_DTYPES and token_head_scaled(k_scale)
     kv_is_fp8 = k_cache.dtype in FP8_DTYPES and not token_head
     key_strides, value_strides = key.stride(), value.stride()
     k_strides, v_strides = k_cache.stride(), v_cache.stride()
-    # One token per program on GPUs; the interpreter (CPU tensors, as in
-    # GpuArch.of_device) runs programs one after another: a tile of tokens each.
-    tokens = 1 if key.is_cuda else min(next_power_of_2(num_tokens), INTERPRETER_WRITE_TOKENS)
     args = dict(
         key_ptr=key,
         value_ptr=value,
@@ -918,7 +916,7 @@ def _write_launch(write: _CacheWrite, rope_neox: bool) -> KernelLaunch:
         v_cache_ptr=v_cache,
         slot_mapping_ptr=slot_mapping,
         **_scale_args(k_cache, k_scale, v_scale, kv_is_fp8, token_head),
-        **_rope_args(query, positions, cos_sin_cache, rope_neox, head_size),
+        **_rope_args(query, positions, cos_sin_cache, rope_neox, q_heads_block),
         num_tokens=num_tokens,
         stride_key_token=key_strides[0],
         stride_key_head=key_strides[1],
@@ -946,7 +944,7 @@ def _write_launch(write: _CacheWrite, rope_neox: bool) -> KernelLaunch:
     return KernelLaunch(write_kv_cache_kernel, grid, args, dict(num_warps=4))
 
 
-def _rope_args(query, positions, cos_sin_cache, rope_neox: bool, head_size: int) -> dict:
+def _rope_args(query, positions, cos_sin_cache, rope_neox: bool, q_heads_block: int) -> dict:
     """The rotary embedding's inputs to the cache write (none without ``query``)."""
     if query is None:
         return dict(
@@ -962,11 +960,6 @@ def _rope_args(query, positions, cos_sin_cache, rope_neox: bool, head_size: int)
             NUM_Q_HEADS=0,
             Q_HEADS_BLOCK=1,
         )
-    num_q_heads = query.shape[1]
-    # GPUs: a token's query heads a few at a time; the interpreter: all at once
-    heads_block = next_power_of_2(num_q_heads)
-    if query.is_cuda:
-        heads_block = min(heads_block, max(1, WRITE_ROPE_ELEMENTS // next_power_of_2(head_size)))
     return dict(
         query_ptr=query,
         positions_ptr=positions,
@@ -977,6 +970,6 @@ def _rope_args(query, positions, cos_sin_cache, rope_neox: bool, head_size: int)
         STRIDE_QUERY_DIM=query.stride(2),
         ROTARY_DIM=cos_sin_cache.shape[1],
         ROPE_NEOX=rope_neox,
-        NUM_Q_HEADS=num_q_heads,
-        Q_HEADS_BLOCK=heads_block,
+        NUM_Q_HEADS=query.shape[1],
+        Q_HEADS_BLOCK=q_heads_block,
     )

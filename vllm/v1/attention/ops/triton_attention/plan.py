@@ -205,6 +205,17 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def plan_cache_write(
+    arch: GpuArch, num_tokens: int, num_q_heads: int, head_size: int
+) -> tuple[int, int]:
+    """The cache write's tiles: tokens per program (one on GPUs, many in the
+    interpreter) and, with the rotary embedding, query heads turned at a time."""
+    q_heads = next_power_of_2(max(num_q_heads, 1))
+    if arch.vendor == "interpreter":
+        return min(next_power_of_2(num_tokens), INTERPRETER_WRITE_TOKENS), q_heads
+    return 1, min(q_heads, max(1, WRITE_ROPE_ELEMENTS // next_power_of_2(head_size)))
+
+
 def head_pad_of(head_size: int) -> int:
     """Head size rounded up to a power of two that tl.dot takes."""
     return max(next_power_of_2(head_size), MIN_DOT_SIZE)
