@@ -5,7 +5,8 @@
 Random batches: sequence count, per-sequence query and context lengths (empty
 padding rows included), block size, head size, GQA ratio, feature switches
 (multimodal ranges included), dtype, cache layout, shared prefix blocks,
-padding tokens, batch-invariant plans, fused fp8 outputs, log-sum-exps. Examples are
+padding tokens, batch-invariant plans, fused fp8 outputs, log-sum-exps; and
+cache writes with the rotary embedding fused in (``rope_writes``). Examples are
 seeded (same inputs every run, no reruns). Batches that start with short
 queries also run as a ``MixedBatchPlan``. The CPU profile runs a bounded number
 through the interpreter; on a GPU the examples are cut into shards (one test
@@ -17,8 +18,9 @@ import os
 
 import torch
 from conftest import HAS_GPU
-from hypothesis import given, seed, settings
+from hypothesis import assume, given, seed, settings
 from hypothesis import strategies as st
+from test_write_kv_cache import check_rope_and_write
 
 from devtools.batches import (
     TOLERANCES,
@@ -27,7 +29,11 @@ from devtools.batches import (
     plan_for_batch,
     small_gpu,
 )
-from vllm.v1.attention.ops.triton_attention import paged_attention, reference_paged_attention
+from vllm.v1.attention.ops.triton_attention import (
+    GpuArch,
+    paged_attention,
+    reference_paged_attention,
+)
 from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", 2000 if HAS_GPU else 25))
@@ -213,3 +219,41 @@ for _shard in range(SHARDS):
             given(batches())(check_against_reference)
         )
     )
+
+
+# A cache of the inputs' type, int8 or int4 with scales per token and head;
+# fp8 stores only on the GPU (the interpreter's fp8 cast rounds wrongly).
+ROPE_CACHES = [(None, None), (torch.int8, "token_head"), (INT4_KV_DTYPE, "token_head")]
+if HAS_GPU:
+    ROPE_CACHES += [(torch.float8_e4m3fn, "tensor"), (torch.float8_e4m3fn, "token_head")]
+
+
+@st.composite
+def rope_writes(draw):
+    head_size = draw(st.sampled_from([32, 64, 80, 128, 512]))
+    num_kv_heads = draw(st.sampled_from([1, 2, 4]))
+    cache_dtype, scaled = draw(st.sampled_from(ROPE_CACHES))
+    dtype = draw(st.sampled_from(DTYPES))
+    return dict(
+        dtype=dtype,
+        is_neox=draw(st.booleans()),
+        head_size=head_size,
+        rotary_dim=draw(st.sampled_from([head_size, head_size // 2, 16])),
+        cache_dtype=cache_dtype or dtype,
+        scaled=scaled,
+        layout=draw(st.sampled_from(["separate", "packed_nhd", "packed_hnd"])),
+        num_tokens=draw(st.integers(1, 40)),
+        num_q_heads=num_kv_heads * draw(st.sampled_from([1, 3, 8])),
+        num_kv_heads=num_kv_heads,
+        block_size=draw(st.sampled_from([16, 32])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@seed(0)
+@settings(max_examples=max(EXAMPLES // 8, 16), deadline=None, database=None)
+@given(rope_writes())
+def test_fuzz_rope_and_write_against_reference(case):
+    device = "cuda" if HAS_GPU else "cpu"
+    assume(GpuArch.of_device(device).supports_kv_dtype(case["cache_dtype"]))
+    check_rope_and_write(**case, device=device)

@@ -60,6 +60,10 @@ Shapes and semantics (vLLM's conventions):
   sqrt(p - j)`` for ``j <= p``, nothing for later keys), then masks;
   ``sinks[h]`` is one more logit in the softmax denominator with no value.
 * query head ``h`` reads KV head ``h // (num_q_heads // num_kv_heads)``.
+* ``rope_and_write_kv_cache`` (vLLM's RoPE + KV-cache fusion) turns ``q`` and
+  the new keys in place by vLLM's rotary embedding of each token's position
+  (NeoX or GPT-J pairs of the first ``rotary_dim`` dimensions, from its
+  ``cos_sin_cache``), then stores the keys as ``write_kv_cache`` does.
 * cache slots past ``seq_lens[b]``, blocks outside the window and padding
   rows (``q_len == 0``) may hold anything, NaN included: they never reach a
   valid output.
