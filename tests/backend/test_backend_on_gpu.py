@@ -8,7 +8,8 @@ and the layer's call (vLLM's cache-update and attention ops) run on the GPU
 for decode, speculative-decode, prefill, chunked-prefill and mixed batches, in
 bf16, fp8 and per-token-head int8/fp8/int4 KV, in both cache layouts, under
 full CUDA graphs captured once and replayed with new lengths and block tables,
-and with the output quantised to fp8 as vLLM's fusion pass asks. Every output
+with the output quantised to fp8 as vLLM's fusion pass asks, and with the
+rotary embedding fused into the cache write. Every output
 is checked against the reference, every written cache slot against an
 independent copy or quantisation.
 
@@ -338,6 +339,50 @@ def test_fused_fp8_output(model_dir):
             out_scale=scale,
         )
         assert_fp8_output_close(output, expected)
+
+
+@pytest.mark.parametrize("cache_dtype", ["auto", "int8_per_token_head"])
+def test_rope_and_cache_write_then_attention(model_dir, cache_dtype):
+    """vLLM's RoPE + KV-cache fusion: ``do_rope_and_kv_cache_update`` turns the
+    layer's queries and keys in place as vLLM's own rotary embedding does and
+    stores the turned keys; ``forward`` (which the fused graph calls without a
+    cache update of its own) then attends over them (decode, prefill and
+    mixed batches)."""
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+
+    gpu = LayerOnGpu(model_dir, cache_dtype)
+    impl = gpu.layer.impl
+    assert impl.fused_rope_kvcache_supported()
+    with set_current_vllm_config(gpu.config):
+        rope = get_rope(
+            HEAD_SIZE, 4096, is_neox_style=True, rope_parameters={"rope_theta": 500000.0},
+            dtype=torch.bfloat16,
+        ).cuda()  # fmt: skip
+    for q_lens, seq_lens in (
+        ([1] * 5, [17, 255, 1000, 2048, 4096]),
+        ([300, 77, 1], [300, 77, 1]),
+        ([1, 1, 1, 150, 40], [500, 1200, 33, 700, 40]),
+    ):
+        common = gpu.stage(q_lens, seq_lens)
+        metadata = gpu.builder.build(0, common)
+        tokens = common.num_actual_tokens
+        positions = torch.cat(
+            [torch.arange(s - q, s) for q, s in zip(q_lens, seq_lens, strict=True)]
+        ).cuda()
+        query, key, value = gpu.query[:tokens], gpu.key[:tokens], gpu.value[:tokens]
+        want_q, want_k = rope.forward_native(
+            positions, query.reshape(tokens, -1).clone(), key.reshape(tokens, -1).clone()
+        )
+        impl.do_rope_and_kv_cache_update(
+            gpu.layer, query, key, value, positions, rope.cos_sin_cache, True, gpu.kv_cache,
+            common.slot_mapping,
+        )  # fmt: skip
+        # vLLM's native path rounds each product and sum to bf16, ours once
+        for turned, want in ((query, want_q), (key, want_k)):
+            torch.testing.assert_close(turned.reshape(tokens, -1), want, atol=2e-2, rtol=2 * 2**-8)
+        output = torch.full_like(query, float("nan"))
+        impl.forward(gpu.layer, query, key, value, gpu.kv_cache, metadata, output)
+        gpu.check(common, output)  # the written slots and the output, from the turned ones
 
 
 @pytest.mark.parametrize("cache_dtype", ["auto", "fp8"])
