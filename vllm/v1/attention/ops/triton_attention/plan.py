@@ -69,8 +69,11 @@ INTERPRETER_LONG_QUERY_TILES = (512, 256, 4, 1)  # block_m, kv_tile_size, warps,
 INTERPRETER_SPLIT_KV_TILES = (512, 4, 1)  # kv_tile_size, warps, stages
 INTERPRETER_WRITE_TOKENS = 256  # tokens per cache-write program
 # A GPU cache-write program rotates its token's query heads this many
-# elements at a time (RoPE + KV-cache fusion): 32 float32 per thread at 4 warps.
-WRITE_ROPE_ELEMENTS = 4096
+# elements at a time (RoPE + KV-cache fusion): 16 float32 per thread at 4
+# warps. With 4096, ptxas spills at head 128 on sm_90 under Triton 3.6 (48 B)
+# and at head 80 with fp8 (sm_90, sm_100); 2048 spills nowhere under 3.6, 3.8
+# or 3.9 (python -m devtools.compile_matrix, cache_write rows).
+WRITE_ROPE_ELEMENTS = 2048
 # Upper bound on splits per sequence: 128 lets models with few KV heads fill
 # the GPU at batch 1. It holds for 16-row programs; the merge reads splits x
 # rows partials, so programs with more rows get proportionally fewer splits.
