@@ -74,6 +74,12 @@ MAX_REQS, MAX_TOKENS, MAX_BLOCKS_PER_REQ = 16, 1024, 4096 // BLOCK
 LAYER = "model.layers.0.self_attn.attn"
 FP8_SCALE = 0.05  # the layer's K and V scales in fp8 runs: |x| <= 4 stays in e4m3's range
 LAYOUTS = {"NHD": KVCacheLayout.LBNHC, "HND": KVCacheLayout.LBHNC}
+# (query lengths, sequence lengths) of a decode, a prefill and a mixed batch
+DECODE_PREFILL_MIXED = (
+    ([1] * 5, [17, 255, 1000, 2048, 4096]),
+    ([300, 77, 1], [300, 77, 1]),
+    ([1, 1, 1, 150, 40], [500, 1200, 33, 700, 40]),
+)
 
 
 @pytest.fixture(scope="module")
@@ -313,11 +319,7 @@ def test_fused_fp8_output(model_dir):
     impl = gpu.layer.impl
     assert impl.fused_output_quant_supported(kFp8StaticTensorSym)
     scale = torch.tensor([0.3], device="cuda")
-    for q_lens, seq_lens in (
-        ([1] * 5, [17, 255, 1000, 2048, 4096]),
-        ([300, 77, 1], [300, 77, 1]),
-        ([1, 1, 1, 150, 40], [500, 1200, 33, 700, 40]),
-    ):
+    for q_lens, seq_lens in DECODE_PREFILL_MIXED:
         common = gpu.stage(q_lens, seq_lens)
         metadata = gpu.builder.build(0, common)
         tokens = common.num_actual_tokens
@@ -358,11 +360,7 @@ def test_rope_and_cache_write_then_attention(model_dir, cache_dtype):
             HEAD_SIZE, 4096, is_neox_style=True, rope_parameters={"rope_theta": 500000.0},
             dtype=torch.bfloat16,
         ).cuda()  # fmt: skip
-    for q_lens, seq_lens in (
-        ([1] * 5, [17, 255, 1000, 2048, 4096]),
-        ([300, 77, 1], [300, 77, 1]),
-        ([1, 1, 1, 150, 40], [500, 1200, 33, 700, 40]),
-    ):
+    for q_lens, seq_lens in DECODE_PREFILL_MIXED:
         common = gpu.stage(q_lens, seq_lens)
         metadata = gpu.builder.build(0, common)
         tokens = common.num_actual_tokens
