@@ -878,7 +878,8 @@ def rope_and_write_kv_cache(
     of its first ``rotary_dim`` dimensions, ``(d, d + rotary_dim / 2)`` if
     ``is_neox``, else ``(2i, 2i + 1)``, become ``(x cos - y sin, y cos + x
     sin)``, computed in float32 and rounded once to the input's dtype. Every
-    token turns, whatever its slot.
+    token turns, whatever its slot. Positions must lie inside the table
+    (they are on the device: not checked, as vLLM's own rotary embedding).
     """
     write = CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
     _write(write._replace(query=query, positions=positions, cos_sin_cache=cos_sin_cache), is_neox)
