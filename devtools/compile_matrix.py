@@ -158,7 +158,6 @@ def _launches(variant: Variant, target: str):
     """The runtime's launches for this variant on this target (tiny CPU tensors)."""
     import torch
 
-    from devtools.batches import token_head_page
     from vllm.v1.attention.ops.triton_attention import GpuArch, SplitKVWorkspace, plan_attention
     from vllm.v1.attention.ops.triton_attention.arch import INT4_KV_DTYPE
     from vllm.v1.attention.ops.triton_attention.checks import AttentionCall
@@ -178,18 +177,13 @@ def _launches(variant: Variant, target: str):
     q = torch.empty(num_seqs * q_len, num_q_heads, variant.head_size, dtype=dtype)
     d = variant.head_size
     scale = torch.tensor(1.0)
-    k_scale = v_scale = scale if variant.kv_dtype is not None else None
+    k_cache, v_cache, k_scale, v_scale = _kv_cache(
+        variant, kv_dtype, bool(per_token_head), num_kv_heads
+    )
     one_token_blocks = variant.features == "dcp_new_tokens"
-    if per_token_head:  # vLLM's page: values, then a float32 scale per token and head
-        k_cache, v_cache, k_scale, v_scale = token_head_page(
-            8, 16, num_kv_heads, d, kv_dtype, "cpu"
-        )
-    elif one_token_blocks:  # the layer's K and V, [tokens, 1, heads, d]
+    if one_token_blocks:  # the layer's K and V, [tokens, 1, heads, d]
         k_cache = torch.empty(q.shape[0], num_kv_heads, d, dtype=kv_dtype)[:, None]
         v_cache = torch.empty_like(k_cache)
-    else:
-        packed = torch.empty(8, 16, num_kv_heads, 2 * d, dtype=kv_dtype)
-        k_cache, v_cache = packed[..., :d], packed[..., d:]
 
     def on(switch):
         return variant.features in (switch, "all")
@@ -247,12 +241,27 @@ def _launches(variant: Variant, target: str):
     return kernel_launches(call, plan, SplitKVWorkspace.allocate(plan, "cpu"))
 
 
+def _kv_cache(variant: Variant, kv_dtype, per_token_head: bool, num_kv_heads: int):
+    """K and V caches of 8 blocks of 16 slots and their scales: vLLM's
+    per-token-head page (values, then a float32 scale per token and head), or
+    its packed cache with per-tensor scales when the variant quantises."""
+    import torch
+
+    from devtools.batches import token_head_page
+
+    d = variant.head_size
+    if per_token_head:
+        return token_head_page(8, 16, num_kv_heads, d, kv_dtype, "cpu")
+    packed = torch.empty(8, 16, num_kv_heads, 2 * d, dtype=kv_dtype)
+    scale = torch.tensor(1.0) if variant.kv_dtype is not None else None
+    return packed[..., :d], packed[..., d:], scale, scale
+
+
 def _cache_write_launch(variant: Variant, arch, kv_dtype, per_token_head: bool):
     """The cache write of a few tokens of a model with 8 KV heads, its query,
     key and value views of one QKV buffer (as vLLM splits it)."""
     import torch
 
-    from devtools.batches import token_head_page
     from vllm.v1.attention.ops.triton_attention.launch import CacheWrite, write_launch
 
     num_tokens, num_kv_heads, d = 4, 8, variant.head_size
@@ -261,14 +270,7 @@ def _cache_write_launch(variant: Variant, arch, kv_dtype, per_token_head: bool):
     sizes = [num_q_heads * d, num_kv_heads * d, num_kv_heads * d]
     qkv = torch.empty(num_tokens, sum(sizes), dtype=dtype)
     query, key, value = (x.view(num_tokens, -1, d) for x in qkv.split(sizes, dim=-1))
-    if per_token_head:
-        k_cache, v_cache, k_scale, v_scale = token_head_page(
-            8, 16, num_kv_heads, d, kv_dtype, "cpu"
-        )
-    else:
-        packed = torch.empty(8, 16, num_kv_heads, 2 * d, dtype=kv_dtype)
-        k_cache, v_cache = packed[..., :d], packed[..., d:]
-        k_scale = v_scale = torch.tensor(1.0) if variant.kv_dtype is not None else None
+    k_cache, v_cache, k_scale, v_scale = _kv_cache(variant, kv_dtype, per_token_head, num_kv_heads)
     slots = torch.empty(num_tokens, dtype=torch.int64)
     write = CacheWrite(key, value, k_cache, v_cache, slots, k_scale, v_scale)
     if variant.features == "rope":

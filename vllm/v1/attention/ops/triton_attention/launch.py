@@ -881,8 +881,11 @@ def rope_and_write_kv_cache(
     token turns, whatever its slot. Positions must lie inside the table
     (they are on the device: not checked, as vLLM's own rotary embedding).
     """
-    write = CacheWrite(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
-    _write(write._replace(query=query, positions=positions, cos_sin_cache=cos_sin_cache), is_neox)
+    write = CacheWrite(
+        key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale,
+        query=query, positions=positions, cos_sin_cache=cos_sin_cache,
+    )  # fmt: skip
+    _write(write, is_neox)
 
 
 def _write(write: CacheWrite, rope_neox: bool = True) -> None:
