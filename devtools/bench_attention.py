@@ -462,12 +462,13 @@ def main():
     )
     parser.add_argument(
         "--features",
-        action="store_true",
-        help="only the feature cells: masks and biases in prefills, batch-invariant and "
-        "R-SWA decodes (bench_features), quantised-cache decodes (bench_fp8_decodes), "
-        "fp8-query prefills (bench_fp8_query_prefills), fused fp8 outputs and log-sum-exps "
-        "(bench_epilogues), cache writes with and without the rotary embedding "
-        "(bench_cache_writes)",
+        nargs="*",
+        choices=FEATURE_PARTS,
+        help="only the feature cells, all parts or those named: masks (masks and biases in "
+        "prefills, batch-invariant and R-SWA decodes), quantised (quantised-cache decodes), "
+        "fp8_queries (fp8-query prefills), epilogues (fused fp8 outputs, log-sum-exps and "
+        "a context-parallel rank's decode), cache_writes (with and without the rotary "
+        "embedding)",
     )
     args = parser.parse_args()
     if args.upstream and not UPSTREAM.exists():
@@ -501,17 +502,10 @@ def main():
         )
         Path(args.out).write_text(json.dumps(records, indent=1))
 
-    if args.features:
-        for name in args.models:
-            bench_features(MODELS[name], name, base, dtype, args.upstream, emit, copy)
-        for name in args.models:
-            bench_fp8_decodes(MODELS[name], name, base, dtype, args.upstream, emit, copy)
-        for name in args.models:
-            bench_fp8_query_prefills(MODELS[name], name, base, dtype, args.upstream, emit)
-        for name in args.models:
-            bench_epilogues(MODELS[name], name, base, dtype, args.upstream, emit, copy)
-        for name in args.models:
-            bench_cache_writes(MODELS[name], name, base, dtype, emit, copy)
+    if args.features is not None:
+        for part in args.features or FEATURE_PARTS:
+            for name in args.models:
+                FEATURE_PARTS[part](MODELS[name], name, base, dtype, args.upstream, emit, copy)
         return
 
     sweep = SWEEPS[args.sweep]
@@ -836,7 +830,7 @@ def bench_fp8_decodes(model, name, base, dtype, upstream, emit, copy):
 FP8_QUERY_PREFILLS = [(1, 4096), (1, 16384), (4, 4096)]
 
 
-def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit):
+def bench_fp8_query_prefills(model, name, base, dtype, upstream, emit, copy):
     """Prefills on an fp8 cache (per-tensor scales) with the queries in 16 bits
     and quantised to the cache's format (vLLM's ``supports_quant_query_input``:
     q.k in fp8), against the same cell on the 16-bit cache."""
@@ -934,7 +928,7 @@ def bench_epilogues(model, name, base, dtype, upstream, emit, copy):
 CACHE_WRITE_TOKENS = (1, 8, 64, 256, 2048)
 
 
-def bench_cache_writes(model, name, base, dtype, emit, copy):
+def bench_cache_writes(model, name, base, dtype, upstream, emit, copy):
     """The cache write of a step's tokens (CUDA graphs, as decode steps run),
     alone (``plain``) and with vLLM's rotary embedding fused in (``rope``:
     queries and keys turned in place first, ``rope_and_write_kv_cache``), its
@@ -1095,6 +1089,16 @@ def _features(call_args):
         rswa="rswa_prefix_lens" in call_args,
         returns_lse="lse" in call_args,
     )
+
+
+# --features: each part's cells, timed for one model (upstream where it has the mode)
+FEATURE_PARTS = {
+    "masks": bench_features,
+    "quantised": bench_fp8_decodes,
+    "fp8_queries": bench_fp8_query_prefills,
+    "epilogues": bench_epilogues,
+    "cache_writes": bench_cache_writes,
+}
 
 
 if __name__ == "__main__":
